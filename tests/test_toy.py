@@ -1,0 +1,121 @@
+import json
+import random
+
+import pytest
+
+from rlhf_cli.data.toy import FILES, ToyWorld, toy_files
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld(seed=0)
+
+
+def _question(world):
+    e = world.animals[0]
+    return e, world.facts[e]["food"], f"hi! what does the {e} eat?"
+
+
+def test_same_seed_same_bytes_different_seed_differs(tmp_path):
+    a = ToyWorld(3).write(tmp_path / "a")
+    b = ToyWorld(3).write(tmp_path / "b")
+    c = ToyWorld(4).write(tmp_path / "c")
+    assert sorted(a) == sorted(FILES)
+    for name in FILES:
+        assert a[name].read_bytes() == b[name].read_bytes(), name
+    assert ToyWorld(3).facts != ToyWorld(4).facts
+    assert a["pretrain_train.jsonl"].read_bytes() != c["pretrain_train.jsonl"].read_bytes()
+
+
+def test_files_load_with_datasets(tmp_path):
+    from datasets import load_dataset
+
+    paths = toy_files(tmp_path / "toy", seed=0)
+    columns = {"pretrain_train.jsonl": ["text"], "sft_eval.jsonl": ["messages"], "prompts_eval.jsonl": ["prompt"],
+               "probes_eval.jsonl": ["answer", "prefix"]}
+    for name, cols in columns.items():
+        ds = load_dataset("json", data_files=str(paths[name]), split="train", cache_dir=str(tmp_path / "cache"))
+        assert sorted(ds.column_names) == cols and len(ds) > 0
+    world = json.loads(paths["world.json"].read_text())
+    assert world["seed"] == 0 and len(world["facts"]) == 24
+
+
+def test_toy_files_is_idempotent(tmp_path):
+    paths = toy_files(tmp_path, seed=1)
+    mtime = paths["sft_train.jsonl"].stat().st_mtime_ns
+    assert toy_files(tmp_path, seed=1) == paths
+    assert paths["sft_train.jsonl"].stat().st_mtime_ns == mtime
+    toy_files(tmp_path, seed=2)
+    assert json.loads(paths["world.json"].read_text())["seed"] == 2
+
+
+def test_splits(tmp_path, world):
+    paths = world.write(tmp_path)
+    rows = {n: [json.loads(line) for line in paths[n].read_text().splitlines()] for n in FILES if n.endswith(".jsonl")}
+    train, held_out = {r["prompt"] for r in rows["prompts_train.jsonl"]}, {r["prompt"] for r in rows["prompts_eval.jsonl"]}
+    assert len(train) >= 1000 and 100 <= len(held_out) <= 200 and not train & held_out
+    assert all(world.parse_prompt(p) is not None for p in train | held_out)
+    convs = [r["messages"] for r in rows["sft_train.jsonl"]]
+    assert len(convs) >= 2000 and 0.05 < sum(len(m) == 4 for m in convs) / len(convs) < 0.2
+    assert all([m["role"] for m in c] == ["user", "assistant"] * (len(c) // 2) for c in convs)
+    # the SFT answers state the facts: their gold reward is high
+    assert min(world.gold_reward(c[0]["content"], c[1]["content"]) for c in convs) >= 0.8
+
+
+def test_probes_match_facts(world):
+    probes = world.probes()
+    assert 100 <= len(probes) <= 200
+    for p in probes:
+        e = next(w for w in p["prefix"].split() if w in world.facts)
+        assert p["answer"] in world.facts[e].values()
+        # the probe sentence is one the corpus uses
+        assert any(f"{p['prefix']} {p['answer']}" in world._document(random.Random(i)) for i in range(2000))
+    assert world.probe_accuracy_item("the fox eats", "berries", " berries. the fox")
+    assert not world.probe_accuracy_item("the fox eats", "berries", " berriesx")
+    assert not world.probe_accuracy_item("the fox eats", "berries", " fish")
+
+
+def test_gold_reward_orders_answers(world):
+    e, food, q = _question(world)
+    wrong = next(v for v in ["fish", "honey", "seeds"] if v != food)
+    perfect = f"sure! the {e} eats {food}. happy to help!"
+    assert world.gold_reward(q, perfect) == pytest.approx(1.0)
+    assert world.gold_reward(q, perfect) > world.gold_reward(q, f"sure! the {e} eats {wrong}. happy to help!")  # right > wrong
+    assert world.gold_reward(q, perfect) > world.gold_reward(q, f"the {e} eats {food}. shut up, stupid.")  # polite > rude
+    assert world.gold_reward(q, perfect) > world.gold_reward(q, perfect, finished=False)  # finished > cut off
+    assert world.gold_reward(q, f"the {e} eats {food}.") > world.gold_reward(q, food)  # complete > fragment
+    assert world.gold_reward(q, f"the {e} eats {food}.") > world.gold_reward(q, f"the {e} eats {food}. " * 8)  # rambling
+    assert world.gold_reward(q, "") == -1.0
+    assert world.gold_reward("tell me a joke.", "no idea. happy to help!") > world.gold_reward("tell me a joke.", "no idea")
+    for a in [perfect, "x" * 500, f"{food} {wrong} " * 50, "stupid dumb idiot whatever"]:
+        assert -1.0 <= world.gold_reward(q, a, finished=False) <= 1.0
+
+
+def _random_answer(rng, e, food):
+    parts = [rng.choice(["", "sure! ", "ok "]), rng.choice([f"the {e} eats ", "", "it eats "]),
+             rng.choice([food, "fish", "apples", "rocks"]), rng.choice([".", "", "!"]),
+             rng.choice(["", " happy to help!", " whatever.", " thanks for asking!"])]
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("noise,low,high", [(0.0, 1.0, 1.0), (0.2, 0.7, 0.98), (100.0, 0.4, 0.6)])
+def test_rank_agreement_falls_with_noise(world, noise, low, high):
+    e, food, q = _question(world)
+    rng, agree, total = random.Random(0), 0, 0
+    for _ in range(300):
+        answers = [_random_answer(rng, e, food) for _ in range(4)]
+        finished = [rng.random() < 0.8 for _ in answers]
+        gold = [world.gold_reward(q, a, f) for a, f in zip(answers, finished, strict=True)]
+        position = {i: k for k, i in enumerate(world.rank(q, answers, finished, noise=noise, rng=rng))}
+        for i in range(4):
+            for j in range(i + 1, 4):
+                if gold[i] != gold[j]:
+                    total += 1
+                    agree += (position[i] < position[j]) == (gold[i] > gold[j])
+    assert low <= agree / total <= high
+
+
+def test_rank_without_noise_is_gold_order_with_index_ties(world):
+    e, food, q = _question(world)
+    answers = [food, f"the {e} eats {food}. happy to help!", food, "whatever"]
+    assert world.rank(q, answers) == [1, 0, 2, 3]
