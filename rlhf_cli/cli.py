@@ -1,0 +1,376 @@
+"""The `rlhf` command line: parse, load the recipe, call one stage. No training logic lives here.
+
+    rlhf pipeline                      # the whole tiny pipeline on the toy world
+    rlhf pretrain --recipe tiny --set pretrain.training.max_steps=50
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlhf_cli import __version__
+from rlhf_cli.errors import UserError
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="rlhf",
+    help="The whole ChatGPT training recipe from one YAML recipe: pretrain -> sft -> sample/label -> reward -> ppo.\n\n"
+    "Start with `rlhf pipeline` (the tiny recipe on the toy world, minutes on a laptop CPU).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+recipe_app = typer.Typer(help="Built-in recipes and resolved recipes.", no_args_is_help=True)
+data_app = typer.Typer(help="Data sets: the toy world.", no_args_is_help=True)
+reward_app = typer.Typer(help="Train a reward model (`rlhf reward --recipe tiny`), or inspect one (`rlhf reward inspect DIR`).")
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(data_app, name="data")
+app.add_typer(reward_app, name="reward")
+
+STATE = {"debug": False}
+
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="A built-in recipe name (see `rlhf recipe list`) or a YAML path.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe key: key.path=value (YAML value; repeatable).")]
+OutOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run folder (default: runs/<recipe name>).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint / keep finished work.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace this stage's existing folder.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and the plan; train nothing.")]
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"rlhf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors too.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    STATE["debug"] = debug
+
+
+def handled(fn):
+    """User errors -> one message and exit 2; Ctrl-C after a checkpoint -> exit 130; anything else -> exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from rlhf_cli.runs import Interrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            if STATE["debug"]:
+                raise
+            typer.secho(f"Error: {err}", fg="red", err=True)
+            raise typer.Exit(getattr(err, "exit_code", 2)) from None
+        except (Interrupted, KeyboardInterrupt) as err:
+            typer.secho(f"Interrupted. {err}".strip(), fg="yellow", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load(recipe: str, overrides: list[str] | None):
+    from rlhf_cli.recipe import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+def _dry_run(rec, run_dir: Path, plan: str):
+    typer.echo(rec.to_yaml())
+    typer.echo(f"# plan: {plan}\n# run folder: {run_dir}")
+    from rlhf_cli.stages.common import build_trainer_configs
+
+    for stage, cfg in build_trainer_configs(rec, run_dir).items():
+        typer.echo(f"# {stage}: {type(cfg).__name__} builds (max_steps={cfg.max_steps}, lr={cfg.learning_rate})")
+
+
+def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, overwrite, dry_run):
+    import importlib
+
+    from rlhf_cli.recipe import save_resolved
+    from rlhf_cli.runs import is_main_process
+
+    rec = _load(rec_name, overrides)
+    run_dir = rec.run_dir(output_dir)
+    if dry_run:
+        return _dry_run(rec, run_dir, f"rlhf {stage}")
+    if is_main_process():
+        save_resolved(rec, run_dir)
+    module = importlib.import_module(f"rlhf_cli.stages.{stage}")
+    module.run(rec, run_dir, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+@handled
+def pretrain(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
+             overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+    """Stage 1: generative pre-training of a base model (transformers' Trainer).
+
+    Example: `rlhf pretrain --recipe tiny --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60`
+    """
+    _stage_command("pretrain", recipe, set_, output_dir, resume, overwrite, dry_run)
+
+
+@app.command()
+@handled
+def sft(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+    """Stage 2: supervised fine-tuning on conversations (TRL's SFTTrainer).
+
+    Example: `rlhf sft --recipe tiny --set sft.lora.r=8`
+    """
+    _stage_command("sft", recipe, set_, output_dir, resume, overwrite, dry_run)
+
+
+@reward_app.callback(invoke_without_command=True)
+@handled
+def reward(ctx: typer.Context, recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None,
+           resume: ResumeOpt = False, overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+    """Stage 3a: train a reward model on rankings (TRL's RewardTrainer, InstructGPT's K-wise loss).
+
+    Example: `rlhf reward --recipe tiny`, then `rlhf reward inspect runs/tiny/reward/final`
+    """
+    if ctx.invoked_subcommand is None:
+        _stage_command("reward", recipe, set_, output_dir, resume, overwrite, dry_run)
+
+
+@reward_app.command("inspect")
+@handled
+def reward_inspect(
+    model_dir: Annotated[Path, typer.Argument(help="A reward model folder.")],
+    data: Annotated[str | None, typer.Option("--data", help="Preference data (any reward format); default: the run's held-out feedback.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where the report and plots go (default: MODEL_DIR/../inspect).")] = None,
+):
+    """Is this reward model any good? Accuracy with a 95 % interval, by margin and length, score spread, length bias.
+
+    Example: `rlhf reward inspect runs/tiny/reward/final --data runs/tiny/feedback/rankings.jsonl`
+    """
+    from rlhf_cli.stages.reward import inspect_reward_model
+
+    inspect_reward_model(model_dir, data=data, out_dir=out)
+
+
+@app.command()
+@handled
+def ppo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+    """Stage 3b: PPO against the reward model with a KL penalty (our own trainer).
+
+    Example: `rlhf ppo --recipe tiny --set ppo.kl_coef=0.1`
+    """
+    _stage_command("ppo", recipe, set_, output_dir, resume, overwrite, dry_run)
+
+
+@app.command()
+@handled
+def sample(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, overwrite: OverwriteOpt = False,
+           model: Annotated[str | None, typer.Option("--model", help="Model to sample from (default: the run's sft/final).")] = None):
+    """K answers per prompt from a model, to feedback/samples.jsonl.
+
+    Example: `rlhf sample --recipe tiny --set feedback.k=6`
+    """
+    from rlhf_cli.feedback import sample as do_sample
+
+    rec = _load(recipe, set_)
+    do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
+
+
+@app.command()
+@handled
+def label(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, overwrite: OverwriteOpt = False,
+          annotator: Annotated[str | None, typer.Option("--annotator", help="human | toy | a rankings file (default: the recipe's).")] = None):
+    """Rank the samples best to worst: a person in the terminal, the toy world's simulated annotator, or a file.
+
+    Example: `rlhf label --recipe tiny --annotator human` (skip, undo, quit; starting again resumes)
+    """
+    from rlhf_cli.feedback import label as do_label
+
+    rec = _load(recipe, set_)
+    do_label(rec, rec.run_dir(output_dir), annotator=annotator, overwrite=overwrite)
+
+
+@app.command()
+@handled
+def pipeline(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
+             overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False,
+             stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated subset, e.g. sft,sample,label,reward.")] = None):
+    """The main job: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report, in one run folder.
+
+    Example: `rlhf pipeline` (the embedded tiny recipe), or `rlhf pipeline --recipe tiny --resume`
+    """
+    from rlhf_cli.pipeline import run_pipeline
+
+    rec = _load(recipe, set_)
+    run_dir = rec.run_dir(output_dir)
+    if dry_run:
+        return _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or 'all'}")
+    run_pipeline(rec, run_dir, stages=stages, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+@handled
+def chat(
+    model_dir: Annotated[str, typer.Argument(help="Any stage's model folder (or a hub id).")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this once and exit (for scripts).")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+):
+    """Talk to any stage's model through its chat template (history kept; /reset, /quit).
+
+    Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the fox eat?"`
+    """
+    from rlhf_cli.chat import chat as do_chat
+
+    do_chat(model_dir, prompt=prompt, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+
+
+@app.command("eval")
+@handled
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny).")],
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe (default: the run's recipe.yaml).")] = None,
+    set_: SetOpt = None,
+):
+    """Every stage's model on the same held-out prompts: RM score, gold reward, KL, finished rate, win rates.
+
+    Example: `rlhf eval runs/tiny`
+    """
+    from rlhf_cli.evaluate import evaluate_run
+
+    evaluate_run(run_dir, recipe=recipe, overrides=set_)
+
+
+@app.command()
+@handled
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny).")]):
+    """The report card: report/report.md, report.json and plots.
+
+    Example: `rlhf report runs/tiny`
+    """
+    from rlhf_cli.report import build_report
+
+    path = build_report(run_dir)
+    typer.echo(f"Report: {path}")
+
+
+@app.command()
+@handled
+def sweep(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None,
+          param: Annotated[str, typer.Option("--param", help="Recipe key to vary, e.g. ppo.kl_coef.")] = "ppo.kl_coef",
+          values: Annotated[str, typer.Option("--values", help="Comma-separated values.")] = "0,0.01,0.05,0.2",
+          overwrite: OverwriteOpt = False):
+    """PPO once per value from the same reward model; plots gold reward and RM score against KL (Goodhart).
+
+    Example: `rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2`
+    """
+    from rlhf_cli.sweep import run_sweep
+
+    rec = _load(recipe, set_)
+    run_sweep(rec, rec.run_dir(output_dir), param=param, values=[v.strip() for v in values.split(",")],
+              base_overrides=set_ or [], recipe_ref=recipe, overwrite=overwrite)
+
+
+@app.command()
+@handled
+def check(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None):
+    """Before spending compute: data read and validated, a rendered chat example with the loss mask, lengths, memory.
+
+    Example: `rlhf check --recipe tiny`
+    """
+    from rlhf_cli.check import check_recipe
+
+    rec = _load(recipe, set_)
+    check_recipe(rec, rec.run_dir(output_dir))
+
+
+@app.command()
+@handled
+def export(
+    model_dir: Annotated[str, typer.Argument(help="A model folder from any stage.")],
+    out: Annotated[Path, typer.Option("--out", help="The clean HF folder to write.")],
+    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also push to this hub repo id.")] = None,
+    overwrite: OverwriteOpt = False,
+):
+    """A clean Hugging Face folder: LoRA merged, model card, lineage (optionally pushed to the hub).
+
+    Example: `rlhf export runs/tiny/ppo/final --out my-chatbot`
+    """
+    from rlhf_cli.export import export_model
+
+    path = export_model(model_dir, out, push_to_hub=push_to_hub, overwrite=overwrite)
+    typer.echo(f"Exported to {path}")
+
+
+@app.command()
+def env():
+    """Versions of Python and the libraries, and the device — paste this into bug reports.
+
+    Example: `rlhf env`
+    """
+    from rlhf_cli.modeling import has_fast_bf16
+    from rlhf_cli.runs import library_versions
+
+    for name, version in library_versions().items():
+        typer.echo(f"{name:14s} {version}")
+    import torch
+
+    device = f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    typer.echo(f"{'device':14s} {device}, {os.cpu_count()} CPU cores, fast bf16: {has_fast_bf16()}")
+
+
+@recipe_app.command("list")
+def recipe_list():
+    """The built-in recipes.
+
+    Example: `rlhf recipe list`
+    """
+    from rlhf_cli.recipe import builtin_names, read_recipe_file
+
+    for name in builtin_names():
+        desc = read_recipe_file(name).get("description") or ""
+        typer.echo(f"{name:24s} {desc}")
+
+
+@recipe_app.command("show")
+@handled
+def recipe_show(name: Annotated[str, typer.Argument(help="A built-in name or a YAML path.")] = "tiny", set_: SetOpt = None):
+    """Print the resolved recipe (defaults < file < --set).
+
+    Example: `rlhf recipe show tiny --set pretrain.training.max_steps=5`
+    """
+    typer.echo(_load(name, set_).to_yaml(), nl=False)
+
+
+@data_app.command("toy")
+@handled
+def data_toy(out: Annotated[Path, typer.Option("--out", help="Folder to write the toy world's data sets into.")],
+             seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed gives the same bytes.")] = 0):
+    """Write the toy world's data sets (pre-training corpus, SFT conversations, prompts, probes).
+
+    Example: `rlhf data toy --out toy --seed 0`
+    """
+    from rlhf_cli.data.toy import ToyWorld
+
+    for name, path in ToyWorld(seed).write(out).items():
+        typer.echo(f"{name:16s} {path}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

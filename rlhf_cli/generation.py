@@ -1,0 +1,115 @@
+"""Batched answer generation through the chat template — the one place sampling, evaluation and chat generate text.
+
+Prompts are conversations (lists of {"role", "content"}); they are rendered with the tokenizer's chat template and a
+generation prompt, left-padded into batches and generated with the KV cache. An answer is cut at the first
+end-of-text, and `finished` records whether the model emitted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Answer:
+    text: str
+    finished: bool
+    num_tokens: int
+
+
+def render_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation followed by the assistant's generation prompt."""
+    out = []
+    for messages in prompts:
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        out.append(list(enc["input_ids"]))
+    return out
+
+
+def left_pad(rows: list[list[int]], pad_id: int):
+    """A left-padded batch (input_ids, attention_mask): decoder-only models generate from the right edge."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def cut_at_eos(tokens: list[int], eos_id: int) -> tuple[list[int], bool]:
+    """The answer's tokens up to (not including) the first end-of-text, and whether there was one."""
+    if eos_id in tokens:
+        return tokens[: tokens.index(eos_id)], True
+    return tokens, False
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    *,
+    num_return_sequences: int = 1,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 64,
+    seed: int | None = None,
+    progress: str | None = None,
+) -> list[list[Answer]]:
+    """`num_return_sequences` answers for each prompt (temperature 0 = greedy), batched, with an optional progress bar."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rendered = render_prompts(tokenizer, prompts)
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    results: list[list[Answer]] = []
+    per_batch = max(1, batch_size // num_return_sequences)
+    bar = _progress(progress, len(prompts))
+    try:
+        for start in range(0, len(rendered), per_batch):
+            ids, mask = left_pad(rendered[start : start + per_batch], pad_id)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=num_return_sequences,
+                    eos_token_id=eos_id,
+                    pad_token_id=pad_id,
+                    use_cache=True,
+                    top_k=0,
+                    **sampling,
+                )
+            new = out[:, ids.shape[1]:].tolist()
+            for i in range(0, len(new), num_return_sequences):
+                group = []
+                for seq in new[i : i + num_return_sequences]:
+                    tokens, finished = cut_at_eos(seq, eos_id)
+                    group.append(Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished, len(tokens)))
+                results.append(group)
+            if bar:
+                bar[0].update(bar[1], advance=min(per_batch, len(rendered) - start))
+    finally:
+        if bar:
+            bar[0].stop()
+        model.train(was_training)
+    return results
+
+
+def _progress(label: str | None, total: int):
+    if not label:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    task = prog.add_task(label, total=total)
+    prog.start()
+    return prog, task

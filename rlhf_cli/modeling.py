@@ -1,0 +1,223 @@
+"""Tokenizers, the chat template, size presets, building and loading models, and the hardware facts stages need.
+
+One chat template for the whole project, so SFT, sampling, PPO and chat format conversations the same way:
+
+    <|user|>What does the fox eat?<|assistant|>the fox eats berries.<|endoftext|>
+
+The assistant turn sits inside `{% generation %}` so TRL's `assistant_only_loss` can mask everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rlhf_cli.errors import UserError
+
+PAD, EOS = "<|pad|>", "<|endoftext|>"
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+SPECIAL_TOKENS = [PAD, EOS, *ROLE_TOKENS.values()]
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "<|assistant|>{% generation %}{{ message['content'] }}<|endoftext|>{% endgeneration %}"
+    "{%- else -%}"
+    "{{ '<|' + message['role'] + '|>' }}{{ message['content'] }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+# name: (hidden, layers, heads, intermediate, context). Llama-style by default; GPT-2 uses the same shapes (MLP 4x).
+SIZE_PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (256, 4, 4, 688, 512),  # ~3.7M parameters with a 2048 vocabulary: a CPU model
+    "small": (512, 8, 8, 1376, 1024),  # ~30M
+    "gpt2-124m": (768, 12, 12, 3072, 1024),
+    "350m": (1024, 24, 16, 4096, 2048),
+    "1b": (2048, 22, 32, 5632, 2048),
+}
+
+
+# ------------------------------------------------------------------------------------------------------ tokenizers
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2):
+    """A byte-level BPE trained on `texts`, with our special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS)
+    fast.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS.values())})
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 1_000_000
+    return fast
+
+
+def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
+    """A tokenizer from a folder or hub id, given a pad token (distinct from EOS where we can) and a chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"Cannot load a tokenizer from '{ref}': {str(err).splitlines()[0]}") from None
+    return ensure_chat_ready(tok)
+
+
+def ensure_chat_ready(tok):
+    """Give a tokenizer what the pipeline needs: a pad token and, when it has none, the project's chat template."""
+    if tok.eos_token is None:
+        tok.add_special_tokens({"eos_token": EOS})
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD})
+    if not getattr(tok, "chat_template", None):
+        missing = [t for t in ROLE_TOKENS.values() if t not in tok.get_vocab()]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": missing})
+        # The project's template names the EOS literally; a foreign tokenizer's own EOS is what it must emit.
+        tok.chat_template = CHAT_TEMPLATE.replace(EOS, tok.eos_token)
+    return tok
+
+
+# ------------------------------------------------------------------------------------------------------ models
+
+
+def model_config(spec, tokenizer):
+    """A transformers config from the recipe's `model:` section (a preset, with explicit dimensions overriding)."""
+    hidden, layers, heads, inter, ctx = SIZE_PRESETS[spec.size]
+    hidden = spec.hidden_size or hidden
+    layers = spec.num_layers or layers
+    heads = spec.num_heads or heads
+    inter = spec.intermediate_size or (inter if not spec.hidden_size else int(8 * hidden / 3 / 16 + 1) * 16)
+    ctx = spec.max_position_embeddings or ctx
+    if hidden % heads:
+        raise UserError(f"model.hidden_size {hidden} must be a multiple of model.num_heads {heads}.")
+    common = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": True,
+    }
+    if spec.arch == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=4 * hidden, n_positions=ctx, **common)
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=ctx,
+        rope_theta=10000.0,
+        **common,
+    )
+
+
+def build_model(spec, tokenizer, seed: int = 0):
+    """A freshly initialised causal LM from the recipe's `model:` section."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(model_config(spec, tokenizer))
+
+
+def load_causal_lm(ref: str, *, trust_remote_code: bool = False, dtype=None):
+    """A causal LM from a folder or hub id (safetensors only), with a clear message when it is not one."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            ref, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype
+        )
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise UserError(
+                f"{ref} needs custom code from its repository; set model.trust_remote_code: true in the recipe if you trust it."
+            ) from None
+        raise UserError(f"Cannot load a causal language model from '{ref}': {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise UserError(f"Cannot load a causal language model from '{ref}': {str(err).splitlines()[0]}") from None
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------------ hardware
+
+
+def has_fast_bf16() -> bool:
+    """bf16 where the hardware runs it fast: a CUDA GPU with bf16, or a CPU with AMX / AVX-512 BF16."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def precision_args() -> dict[str, Any]:
+    """TrainingArguments for the fastest sound precision here (bf16 autocast on AMX CPUs and modern GPUs)."""
+    return {"bf16": has_fast_bf16(), "fp16": False}
+
+
+def measure_matmul_peak(dtype_name: str = "bfloat16", n: int = 1024, seconds: float = 1.0) -> float:
+    """FLOP/s of a square matmul on this machine in `dtype_name` (the MFU denominator; measured, not looked up)."""
+    import time
+
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        n = 4096
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def flops_per_token(config, n_params_non_embedding: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6·N plus the attention score/value products (12·layers·hidden·seq_len / 2, causal)."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    return 6 * n_params_non_embedding + 6 * layers * hidden * seq_len

@@ -1,0 +1,344 @@
+"""The recipe: one YAML file that describes a whole run, validated by one pydantic schema.
+
+Precedence: schema defaults < the recipe file < `--set key.path=value` overrides (values parsed as YAML).
+A recipe is a built-in name (`tiny`, shipped inside the package, the same files as `recipes/`) or a path.
+
+    rlhf recipe show tiny --set pretrain.training.max_steps=5
+
+Every problem is reported at once, each with its key, and for an unknown key the nearest valid one. Each stage's
+`training:` block is checked against that stage's trainer config class (TrainingArguments, SFTConfig, RewardConfig,
+our PPOConfig) before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlhf_cli.errors import UserError
+
+BUILTIN_DIR = Path(__file__).parent / "recipes"
+STAGES = ("pretrain", "sft", "reward", "ppo")
+
+
+class Section(BaseModel):
+    """Every recipe section rejects keys it does not know."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataSpec(Section):
+    """Where a stage's data comes from. Exactly one of `toy`, `path`, `hub` is the source."""
+
+    toy: bool = False
+    path: str | None = None
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+    streaming: bool = False
+    format: str | None = None
+    text_column: str | None = None
+    eval_path: str | None = None
+    eval_split: str | None = None
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    max_examples: int | None = Field(None, gt=0)
+
+
+class ModelSpec(Section):
+    arch: Literal["llama", "gpt2"] = "llama"
+    size: Literal["tiny", "small", "gpt2-124m", "350m", "1b"] = "tiny"
+    hidden_size: int | None = Field(None, gt=0)
+    num_layers: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
+    intermediate_size: int | None = Field(None, gt=0)
+    max_position_embeddings: int | None = Field(None, gt=0)
+    trust_remote_code: bool = False
+
+
+class TokenizerTrainSpec(Section):
+    vocab_size: int = Field(2048, ge=300)
+    min_frequency: int = Field(2, ge=1)
+
+
+class TokenizerSpec(Section):
+    train: TokenizerTrainSpec | None = Field(default_factory=TokenizerTrainSpec)
+    from_: str | None = Field(None, alias="from")
+
+
+class PretrainSpec(Section):
+    data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))
+    init_from: str | None = None
+    block_size: int = Field(256, gt=8)
+    compile: bool = False
+    probes: bool = True
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoraSpec(Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+    merge: bool = True
+    qlora: bool = False
+
+
+class SFTSpec(Section):
+    data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))
+    init_from: str | None = None
+    max_length: int = Field(512, gt=8)
+    assistant_only_loss: bool = True
+    packing: bool = False
+    lora: LoraSpec | None = None
+    eval_prompts: int = Field(64, ge=0)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class FeedbackSpec(Section):
+    model: str | None = None
+    data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))
+    num_prompts: int | None = Field(256, gt=0)
+    k: int = Field(4, ge=2, le=9)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(48, gt=0)
+    batch_size: int = Field(64, gt=0)
+    annotator: str = "toy"  # human | toy | a path to a rankings file made elsewhere
+    noise: float = Field(0.1, ge=0.0)
+
+
+class RewardSpec(Section):
+    data: DataSpec | None = None  # default: this run's feedback/rankings.jsonl
+    init_from: str | None = None
+    max_length: int = Field(512, gt=8)
+    kwise: bool = True
+    margin: bool = False
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardFunctionSpec(Section):
+    """One term of the PPO reward: a reward model folder or a Python function `module:function`."""
+
+    model: str | None = None
+    function: str | None = None
+    weight: float = 1.0
+
+
+class PPOSpec(Section):
+    data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))
+    policy_from: str | None = None
+    reward_from: str | None = None
+    value_from: str | None = None
+    rewards: list[RewardFunctionSpec] | None = None
+    lora: LoraSpec | None = None
+    eval_prompts: int = Field(128, ge=0)
+    # Algorithm settings; None leaves PPOConfig's default (the one place defaults live).
+    kl_coef: float | None = Field(None, ge=0.0)
+    kl_estimator: Literal["k1", "k3"] | None = None
+    kl_target: float | None = Field(None, gt=0.0)
+    kl_horizon: int | None = Field(None, gt=0)
+    response_length: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, gt=0.0)
+    missing_eos_penalty: float | None = None
+    ptx_coef: float | None = Field(None, ge=0.0)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    def algorithm_settings(self) -> dict[str, Any]:
+        keys = ("kl_coef", "kl_estimator", "kl_target", "kl_horizon", "response_length", "temperature",
+                "missing_eos_penalty", "ptx_coef")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class EvalSpec(Section):
+    num_prompts: int = Field(128, ge=1)
+    max_new_tokens: int = Field(48, gt=0)
+
+
+class Recipe(Section):
+    name: str = "run"
+    description: str | None = None
+    seed: int = 0
+    output_dir: str | None = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
+    sft: SFTSpec = Field(default_factory=SFTSpec)
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    reward: RewardSpec = Field(default_factory=RewardSpec)
+    ppo: PPOSpec = Field(default_factory=PPOSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    def run_dir(self, output_dir: str | Path | None = None) -> Path:
+        """Where this run writes: `--output-dir`, else the recipe's `output_dir`, else `runs/<name>`."""
+        return Path(output_dir or self.output_dir or Path("runs") / self.name)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------------- loading
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def builtin_path(name: str) -> Path:
+    return BUILTIN_DIR / f"{name}.yaml"
+
+
+def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
+    """The raw mapping of a built-in name or a YAML path."""
+    path = Path(recipe)
+    if not path.suffix and builtin_path(str(recipe)).exists():
+        path = builtin_path(str(recipe))
+    if not path.exists():
+        near = difflib.get_close_matches(str(recipe), builtin_names(), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise UserError(f"No recipe '{recipe}': not a file and not a built-in recipe ({', '.join(builtin_names())}).{hint}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"Recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"Recipe {path} must be a YAML mapping of sections (name, model, pretrain, ...), not {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; each value is parsed as YAML (`5`, `1e-3`, `[a, b]`, `null`)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set '{item}' is not of the form key.path=value (for example pretrain.training.max_steps=5).")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise UserError(f"--set '{item}' has an empty key.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section.")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Valid keys of the schema section at `loc` (a pydantic error location), for the 'did you mean' hint."""
+    model: Any = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        for cand in candidates:
+            inner = getattr(cand, "__args__", None)
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+            if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):  # list[Section]
+                model = inner[0]
+                break
+        else:
+            return None
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1]) or []
+        near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f" — did you mean '{'.'.join([*map(str, loc[:-1]), near[0]])}'?" if near else ""
+        return f"unknown key '{key}'{hint} (valid keys here: {', '.join(valid)})"
+    value = err.get("input")
+    return f"'{key}': {err['msg']} (got {value!r})"
+
+
+def _trainer_config_class(stage: str):
+    """The config class a stage's `training:` block is handed to."""
+    if stage == "pretrain":
+        from transformers import TrainingArguments
+
+        return TrainingArguments
+    if stage == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    if stage == "reward":
+        from trl import RewardConfig
+
+        return RewardConfig
+    from rlhf_cli.ppo.config import PPOConfig
+
+    return PPOConfig
+
+
+def check_training_keys(data: dict[str, Any]) -> list[str]:
+    """Problems with each stage's `training:` keys (in the raw recipe mapping), checked against its trainer config class."""
+    problems = []
+    for stage in STAGES:
+        section = data.get(stage) if isinstance(data.get(stage), dict) else {}
+        training = section.get("training") or {}
+        if not isinstance(training, dict) or not training:
+            continue
+        cls = _trainer_config_class(stage)
+        valid = [f.name for f in dataclasses.fields(cls) if f.init]
+        for key in training:
+            if key not in valid:
+                near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+                hint = f" — did you mean '{stage}.training.{near[0]}'?" if near else ""
+                problems.append(f"unknown key '{stage}.training.{key}'{hint} ({cls.__name__} does not take it)")
+        if stage == "ppo":
+            clash = sorted(k for k in set(training) & set(section) if k in PPOSpec.model_fields)
+            problems += [f"'ppo.training.{k}' and 'ppo.{k}' both set; keep one" for k in clash]
+    return problems
+
+
+def load_recipe(recipe: str | Path | None = "tiny", overrides: list[str] | None = None, *, check_training: bool = True) -> Recipe:
+    """Load, override and validate a recipe; raise one UserError that lists every problem."""
+    source = recipe or "tiny"
+    data = apply_overrides(read_recipe_file(source), overrides)
+    problems = []
+    try:
+        resolved = Recipe.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors()]
+    if check_training:
+        problems += check_training_keys(data)
+    if problems:
+        raise UserError(_problem_list(source, problems))
+    return resolved
+
+
+def _problem_list(source, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"Recipe {source}: {problems[0]}."
+    return f"Recipe {source} has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
+    """Write the resolved recipe as `recipe.yaml` in the run folder (atomically)."""
+    from rlhf_cli.runs import write_text_atomic
+
+    return write_text_atomic(Path(run_dir) / "recipe.yaml", recipe.to_yaml())

@@ -1,0 +1,237 @@
+"""The run folder: stage folders that are never clobbered, atomic writes, lineage, and the Trainer callbacks every
+stage shares (metrics.jsonl, progress line, NaN guard, Ctrl-C / SIGTERM -> checkpoint and exit 130).
+
+    runs/<name>/recipe.yaml, <stage>/final/, <stage>/metrics.jsonl, <stage>/eval.json, <stage>/checkpoints/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlhf_cli.errors import UserError
+
+FINAL = "final"
+
+
+class Interrupted(Exception):
+    """Raised after a checkpoint was saved because the user pressed Ctrl-C or the process got SIGTERM (exit 130)."""
+
+    exit_code = 130
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ------------------------------------------------------------------------------------------------------ atomic writes
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write to a temporary name beside `path`, then rename it into place: a crash leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_dir_atomic(final_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)`, then rename the finished folder to `final_dir`.
+
+    A crash while writing leaves the previous `final_dir` (if any) untouched; the old folder is removed only once the
+    new one is complete.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final_dir, old)
+        os.replace(tmp, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final_dir)
+    return final_dir
+
+
+# ------------------------------------------------------------------------------------------------------ stage folders
+
+
+def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool) -> Path:
+    """The stage's folder, checked against clobbering.
+
+    An existing stage folder is kept for `--resume`, replaced with `--overwrite`, and otherwise refused.
+    """
+    stage_dir = Path(run_dir) / stage
+    if stage_dir.exists() and any(stage_dir.iterdir()):
+        if overwrite and not resume:
+            if is_main_process():
+                shutil.rmtree(stage_dir)
+        elif not resume:
+            raise UserError(
+                f"{stage_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+                f"or --output-dir to write elsewhere."
+            )
+    if is_main_process():
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    return stage_dir
+
+
+def resolve_model_dir(explicit: str | None, run_dir: Path, parent_stage: str, what: str) -> str:
+    """A stage's starting model: `init_from` (a local path or hub id) or the parent stage's `final/` in this run."""
+    if explicit:
+        if _looks_local(explicit) and not Path(explicit).exists():
+            raise UserError(f"{what}: '{explicit}' does not exist; give a model folder or a hub id (owner/name).")
+        if Path(explicit).is_dir() and not (Path(explicit) / "config.json").exists():
+            raise UserError(f"{what}: {explicit} is not a model folder (it has no config.json).")
+        return explicit
+    final = Path(run_dir) / parent_stage / FINAL
+    if not (final / "config.json").exists():
+        raise UserError(
+            f"{what}: {final} does not exist — run `rlhf {parent_stage}` for this run first, or set init_from to a model."
+        )
+    return str(final)
+
+
+def _looks_local(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or ref.count("/") != 1 or Path(ref).exists()
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest *complete* `checkpoint-N` folder (one with trainer_state.json), not merely the highest number."""
+    if not Path(ckpt_dir).is_dir():
+        return None
+    done = [p for p in Path(ckpt_dir).glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    done.sort(key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return done[-1] if done else None
+
+
+def write_lineage(final_dir: Path, *, stage: str, parents: dict[str, str], data: Any, recipe) -> None:
+    """`lineage.json`: where this model came from, so a later stage can check its inputs."""
+    write_json_atomic(
+        Path(final_dir) / "lineage.json",
+        {
+            "stage": stage,
+            "parents": parents,
+            "data": data,
+            "recipe_name": recipe.name,
+            "recipe_hash": recipe.fingerprint(),
+            "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "peft", "rlhf-cli"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def write_model_card(final_dir: Path, *, title: str, body: str) -> None:
+    write_text_atomic(Path(final_dir) / "README.md", f"---\nlibrary_name: transformers\ntags: [rlhf-cli]\n---\n\n# {title}\n\n{body}\n")
+
+
+# ------------------------------------------------------------------------------------------------------ Trainer callbacks
+
+
+def make_callbacks(stage_dir: Path, stage: str):
+    """The callbacks every Trainer-based stage uses: metrics.jsonl + progress line, NaN guard, signal handling."""
+    from transformers import TrainerCallback
+
+    class RunCallback(TrainerCallback):
+        def __init__(self):
+            self.metrics_path = Path(stage_dir) / "metrics.jsonl"
+            self.interrupted = False
+            self._start = None
+            self._old_handlers: dict = {}
+            self._hits = 0
+
+        # Signals: the handler only sets a flag; the loop saves a checkpoint at the end of the step and stops.
+        def _handle(self, signum, frame):
+            self._hits += 1
+            if self._hits > 1:
+                print("\nInterrupted again: exiting now without saving.", file=sys.stderr)
+                os._exit(130)
+            self.interrupted = True
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
+                  "(press Ctrl-C again to exit at once).", file=sys.stderr)
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._start = time.time()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._old_handlers[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+
+        def on_train_end(self, args, state, control, **kw):
+            for sig, old in self._old_handlers.items():
+                signal.signal(sig, old)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.interrupted:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            for key in ("loss", "eval_loss"):
+                if key in logs and not math.isfinite(float(logs[key])):
+                    raise NonFiniteLoss(stage, state.global_step, logs[key])
+            if not state.is_world_process_zero:
+                return
+            row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - (self._start or time.time()), 3), **logs}
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, default=float) + "\n")
+
+    return RunCallback()
+
+
+class NonFiniteLoss(UserError):
+    def __init__(self, stage: str, step: int, value):
+        super().__init__(
+            f"{stage}: the loss became {value} at step {step}; the run stopped and the last good checkpoint is kept. "
+            f"Usual causes: a learning rate too high (try a tenth), fp16 overflow (use bf16 or fp32), or bad data."
+        )
+        self.exit_code = 1
+
+
+def nan_guard_args() -> dict[str, Any]:
+    """TrainingArguments every stage sets: never hide a NaN loss (the Trainer default filters it out of the logs)."""
+    return {"logging_nan_inf_filter": False}

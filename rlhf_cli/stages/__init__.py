@@ -1,0 +1,1 @@
+"""One module per stage, each with `run(recipe, run_dir, *, resume, overwrite) -> metrics`."""

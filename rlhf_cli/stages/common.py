@@ -1,0 +1,67 @@
+"""What every stage shares: the trainer config built from the recipe (defaults < recipe), and the device facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlhf_cli.errors import UserError
+
+# Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
+# TRL's configs default to bf16=True and gradient_checkpointing=True: set both explicitly.
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {"learning_rate": 3e-3, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.1,
+                 "adam_beta2": 0.95, "max_grad_norm": 1.0, "per_device_train_batch_size": 16, "logging_steps": 10,
+                 "save_steps": 100, "save_total_limit": 2},
+    "sft": {"learning_rate": 1e-3, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
+            "per_device_train_batch_size": 16, "logging_steps": 10, "save_steps": 100, "save_total_limit": 2,
+            "gradient_checkpointing": False},
+    "reward": {"learning_rate": 5e-4, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
+               "per_device_train_batch_size": 16, "logging_steps": 10, "save_steps": 100, "save_total_limit": 2,
+               "gradient_checkpointing": False},
+    "ppo": {"learning_rate": 3e-5, "per_device_train_batch_size": 32, "logging_steps": 1, "save_steps": 10,
+            "save_total_limit": 2, "max_steps": 20, "lr_scheduler_type": "constant"},
+}
+
+
+def training_kwargs(recipe, stage: str, stage_dir: Path) -> dict[str, Any]:
+    """Keyword arguments for the stage's trainer config: defaults < precision < recipe `training:`."""
+    from rlhf_cli.modeling import precision_args
+    from rlhf_cli.runs import nan_guard_args
+
+    kwargs = {
+        **TRAINING_DEFAULTS[stage],
+        **precision_args(),
+        **nan_guard_args(),
+        "output_dir": str(Path(stage_dir) / "checkpoints"),
+        "seed": recipe.seed,
+        "report_to": "none",
+        "disable_tqdm": False,
+        "save_strategy": "steps",
+        "dataloader_num_workers": 0,
+    }
+    section = getattr(recipe, stage)
+    kwargs.update(section.training)
+    if stage == "ppo":
+        kwargs.update(section.algorithm_settings())
+    return kwargs
+
+
+def trainer_config(recipe, stage: str, stage_dir: Path, **extra):
+    """Build the stage's trainer config class; a bad value becomes a UserError naming the key."""
+    from rlhf_cli.recipe import _trainer_config_class
+
+    cls = _trainer_config_class(stage)
+    kwargs = {**training_kwargs(recipe, stage, stage_dir), **extra}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{stage}.training: {str(err).splitlines()[0]}") from None
+
+
+def build_trainer_configs(recipe, run_dir: Path) -> dict[str, Any]:
+    """Every stage's trainer config, built without training (for `--dry-run` and `rlhf check`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return {stage: trainer_config(recipe, stage, Path(tmp) / stage) for stage in ("pretrain", "sft", "reward", "ppo")}
