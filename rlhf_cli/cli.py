@@ -1,7 +1,7 @@
 """The `rlhf` command line: parse, load the recipe, call one stage. No training logic lives here.
 
-    rlhf pipeline                      # the whole tiny pipeline on the toy world
-    rlhf pretrain --recipe tiny --set pretrain.training.max_steps=50
+rlhf pipeline                      # the whole tiny pipeline on the toy world
+rlhf pretrain --recipe tiny --set pretrain.training.max_steps=50
 """
 
 from __future__ import annotations
@@ -31,16 +31,26 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Built-in recipes and resolved recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: the toy world.", no_args_is_help=True)
-reward_app = typer.Typer(help="Train a reward model (`rlhf reward --recipe tiny`), or inspect one (`rlhf reward inspect DIR`).")
+reward_app = typer.Typer(
+    help="Stage 3a: train a reward model on rankings (TRL's RewardTrainer, InstructGPT's K-wise loss), or inspect one.\n\n"
+    "Example: `rlhf reward --recipe tiny`, then `rlhf reward inspect runs/tiny/reward/final`"
+)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
 app.add_typer(reward_app, name="reward")
 
 STATE = {"debug": False}
 
-RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="A built-in recipe name (see `rlhf recipe list`) or a YAML path.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe key: key.path=value (YAML value; repeatable).")]
-OutOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run folder (default: runs/<recipe name>).")]
+RecipeOpt = Annotated[
+    str, typer.Option("--recipe", "-r", help="A built-in recipe name (see `rlhf recipe list`) or a YAML path.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe key: key.path=value (YAML value; repeatable)."),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--output-dir", "-o", help="Run folder (default: runs/NAME, NAME from the recipe).")
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint / keep finished work.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace this stage's existing folder.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and the plan; train nothing.")]
@@ -55,7 +65,9 @@ def _version(value: bool):
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors too.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ):
     STATE["debug"] = debug
 
@@ -114,8 +126,14 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
 
 @app.command()
 @handled
-def pretrain(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
-             overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+def pretrain(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+):
     """Stage 1: generative pre-training of a base model (transformers' Trainer).
 
     Example: `rlhf pretrain --recipe tiny --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60`
@@ -125,8 +143,14 @@ def pretrain(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt
 
 @app.command()
 @handled
-def sft(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
-        overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+def sft(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+):
     """Stage 2: supervised fine-tuning on conversations (TRL's SFTTrainer).
 
     Example: `rlhf sft --recipe tiny --set sft.lora.r=8`
@@ -136,8 +160,15 @@ def sft(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = No
 
 @reward_app.callback(invoke_without_command=True)
 @handled
-def reward(ctx: typer.Context, recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None,
-           resume: ResumeOpt = False, overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+def reward(
+    ctx: typer.Context,
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+):
     """Stage 3a: train a reward model on rankings (TRL's RewardTrainer, InstructGPT's K-wise loss).
 
     Example: `rlhf reward --recipe tiny`, then `rlhf reward inspect runs/tiny/reward/final`
@@ -150,8 +181,13 @@ def reward(ctx: typer.Context, recipe: RecipeOpt = "tiny", set_: SetOpt = None, 
 @handled
 def reward_inspect(
     model_dir: Annotated[Path, typer.Argument(help="A reward model folder.")],
-    data: Annotated[str | None, typer.Option("--data", help="Preference data (any reward format); default: the run's held-out feedback.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Where the report and plots go (default: MODEL_DIR/../inspect).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Preference data (any reward format); default: the run's held-out feedback."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where the report and plots go (default: MODEL_DIR/../inspect).")
+    ] = None,
 ):
     """Is this reward model any good? Accuracy with a 95 % interval, by margin and length, score spread, length bias.
 
@@ -164,8 +200,14 @@ def reward_inspect(
 
 @app.command()
 @handled
-def ppo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
-        overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False):
+def ppo(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+):
     """Stage 3b: PPO against the reward model with a KL penalty (our own trainer).
 
     Example: `rlhf ppo --recipe tiny --set ppo.kl_coef=0.1`
@@ -175,8 +217,15 @@ def ppo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = No
 
 @app.command()
 @handled
-def sample(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, overwrite: OverwriteOpt = False,
-           model: Annotated[str | None, typer.Option("--model", help="Model to sample from (default: the run's sft/final).")] = None):
+def sample(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model to sample from (default: the run's sft/final).")
+    ] = None,
+):
     """K answers per prompt from a model, to feedback/samples.jsonl.
 
     Example: `rlhf sample --recipe tiny --set feedback.k=6`
@@ -189,8 +238,15 @@ def sample(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt =
 
 @app.command()
 @handled
-def label(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, overwrite: OverwriteOpt = False,
-          annotator: Annotated[str | None, typer.Option("--annotator", help="human | toy | a rankings file (default: the recipe's).")] = None):
+def label(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    annotator: Annotated[
+        str | None, typer.Option("--annotator", help="human | toy | a rankings file (default: the recipe's).")
+    ] = None,
+):
     """Rank the samples best to worst: a person in the terminal, the toy world's simulated annotator, or a file.
 
     Example: `rlhf label --recipe tiny --annotator human` (skip, undo, quit; starting again resumes)
@@ -203,9 +259,17 @@ def label(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = 
 
 @app.command()
 @handled
-def pipeline(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
-             overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False,
-             stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated subset, e.g. sft,sample,label,reward.")] = None):
+def pipeline(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+    stages: Annotated[
+        str | None, typer.Option("--stages", help="Comma-separated subset, e.g. sft,sample,label,reward.")
+    ] = None,
+):
     """The main job: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report, in one run folder.
 
     Example: `rlhf pipeline` (the embedded tiny recipe), or `rlhf pipeline --recipe tiny --resume`
@@ -223,7 +287,9 @@ def pipeline(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt
 @handled
 def chat(
     model_dir: Annotated[str, typer.Argument(help="Any stage's model folder (or a hub id).")],
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this once and exit (for scripts).")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Answer this once and exit (for scripts).")
+    ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
@@ -241,7 +307,9 @@ def chat(
 @handled
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny).")],
-    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe (default: the run's recipe.yaml).")] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", help="Recipe (default: the run's recipe.yaml).")
+    ] = None,
     set_: SetOpt = None,
 ):
     """Every stage's model on the same held-out prompts: RM score, gold reward, KL, finished rate, win rates.
@@ -268,10 +336,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny
 
 @app.command()
 @handled
-def sweep(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = None,
-          param: Annotated[str, typer.Option("--param", help="Recipe key to vary, e.g. ppo.kl_coef.")] = "ppo.kl_coef",
-          values: Annotated[str, typer.Option("--values", help="Comma-separated values.")] = "0,0.01,0.05,0.2",
-          overwrite: OverwriteOpt = False):
+def sweep(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    param: Annotated[str, typer.Option("--param", help="Recipe key to vary, e.g. ppo.kl_coef.")] = "ppo.kl_coef",
+    values: Annotated[str, typer.Option("--values", help="Comma-separated values.")] = "0,0.01,0.05,0.2",
+    overwrite: OverwriteOpt = False,
+):
     """PPO once per value from the same reward model; plots gold reward and RM score against KL (Goodhart).
 
     Example: `rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2`
@@ -279,8 +351,15 @@ def sweep(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = 
     from rlhf_cli.sweep import run_sweep
 
     rec = _load(recipe, set_)
-    run_sweep(rec, rec.run_dir(output_dir), param=param, values=[v.strip() for v in values.split(",")],
-              base_overrides=set_ or [], recipe_ref=recipe, overwrite=overwrite)
+    run_sweep(
+        rec,
+        rec.run_dir(output_dir),
+        param=param,
+        values=[v.strip() for v in values.split(",")],
+        base_overrides=set_ or [],
+        recipe_ref=recipe,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -327,7 +406,9 @@ def env():
         typer.echo(f"{name:14s} {version}")
     import torch
 
-    device = f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    device = (
+        f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    )
     typer.echo(f"{'device':14s} {device}, {os.cpu_count()} CPU cores, fast bf16: {has_fast_bf16()}")
 
 
@@ -346,7 +427,9 @@ def recipe_list():
 
 @recipe_app.command("show")
 @handled
-def recipe_show(name: Annotated[str, typer.Argument(help="A built-in name or a YAML path.")] = "tiny", set_: SetOpt = None):
+def recipe_show(
+    name: Annotated[str, typer.Argument(help="A built-in name or a YAML path.")] = "tiny", set_: SetOpt = None
+):
     """Print the resolved recipe (defaults < file < --set).
 
     Example: `rlhf recipe show tiny --set pretrain.training.max_steps=5`
@@ -356,8 +439,10 @@ def recipe_show(name: Annotated[str, typer.Argument(help="A built-in name or a Y
 
 @data_app.command("toy")
 @handled
-def data_toy(out: Annotated[Path, typer.Option("--out", help="Folder to write the toy world's data sets into.")],
-             seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed gives the same bytes.")] = 0):
+def data_toy(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the toy world's data sets into.")],
+    seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed gives the same bytes.")] = 0,
+):
     """Write the toy world's data sets (pre-training corpus, SFT conversations, prompts, probes).
 
     Example: `rlhf data toy --out toy --seed 0`

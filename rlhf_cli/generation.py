@@ -34,8 +34,8 @@ def left_pad(rows: list[list[int]], pad_id: int):
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -75,7 +75,11 @@ def generate_answers(
     try:
         for start in range(0, len(rendered), per_batch):
             ids, mask = left_pad(rendered[start : start + per_batch], pad_id)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+            sampling = (
+                {"do_sample": True, "temperature": temperature, "top_p": top_p}
+                if temperature > 0
+                else {"do_sample": False}
+            )
             with torch.no_grad():
                 out = model.generate(
                     input_ids=ids.to(device),
@@ -88,12 +92,14 @@ def generate_answers(
                     top_k=0,
                     **sampling,
                 )
-            new = out[:, ids.shape[1]:].tolist()
+            new = out[:, ids.shape[1] :].tolist()
             for i in range(0, len(new), num_return_sequences):
                 group = []
                 for seq in new[i : i + num_return_sequences]:
                     tokens, finished = cut_at_eos(seq, eos_id)
-                    group.append(Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished, len(tokens)))
+                    group.append(
+                        Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished, len(tokens))
+                    )
                 results.append(group)
             if bar:
                 bar[0].update(bar[1], advance=min(per_batch, len(rendered) - start))

@@ -150,8 +150,16 @@ class PPOSpec(Section):
     training: dict[str, Any] = Field(default_factory=dict)
 
     def algorithm_settings(self) -> dict[str, Any]:
-        keys = ("kl_coef", "kl_estimator", "kl_target", "kl_horizon", "response_length", "temperature",
-                "missing_eos_penalty", "ptx_coef")
+        keys = (
+            "kl_coef",
+            "kl_estimator",
+            "kl_target",
+            "kl_horizon",
+            "response_length",
+            "temperature",
+            "missing_eos_penalty",
+            "ptx_coef",
+        )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -204,7 +212,9 @@ def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
     if not path.exists():
         near = difflib.get_close_matches(str(recipe), builtin_names(), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
-        raise UserError(f"No recipe '{recipe}': not a file and not a built-in recipe ({', '.join(builtin_names())}).{hint}")
+        raise UserError(
+            f"No recipe '{recipe}': not a file and not a built-in recipe ({', '.join(builtin_names())}).{hint}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -212,7 +222,9 @@ def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"Recipe {path} must be a YAML mapping of sections (name, model, pretrain, ...), not {type(data).__name__}.")
+        raise UserError(
+            f"Recipe {path} must be a YAML mapping of sections (name, model, pretrain, ...), not {type(data).__name__}."
+        )
     return data
 
 
@@ -220,7 +232,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     """Apply `a.b.c=value` overrides; each value is parsed as YAML (`5`, `1e-3`, `[a, b]`, `null`)."""
     for item in overrides or []:
         if "=" not in item:
-            raise UserError(f"--set '{item}' is not of the form key.path=value (for example pretrain.training.max_steps=5).")
+            raise UserError(
+                f"--set '{item}' is not of the form key.path=value (for example pretrain.training.max_steps=5)."
+            )
         key, raw = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
@@ -229,6 +243,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; a number is what the user meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -315,7 +334,9 @@ def check_training_keys(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_recipe(recipe: str | Path | None = "tiny", overrides: list[str] | None = None, *, check_training: bool = True) -> Recipe:
+def load_recipe(
+    recipe: str | Path | None = "tiny", overrides: list[str] | None = None, *, check_training: bool = True
+) -> Recipe:
     """Load, override and validate a recipe; raise one UserError that lists every problem."""
     source = recipe or "tiny"
     data = apply_overrides(read_recipe_file(source), overrides)

@@ -163,7 +163,10 @@ def library_versions() -> dict[str, str]:
 
 
 def write_model_card(final_dir: Path, *, title: str, body: str) -> None:
-    write_text_atomic(Path(final_dir) / "README.md", f"---\nlibrary_name: transformers\ntags: [rlhf-cli]\n---\n\n# {title}\n\n{body}\n")
+    write_text_atomic(
+        Path(final_dir) / "README.md",
+        f"---\nlibrary_name: transformers\ntags: [rlhf-cli]\n---\n\n# {title}\n\n{body}\n",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ Trainer callbacks
@@ -188,8 +191,11 @@ def make_callbacks(stage_dir: Path, stage: str):
                 print("\nInterrupted again: exiting now without saving.", file=sys.stderr)
                 os._exit(130)
             self.interrupted = True
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
-                  "(press Ctrl-C again to exit at once).", file=sys.stderr)
+            print(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
+                "(press Ctrl-C again to exit at once).",
+                file=sys.stderr,
+            )
 
         def on_train_begin(self, args, state, control, **kw):
             self._start = time.time()
@@ -216,7 +222,12 @@ def make_callbacks(stage_dir: Path, stage: str):
                     raise NonFiniteLoss(stage, state.global_step, logs[key])
             if not state.is_world_process_zero:
                 return
-            row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - (self._start or time.time()), 3), **logs}
+            row = {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "time": round(time.time() - (self._start or time.time()), 3),
+                **logs,
+            }
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, default=float) + "\n")
 

@@ -12,9 +12,10 @@ from transformers import TrainingArguments
 class PPOConfig(TrainingArguments):
     """PPO with a KL penalty (Ziegler et al. 2019; InstructGPT), on transformers + accelerate.
 
-    One PPO *batch* is `per_device_train_batch_size * gradient_accumulation_steps * num_processes` prompts; each batch is
-    rolled out once and then optimised for `num_ppo_epochs` epochs over `num_mini_batches` mini-batches. `max_steps`
-    counts PPO batches; `total_episodes` (if set) counts answers and overrides it.
+    Batch sizes, as in TRL: a *mini-batch* is `per_device_train_batch_size * gradient_accumulation_steps` answers per
+    process (one optimiser step); one PPO *batch* is `num_mini_batches` mini-batches on every process. Each batch is rolled
+    out once and then optimised for `num_ppo_epochs` epochs. `max_steps` counts PPO batches; `total_episodes` (if set)
+    counts answers and overrides it.
     """
 
     # rollout
@@ -22,13 +23,20 @@ class PPOConfig(TrainingArguments):
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the rollout."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollout."})
     missing_eos_penalty: float | None = field(
-        default=1.0, metadata={"help": "Subtracted from the score of an answer with no end-of-text (Huang et al. 2024)."}
+        default=1.0,
+        metadata={"help": "Subtracted from the score of an answer with no end-of-text (Huang et al. 2024)."},
     )
     total_episodes: int | None = field(default=None, metadata={"help": "Answers to train on; overrides max_steps."})
     # reward and KL
-    kl_coef: float = field(default=0.05, metadata={"help": "beta: weight of the per-token KL(policy||reference) penalty."})
-    kl_estimator: Literal["k1", "k3"] = field(default="k1", metadata={"help": "k1: log-ratio; k3: unbiased, non-negative."})
-    kl_target: float | None = field(default=None, metadata={"help": "Adapt beta toward this KL per answer (None: fixed)."})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "beta: weight of the per-token KL(policy||reference) penalty."}
+    )
+    kl_estimator: Literal["k1", "k3"] = field(
+        default="k1", metadata={"help": "k1: log-ratio; k3: unbiased, non-negative."}
+    )
+    kl_target: float | None = field(
+        default=None, metadata={"help": "Adapt beta toward this KL per answer (None: fixed)."}
+    )
     kl_horizon: int = field(default=10000, metadata={"help": "Episodes over which the adaptive controller moves beta."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before GAE."})
     # update
@@ -40,4 +48,22 @@ class PPOConfig(TrainingArguments):
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the pre-training loss mixed in (PPO-ptx)."})
-    local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Batch size of no-grad forward passes."})
+    local_rollout_forward_batch_size: int = field(
+        default=64, metadata={"help": "Batch size of no-grad forward passes."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', not {self.kl_estimator!r}")
+        for name in (
+            "num_ppo_epochs",
+            "num_mini_batches",
+            "response_length",
+            "kl_horizon",
+            "local_rollout_forward_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be above 0 for PPO's sampled rollouts, not {self.temperature}")

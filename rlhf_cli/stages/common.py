@@ -10,13 +10,13 @@ from rlhf_cli.errors import UserError
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
 # TRL's configs default to bf16=True and gradient_checkpointing=True: set both explicitly.
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": {"learning_rate": 3e-3, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.1,
+    "pretrain": {"learning_rate": 3e-3, "warmup_steps": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.1,
                  "adam_beta2": 0.95, "max_grad_norm": 1.0, "per_device_train_batch_size": 16, "logging_steps": 10,
                  "save_steps": 100, "save_total_limit": 2},
-    "sft": {"learning_rate": 1e-3, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
+    "sft": {"learning_rate": 1e-3, "warmup_steps": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
             "per_device_train_batch_size": 16, "logging_steps": 10, "save_steps": 100, "save_total_limit": 2,
             "gradient_checkpointing": False},
-    "reward": {"learning_rate": 5e-4, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
+    "reward": {"learning_rate": 5e-4, "warmup_steps": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
                "per_device_train_batch_size": 16, "logging_steps": 10, "save_steps": 100, "save_total_limit": 2,
                "gradient_checkpointing": False},
     "ppo": {"learning_rate": 3e-5, "per_device_train_batch_size": 32, "logging_steps": 1, "save_steps": 10,

@@ -1,0 +1,81 @@
+"""The recipe schema: built-in names, --set overrides, unknown keys with the nearest match, trainer-config checks."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf_cli.errors import UserError
+from rlhf_cli.recipe import BUILTIN_DIR, apply_overrides, builtin_names, load_recipe, save_resolved
+
+
+def test_builtin_tiny_resolves_and_override_applies():
+    rec = load_recipe("tiny", ["pretrain.training.max_steps=5", "ppo.kl_coef=0.2", "seed=3"])
+    assert rec.pretrain.training["max_steps"] == 5
+    assert rec.ppo.kl_coef == 0.2
+    assert rec.seed == 3
+    assert "tiny" in builtin_names()
+
+
+def test_override_values_are_parsed_as_yaml():
+    data = apply_overrides({}, ["a.b=1e-3", "a.c=[x, y]", "a.d=null", "a.e=true", "f=hello"])
+    assert data == {"a": {"b": 1e-3, "c": ["x", "y"], "d": None, "e": True}, "f": "hello"}
+
+
+def test_misspelt_section_key_names_the_nearest():
+    with pytest.raises(UserError) as err:
+        load_recipe("tiny", ["pretrain.trainng.max_steps=5"])
+    assert "did you mean 'pretrain.training'" in str(err.value)
+
+
+def test_misspelt_training_key_is_checked_against_the_trainer_config():
+    with pytest.raises(UserError) as err:
+        load_recipe("tiny", ["sft.training.learning_rte=0.1"])
+    assert "sft.training.learning_rate" in str(err.value)
+    assert "SFTConfig" in str(err.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(UserError) as err:
+        load_recipe("tiny", ["model.sise=3", "seed=abc", "reward.training.max_stepz=2"])
+    msg = str(err.value)
+    assert "3 problems" in msg and "model.size" in msg and "seed" in msg and "reward.training.max_steps" in msg
+
+
+def test_wrong_value_type_and_bad_override_syntax():
+    with pytest.raises(UserError, match="feedback.k"):
+        load_recipe("tiny", ["feedback.k=20"])
+    with pytest.raises(UserError, match="key.path=value"):
+        load_recipe("tiny", ["no_equals_sign"])
+
+
+def test_missing_recipe_and_non_mapping_recipe(tmp_path):
+    with pytest.raises(UserError, match="built-in"):
+        load_recipe("tinny")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_recipe(str(bad))
+
+
+def test_path_recipe_and_resolved_copy(tmp_path):
+    src = tmp_path / "mine.yaml"
+    src.write_text("name: mine\nsft: {max_length: 64}\n")
+    rec = load_recipe(str(src))
+    assert rec.name == "mine" and rec.sft.max_length == 64
+    out = save_resolved(rec, tmp_path / "run")
+    again = yaml.safe_load(out.read_text())
+    assert again["sft"]["max_length"] == 64 and again["tokenizer"]["from"] is None
+    assert load_recipe(str(out)).model_dump() == rec.model_dump()
+
+
+@pytest.mark.parametrize("path", sorted(Path(BUILTIN_DIR).glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    text = path.read_text()
+    assert text.startswith("#"), "each recipe starts with a comment saying what it trains and how to run it"
+    load_recipe(str(path))
+
+
+def test_ppo_knob_set_twice_is_refused():
+    with pytest.raises(UserError, match="both set"):
+        load_recipe("tiny", ["ppo.training.kl_coef=0.1"])
