@@ -1,0 +1,173 @@
+"""`rlhf chat`: talk to any stage's causal LM through its chat template, tokens streamed as they are generated.
+
+    rlhf chat runs/tiny/ppo/final                                   # interactive: /reset clears history, /quit exits
+    rlhf chat runs/tiny/sft/final --prompt "what does the fox eat?" --temperature 0   # one answer, for scripts
+
+A LoRA adapter folder (adapter_config.json) loads as its base model plus the adapter. A reward model (a sequence
+classifier) cannot chat: `rlhf reward inspect` is the tool for it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rlhf_cli.errors import UserError
+
+HELP = "Type a message; /reset clears the history, /quit (or Ctrl-D) exits."
+
+
+def load_chat_model(model_dir: str):
+    """(model, tokenizer) for a causal-LM folder, a LoRA adapter folder or a hub id; UserError for anything else."""
+    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+
+    path = Path(model_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{model_dir} is a file; give a model folder (one with config.json) or an adapter folder.")
+    adapter = path / "adapter_config.json"
+    if path.is_dir() and adapter.exists():
+        settings = json.loads(adapter.read_text(encoding="utf-8"))
+        if settings.get("task_type") == "SEQ_CLS":
+            raise _not_causal(model_dir)
+        base = settings.get("base_model_name_or_path")
+        if not base:
+            raise UserError(f"{adapter} names no base model (base_model_name_or_path); cannot load the adapter.")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_causal_lm(base), str(path))
+        tok_ref = str(path) if _has_tokenizer(path) else base
+        return model, load_tokenizer(tok_ref)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.exists():
+            raise UserError(f"{model_dir} is not a model folder (no config.json or adapter_config.json); "
+                            "give a stage's final/ folder, e.g. runs/tiny/sft/final.")
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        if any("SequenceClassification" in a for a in architectures):
+            raise _not_causal(model_dir)
+    return load_causal_lm(model_dir), load_tokenizer(model_dir)
+
+
+def _not_causal(model_dir: str) -> UserError:
+    return UserError(f"{model_dir} is a reward model (a sequence classifier); chat needs a causal LM such as "
+                     f"runs/<name>/sft/final — to look at a reward model use `rlhf reward inspect {model_dir}`.")
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def reply(model, tokenizer, messages: list[dict], *, temperature: float, top_p: float, max_new_tokens: int,
+          write: Callable[[str], None]) -> str:
+    """Generate the assistant's next turn for `messages`, calling `write` with each piece of text as it is decoded."""
+    import torch
+    from transformers import TextStreamer
+
+    class Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            if text:
+                write(text)
+
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    device = next(model.parameters()).device
+    # Stop at end-of-text, and also if the model starts the next user turn itself.
+    stops = [tokenizer.eos_token_id, *_token_ids(tokenizer, ["<|user|>"])]
+    # An answer never holds padding or another role's marker (an undertrained model sometimes emits them).
+    suppress = [tokenizer.pad_token_id, *_token_ids(tokenizer, ["<|system|>", "<|assistant|>"])]
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=1,  # never an empty turn
+            eos_token_id=stops,
+            suppress_tokens=suppress,
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
+            **sampling,
+        )
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    new = [t for t in new if t not in stops and t != tokenizer.pad_token_id]
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def _token_ids(tokenizer, tokens: list[str]) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in tokens if t in vocab]
+
+
+def _fit_context(model, tokenizer, messages: list[dict], max_new_tokens: int) -> list[dict]:
+    """Drop the oldest exchanges until the prompt and the answer fit the model's context."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or getattr(
+        getattr(model, "config", None), "n_positions", None)
+    if not limit:
+        return messages
+    while len(messages) > 1:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        if len(ids) + max_new_tokens <= limit:
+            break
+        messages = messages[2:] if len(messages) > 2 else messages[1:]
+    return messages
+
+
+def chat(model_dir: str, prompt: str | None = None, temperature: float = 0.7, top_p: float = 0.95,
+         max_new_tokens: int = 128, *, ask: Callable[[str], str] = input) -> list[dict]:
+    """Chat with a model; returns the conversation. With `prompt`, print only its answer and return.
+
+    `ask` reads one user line (raises EOFError at the end of input); tests pass scripted input here.
+    """
+    if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
+        raise UserError("Use --temperature >= 0 (0 = greedy), 0 < --top-p <= 1 and --max-new-tokens >= 1.")
+    model, tokenizer = load_chat_model(model_dir)
+    settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+
+    def write(text: str):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if prompt is not None:
+        messages = [{"role": "user", "content": prompt}]
+        answer = reply(model, tokenizer, messages, write=write, **settings)
+        write("\n")
+        return [*messages, {"role": "assistant", "content": answer}]
+
+    print(f"Chatting with {model_dir}{_stage_note(model_dir)}. {HELP}", file=sys.stderr)
+    history: list[dict] = []
+    while True:
+        try:
+            line = ask("you> ")
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            history = []
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/"):
+            print(f"Unknown command {text}. {HELP}", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": text})
+        history = _fit_context(model, tokenizer, history, max_new_tokens)
+        write("bot> ")
+        answer = reply(model, tokenizer, history, write=write, **settings)
+        write("\n")
+        history.append({"role": "assistant", "content": answer})
+    return history
+
+
+def _stage_note(model_dir: str) -> str:
+    lineage = Path(model_dir) / "lineage.json"
+    try:
+        return f" (stage: {json.loads(lineage.read_text(encoding='utf-8'))['stage']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
