@@ -138,11 +138,13 @@ def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)  # with the chat template
         write_json_atomic(tmp / "lineage.json", {**lineage, "export": record})
-        title = f"{Path(str(model_dir).rstrip('/')).parent.name or 'model'} — {lineage.get('stage', 'model')} ({lineage.get('recipe_name', 'rlhf-cli')})"
+        stage = lineage.get("stage")
+        title = f"{out.name}: {'the ' + stage + ' stage' if stage else 'a model'} of an rlhf-cli run"
         write_model_card(tmp, title=title, body=_card(title, info, lineage, params, out))
 
     save_dir_atomic(out, write)
-    print(f"Exported {info['kind']} ({params / 1e6:.2f}M parameters{', LoRA merged' if info['merged_lora'] else ''}) to {out}")
+    print(f"Wrote a {info['kind']} ({params / 1e6:.2f}M parameters{', LoRA merged' if info['merged_lora'] else ''}): "
+          "safetensors, tokenizer with chat template, README.md, lineage.json")
     if push_to_hub:
         push(out, push_to_hub)
     return out
