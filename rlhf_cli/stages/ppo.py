@@ -1,0 +1,285 @@
+"""Stage 3b: PPO with a KL penalty — the SFT model (the policy) learns to earn reward while staying near the SFT model.
+
+    rlhf ppo --recipe tiny                                 # after `rlhf reward --recipe tiny`
+    rlhf ppo --recipe tiny --set ppo.kl_coef=0.2 --overwrite
+    accelerate launch -m rlhf_cli ppo --recipe tiny        # many processes (DDP, DeepSpeed)
+
+Policy and reference from `<run>/sft/final` (`ppo.policy_from`), reward model from `<run>/reward/final`
+(`ppo.reward_from`, normalised by its `reward_stats.json` when present), value model from the reward model
+(`ppo.value_from`). `ppo.rewards` replaces the reward with a weighted sum of reward models and Python functions
+(`module:function`, called as f(prompts, answers, finished) -> list of floats). Writes `ppo/final/` (a plain causal LM),
+`ppo/metrics.jsonl`, `ppo/checkpoints/` and `ppo/eval.json`: the PPO policy next to the SFT model on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlhf_cli.errors import UserError
+
+
+def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict:
+    import torch
+
+    from rlhf_cli.data.formats import load_stage_data, train_eval_split
+    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.ppo.trainer import PPOTrainer
+    from rlhf_cli.runs import (
+        is_main_process,
+        newest_checkpoint,
+        prepare_stage_dir,
+        read_json,
+        resolve_model_dir,
+        save_dir_atomic,
+        write_json_atomic,
+        write_lineage,
+        write_model_card,
+    )
+    from rlhf_cli.stages.common import trainer_config
+
+    spec, run_dir = recipe.ppo, Path(run_dir)
+    stage_dir = prepare_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite)
+    if resume and (stage_dir / "final" / "config.json").exists() and (stage_dir / "eval.json").exists():
+        print(f"ppo: already finished, keeping {stage_dir / 'final'}")
+        return read_json(stage_dir / "eval.json")
+    args = trainer_config(recipe, "ppo", stage_dir)
+    trust = recipe.model.trust_remote_code
+
+    # Data: training prompts, and held-out prompts for the evaluation.
+    toy_dir = run_dir / "data" / "toy"
+    data = load_stage_data("ppo", spec.data, toy_dir=toy_dir, seed=recipe.seed)
+    train_ds, eval_ds = train_eval_split(data, spec.data, "ppo", seed=recipe.seed, toy_dir=toy_dir)
+    eval_prompts = [row["prompt"] for row in eval_ds.select(range(min(spec.eval_prompts, len(eval_ds))))]
+
+    # Models: policy + reference (SFT), reward sources, value model.
+    policy_dir = resolve_model_dir(spec.policy_from, run_dir, "sft", "ppo.policy_from")
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    policy = load_causal_lm(policy_dir, trust_remote_code=trust)
+    ref_model = None if spec.lora else load_causal_lm(policy_dir, trust_remote_code=trust)
+    if spec.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = spec.lora
+        policy = get_peft_model(policy, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                   target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust)
+    value_model, value_dir = _value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
+    ptx_blocks = _ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
+
+    trainer = PPOTrainer(args, tokenizer, policy, ref_model, value_model, reward_funcs, train_ds, ptx_blocks=ptx_blocks,
+                         metrics_path=stage_dir / "metrics.jsonl")
+    ckpt = newest_checkpoint(Path(args.output_dir)) if resume else None
+    if is_main_process():
+        print(f"ppo: {trainer.num_steps} steps x {trainer.batch_size} episodes, policy {policy_dir}, value {value_dir}, "
+              f"rewards {[getattr(f, 'name', '?') for f, _ in reward_funcs]} -> {stage_dir}", flush=True)
+    last = trainer.train(resume_from_checkpoint=ckpt)
+
+    # The final policy: a plain causal-LM folder with tokenizer, model card and lineage.
+    def write_rest(tmp: Path) -> None:
+        tokenizer.save_pretrained(tmp)
+        write_model_card(tmp, title=f"{recipe.name}: PPO policy",
+                         body=f"PPO with a KL penalty (beta {trainer.kl_ctl.value:.4g}, {trainer.episode} episodes) from "
+                              f"`{policy_dir}`, rewards: {[getattr(f, 'name', '?') for f, _ in reward_funcs]}.\n\n"
+                              f"Made with `rlhf ppo` (rlhf-cli).")
+        write_lineage(tmp, stage="ppo", parents={"policy": policy_dir, "value": value_dir, **reward_dirs},
+                      data=spec.data.model_dump(), recipe=recipe)
+
+    final = stage_dir / "final"
+    with tempfile.TemporaryDirectory() as staging:  # every process takes part in gathering sharded weights
+        trainer.save_model(staging)
+        if trainer.accelerator.is_main_process:
+            save_dir_atomic(final, lambda tmp: (shutil.copytree(staging, tmp), write_rest(tmp)))
+    trainer.accelerator.wait_for_everyone()
+
+    metrics = {"episodes": trainer.episode, "steps": trainer.step, "kl_coef": trainer.kl_ctl.value,
+               "train_last_step": last}
+    if trainer.accelerator.is_main_process and eval_prompts:
+        with torch.no_grad():
+            metrics.update(_evaluate(recipe, trainer, eval_prompts, toy_dir))
+    if trainer.accelerator.is_main_process:
+        write_json_atomic(stage_dir / "eval.json", metrics)
+        _summary(final, metrics)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------------ sources
+
+
+def _reward_sources(recipe, run_dir: Path, trust: bool):
+    """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage."""
+    from rlhf_cli.ppo.trainer import FunctionReward, load_function
+    from rlhf_cli.runs import resolve_model_dir
+
+    spec = recipe.ppo
+    terms = spec.rewards
+    if terms is None:
+        default = resolve_model_dir(spec.reward_from, run_dir, "reward", "ppo.reward_from")
+        terms = [type("T", (), {"model": default, "function": None, "weight": 1.0})()]
+    funcs, dirs = [], {}
+    for i, term in enumerate(terms):
+        if bool(term.model) == bool(term.function):
+            raise UserError(f"ppo.rewards[{i}] must name exactly one of model (a reward model folder) or function "
+                            f"(module:function).")
+        if term.function:
+            funcs.append((FunctionReward(load_function(term.function), name=term.function), term.weight))
+        else:
+            path = resolve_model_dir(term.model, run_dir, "reward", f"ppo.rewards[{i}].model")
+            funcs.append((_reward_model(path, recipe, trust), term.weight))
+            dirs[f"reward_{i}" if i else "reward"] = path
+    return funcs, dirs
+
+
+def _reward_model(path: str, recipe, trust: bool):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.ppo.trainer import RewardModelScorer
+    from rlhf_cli.runs import read_json
+
+    tok = load_tokenizer(path, trust_remote_code=trust)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, trust_remote_code=trust,
+                                                                   use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"Cannot load a reward model from '{path}': {str(err).splitlines()[0]}") from None
+    model.config.pad_token_id = tok.pad_token_id
+    stats_path = Path(path) / "reward_stats.json"
+    stats = read_json(stats_path) if stats_path.exists() else {}
+    return RewardModelScorer(model, tok, mean=float(stats.get("mean", 0.0)), std=float(stats.get("std", 1.0)),
+                             max_length=recipe.reward.max_length, name=Path(path).parent.name + "/" + Path(path).name)
+
+
+def _value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool):
+    """The value model: `ppo.value_from`, else the (first) reward model when it shares the policy's tokenizer, else the
+    policy with a fresh scalar head. Values are read per token of the policy's answers, so the tokenizers must match."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_cli.modeling import load_tokenizer
+
+    path = spec.value_from or next(iter(reward_dirs.values()), None)
+    if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
+        if spec.value_from:
+            raise UserError(f"ppo.value_from {path} has a different tokenizer from the policy's ({policy_dir}); the value "
+                            "model reads the policy's tokens, so give a model that shares its tokenizer (or the SFT model).")
+        print(f"ppo: the reward model {path} has its own tokenizer; the value model starts from the policy instead.")
+        path = None
+    path = path or policy_dir
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, trust_remote_code=trust,
+                                                               use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, path
+
+
+def _ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: int = 4096):
+    """PPO-ptx data: the pretrain corpus as token blocks."""
+    import torch
+
+    from rlhf_cli.data.formats import load_stage_data
+
+    ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=run_dir / "data" / "toy", seed=recipe.seed)
+    block = min(block, recipe.pretrain.block_size)
+    ids: list[int] = []
+    for row in ds:
+        ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) >= block * max_blocks:
+            break
+    n = len(ids) // block
+    if n == 0:
+        raise UserError("PPO-ptx: the pretrain corpus is shorter than one block; add text or set ppo.ptx_coef: 0.")
+    return torch.tensor(ids[: n * block]).view(n, block)
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+
+
+def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict:
+    """The PPO policy next to the SFT model on held-out prompts: greedy answers scored by the reward and (toy world)
+    the gold reward, with a paired 95 % bootstrap interval of the gain; KL to the reference on sampled answers."""
+    from rlhf_cli.generation import generate_answers
+    from rlhf_cli.ppo.trainer import prompt_text
+
+    tok, args = trainer.tokenizer, trainer.args
+    gen = {"max_new_tokens": args.response_length, "temperature": 0.0, "batch_size": args.local_rollout_forward_batch_size}
+    ppo_answers = [a[0] for a in generate_answers(trainer.policy, tok, prompts, **gen, progress="eval ppo")]
+    with trainer.reference() as ref:
+        sft_answers = [a[0] for a in generate_answers(ref, tok, prompts, **gen, progress="eval sft")]
+    world = None
+    if recipe.ppo.data.toy:
+        from rlhf_cli.data.toy import ToyWorld
+
+        world = ToyWorld(recipe.seed)
+    out: dict = {"num_prompts": len(prompts)}
+    per_model = {}
+    for name, answers in (("ppo", ppo_answers), ("sft", sft_answers)):
+        texts, fin = [a.text for a in answers], [a.finished for a in answers]
+        scores, _ = trainer.score(prompts, texts, torch_bool(fin))
+        row = {"rm_score": _mean(scores.tolist()), "length": _mean([a.num_tokens for a in answers]),
+               "finished_rate": _mean([float(f) for f in fin])}
+        if world:
+            gold = [world.gold_reward(prompt_text(p), t, f) for p, t, f in zip(prompts, texts, fin, strict=True)]
+            row["gold_reward"] = _mean(gold)
+            per_model[name] = gold
+        out[name] = row
+    kl, lengths = trainer.sequence_kl(prompts)
+    out["ppo"]["kl_to_reference"] = _mean(kl)
+    out["ppo"]["sampled_length"] = _mean(lengths)
+    out["rm_score_gain"] = out["ppo"]["rm_score"] - out["sft"]["rm_score"]
+    if world:
+        gains = [a - b for a, b in zip(per_model["ppo"], per_model["sft"], strict=True)]
+        lo, hi = bootstrap_interval(gains, seed=recipe.seed)
+        out["gold_gain"] = {"mean": _mean(gains), "ci95": [lo, hi]}
+    out["examples"] = [{"prompt": prompt_text(p), "sft": s.text, "ppo": q.text}
+                       for p, s, q in list(zip(prompts, sft_answers, ppo_answers, strict=True))[:5]]
+    return out
+
+
+def torch_bool(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.bool)
+
+
+def bootstrap_interval(values: list[float], *, seed: int = 0, n: int = 2000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (paired gains, one per prompt)."""
+    if not values:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    k = len(values)
+    means = sorted(sum(values[rng.randrange(k)] for _ in range(k)) / k for _ in range(n))
+    return round(means[int((1 - level) / 2 * n)], 6), round(means[min(n - 1, int((1 + level) / 2 * n))], 6)
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 6) if xs else float("nan")
+
+
+def _summary(final: Path, m: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"ppo: saved the policy to {final} ({m['episodes']} episodes, beta {m['kl_coef']:.4g})")
+    if "ppo" not in m:
+        return
+    table = Table(title="held-out prompts: SFT vs PPO")
+    for col in ("model", "rm score", "gold", "length", "finished", "KL"):
+        table.add_column(col)
+    for name in ("sft", "ppo"):
+        r = m[name]
+        table.add_row(name, f"{r['rm_score']:+.3f}", f"{r.get('gold_reward', float('nan')):+.3f}", f"{r['length']:.1f}",
+                      f"{r['finished_rate']:.2f}", f"{r.get('kl_to_reference', 0.0):.3f}")
+    console.print(table)
+    if "gold_gain" in m:
+        g = m["gold_gain"]
+        console.print(f"gold gain PPO-SFT {g['mean']:+.3f} (95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f})")
+    ex = Table(title="answers side by side", show_lines=True)
+    for col in ("prompt", "sft", "ppo"):
+        ex.add_column(col, overflow="fold")
+    for e in m["examples"][:3]:
+        ex.add_row(e["prompt"], e["sft"], e["ppo"])
+    console.print(ex)
