@@ -1,0 +1,204 @@
+"""`rlhf pipeline`: every stage in order, into one run folder, each from the one before — the main job.
+
+    rlhf pipeline                                   # the embedded tiny recipe -> runs/tiny
+    rlhf pipeline --recipe tiny --resume            # keep finished stages, run the rest (an unfinished one resumes)
+    rlhf pipeline --stages sample,label,reward --overwrite
+
+Steps: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report. A step is finished when its output is
+complete: a model stage's `final/` (written atomically, so its presence means complete), the feedback files, the eval and
+report JSON. Without `--resume` or `--overwrite` an existing stage output is refused before anything runs (eval and
+report are summaries: they are rewritten). Each step's wall time
+and headline metric go to `<run>/pipeline.json` (rewritten atomically after every step) and a table at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rlhf_cli.errors import UserError
+
+STEPS = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
+MODEL_STAGES = ("pretrain", "sft", "reward", "ppo")
+
+
+def parse_stages(stages: str | list[str] | None) -> list[str]:
+    """The steps to run, in pipeline order; an unknown name is a UserError listing the valid ones."""
+    if stages is None:
+        return list(STEPS)
+    names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
+    unknown = [s for s in names if s not in STEPS]
+    if unknown or not names:
+        import difflib
+
+        hints = [
+            f"'{u}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(u, STEPS, n=1)) else "")
+            for u in unknown
+        ]
+        what = f"unknown stage {', '.join(hints)}" if unknown else "no stage given"
+        raise UserError(f"--stages: {what}; valid stages are {','.join(STEPS)}.")
+    return [s for s in STEPS if s in names]
+
+
+def step_outputs(run_dir: Path, step: str) -> Path:
+    """The folder or file whose presence means `step` has produced something."""
+    return {
+        "sample": run_dir / "feedback" / "samples.jsonl",
+        "label": run_dir / "feedback" / "rankings.jsonl",
+        "eval": run_dir / "eval" / "eval.json",
+        "report": run_dir / "report" / "report.json",
+    }.get(step, run_dir / step)
+
+
+def is_finished(run_dir: Path, step: str, annotator: str | None = None) -> bool:
+    """Whether `step`'s output exists and is complete.
+
+    A model stage: final/ with config.json (written atomically). Samples and toy/file labels: the file (written
+    atomically). Human labels are never taken as finished: the labelling screen itself continues where the person
+    stopped and returns at once when nothing is left to rank.
+    """
+    run_dir = Path(run_dir)
+    if step in MODEL_STAGES:
+        return (run_dir / step / "final" / "config.json").exists()
+    if step == "label" and annotator == "human":
+        return False
+    return step_outputs(run_dir, step).is_file()
+
+
+def _started(run_dir: Path, step: str) -> bool:
+    out = step_outputs(run_dir, step)
+    return out.is_file() or (out.is_dir() and any(out.iterdir()))
+
+
+def _run_step(step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool) -> dict | None:
+    """Run one step; returns the stage's metrics where it gives any."""
+    if step in MODEL_STAGES:
+        import importlib
+
+        return importlib.import_module(f"rlhf_cli.stages.{step}").run(
+            recipe, run_dir, resume=resume, overwrite=overwrite
+        )
+    if step == "sample":
+        from rlhf_cli.feedback import sample
+
+        return sample(recipe, run_dir, overwrite=overwrite)
+    if step == "label":
+        from rlhf_cli.feedback import label
+
+        # a partly labelled file is continued (the human screen resumes) unless --overwrite
+        return label(recipe, run_dir, overwrite=overwrite)
+    if step == "eval":
+        from rlhf_cli.evaluate import evaluate_run
+
+        return evaluate_run(run_dir, recipe=recipe)
+    from rlhf_cli.report import build_report
+
+    return {"report": str(build_report(run_dir))}
+
+
+def run_pipeline(
+    recipe, run_dir: str | Path, stages: str | list[str] | None = None, resume: bool = False, overwrite: bool = False
+) -> dict:
+    """Run the chosen steps of the pipeline in order into `run_dir`; returns the pipeline record (pipeline.json).
+
+    Args:
+        recipe: the resolved Recipe.
+        run_dir: the run folder.
+        stages: a comma-separated subset (or list) of STEPS; default all.
+        resume: keep finished steps, run the rest (an unfinished model stage continues from its newest checkpoint).
+        overwrite: replace the chosen steps' existing outputs.
+    Raises:
+        UserError: an unknown stage name, or existing outputs without --resume/--overwrite.
+    """
+    from rich.console import Console
+
+    from rlhf_cli.recipe import save_resolved
+    from rlhf_cli.runs import is_main_process, read_json, write_json_atomic
+
+    run_dir = Path(run_dir)
+    steps = parse_stages(stages)
+    if resume and overwrite:
+        raise UserError("--resume keeps finished stages and --overwrite replaces them: pass one of the two.")
+    existing = [s for s in steps if s not in ("eval", "report") and _started(run_dir, s)]  # those two are rewritten
+    if existing and not (resume or overwrite):
+        raise UserError(
+            f"{run_dir} already has {', '.join(existing)}; pass --resume to keep finished stages and run the rest, "
+            f"--overwrite to replace them, or --output-dir to write elsewhere."
+        )
+    console = Console()
+    record_path = run_dir / "pipeline.json"
+    record = {"recipe": recipe.name, "run_dir": str(run_dir), "steps": {}}
+    if resume and record_path.exists():
+        old = read_json(record_path)
+        record["steps"] = old.get("steps", {})
+        saved = run_dir / "recipe.yaml"
+        if saved.exists() and saved.read_text(encoding="utf-8") != recipe.to_yaml():
+            console.print(
+                "[yellow]The recipe differs from the one this run started with; finished stages keep "
+                "their old settings.[/]"
+            )
+    if is_main_process():
+        save_resolved(recipe, run_dir)
+    console.print(f"[bold]rlhf pipeline[/] {recipe.name} -> {run_dir}  (steps: {', '.join(steps)})")
+
+    start = time.time()
+    for step in steps:
+        if resume and is_finished(run_dir, step, recipe.feedback.annotator):
+            console.print(f"[dim]{step}: finished already, kept ({step_outputs(run_dir, step)})[/]")
+            record["steps"].setdefault(step, {})["status"] = "kept"
+            continue
+        console.rule(f"[bold]{step}")
+        t0 = time.time()
+        entry = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record["steps"][step] = entry
+        try:
+            _run_step(step, recipe, run_dir, resume=resume and _started(run_dir, step), overwrite=overwrite)
+        except BaseException:
+            entry.update(status="failed", seconds=round(time.time() - t0, 2))
+            if is_main_process():
+                write_json_atomic(record_path, record)
+            raise
+        entry.update(status="done", seconds=round(time.time() - t0, 2))
+        if is_main_process():
+            write_json_atomic(record_path, record)
+
+    from rlhf_cli.report import step_headline
+
+    for step, entry in record["steps"].items():
+        entry["headline"] = step_headline(run_dir, step)
+    record["total_seconds"] = round(time.time() - start, 2)
+    report = run_dir / "report" / "report.md"
+    record["report"] = str(report) if report.exists() else None
+    if is_main_process():
+        write_json_atomic(record_path, record)
+        _print_summary(console, record)
+    return record
+
+
+def _print_summary(console, record: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"rlhf pipeline: {record['recipe']}")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("headline metric")
+    for step in STEPS:
+        entry = record["steps"].get(step)
+        if entry is None:
+            continue
+        seconds = entry.get("seconds")
+        headline = entry.get("headline") or {}
+        table.add_row(
+            step, entry.get("status", ""), f"{seconds:.1f} s" if seconds is not None else "-", headline.get("text", "")
+        )
+    console.print(table)
+    console.print(f"Total {record['total_seconds']:.1f} s. Timings: {Path(record['run_dir']) / 'pipeline.json'}")
+    if record.get("report"):
+        console.print(f"[bold]Report: {record['report']}[/]")
+
+
+def load_record(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / "pipeline.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -1,0 +1,498 @@
+"""`rlhf report RUN_DIR`: the report card of a run — report/report.md, report/report.json and PNG plots.
+
+    rlhf report runs/tiny                  # -> runs/tiny/report/report.md
+
+Everything comes from files the stages left: each stage's `metrics.jsonl` (loss curves, PPO's reward and KL over
+training) and `eval.json`, `eval/eval.json` (`rlhf eval`: the models side by side) and `pipeline.json` (timings). A missing
+file leaves its section out. `report.json["headline"]` holds the numbers that say whether the recipe worked: base bits per
+byte, SFT finished-answer rate, reward-model accuracy, and PPO's gold reward against SFT's with a 95 % bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from rlhf_cli.errors import UserError
+
+STAGES = ("pretrain", "sft", "reward", "ppo")
+# Targets of the tiny recipe (issue "the main job"): shown in the report as checks, never enforced.
+TARGETS = {"sft_finished_rate": 0.9, "reward_accuracy": 0.75}
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl (a torn last line from a killed run is skipped)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def find_metric(data: Any, *names: str):
+    """The first of `names` found as a key in `data` (a top-level key first, then nested dicts, depth first)."""
+    if not isinstance(data, dict):
+        return None
+    for name in names:
+        if name in data and data[name] is not None:
+            return data[name]
+    for value in data.values():
+        if isinstance(value, dict):
+            found = find_metric(value, *names)
+            if found is not None:
+                return found
+    return None
+
+
+def _number(value) -> float | None:
+    """A metric as a float: a plain number, or the 'mean' of a {mean, low, high} dict."""
+    if isinstance(value, dict):
+        value = value.get("mean", value.get("value"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _low_high(data: dict, key: str) -> dict | None:
+    """{mean, low, high} from flat keys `key`, `key_low`, `key_high` (how the reward stage writes its interval)."""
+    if all(isinstance(data.get(k), (int, float)) for k in (key, f"{key}_low", f"{key}_high")):
+        return {"mean": data[key], "low": data[f"{key}_low"], "high": data[f"{key}_high"]}
+    return None
+
+
+def _interval(value) -> dict | None:
+    if isinstance(value, dict) and {"mean", "low", "high"} <= set(value):
+        return {k: value[k] for k in ("mean", "low", "high")}
+    return None
+
+
+# Headline keys, in the order they are looked for in each file.
+BPB = ("bits_per_byte", "eval_bits_per_byte", "bpb")
+FINISHED = ("finished_rate", "finished_share", "sft_finished_rate", "eos_rate")
+ACCURACY = ("accuracy", "eval_accuracy", "pairwise_accuracy")
+GOLD_GAIN = ("gold_gain", "gold_reward_gain", "ppo_gold_gain")
+
+
+def headline(run_dir: Path) -> dict[str, Any]:
+    """The numbers that say whether the recipe worked (None where the run lacks them)."""
+    run_dir = Path(run_dir)
+    pre, sft, rew, ppo = (_read_json(run_dir / s / "eval.json") for s in STAGES)
+    ev = _read_json(run_dir / "eval" / "eval.json")
+    models = ev.get("models", {})
+    out: dict[str, Any] = {
+        "base_bits_per_byte": _number(find_metric(pre, *BPB)),
+        "sft_finished_rate": _number(models.get("sft", {}).get("finished_rate")),
+        "reward_accuracy": _number(find_metric(rew, *ACCURACY)),
+        "reward_accuracy_interval": _low_high(rew, "accuracy"),
+        "reward_gold_accuracy": _number(find_metric(rew, "gold_accuracy", "gold_agreement")),
+        "sft_gold_reward": _number(models.get("sft", {}).get("gold_reward")),
+        "ppo_gold_reward": _number(models.get("ppo", {}).get("gold_reward")),
+        "ppo_gold_gain": _interval(ev.get("ppo_gold_gain")),
+        "ppo_kl_to_sft": _number(models.get("ppo", {}).get("kl_to_sft")),
+        "source": {"sft_finished_rate": "eval/eval.json", "ppo_gold_gain": "eval/eval.json"},
+    }
+    if out["sft_finished_rate"] is None:  # no `rlhf eval` yet: the stages' own evaluations
+        out["sft_finished_rate"] = _number(find_metric(sft, *FINISHED))
+        out["source"]["sft_finished_rate"] = "sft/eval.json"
+    if out["ppo_gold_gain"] is None:
+        out["ppo_gold_gain"] = _interval(find_metric(ppo, *GOLD_GAIN))
+        out["source"]["ppo_gold_gain"] = "ppo/eval.json"
+    for key in ("sft_gold_reward", "ppo_gold_reward"):
+        if out[key] is None:
+            stage = key.split("_")[0]
+            out[key] = _number(find_metric(ppo, f"{stage}_gold_reward", f"gold_reward_{stage}"))
+    wins = ev.get("win_rates", {}).get("ppo_vs_sft", {})
+    out["ppo_win_rate_gold"] = _interval(wins.get("gold"))
+    out["ppo_win_rate_gold_length_controlled"] = _interval(wins.get("gold_length_controlled"))
+    out["ppo_win_rate_rm"] = _interval(wins.get("reward_model"))
+    return out
+
+
+def checks(head: dict) -> dict[str, bool | None]:
+    """The tiny recipe's targets, each True/False (None when the number is missing)."""
+    gain = head.get("ppo_gold_gain")
+    return {
+        "sft_finished_rate >= 0.9": None if head["sft_finished_rate"] is None else head["sft_finished_rate"] >= 0.9,
+        "reward_accuracy >= 0.75": None if head["reward_accuracy"] is None else head["reward_accuracy"] >= 0.75,
+        "ppo gold gain interval above zero": None if gain is None else gain["low"] > 0,
+    }
+
+
+def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
+    """One step's headline metric for the pipeline's summary table: {"name", "value", "text"}."""
+    run_dir = Path(run_dir)
+    if step in ("sample", "label"):
+        path = run_dir / "feedback" / ("samples.jsonl" if step == "sample" else "rankings.jsonl")
+        n = len(read_metrics(path))
+        return {"name": "rows", "value": n, "text": f"{n} {'prompts sampled' if step == 'sample' else 'rankings'}"}
+    if step == "report":
+        return {
+            "name": "report",
+            "value": str(run_dir / "report" / "report.md"),
+            "text": str(run_dir / "report" / "report.md"),
+        }
+    head = headline(run_dir)
+    if step == "pretrain":
+        v = head["base_bits_per_byte"]
+        return {"name": "bits_per_byte", "value": v, "text": "" if v is None else f"held-out bits/byte {v:.3f}"}
+    if step == "sft":
+        v = _number(find_metric(_read_json(run_dir / "sft" / "eval.json"), *FINISHED))
+        return {"name": "finished_rate", "value": v, "text": "" if v is None else f"finished answers {v:.1%}"}
+    if step == "reward":
+        v = head["reward_accuracy"]
+        return {"name": "accuracy", "value": v, "text": "" if v is None else f"held-out pair accuracy {v:.1%}"}
+    gain = head["ppo_gold_gain"]
+    if step == "ppo":
+        gain = _interval(find_metric(_read_json(run_dir / "ppo" / "eval.json"), *GOLD_GAIN)) or gain
+    if gain is None:
+        return {"name": "gold_gain", "value": None, "text": ""}
+    text = f"gold reward {gain['mean']:+.3f} vs SFT [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    return {"name": "gold_gain", "value": gain["mean"], "text": text}
+
+
+# ------------------------------------------------------------------------------------------------------ plots
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(row.get("step", i))
+            ys.append(v)
+    return xs, ys
+
+
+def _numeric_keys(rows: list[dict]) -> list[str]:
+    keys: dict[str, None] = {}
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys[k] = None
+    return list(keys)
+
+
+def _loss_keys(rows: list[dict]) -> list[str]:
+    """Loss-like keys: loss, eval_loss, loss/policy_avg, policy_loss, ..."""
+    return [k for k in _numeric_keys(rows) if re.search(r"(^|[/_])loss($|[/_])", k) and "scale" not in k]
+
+
+def plot_losses(metrics: dict[str, list[dict]], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in STAGES if _loss_keys(metrics.get(s, []))]
+    if not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        for key in _loss_keys(metrics[stage])[:4]:
+            xs, ys = _series(metrics[stage], key)
+            ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, ms=3, label=key)
+        ax.set_title(f"{stage}: loss")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Loss curves of every stage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    bars = {}
+    for label, names in (
+        ("held-out pairs", ACCURACY),
+        ("gold order", ("gold_agreement", "gold_accuracy", "agreement_with_gold")),
+    ):
+        v = _number(find_metric(reward_eval, *names))
+        if v is not None:
+            bars[label] = v
+    curve_key = next((k for k in ("eval_accuracy", "accuracy") if _series(reward_metrics, k)[0]), None)
+    if not bars and curve_key is None:
+        return None
+    fig, axes = plt.subplots(
+        1, 2 if curve_key and bars else 1, figsize=(9 if curve_key and bars else 4.8, 3.6), squeeze=False
+    )
+    ax = axes[0][0]
+    if bars:
+        ax.bar(list(bars), list(bars.values()), color=["tab:blue", "tab:green"][: len(bars)])
+        for i, v in enumerate(bars.values()):
+            ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
+        ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel("pairwise accuracy")
+        ax.set_title("Reward model: held-out accuracy")
+        ax.legend(fontsize=8, loc="lower right")
+    if curve_key:
+        ax = axes[0][-1]
+        xs, ys = _series(reward_metrics, curve_key)
+        ax.plot(xs, ys, marker="o")
+        ax.axhline(0.5, color="grey", ls="--", lw=1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("step")
+        ax.set_title(f"Reward model: {curve_key} during training")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pick(keys: list[str], patterns: tuple[str, ...]) -> str | None:
+    for pattern in patterns:
+        for k in keys:
+            if re.fullmatch(pattern, k):
+                return k
+    return None
+
+
+def plot_ppo(ppo_metrics: list[dict], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    keys = _numeric_keys(ppo_metrics)
+    reward_key = _pick(
+        keys, (r"rm_score", r"objective/scores", r"score", r"scores", r".*rm_score.*", r".*score.*", r"reward")
+    )
+    kl_key = _pick(keys, (r"kl", r"objective/kl", r".*kl$", r".*kl.*"))
+    gold_key = _pick(keys, (r"gold", r"gold_reward", r".*gold.*"))
+    if reward_key is None and kl_key is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    ax = axes[0]
+    if reward_key:
+        ax.plot(*_series(ppo_metrics, reward_key), color="tab:blue", label=f"{reward_key} (reward model)")
+    if gold_key:
+        ax.plot(*_series(ppo_metrics, gold_key), color="tab:green", label=f"{gold_key} (gold)")
+    ax.set_title("PPO: reward over training")
+    ax.set_xlabel("PPO step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if kl_key:
+        ax.plot(*_series(ppo_metrics, kl_key), color="tab:red")
+        ax.set_ylabel(kl_key)
+    ax.set_title("PPO: KL to the SFT reference")
+    ax.set_xlabel("PPO step")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_models(models: dict, path: Path) -> Path | None:
+    """Gold reward and reward-model score of base, SFT and PPO on the same prompts, with 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (k, t)
+        for k, t in (("gold_reward", "gold reward"), ("rm_score", "reward-model score"))
+        if any(isinstance(m.get(k), dict) for m in models.values())
+    ]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        names = [n for n, m in models.items() if isinstance(m.get(key), dict)]
+        means = [models[n][key]["mean"] for n in names]
+        err = [
+            [m - models[n][key]["low"] for n, m in zip(names, means, strict=True)],
+            [models[n][key]["high"] - m for n, m in zip(names, means, strict=True)],
+        ]
+        ax.bar(names, means, yerr=err, capsize=5, color=["tab:grey", "tab:blue", "tab:orange"][: len(names)])
+        for i, m in enumerate(means):
+            ax.text(i, m, f" {m:.3f}", ha="left", va="bottom", fontsize=8)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"Held-out {title}")
+    fig.suptitle("Base, SFT and PPO on the same prompts (greedy, 95 % interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_answers(samples: list[dict], path: Path, n: int = 4) -> Path | None:
+    """The same prompts answered by base, SFT and PPO, side by side, as an image."""
+    import matplotlib.pyplot as plt
+
+    if not samples:
+        return None
+    names = [k for k in ("base", "sft", "ppo") if k in samples[0]]
+    rows = samples[:n]
+    fig, ax = plt.subplots(figsize=(3.4 * (len(names) + 1), 1.5 + 1.25 * len(rows)))
+    ax.axis("off")
+    cells = [[textwrap.fill(r["prompt"], 30)] + [textwrap.fill(r[k] or "(empty)", 30) for k in names] for r in rows]
+    table = ax.table(cellText=cells, colLabels=["prompt", *names], loc="upper center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    for (row, _), cell in table.get_celld().items():
+        lines = max(cell.get_text().get_text().count("\n") + 1, 1)
+        cell.set_height(0.06 * lines if row else 0.06)
+    ax.set_title("The same held-out prompts answered by " + ", ".join(names), fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ the report
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write <run>/report/report.md, report.json and the plots; return the path of report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rlhf_cli.runs import write_json_atomic, write_text_atomic
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run folder; give the folder `rlhf pipeline` wrote (runs/<name>).")
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {s: read_metrics(run_dir / s / "metrics.jsonl") for s in STAGES}
+    stage_evals = {s: _read_json(run_dir / s / "eval.json") for s in STAGES}
+    ev = _read_json(run_dir / "eval" / "eval.json")
+    pipeline = _read_json(run_dir / "pipeline.json")
+    if not any(metrics.values()) and not any(stage_evals.values()) and not ev:
+        raise UserError(
+            f"{run_dir} has no stage output to report on (no <stage>/metrics.jsonl or eval.json); run `rlhf pipeline` first."
+        )
+
+    plots = {
+        "loss_curves": plot_losses(metrics, out / "loss_curves.png"),
+        "reward_accuracy": plot_reward_accuracy(stage_evals["reward"], metrics["reward"], out / "reward_accuracy.png"),
+        "ppo_training": plot_ppo(metrics["ppo"], out / "ppo_training.png"),
+        "models": plot_models(ev.get("models", {}), out / "models.png"),
+        "answers": plot_answers(ev.get("samples", []), out / "answers.png"),
+    }
+    plots = {k: v.name for k, v in plots.items() if v is not None}
+    head = headline(run_dir)
+    report = {
+        "run_dir": str(run_dir),
+        "headline": head,
+        "checks": checks(head),
+        "stages": {s: e for s, e in stage_evals.items() if e},
+        "eval": {k: v for k, v in ev.items() if k != "per_prompt"},
+        "timings": {s: e.get("seconds") for s, e in pipeline.get("steps", {}).items()},
+        "plots": plots,
+    }
+    write_json_atomic(out / "report.json", report)
+    path = write_text_atomic(out / "report.md", _markdown(run_dir, report, ev))
+    return path
+
+
+def _f(v, fmt=".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _ci(d) -> str:
+    return "–" if not d else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
+    h = report["headline"]
+    lines = [f"# rlhf report: {run_dir}", ""]
+    lines += [
+        "## Headline",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| base model: held-out bits per byte | {_f(h['base_bits_per_byte'])} |",
+        f"| SFT: finished-answer rate | {_f(h['sft_finished_rate'], '.1%') if h['sft_finished_rate'] is not None else '–'} |",
+        f"| reward model: held-out pairwise accuracy | {_f(h['reward_accuracy'], '.1%') if h['reward_accuracy'] is not None else '–'} |",
+        f"| reward model: agreement with the gold order | {_f(h['reward_gold_accuracy'], '.1%') if h['reward_gold_accuracy'] is not None else '–'} |",
+        f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} |",
+        f"| PPO gold-reward gain over SFT (95 % bootstrap) | {_ci(h['ppo_gold_gain'])} |",
+        f"| PPO KL to SFT (nats per answer) | {_f(h['ppo_kl_to_sft'])} |",
+        "",
+    ]
+    lines += [
+        "Checks (the tiny recipe's targets): "
+        + ", ".join(f"{k}: {'yes' if v else 'no' if v is not None else 'n/a'}" for k, v in report["checks"].items()),
+        "",
+    ]
+    if report["timings"]:
+        lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {s} | {_f(t, '.1f')} |" for s, t in report["timings"].items()] + [""]
+    if ev.get("models"):
+        lines += [
+            f"## Models on {ev.get('num_prompts')} held-out prompts (`rlhf eval`, greedy)",
+            "",
+            "| model | RM score | gold reward | KL to SFT | finished | mean length |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, m in ev["models"].items():
+            cells = [_f(_number(m.get(k))) for k in ("rm_score", "gold_reward", "kl_to_sft")]
+            lines.append(f"| {name} | {' | '.join(cells)} | {m['finished_rate']:.2f} | {m['mean_length']:.1f} |")
+        lines.append("")
+        if ev.get("win_rates"):
+            lines += [
+                "Win rates (ties count half; length-controlled = logistic regression on the length difference, "
+                "read at equal length):",
+                "",
+                "| pair | judge | win rate | length-controlled |",
+                "|---|---|---|---|",
+            ]
+            for pair, judges in ev["win_rates"].items():
+                for judge in ("reward_model", "gold"):
+                    if judge in judges:
+                        w, lc = judges[judge], judges[f"{judge}_length_controlled"]
+                        lines.append(
+                            f"| {pair.replace('_vs_', ' over ')} | {judge.replace('_', ' ')} | "
+                            f"{w['mean']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {lc['mean']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}] |"
+                        )
+            lines.append("")
+    titles = {
+        "loss_curves": "Loss curves",
+        "reward_accuracy": "Reward-model accuracy",
+        "ppo_training": "PPO: reward and KL",
+        "models": "Base, SFT and PPO on the same prompts",
+        "answers": "Answers side by side",
+    }
+    if report["plots"]:
+        lines += ["## Plots", ""]
+        lines += [f"### {titles[k]}\n\n![{titles[k]}]({v})\n" for k, v in report["plots"].items()]
+    if ev.get("samples"):
+        names = [k for k in ("base", "sft", "ppo") if k in ev["samples"][0]]
+        lines += [
+            "## The same prompts, side by side",
+            "",
+            "| prompt | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for s in ev["samples"]:
+            cells = [s["prompt"], *(s[k] for k in names)]
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") or "(empty)" for c in cells) + " |")
+        lines.append("")
+    for stage in STAGES:
+        if stage in report["stages"]:
+            lines += [
+                f"<details><summary>{stage}/eval.json</summary>\n",
+                "```json",
+                json.dumps(report["stages"][stage], indent=2, default=str)[:4000],
+                "```",
+                "</details>",
+                "",
+            ]
+    return "\n".join(lines)

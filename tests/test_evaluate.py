@@ -1,0 +1,138 @@
+"""`rlhf eval`: the metric helpers on known samples, and a run of tiny random models evaluated end to end."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_cli import evaluate as ev
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    cis = [ev.bootstrap_ci(rng.exponential(1.0, size=80), n_resamples=1000, seed=i) for i in range(300)]
+    coverage = sum(c["low"] < 1.0 < c["high"] for c in cis) / len(cis)
+    assert 0.88 <= coverage <= 0.99
+    widths = [c["high"] - c["low"] for c in cis]
+    assert 0.3 < np.mean(widths) < 0.6  # about 2 * 1.96 * 1 / sqrt(80) = 0.44
+    x = rng.normal(size=10)
+    assert ev.bootstrap_ci(x)["mean"] == pytest.approx(x.mean())
+
+
+def test_paired_difference_interval_excludes_zero_for_a_real_gain():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, size=200)
+    better = base + 0.3 + rng.normal(0, 0.2, size=200)  # large shared noise, small paired gain
+    ci = ev.paired_difference_ci(better, base)
+    assert 0 < ci["low"] < 0.3 < ci["high"]
+    with pytest.raises(ValueError):
+        ev.paired_difference_ci([1, 2], [1])
+
+
+def test_win_rate_counts_ties_half():
+    w = ev.win_rate([1, 2, 3, 3], [0, 2, 4, 1])
+    assert w["mean"] == pytest.approx(0.625)
+    assert (w["wins"], w["ties"], w["losses"]) == (2, 1, 1)
+    assert ev.win_rate([1.0] * 5, [1.0] * 5)["mean"] == 0.5
+
+
+def _pairs(n, quality_gain, seed=0):
+    """a is longer than b by ~10 tokens; the judge's score rises with length; a has `quality_gain` on top."""
+    rng = random.Random(seed)
+    la = [rng.gauss(30, 6) for _ in range(n)]
+    lb = [rng.gauss(20, 6) for _ in range(n)]
+    sa = [0.1 * x + quality_gain + rng.gauss(0, 0.5) for x in la]
+    sb = [0.1 * x + rng.gauss(0, 0.5) for x in lb]
+    return sa, sb, la, lb
+
+
+def test_length_controlled_win_rate_removes_a_pure_length_effect():
+    sa, sb, la, lb = _pairs(600, quality_gain=0.0)
+    raw = ev.win_rate(sa, sb)["mean"]
+    lc = ev.length_controlled_win_rate(sa, sb, la, lb, n_resamples=100)
+    assert raw > 0.8  # the judge loves length
+    assert abs(lc["mean"] - 0.5) < 0.08
+    assert lc["low"] < 0.5 < lc["high"]
+    assert lc["length_coef"] > 0
+
+
+def test_length_controlled_win_rate_keeps_a_real_gain():
+    sa, sb, la, lb = _pairs(600, quality_gain=0.7)
+    lc = ev.length_controlled_win_rate(sa, sb, la, lb, n_resamples=100)
+    assert lc["low"] > 0.7
+
+
+def test_length_controlled_equals_plain_when_lengths_are_equal():
+    a, b = [1, 0, 1, 1, 0.5], [0, 1, 0, 0, 0.5]
+    lc = ev.length_controlled_win_rate(a, b, [5] * 5, [5] * 5, n_resamples=20)
+    assert lc["mean"] == pytest.approx(ev.win_rate(a, b)["mean"], abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ a run of tiny models
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """pretrain/, sft/, ppo/ (ppo = a copy of sft) and reward/ folders of 2-layer random models, and a recipe."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_cli.data.toy import ToyWorld
+    from rlhf_cli.modeling import build_model, model_config, train_tokenizer
+    from rlhf_cli.recipe import ModelSpec, Recipe, save_resolved
+
+    run = tmp_path_factory.mktemp("run")
+    world, rng = ToyWorld(0), random.Random(0)
+    tok = train_tokenizer([world._document(rng) for _ in range(300)], vocab_size=400)
+    spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=2)
+    for stage, seed in (("pretrain", 0), ("sft", 1), ("ppo", 1)):
+        build_model(spec, tok, seed=seed).save_pretrained(run / stage / "final")
+        tok.save_pretrained(run / stage / "final")
+    cfg = model_config(spec, tok)
+    cfg.num_labels = 1
+    torch.manual_seed(3)
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(run / "reward" / "final")
+    tok.save_pretrained(run / "reward" / "final")
+    rec = Recipe.model_validate({"name": "t", "seed": 0, "eval": {"num_prompts": 8, "max_new_tokens": 8}})
+    save_resolved(rec, run)
+    return run
+
+
+def test_sequence_logprobs_match_a_direct_computation(tiny_run):
+    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(str(tiny_run / "sft" / "final")), load_tokenizer(str(tiny_run / "sft" / "final"))
+    prompt, answer = [5, 6, 7], [8, 9, tok.eos_token_id]
+    got = ev.sequence_logprobs(model, [(prompt, answer), ([5], [6, 7])], tok.pad_token_id)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0], -1)
+    want = sum(float(logp[2 + i, t]) for i, t in enumerate(answer))
+    assert got[0] == pytest.approx(want, abs=1e-4)
+
+
+def test_evaluate_run_compares_every_model(tiny_run):
+    result = ev.evaluate_run(tiny_run)
+    saved = json.loads((tiny_run / "eval" / "eval.json").read_text())
+    assert set(saved["models"]) == {"base", "sft", "ppo"}
+    assert saved["num_prompts"] == 8
+    # ppo is a copy of sft: identical greedy answers tie everywhere, and the KL of a model to itself is 0
+    assert saved["win_rates"]["ppo_vs_sft"]["gold"]["mean"] == 0.5
+    assert saved["win_rates"]["ppo_vs_sft"]["reward_model"]["ties"] == 8
+    assert saved["models"]["ppo"]["kl_to_sft"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert saved["models"]["base"]["kl_to_sft"]["mean"] > 0.01  # a different random model
+    assert saved["ppo_gold_gain"]["mean"] == 0.0
+    assert "gold_length_controlled" in saved["win_rates"]["sft_vs_base"]
+    assert len(saved["samples"]) == 8 and {"prompt", "base", "sft", "ppo"} <= set(saved["samples"][0])
+    assert result["models"]["sft"]["finished_rate"] == saved["models"]["sft"]["finished_rate"]
+
+
+def test_evaluate_run_skips_missing_stages(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "partial"
+    shutil.copytree(tiny_run / "sft", run / "sft")
+    shutil.copy(tiny_run / "recipe.yaml", run / "recipe.yaml")
+    result = ev.evaluate_run(run)
+    assert set(result["models"]) == {"sft"} and result["win_rates"] == {}
+    assert "skipping" in capsys.readouterr().out
