@@ -453,7 +453,24 @@ def data_toy(
         typer.echo(f"{name:16s} {path}")
 
 
+def _join_cpu_process_group():
+    """Under `accelerate launch` (recipes/accelerate/cpu.yaml) or `torchrun` on a machine without a GPU, make every
+    process join one gloo group: accelerate counts a CPU process as a lone process unless ACCELERATE_USE_CPU is set,
+    and a bare PartialState() made before the Trainer's would too, so the shared state is set up here, once."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+
+
 def main():
+    _join_cpu_process_group()
     app()
 
 

@@ -207,7 +207,7 @@ def builtin_path(name: str) -> Path:
 def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
     """The raw mapping of a built-in name or a YAML path."""
     path = Path(recipe)
-    if not path.suffix and builtin_path(str(recipe)).exists():
+    if path.suffix.lower() not in (".yaml", ".yml") and builtin_path(str(recipe)).exists():  # names may hold dots
         path = builtin_path(str(recipe))
     if not path.exists():
         near = difflib.get_close_matches(str(recipe), builtin_names(), n=1)
