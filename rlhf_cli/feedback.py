@@ -1,0 +1,277 @@
+"""Human feedback: K answers per prompt from a model (`sample`), ranked best to worst (`label`).
+
+    rlhf sample --recipe tiny                      # <run>/feedback/samples.jsonl: K answers per prompt from sft/final
+    rlhf label --recipe tiny --annotator toy       # <run>/feedback/rankings.jsonl: the toy world's simulated raters
+    rlhf label --recipe tiny --annotator human     # you, in the terminal (skip, undo, quit; starting again resumes)
+    rlhf label --recipe tiny --annotator my_rankings.jsonl   # rankings made elsewhere (any reward format, validated)
+
+samples.jsonl, one row per prompt:
+    {"prompt": [messages], "answers": [K str], "finished": [K bool], "num_tokens": [K int],
+     "model", "k", "temperature", "top_p", "max_new_tokens", "seed"}
+rankings.jsonl, one row per ranked prompt, in the data layer's `rankings` form (the reward stage reads it as it is):
+    {"prompt": [messages], "responses": [best first], "sample": row of samples.jsonl, "annotator", "n": action number}
+
+Identical answers among a prompt's K are ranked once (a pair of identical texts teaches nothing); a prompt whose answers
+are all the same is left out. The human screen appends every ranking to rankings.jsonl (flushed and fsynced) the moment
+it is given, and every skip to skipped.jsonl; starting again continues with the first prompt neither ranked nor skipped
+(skipped prompts are NOT asked again — delete feedback/skipped.jsonl to see them again; --overwrite starts over). Undo
+takes back the last ranking or skip, also one given in an earlier session, and asks that prompt again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rlhf_cli.errors import UserError
+
+SAMPLES, RANKINGS, SKIPPED = "samples.jsonl", "rankings.jsonl", "skipped.jsonl"
+HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+
+def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False) -> Path:
+    """K answers per prompt from the run's SFT model (or `model` / feedback.model) to feedback/samples.jsonl."""
+    from rlhf_cli.data.formats import load_stage_data
+    from rlhf_cli.generation import generate_answers
+    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.runs import resolve_model_dir, write_text_atomic
+
+    fb = rec.feedback
+    out = Path(run_dir) / "feedback" / SAMPLES
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to sample again (its rankings will no longer match).")
+    model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "feedback.model")
+    prompts = load_stage_data("ppo", fb.data, toy_dir=Path(run_dir) / "data" / "toy", seed=rec.seed)
+    if fb.num_prompts is not None:
+        prompts = prompts.select(range(min(fb.num_prompts, len(prompts))))
+    prompts = [row["prompt"] for row in prompts]
+
+    trust = rec.model.trust_remote_code
+    tokenizer, lm = load_tokenizer(model_dir, trust_remote_code=trust), load_causal_lm(model_dir, trust_remote_code=trust)
+    start = time.time()
+    answers = generate_answers(lm, tokenizer, prompts, num_return_sequences=fb.k, max_new_tokens=fb.max_new_tokens,
+                               temperature=fb.temperature, top_p=fb.top_p, batch_size=fb.batch_size, seed=rec.seed,
+                               progress=f"sampling {fb.k} answers per prompt")
+    settings = {"model": model_dir, "k": fb.k, "temperature": fb.temperature, "top_p": fb.top_p,
+                "max_new_tokens": fb.max_new_tokens, "seed": rec.seed}
+    rows = [{"prompt": p, "answers": [a.text for a in group], "finished": [a.finished for a in group],
+             "num_tokens": [a.num_tokens for a in group], **settings} for p, group in zip(prompts, answers, strict=True)]
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    finished = sum(sum(r["finished"]) for r in rows) / max(1, sum(len(r["answers"]) for r in rows))
+    print(f"Sampled {fb.k} answers for each of {len(rows)} prompts in {time.time() - start:.1f}s "
+          f"({finished:.0%} finished) -> {out}")
+    return out
+
+
+def read_samples(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        raise UserError(f"{path} does not exist; run `rlhf sample` for this run first.")
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def unique_answers(row: dict) -> list[int]:
+    """Indices of a sample's answers with duplicates removed (the first of identical texts is kept)."""
+    seen: dict[str, int] = {}
+    for i, text in enumerate(row["answers"]):
+        seen.setdefault(text, i)
+    return sorted(seen.values())
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """The user's side of a conversation as one string (what the toy world's gold reward parses)."""
+    return "\n".join(m["content"] for m in messages if m["role"] == "user")
+
+
+# ------------------------------------------------------------------------------------------------------ labelling
+
+
+def label(rec, run_dir: Path, annotator: str | None = None, overwrite: bool = False,
+          ask: Callable[[str], str] | None = None, console=None) -> Path:
+    """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings."""
+    feedback = Path(run_dir) / "feedback"
+    out = feedback / RANKINGS
+    who = annotator or rec.feedback.annotator
+    if who == "human":
+        if overwrite:
+            for name in (RANKINGS, SKIPPED):
+                (feedback / name).unlink(missing_ok=True)
+        return label_human(feedback / SAMPLES, out, ask=ask, console=console)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to label again.")
+    if who == "toy":
+        return label_toy(feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise)
+    return copy_rankings(who, out)
+
+
+def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path:
+    """The toy world's simulated annotator: gold reward plus Gaussian noise of std `noise`, seeded."""
+    from rlhf_cli.data.toy import ToyWorld
+    from rlhf_cli.runs import write_text_atomic
+
+    world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
+    rows = []
+    for index, row in enumerate(read_samples(samples_path)):
+        keep = unique_answers(row)
+        if len(keep) < 2:
+            continue
+        answers = [row["answers"][i] for i in keep]
+        finished = [row["finished"][i] for i in keep]
+        order = world.rank(prompt_text(row["prompt"]), answers, finished, noise=noise, rng=rng)
+        rows.append({"prompt": row["prompt"], "responses": [answers[i] for i in order], "sample": index,
+                     "annotator": "toy", "n": len(rows)})
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"Ranked {len(rows)} prompts with the toy annotator (noise {noise}) -> {out}")
+    return out
+
+
+def copy_rankings(source: str, out: Path) -> Path:
+    """A preference file made elsewhere: validated through the data layer, then copied (as JSON lines)."""
+    from rlhf_cli.data.formats import load_stage_data, read_table
+    from rlhf_cli.recipe import DataSpec
+    from rlhf_cli.runs import write_text_atomic
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"--annotator {source!r}: use human, toy, or the path of an existing rankings file.")
+    pairs = load_stage_data("reward", DataSpec(path=str(path)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, out)
+    else:
+        rows = read_table(path=str(path)).to_list()
+        write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    print(f"Copied {path} ({len(pairs)} preference pairs) -> {out}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ the human screen
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
+def _append(path: Path, row: dict) -> None:
+    """Append one row and push it to disk at once: a crash or Ctrl-C right after loses nothing typed."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _drop_last_action(paths: list[Path]) -> dict | None:
+    """Remove the most recent ranking or skip (highest `n`) from whichever file holds it; return it."""
+    from rlhf_cli.runs import write_text_atomic
+
+    best = None
+    for path in paths:
+        rows = _read_jsonl(path)
+        if rows and (best is None or rows[-1]["n"] > best[2][-1]["n"]):
+            best = (path, rows[:-1], rows)
+    if best is None:
+        return None
+    path, kept, rows = best
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return rows[-1]
+
+
+def parse_ranking(text: str, k: int) -> list[int]:
+    """'3 1 4 2', '3,1,4,2' or '3142' (K <= 9) -> 0-based indices best first; ValueError with a message otherwise."""
+    parts = text.replace(",", " ").split()
+    if len(parts) == 1 and len(parts[0]) == k and k <= 9:
+        parts = list(parts[0])
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"use the answer numbers 1-{k}, best first, separated by spaces")
+    numbers = [int(p) for p in parts]
+    if sorted(numbers) != list(range(1, k + 1)):
+        raise ValueError(f"give each of the numbers 1-{k} exactly once (a full ranking), got {' '.join(parts)}")
+    return [n - 1 for n in numbers]
+
+
+def _show(console, row: dict, keep: list[int], position: str) -> None:
+    from rich.panel import Panel
+    from rich.text import Text
+
+    convo = Text()
+    for m in row["prompt"]:
+        convo.append(f"{m['role']}: ", style="bold cyan" if m["role"] == "user" else "bold magenta")
+        convo.append(m["content"] + "\n")
+    console.print(Panel(convo, title=f"prompt {position}", title_align="left"))
+    for number, i in enumerate(keep, 1):
+        cut = "" if row["finished"][i] else "  [cut off]"
+        console.print(Panel(Text(row["answers"][i] or "(empty)"), title=f"{number}{cut}", title_align="left"))
+
+
+def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | None = None, console=None) -> Path:
+    """The terminal screen: show each prompt and its answers, take a full ranking, skip, undo or quit; resumable."""
+    from rich.console import Console
+
+    console = console or Console()
+    ask = ask or console.input
+    samples = read_samples(samples_path)
+    skipped_path = out.with_name(SKIPPED)
+    rankings, skipped = _read_jsonl(out), _read_jsonl(skipped_path)
+    for r in rankings + skipped:
+        index = r.get("sample")
+        if not isinstance(index, int) or index >= len(samples) or samples[index]["prompt"] != r.get("prompt"):
+            raise UserError(f"{out.parent} holds rankings of other samples than {samples_path}; "
+                            "pass --overwrite to start labelling again.")
+    done = {r["sample"] for r in rankings + skipped}
+    todo = [i for i, row in enumerate(samples) if len(unique_answers(row)) >= 2]
+    action = max((r["n"] for r in rankings + skipped), default=-1) + 1
+    if done:
+        console.print(f"Resuming: {len(rankings)} ranked, {len(skipped)} skipped, {len(todo) - len(done)} to go.")
+    console.print(HELP)
+    message = ""
+    while True:
+        pending = [i for i in todo if i not in done]
+        if not pending:
+            console.print(f"All {len(todo)} prompts done -> {out}")
+            break
+        index = pending[0]
+        row, keep = samples[index], unique_answers(samples[index])
+        _show(console, row, keep, f"{len(done) + 1} of {len(todo)}")
+        if message:
+            console.print(f"[yellow]{message}[/yellow]")
+        try:
+            reply = ask(f"ranking [1-{len(keep)}] / s / u / q: ").strip().lower()
+        except EOFError:
+            reply = "q"
+        message = ""
+        if reply in ("q", "quit"):
+            console.print(f"Saved {len(_read_jsonl(out))} rankings to {out}; run the same command to continue.")
+            break
+        if reply in ("s", "skip"):
+            _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})
+            done.add(index)
+            action += 1
+        elif reply in ("u", "undo"):
+            undone = _drop_last_action([out, skipped_path])
+            if undone is None:
+                message = "Nothing to undo."
+            else:
+                done.discard(undone["sample"])
+                message = f"Undone: prompt {undone['sample'] + 1} will be asked again."
+                todo.remove(undone["sample"])
+                todo.insert(0, undone["sample"])  # ask it next
+        else:
+            try:
+                order = parse_ranking(reply, len(keep))
+            except ValueError as err:
+                message = f"Not a ranking: {err}. {HELP}"
+                continue
+            _append(out, {"prompt": row["prompt"], "responses": [row["answers"][keep[i]] for i in order],
+                          "sample": index, "annotator": "human", "n": action})
+            done.add(index)
+            action += 1
+    return out
