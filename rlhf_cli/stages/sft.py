@@ -1,0 +1,297 @@
+"""Stage 2: supervised fine-tuning — the base model learns to answer in a conversation (TRL's SFTTrainer).
+
+    rlhf sft --recipe tiny                              # after `rlhf pretrain --recipe tiny`
+    rlhf sft --recipe tiny --set sft.lora.r=8           # a LoRA adapter, merged into sft/final
+    rlhf sft --recipe tiny --set sft.init_from=path/to/any/causal-lm --set sft.data.path=chats.jsonl
+
+Starts from this run's `pretrain/final` (or `sft.init_from`), trains on any SFT format of the data layer with the loss on
+assistant tokens only (the project's chat template marks them with `{% generation %}`), and writes `sft/final`,
+`sft/metrics.jsonl` and `sft/eval.json`: held-out loss, the share of greedy answers to held-out prompts that are finished
+(end with end-of-text) and well-formed, and on the toy world the mean gold reward of the SFT model and of the base model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_cli.errors import UserError
+
+STAGE = "sft"
+SAMPLES_SHOWN = 5
+
+
+def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Fine-tune, save `sft/final`, evaluate into `sft/eval.json`; returns the eval metrics."""
+    import torch
+
+    from rlhf_cli import runs
+    from rlhf_cli.data.formats import load_stage_data, train_eval_split
+    from rlhf_cli.modeling import load_tokenizer
+
+    spec = recipe.sft
+    run_dir = Path(run_dir)
+    stage_dir = runs.prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)
+    if spec.lora is not None and spec.lora.qlora:
+        check_qlora()
+    init = runs.resolve_model_dir(spec.init_from, run_dir, "pretrain", "sft")
+    trust = recipe.model.trust_remote_code
+
+    # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
+    tokenizer = load_tokenizer(init, trust_remote_code=trust)
+    model = load_model(init, spec, trust)
+    added = resize_for_tokenizer(model, tokenizer)
+
+    # Data: any SFT format, normalised to {"messages"}; the toy world's files live in the run folder.
+    toy_dir = run_dir / "data" / "toy"
+    data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
+    train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
+    truncated, counted = count_truncated(tokenizer, train_ds, spec.max_length)
+    if truncated:
+        print(f"sft: {truncated} of {counted} training conversations are longer than max_length={spec.max_length} "
+              "tokens and will be cut (raise sft.max_length to keep them whole).")
+
+    callback = runs.make_callbacks(stage_dir, STAGE)
+    trainer = make_trainer(recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callback])
+    checkpoint = runs.newest_checkpoint(stage_dir / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        print(f"sft: no complete checkpoint in {stage_dir / 'checkpoints'}; starting from the beginning.")
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if callback.interrupted:
+        raise runs.Interrupted(f"sft: interrupted; checkpoint saved under {stage_dir / 'checkpoints'}. Resume with --resume.")
+    metrics = {"train_loss": result.training_loss, "train_steps": result.global_step,
+               "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+               "truncated_examples": truncated, "train_examples": counted}
+    if len(eval_ds):
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+
+    # Save: LoRA is merged into a plain model unless the recipe keeps the adapter separate.
+    model = trainer.model
+    merged = spec.lora is not None and spec.lora.merge
+    if merged:
+        model = model.merge_and_unload()
+    final = stage_dir / runs.FINAL
+    if runs.is_main_process():
+        save_final(final, model, tokenizer, recipe, init, spec, metrics)
+
+    # Evaluate generation on held-out prompts (main process only: it writes eval.json and prints the table).
+    if runs.is_main_process():
+        model.eval()
+        with torch.no_grad():
+            metrics.update(evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir, init, trust))
+        metrics["model_dir"] = str(final)
+        runs.write_json_atomic(stage_dir / "eval.json", metrics)
+        print_summary(final, metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------------ model set-up
+
+
+def check_qlora() -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes; refuse before any model loads."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("sft.lora.qlora needs a CUDA GPU (4-bit bitsandbytes kernels); on this machine set "
+                        "sft.lora.qlora: false to train plain LoRA.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("sft.lora.qlora needs bitsandbytes: `pip install bitsandbytes`, or set sft.lora.qlora: false.")
+
+
+def load_model(init: str, spec, trust: bool):
+    """The starting model; 4-bit NF4 weights for QLoRA, prepared for k-bit training."""
+    from rlhf_cli.modeling import load_causal_lm
+
+    if spec.lora is None or not spec.lora.qlora:
+        return load_causal_lm(init, trust_remote_code=trust)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(init, quantization_config=quant, trust_remote_code=trust,
+                                                 use_safetensors=True)
+    return prepare_model_for_kbit_training(model)
+
+
+def resize_for_tokenizer(model, tokenizer) -> list[int]:
+    """Grow the embeddings when the tokenizer gained tokens (pad, role markers); returns the new token ids."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return []
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return list(range(old, len(tokenizer)))
+
+
+def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, added_tokens=(), callbacks=()):
+    """TRL's SFTTrainer with the recipe's SFTConfig: assistant-only loss, max_length, packing, optimiser, LoRA."""
+    from trl import SFTTrainer
+
+    from rlhf_cli.stages.common import trainer_config
+
+    spec = recipe.sft
+    config = trainer_config(recipe, STAGE, stage_dir, max_length=spec.max_length,
+                            assistant_only_loss=spec.assistant_only_loss, packing=spec.packing)
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if eval_ds is not None and len(eval_ds) else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(spec.lora, list(added_tokens)),
+        callbacks=list(callbacks),
+    )
+
+
+def lora_config(lora, added_tokens: list[int]):
+    """peft's LoraConfig from the recipe's `lora:` section (None without one); new tokens' embeddings stay trainable."""
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": added_tokens} if added_tokens else None,
+    )
+
+
+def count_truncated(tokenizer, dataset, max_length: int) -> tuple[int, int]:
+    """(conversations longer than max_length tokens, conversations counted), rendered with the chat template.
+
+    A streamed data set is not read ahead of training: (0, 0).
+    """
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        return 0, 0
+    lengths = dataset.map(
+        lambda row: {"n": len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])},
+        remove_columns=dataset.column_names, desc="Counting tokens",
+    )["n"]
+    return sum(n > max_length for n in lengths), len(lengths)
+
+
+def save_final(final: Path, model, tokenizer, recipe, init: str, spec, metrics: dict) -> None:
+    """`sft/final`: the model (or the LoRA adapter), the tokenizer with its chat template, lineage and a model card."""
+    from rlhf_cli import runs
+
+    adapter = spec.lora is not None and not spec.lora.merge
+    if adapter:  # the adapter must find its base model from any working directory
+        model.peft_config["default"].base_model_name_or_path = str(Path(init).resolve()) if Path(init).exists() else init
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
+        kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
+        body = (f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
+                f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
+                + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
+                + "\n\nPrompts use the saved chat template: `<|user|>question<|assistant|>` and the model answers.")
+        runs.write_model_card(tmp, title=f"{recipe.name} — SFT model", body=body)
+
+    runs.save_dir_atomic(final, write)
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+
+
+def held_out_prompts(recipe, eval_ds, toy_dir: Path) -> list[list[dict]]:
+    """Up to `sft.eval_prompts` prompts: the toy world's held-out prompts, else the history before each eval answer."""
+    import json
+
+    n = recipe.sft.eval_prompts
+    if recipe.sft.data.toy:
+        from rlhf_cli.data.toy import toy_files
+
+        lines = Path(toy_files(toy_dir, recipe.seed)["prompts_eval.jsonl"]).read_text(encoding="utf-8").splitlines()
+        return [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in lines[:n]]
+    prompts = []
+    for row in eval_ds.select(range(min(n, len(eval_ds)))):
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        if last > 0:
+            prompts.append(messages[:last])
+    return prompts
+
+
+def well_formed(answer) -> bool:
+    """Finished (ended with end-of-text), not empty, and ends a sentence."""
+    return answer.finished and bool(answer.text) and answer.text.rstrip()[-1:] in ".!?\"')"
+
+
+def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]:
+    """Greedy answers to `prompts` and their metrics (finished share, well-formed share, mean gold reward)."""
+    from rlhf_cli.generation import generate_answers
+
+    answers = [group[0] for group in generate_answers(model, tokenizer, prompts, temperature=0.0,
+                                                      max_new_tokens=recipe.eval.max_new_tokens, progress="answering")]
+    n = max(len(answers), 1)
+    out = {"finished_share": sum(a.finished for a in answers) / n,
+           "well_formed_share": sum(well_formed(a) for a in answers) / n,
+           "mean_answer_tokens": sum(a.num_tokens for a in answers) / n}
+    golds = None
+    if world is not None:
+        golds = [world.gold_reward(p[-1]["content"], a.text, a.finished) for p, a in zip(prompts, answers, strict=True)]
+        out["gold_reward"] = sum(golds) / n
+    return out, [(p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)]
+
+
+def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str, trust: bool) -> dict:
+    """Answer metrics for the SFT model and, on the toy world, the base model's gold reward on the same prompts."""
+    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+
+    prompts = held_out_prompts(recipe, eval_ds, toy_dir)
+    if not prompts:
+        return {}
+    world = None
+    if recipe.sft.data.toy:
+        from rlhf_cli.data.toy import ToyWorld
+
+        world = ToyWorld(recipe.seed)
+    sft_metrics, samples = score_answers(recipe, model, tokenizer, prompts, world)
+    out = {"eval_prompts": len(prompts), **sft_metrics}
+    if world is not None:
+        base_tok = load_tokenizer(init, trust_remote_code=trust)
+        base = load_causal_lm(init, trust_remote_code=trust)
+        resize_for_tokenizer(base, base_tok)
+        base_metrics, _ = score_answers(recipe, base, base_tok, prompts, world)
+        out.update({f"base_{k}": v for k, v in base_metrics.items()})
+        out["gold_reward_gain"] = out["gold_reward"] - out["base_gold_reward"]
+    print_samples(samples[:SAMPLES_SHOWN])
+    return out
+
+
+def print_samples(samples) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="SFT model: sample answers to held-out prompts (greedy)", show_lines=True)
+    table.add_column("prompt", max_width=40)
+    table.add_column("answer", max_width=60)
+    table.add_column("finished")
+    if samples and samples[0][2] is not None:
+        table.add_column("gold")
+    for prompt, answer, gold in samples:
+        row = [prompt, answer.text or "(empty)", "yes" if answer.finished else "no"]
+        table.add_row(*row, *([f"{gold:+.2f}"] if gold is not None else []))
+    Console().print(table)
+
+
+def print_summary(final: Path, m: dict) -> None:
+    parts = [f"train loss {m['train_loss']:.3f}"]
+    if "eval_loss" in m:
+        parts.append(f"held-out loss {m['eval_loss']:.3f}")
+    if "finished_share" in m:
+        parts.append(f"finished {m['finished_share']:.0%}, well-formed {m['well_formed_share']:.0%}")
+    if "gold_reward" in m:
+        parts.append(f"gold reward {m['gold_reward']:+.3f} (base {m['base_gold_reward']:+.3f})")
+    print(f"sft: saved {final} — " + "; ".join(parts))
