@@ -78,8 +78,16 @@ def _low_high(data: dict, key: str) -> dict | None:
 
 
 def _interval(value) -> dict | None:
+    """{mean, low, high} from {mean, low, high} or {mean, ci95: [low, high]} (how the PPO stage writes its gain)."""
     if isinstance(value, dict) and {"mean", "low", "high"} <= set(value):
         return {k: value[k] for k in ("mean", "low", "high")}
+    if (
+        isinstance(value, dict)
+        and "mean" in value
+        and isinstance(value.get("ci95"), (list, tuple))
+        and len(value["ci95"]) == 2
+    ):
+        return {"mean": value["mean"], "low": value["ci95"][0], "high": value["ci95"][1]}
     return None
 
 
@@ -98,6 +106,8 @@ def headline(run_dir: Path) -> dict[str, Any]:
     models = ev.get("models", {})
     out: dict[str, Any] = {
         "base_bits_per_byte": _number(find_metric(pre, *BPB)),
+        "untrained_bits_per_byte": _number(pre.get("untrained_bits_per_byte")),
+        "base_probe_accuracy": _number(pre.get("probe_accuracy")),
         "sft_finished_rate": _number(models.get("sft", {}).get("finished_rate")),
         "reward_accuracy": _number(find_metric(rew, *ACCURACY)),
         "reward_accuracy_interval": _low_high(rew, "accuracy"),
@@ -114,10 +124,9 @@ def headline(run_dir: Path) -> dict[str, Any]:
     if out["ppo_gold_gain"] is None:
         out["ppo_gold_gain"] = _interval(find_metric(ppo, *GOLD_GAIN))
         out["source"]["ppo_gold_gain"] = "ppo/eval.json"
-    for key in ("sft_gold_reward", "ppo_gold_reward"):
+    for key in ("sft_gold_reward", "ppo_gold_reward"):  # the PPO stage's own side-by-side: {"sft": {...}, "ppo": {...}}
         if out[key] is None:
-            stage = key.split("_")[0]
-            out[key] = _number(find_metric(ppo, f"{stage}_gold_reward", f"gold_reward_{stage}"))
+            out[key] = _number(ppo.get(key.split("_")[0], {}).get("gold_reward"))
     wins = ev.get("win_rates", {}).get("ppo_vs_sft", {})
     out["ppo_win_rate_gold"] = _interval(wins.get("gold"))
     out["ppo_win_rate_gold_length_controlled"] = _interval(wins.get("gold_length_controlled"))
@@ -217,36 +226,44 @@ def plot_losses(metrics: dict[str, list[dict]], path: Path) -> Path | None:
 
 
 def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Path) -> Path | None:
+    """Held-out pairwise accuracy (against the annotator's labels, and against the gold order) with 95 % intervals;
+    the accuracy during training beside it when the stage logged it more than once."""
     import matplotlib.pyplot as plt
 
     bars = {}
-    for label, names in (
-        ("held-out pairs", ACCURACY),
-        ("gold order", ("gold_agreement", "gold_accuracy", "agreement_with_gold")),
+    for label, key in (
+        ("held-out pairs\n(annotator labels)", "accuracy"),
+        ("held-out answers\n(gold order)", "gold_accuracy"),
     ):
-        v = _number(find_metric(reward_eval, *names))
+        v = _number(reward_eval.get(key))
         if v is not None:
-            bars[label] = v
-    curve_key = next((k for k in ("eval_accuracy", "accuracy") if _series(reward_metrics, k)[0]), None)
+            ci = _low_high(reward_eval, key) or {"low": v, "high": v}
+            bars[label] = (v, v - ci["low"], ci["high"] - v)
+    curve_key = next((k for k in ("eval_accuracy", "accuracy") if len(_series(reward_metrics, k)[0]) >= 2), None)
     if not bars and curve_key is None:
         return None
-    fig, axes = plt.subplots(
-        1, 2 if curve_key and bars else 1, figsize=(9 if curve_key and bars else 4.8, 3.6), squeeze=False
-    )
-    ax = axes[0][0]
+    panels = int(bool(bars)) + int(bool(curve_key))
+    fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.8), squeeze=False)
     if bars:
-        ax.bar(list(bars), list(bars.values()), color=["tab:blue", "tab:green"][: len(bars)])
-        for i, v in enumerate(bars.values()):
-            ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
+        ax = axes[0][0]
+        values = [b[0] for b in bars.values()]
+        ax.bar(
+            list(bars),
+            values,
+            yerr=[[b[1] for b in bars.values()], [b[2] for b in bars.values()]],
+            capsize=6,
+            color=["tab:blue", "tab:green"][: len(bars)],
+        )
+        for i, v in enumerate(values):
+            ax.text(i + 0.05, v + 0.01, f"{v:.2f}", ha="left", va="bottom")
         ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
         ax.set_ylim(0, 1.08)
         ax.set_ylabel("pairwise accuracy")
-        ax.set_title("Reward model: held-out accuracy")
+        ax.set_title("Reward model: held-out accuracy (95 % interval)")
         ax.legend(fontsize=8, loc="lower right")
     if curve_key:
         ax = axes[0][-1]
-        xs, ys = _series(reward_metrics, curve_key)
-        ax.plot(xs, ys, marker="o")
+        ax.plot(*_series(reward_metrics, curve_key), marker="o")
         ax.axhline(0.5, color="grey", ls="--", lw=1)
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("step")
@@ -331,26 +348,30 @@ def plot_models(models: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_answers(samples: list[dict], path: Path, n: int = 4) -> Path | None:
+def plot_answers(samples: list[dict], path: Path, n: int = 5) -> Path | None:
     """The same prompts answered by base, SFT and PPO, side by side, as an image."""
     import matplotlib.pyplot as plt
 
     if not samples:
         return None
     names = [k for k in ("base", "sft", "ppo") if k in samples[0]]
-    rows = samples[:n]
-    fig, ax = plt.subplots(figsize=(3.4 * (len(names) + 1), 1.5 + 1.25 * len(rows)))
+    cells = [
+        [textwrap.fill(r["prompt"], 28)] + [textwrap.fill(r[k] or "(empty)", 34) for k in names] for r in samples[:n]
+    ]
+    heights = [max(c.count("\n") + 1 for c in row) for row in cells]
+    total = sum(heights) + 1
+    fig, ax = plt.subplots(figsize=(3.3 * (len(names) + 1), 0.7 + 0.22 * total))
     ax.axis("off")
-    cells = [[textwrap.fill(r["prompt"], 30)] + [textwrap.fill(r[k] or "(empty)", 30) for k in names] for r in rows]
-    table = ax.table(cellText=cells, colLabels=["prompt", *names], loc="upper center", cellLoc="left")
+    table = ax.table(cellText=cells, colLabels=["prompt", *names], cellLoc="left", bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     for (row, _), cell in table.get_celld().items():
-        lines = max(cell.get_text().get_text().count("\n") + 1, 1)
-        cell.set_height(0.06 * lines if row else 0.06)
-    ax.set_title("The same held-out prompts answered by " + ", ".join(names), fontsize=11)
+        cell.set_height((heights[row - 1] if row else 1) / total)
+        if row == 0:
+            cell.set_text_props(weight="bold")
+    ax.set_title("The same held-out prompts answered by " + ", ".join(names) + " (greedy)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -418,7 +439,8 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| base model: held-out bits per byte | {_f(h['base_bits_per_byte'])} |",
+        f"| base model: held-out bits per byte (untrained model) | {_f(h['base_bits_per_byte'])} ({_f(h['untrained_bits_per_byte'])}) |",
+        f"| base model: completion probes right | {_f(h['base_probe_accuracy'], '.1%') if h['base_probe_accuracy'] is not None else '–'} |",
         f"| SFT: finished-answer rate | {_f(h['sft_finished_rate'], '.1%') if h['sft_finished_rate'] is not None else '–'} |",
         f"| reward model: held-out pairwise accuracy | {_f(h['reward_accuracy'], '.1%') if h['reward_accuracy'] is not None else '–'} |",
         f"| reward model: agreement with the gold order | {_f(h['reward_gold_accuracy'], '.1%') if h['reward_gold_accuracy'] is not None else '–'} |",

@@ -1,0 +1,180 @@
+"""`rlhf report` on a fake finished run whose files are shaped like the real stages' (fast: no model is trained)."""
+
+import json
+import random
+
+import pytest
+
+from rlhf_cli import evaluate as ev
+from rlhf_cli.errors import UserError
+from rlhf_cli.report import build_report, headline
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """pretrain/sft/reward/ppo metrics.jsonl + eval.json, eval/eval.json and pipeline.json as the real steps write them."""
+    run, rng = tmp_path / "run", random.Random(0)
+    # Trainer-based stages: make_callbacks rows {"step", "epoch", "time", **logs}
+    _jsonl(
+        run / "pretrain" / "metrics.jsonl",
+        [
+            {"step": s, "epoch": s / 300, "time": s / 10, "loss": 7 * 0.99**s, "learning_rate": 3e-3}
+            for s in range(10, 301, 10)
+        ]
+        + [{"step": 300, "epoch": 1.0, "time": 30, "eval_loss": 1.1}],
+    )
+    _json(
+        run / "pretrain" / "eval.json",
+        {
+            "loss": 1.1,
+            "perplexity": 3.0,
+            "bits_per_byte": 0.612,
+            "untrained_bits_per_byte": 3.4,
+            "probe_accuracy": 0.71,
+            "tokens_per_s": 9000.0,
+        },
+    )
+    _jsonl(
+        run / "sft" / "metrics.jsonl",
+        [{"step": s, "epoch": s / 90, "time": s, "loss": 2 / s} for s in range(10, 91, 10)],
+    )
+    _json(
+        run / "sft" / "eval.json",
+        {"eval_loss": 0.4, "eval_prompts": 64, "finished_share": 0.97, "gold_reward": 0.8, "base_gold_reward": -0.4},
+    )
+    _jsonl(
+        run / "reward" / "metrics.jsonl",
+        [{"step": s, "epoch": s / 40, "time": s, "loss": 0.7 - s / 100} for s in range(10, 41, 10)]
+        + [{"step": 40, "epoch": 2.0, "time": 40, "eval_loss": 0.4, "eval_accuracy": 0.81}],
+    )
+    _json(
+        run / "reward" / "eval.json",
+        {
+            "accuracy": 0.83,
+            "accuracy_low": 0.78,
+            "accuracy_high": 0.87,
+            "eval_pairs": 300,
+            "mean_margin": 1.2,
+            "gold_accuracy": 0.86,
+            "objective": "kwise",
+        },
+    )
+    # our PPO trainer: one row per PPO step
+    _jsonl(
+        run / "ppo" / "metrics.jsonl",
+        [
+            {
+                "step": s,
+                "episode": 32 * s,
+                "objective/rm_score": 0.1 * s,
+                "objective/kl": 0.05 * s,
+                "loss/pg_loss": -0.01,
+                "loss/vf_loss": 0.2 / s,
+                "answer/length": 12,
+                "beta": 0.05,
+            }
+            for s in range(1, 21)
+        ],
+    )
+    _json(
+        run / "ppo" / "eval.json",
+        {
+            "num_prompts": 128,
+            "ppo": {"rm_score": 1.0, "gold_reward": 0.9, "kl_to_reference": 2.0},
+            "sft": {"rm_score": 0.2, "gold_reward": 0.8},
+            "gold_gain": {"mean": 0.1, "ci95": [0.05, 0.15]},
+        },
+    )
+    # `rlhf eval`: built with the same helpers evaluate_run uses, so the shapes cannot drift
+    n = 40
+    per = {}
+    for name, shift in (("base", -0.8), ("sft", 0.0), ("ppo", 0.12)):
+        gold = [max(-1.0, min(1.0, 0.8 + shift + rng.gauss(0, 0.1))) for _ in range(n)]
+        per[name] = {
+            "model": f"{run}/{name}/final",
+            "answers": [f"the fox eats berries ({name})"] * n,
+            "finished": [True] * n,
+            "lengths": [rng.randint(8, 14) for _ in range(n)],
+            "gold": gold,
+            "rm": [g + rng.gauss(0, 0.2) for g in gold],
+            "kl_to_sft": [0.0 if name == "sft" else 1.5] * n,
+        }
+    eval_json = {
+        "num_prompts": n,
+        "models": {k: ev._summarise(v) for k, v in per.items()},
+        "win_rates": {
+            "ppo_vs_sft": ev._compare(per["ppo"], per["sft"]),
+            "sft_vs_base": ev._compare(per["sft"], per["base"]),
+        },
+        "samples": [{"prompt": "tell me what the fox eats.", **{k: v["answers"][0] for k, v in per.items()}}] * 3,
+        "ppo_gold_gain": ev.paired_difference_ci(per["ppo"]["gold"], per["sft"]["gold"]),
+    }
+    _json(run / "eval" / "eval.json", eval_json)
+    _json(
+        run / "pipeline.json",
+        {
+            "recipe": "tiny",
+            "steps": {"pretrain": {"status": "done", "seconds": 80.0}, "ppo": {"status": "done", "seconds": 60.0}},
+        },
+    )
+    return run
+
+
+def test_report_has_markdown_json_plots_and_the_headline_numbers(fake_run):
+    path = build_report(fake_run)
+    out = fake_run / "report"
+    assert path == out / "report.md"
+    report = json.loads((out / "report.json").read_text())
+    h = report["headline"]
+    assert h["base_bits_per_byte"] == 0.612
+    assert h["sft_finished_rate"] == 1.0  # from `rlhf eval` (same prompts for every model)
+    assert h["reward_accuracy"] == 0.83 and h["reward_accuracy_interval"] == {"mean": 0.83, "low": 0.78, "high": 0.87}
+    assert h["reward_gold_accuracy"] == 0.86
+    gain = h["ppo_gold_gain"]
+    assert gain["low"] < gain["mean"] < gain["high"] and gain["low"] > 0
+    assert h["ppo_gold_reward"] > h["sft_gold_reward"]
+    assert report["checks"]["ppo gold gain interval above zero"] is True
+    assert report["timings"] == {"pretrain": 80.0, "ppo": 60.0}
+    assert set(report["plots"]) == {"loss_curves", "reward_accuracy", "ppo_training", "models", "answers"}
+    for name in report["plots"].values():
+        assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 5000
+    md = path.read_text()
+    assert "0.612" in md and "tell me what the fox eats." in md and "loss_curves.png" in md
+
+
+def test_stage_eval_files_are_the_fallback_without_rlhf_eval(fake_run):
+    (fake_run / "eval" / "eval.json").unlink()
+    h = headline(fake_run)
+    assert h["sft_finished_rate"] == 0.97  # sft/eval.json
+    assert h["ppo_gold_gain"] == {"mean": 0.1, "low": 0.05, "high": 0.15}  # ppo/eval.json's ci95
+    assert (h["sft_gold_reward"], h["ppo_gold_reward"]) == (0.8, 0.9)
+    build_report(fake_run)
+    report = json.loads((fake_run / "report" / "report.json").read_text())
+    assert "answers" not in report["plots"] and "loss_curves" in report["plots"]
+
+
+def test_partial_run_reports_what_exists(tmp_path):
+    run = tmp_path / "run"
+    _jsonl(run / "pretrain" / "metrics.jsonl", [{"step": 10, "loss": 5.0}, {"step": 20, "loss": 4.0}])
+    _json(run / "pretrain" / "eval.json", {"bits_per_byte": 1.5})
+    build_report(run)
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["headline"]["base_bits_per_byte"] == 1.5 and report["headline"]["ppo_gold_gain"] is None
+    assert list(report["plots"]) == ["loss_curves"]
+
+
+def test_empty_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="rlhf pipeline"):
+        build_report(tmp_path)
