@@ -230,7 +230,7 @@ def trainer_configs(recipe, run_dir: Path, problems: list[str], console: Console
     for col in ("stage", "config class", "length", "learning rate", "batch x accum", "precision"):
         table.add_column(col, justify="right" if col in ("learning rate", "batch x accum") else "left")
     for stage, cfg in configs.items():
-        length = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epochs"
+        length = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epoch{'s' * (cfg.num_train_epochs != 1)}"
         table.add_row(stage, type(cfg).__name__, length, f"{cfg.learning_rate:g}",
                       f"{cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}",
                       "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32")
