@@ -33,6 +33,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def wait_for_everyone() -> None:
+    """A barrier across the processes of `accelerate launch` / `torchrun`; nothing in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
 # ------------------------------------------------------------------------------------------------------ atomic writes
 
 
@@ -90,7 +98,9 @@ def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: boo
     An existing stage folder is kept for `--resume`, replaced with `--overwrite`, and otherwise refused.
     """
     stage_dir = Path(run_dir) / stage
-    if stage_dir.exists() and any(stage_dir.iterdir()):
+    taken = stage_dir.exists() and any(stage_dir.iterdir())
+    wait_for_everyone()  # every process looks before the main one removes or creates anything
+    if taken:
         if overwrite and not resume:
             if is_main_process():
                 shutil.rmtree(stage_dir)
@@ -101,6 +111,7 @@ def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: boo
             )
     if is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
+    wait_for_everyone()
     return stage_dir
 
 
