@@ -297,9 +297,9 @@ def _describe(err: dict) -> str:
 def _trainer_config_class(stage: str):
     """The config class a stage's `training:` block is handed to."""
     if stage == "pretrain":
-        from transformers import TrainingArguments
+        from rlhf_cli.stages.pretrain import PretrainArguments  # TrainingArguments + max_time
 
-        return TrainingArguments
+        return PretrainArguments
     if stage == "sft":
         from trl import SFTConfig
 

@@ -1,0 +1,304 @@
+"""Stage 1: generative pre-training — a causal Transformer learns next-token prediction on raw text (the base model).
+
+    rlhf pretrain --recipe tiny
+    rlhf pretrain --recipe tiny --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60
+
+Tokenizer (trained on the corpus or loaded) -> model (preset, explicit dimensions, or `init_from`) -> documents tokenised
+once (cached by `datasets`) and packed into `block_size` blocks with end-of-text between documents -> transformers' Trainer
+-> held-out loss, perplexity, bits per byte, tokens/s, MFU (and on the toy world the completion probes) in `pretrain/eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback, TrainingArguments
+
+from rlhf_cli.errors import UserError
+
+STAGE = "pretrain"
+TOKENIZER_TEXTS = 200_000  # documents the tokenizer is trained on (the head of a big corpus is enough)
+EVAL_BLOCKS = 256  # held-out blocks evaluated at most
+UNTRAINED_BLOCKS = 8  # blocks the freshly initialised model is scored on, for comparison
+
+
+@dataclass
+class PretrainArguments(TrainingArguments):
+    """TrainingArguments plus `max_time`: stop cleanly after this many seconds of training, then evaluate and save."""
+
+    max_time: float | None = field(default=None, metadata={"help": "Training wall-clock budget in seconds."})
+
+
+def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> dict:
+    from accelerate import PartialState
+    from transformers import Trainer
+
+    from rlhf_cli.data import load_stage_data, train_eval_split
+    from rlhf_cli.modeling import build_model, flops_per_token, load_causal_lm, measure_matmul_peak
+    from rlhf_cli.runs import (
+        FINAL,
+        Interrupted,
+        is_main_process,
+        make_callbacks,
+        newest_checkpoint,
+        prepare_stage_dir,
+        save_dir_atomic,
+        write_json_atomic,
+        write_lineage,
+        write_model_card,
+    )
+    from rlhf_cli.stages.common import trainer_config
+
+    run_dir = Path(run_dir)
+    spec = recipe.pretrain
+    stage_dir = prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)
+    toy_dir = run_dir / "data" / "toy" if spec.data.toy else None
+    with PartialState().main_process_first():
+        train_docs = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
+        train_docs, eval_docs = train_eval_split(train_docs, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
+        tokenizer = _tokenizer(recipe, stage_dir, train_docs)
+
+    # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
+    if spec.init_from:
+        model = load_causal_lm(spec.init_from, trust_remote_code=recipe.model.trust_remote_code)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        model = build_model(recipe.model, tokenizer, seed=recipe.seed)
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if context and spec.block_size > context:
+        raise UserError(f"pretrain.block_size {spec.block_size} exceeds the model's context of {context} tokens; lower it.")
+
+    # Tokenise once (datasets caches the map; the main process goes first so the others read its cache), then pack.
+    with PartialState().main_process_first():
+        train_blocks = pack(train_docs, tokenizer, spec.block_size)
+        eval_blocks = pack(eval_docs, tokenizer, spec.block_size, keep_remainder=True)
+    if hasattr(train_blocks, "__len__") and len(train_blocks) == 0:
+        raise UserError(f"The pretrain corpus holds fewer than block_size={spec.block_size} tokens; lower pretrain.block_size.")
+
+    args = trainer_config(recipe, STAGE, stage_dir, **({"torch_compile": True} if spec.compile else {}))
+    eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]
+    untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS], args.device) if not spec.init_from else None
+
+    callback = make_callbacks(stage_dir, STAGE)
+    trainer = Trainer(model=model, args=args, train_dataset=train_blocks, data_collator=collate_blocks,
+                      eval_dataset=eval_blocks.select(range(len(eval_ids))), callbacks=[callback, TimeBudget(args.max_time)])
+    checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
+    if resume and checkpoint is None and is_main_process():
+        print(f"No checkpoint under {stage_dir / 'checkpoints'}: starting from step 0.")
+    step0 = _step_of(checkpoint)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if callback.interrupted:
+        raise Interrupted(f"Checkpoint saved under {stage_dir / 'checkpoints'}; continue with --resume.")
+
+    # Evaluation: held-out loss, perplexity, bits per byte; speed and MFU of the training just done.
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    metrics = evaluate_lm(model, tokenizer, eval_ids, args.device)
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * spec.block_size
+    runtime = output.metrics.get("train_runtime") or float("nan")
+    tokens_per_s = (trainer.state.global_step - step0) * tokens_per_step / runtime
+    dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    peak = measure_matmul_peak(dtype)
+    flops = flops_per_token(model.config, matmul_parameters(model), spec.block_size)
+    metrics.update({
+        "untrained_bits_per_byte": untrained["bits_per_byte"] if untrained else None,
+        "train_loss": output.metrics.get("train_loss"), "global_step": trainer.state.global_step,
+        "train_runtime_s": runtime, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
+        "mfu": tokens_per_s * flops / args.world_size / peak, "matmul_peak_flops": peak, "dtype": dtype,
+        "parameters": sum(p.numel() for p in model.parameters()), "block_size": spec.block_size,
+    })
+    if spec.data.toy and spec.probes:
+        metrics["probe_accuracy"] = probe_accuracy(model, tokenizer, toy_dir / "probes_eval.jsonl", args.device)
+
+    if is_main_process():
+        def write(tmp: Path):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_lineage(tmp, stage=STAGE, parents={"model": spec.init_from or "scratch"},
+                          data=spec.data.model_dump(), recipe=recipe)
+            write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=_card(recipe, metrics))
+
+        final = save_dir_atomic(stage_dir / FINAL, write)
+        write_json_atomic(stage_dir / "eval.json", metrics)
+        probes = f", probes {metrics['probe_accuracy']:.0%}" if "probe_accuracy" in metrics else ""
+        print(f"Base model saved to {final}\n  held-out loss {metrics['loss']:.3f}, bits/byte {metrics['bits_per_byte']:.3f}"
+              f" (untrained {metrics['untrained_bits_per_byte'] or float('nan'):.3f}){probes}, {tokens_per_s:,.0f} tokens/s,"
+              f" MFU {metrics['mfu']:.1%} of a measured {peak / 1e9:.0f} GFLOP/s {dtype} peak")
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------------ tokenizer, data
+
+
+def _tokenizer(recipe, stage_dir: Path, train_docs):
+    """The recipe's tokenizer: `tokenizer.from`, else init_from's, else one trained here (kept in the stage folder for --resume)."""
+    from rlhf_cli.modeling import load_tokenizer, train_tokenizer
+
+    ref = recipe.tokenizer.from_ or recipe.pretrain.init_from
+    if ref:
+        return load_tokenizer(ref, trust_remote_code=recipe.model.trust_remote_code)
+    saved = stage_dir / "tokenizer"
+    if (saved / "tokenizer.json").exists():
+        return load_tokenizer(str(saved))
+    texts = (row["text"] for _, row in zip(range(TOKENIZER_TEXTS), train_docs, strict=False))
+    tokenizer = train_tokenizer(texts, recipe.tokenizer.train.vocab_size, recipe.tokenizer.train.min_frequency)
+    from rlhf_cli.runs import is_main_process
+
+    if is_main_process():
+        tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def pack(docs, tokenizer, block_size: int, keep_remainder: bool = False):
+    """Tokenise documents and pack them into `block_size` blocks, end-of-text after each document (datasets caches it).
+
+    The tail that does not fill a block is dropped per batch of documents; `keep_remainder` keeps it as a short block.
+    """
+    eos = tokenizer.eos_token_id
+
+    def blocks(batch):
+        flat = []
+        for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
+            flat += ids
+            flat.append(eos)
+        end = len(flat) if keep_remainder else len(flat) // block_size * block_size
+        return {"input_ids": [flat[i : i + block_size] for i in range(0, end, block_size)]}
+
+    kwargs = {} if not hasattr(docs, "cache_files") else {"desc": "Tokenising and packing"}
+    return docs.map(blocks, batched=True, batch_size=2000, remove_columns=["text"], **kwargs)
+
+
+def collate_blocks(rows):
+    """Equal-length packed blocks: no padding, no attention mask (SDPA takes its causal fast path)."""
+    import torch
+
+    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids}
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+
+
+def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:
+    """Total negative log-likelihood (nats) over the UTF-8 bytes it covers, in bits per byte (tokenizer-independent)."""
+    return total_nll_nats / math.log(2) / n_bytes
+
+
+def token_byte_lengths(tokenizer) -> list[int] | None:
+    """UTF-8 bytes each token id stands for (special tokens: 0), for byte-level BPE tokenizers; None for others."""
+    from tokenizers import decoders
+
+    if not isinstance(getattr(tokenizer.backend_tokenizer, "decoder", None), decoders.ByteLevel):
+        return None
+    # GPT-2's byte -> printable character map, which byte-level BPE vocabularies are written in.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    to_byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(extra)}
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    lengths = [0] * len(tokenizer)
+    for token, i in tokenizer.get_vocab().items():
+        if i not in special and i < len(lengths):
+            lengths[i] = len(token.encode()) if any(c not in to_byte for c in token) else len(token)
+    return lengths
+
+
+def target_bytes(tokenizer, blocks: list[list[int]], lengths: list[int] | None = None) -> int:
+    """UTF-8 bytes of exactly the text the scored tokens (each block's tokens after its first) decode to."""
+    if lengths is not None:
+        return sum(lengths[t] for ids in blocks for t in ids[1:])
+    return sum(len(tokenizer.decode(ids[1:], skip_special_tokens=True).encode()) for ids in blocks)
+
+
+def evaluate_lm(model, tokenizer, blocks: list[list[int]], device, batch_size: int = 16) -> dict:
+    """Held-out loss (per token), perplexity and bits per byte of `model` on packed blocks."""
+    import torch
+
+    model.eval()
+    nll, tokens = 0.0, 0
+    ordered = sorted(blocks, key=len)
+    with torch.no_grad():
+        for i in range(0, len(ordered), batch_size):
+            group = [b for b in ordered[i : i + batch_size] if len(b) > 1]
+            for length in sorted({len(b) for b in group}):
+                ids = torch.tensor([b for b in group if len(b) == length], device=device)
+                logits = model(input_ids=ids).logits[:, :-1].float()
+                nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+                tokens += ids[:, 1:].numel()
+    model.train()
+    n_bytes = target_bytes(tokenizer, blocks, token_byte_lengths(tokenizer))
+    loss = nll / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "bits_per_byte": bits_per_byte(nll, max(n_bytes, 1)),
+            "eval_tokens": tokens, "eval_bytes": n_bytes}
+
+
+def probe_accuracy(model, tokenizer, probes_path: Path, device, max_new_tokens: int = 4, batch_size: int = 96) -> float:
+    """Share of the toy world's completion probes ("the fox eats" -> "berries") the model continues right, greedily."""
+    import torch
+
+    from rlhf_cli.data.toy import ToyWorld
+    from rlhf_cli.generation import left_pad
+
+    probes = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    model.eval()
+    right = 0
+    for i in range(0, len(probes), batch_size):
+        batch = probes[i : i + batch_size]
+        rows = [[tokenizer.eos_token_id, *tokenizer(p["prefix"], add_special_tokens=False)["input_ids"]] for p in batch]
+        ids, mask = left_pad(rows, tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for p, new in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
+            completion = tokenizer.decode(new, skip_special_tokens=True)
+            right += ToyWorld.probe_accuracy_item(p["prefix"], p["answer"], completion)
+    model.train()
+    return right / max(len(probes), 1)
+
+
+def matmul_parameters(model) -> int:
+    """Parameters that take part in a matmul per token: all but the input embeddings (a tied output head counts)."""
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is embed
+    positions = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-2's learned positions: a lookup too
+    return total - (0 if tied else embed.numel()) - (positions.weight.numel() if positions is not None else 0)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def _step_of(checkpoint) -> int:
+    return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+
+
+class TimeBudget(TrainerCallback):
+    """Stop at the end of the step that passes `max_time` seconds of training; the stage then evaluates and saves."""
+
+    def __init__(self, max_time: float | None):
+        self.max_time, self.start = max_time, time.time()
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.max_time and time.time() - self.start > self.max_time:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def _card(recipe, m: dict) -> str:
+    lines = [f"A base model pre-trained by `rlhf pretrain` (recipe `{recipe.name}`, {m['parameters']:,} parameters, "
+             f"{m['global_step']} steps of {m['block_size']}-token blocks).", "",
+             "| metric | value |", "|---|---|"]
+    for key in ("loss", "perplexity", "bits_per_byte", "untrained_bits_per_byte", "probe_accuracy", "tokens_per_s", "mfu"):
+        if m.get(key) is not None:
+            lines.append(f"| {key} | {m[key]:.4g} |")
+    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "tok = AutoTokenizer.from_pretrained(PATH); model = AutoModelForCausalLM.from_pretrained(PATH)", "```"]
+    return "\n".join(lines)

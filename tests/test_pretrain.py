@@ -1,0 +1,105 @@
+"""Stage 1: a tiny pre-training run on the toy world, resume, bits per byte, and the CLI's refusal to clobber."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from rlhf_cli.recipe import load_recipe
+from rlhf_cli.stages import pretrain
+
+TINY = [
+    "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+    "pretrain.block_size=32", "pretrain.data.max_examples=400", "pretrain.probes=false",
+    "pretrain.training.per_device_train_batch_size=8", "pretrain.training.learning_rate=1e-2",
+    "pretrain.training.logging_steps=2", "pretrain.training.save_steps=4", "pretrain.training.warmup_steps=0",
+]  # fmt: skip
+
+
+def _recipe(*extra):
+    return load_recipe("tiny", [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = pretrain.run(_recipe("pretrain.training.max_steps=8"), run_dir)
+    return run_dir, metrics
+
+
+def test_loss_falls_and_eval_is_written(trained):
+    run_dir, metrics = trained
+    rows = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    saved = json.loads((run_dir / "pretrain" / "eval.json").read_text())
+    assert saved["bits_per_byte"] < saved["untrained_bits_per_byte"]
+    assert saved["global_step"] == 8 and saved["eval_bytes"] > 0 and 0 < saved["mfu"]
+    assert math.isclose(saved["perplexity"], math.exp(saved["loss"]), rel_tol=1e-6)
+
+
+def test_final_reloads_and_generates(trained):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = trained[0] / "pretrain" / "final"
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert tok.chat_template and tok.pad_token_id != tok.eos_token_id
+    ids = tok("the fox", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+    assert (final / "README.md").exists() and json.loads((final / "lineage.json").read_text())["stage"] == "pretrain"
+
+
+def test_resume_continues_at_the_right_step(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    metrics = pretrain.run(_recipe("pretrain.training.max_steps=12"), run_dir, resume=True)
+    rows = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert metrics["global_step"] == 12
+    assert steps[-2:] == [10, 12] and steps.count(2) == 1  # the resumed run logged steps 10, 12 only
+
+
+def test_bits_per_byte_by_hand():
+    # 10 tokens at uniform probability over 256 outcomes: 10 * ln(256) nats = 80 bits over 20 bytes -> 4 bits per byte.
+    assert math.isclose(pretrain.bits_per_byte(10 * math.log(256), 20), 4.0)
+
+
+def test_target_bytes_count_exactly_the_scored_text():
+    from rlhf_cli.modeling import train_tokenizer
+
+    tok = train_tokenizer(["héllo wörld, the fox eats berries."] * 50, vocab_size=300)
+    ids = tok("héllo wörld", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + tok("fox", add_special_tokens=False)["input_ids"]
+    first = tok.decode(ids[:1])
+    expected = len("héllo wörldfox".encode()) - len(first.encode())  # the first token is context, not scored; EOS is 0 bytes
+    lengths = pretrain.token_byte_lengths(tok)
+    assert pretrain.target_bytes(tok, [ids], lengths) == expected
+    assert pretrain.target_bytes(tok, [ids], None) == expected
+
+
+def test_pack_puts_eos_between_documents():
+    import datasets
+
+    from rlhf_cli.modeling import train_tokenizer
+
+    tok = train_tokenizer(["a b c d e f g"] * 20, vocab_size=300)
+    docs = datasets.Dataset.from_dict({"text": ["a b", "c d e", "f"]})
+    flat = [t for b in pretrain.pack(docs, tok, 4, keep_remainder=True)["input_ids"] for t in b]
+    assert flat.count(tok.eos_token_id) == 3 and flat[-1] == tok.eos_token_id
+    full = pretrain.pack(docs, tok, 4)["input_ids"]
+    assert all(len(b) == 4 for b in full) and len(full) == len(flat) // 4
+
+
+def test_existing_stage_refused_without_overwrite(trained):
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+
+    result = CliRunner().invoke(app, ["pretrain", "--recipe", "tiny", "--output-dir", str(trained[0])])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
