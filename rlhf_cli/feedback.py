@@ -235,27 +235,21 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
     message = ""
     while True:
         pending = [i for i in todo if i not in done]
-        if not pending:
-            console.print(f"All {len(todo)} prompts done -> {out}")
-            break
-        index = pending[0]
-        row, keep = samples[index], unique_answers(samples[index])
-        _show(console, row, keep, f"{len(done) + 1} of {len(todo)}")
+        if pending:
+            index = pending[0]
+            row, keep = samples[index], unique_answers(samples[index])
+            _show(console, row, keep, f"{len(done) + 1} of {len(todo)}")
+            question = f"ranking [1-{len(keep)}] / s / u / q: "
+        else:  # the last answer can still be taken back
+            question = f"All {len(todo)} prompts done. u = undo the last, Enter = finish: "
         if message:
             console.print(f"[yellow]{message}[/yellow]")
         try:
-            reply = ask(f"ranking [1-{len(keep)}] / s / u / q: ").strip().lower()
+            reply = ask(question).strip().lower()
         except EOFError:
             reply = "q"
         message = ""
-        if reply in ("q", "quit"):
-            console.print(f"Saved {len(_read_jsonl(out))} rankings to {out}; run the same command to continue.")
-            break
-        if reply in ("s", "skip"):
-            _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})
-            done.add(index)
-            action += 1
-        elif reply in ("u", "undo"):
+        if reply in ("u", "undo"):
             undone = _drop_last_action([out, skipped_path])
             if undone is None:
                 message = "Nothing to undo."
@@ -264,6 +258,14 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
                 message = f"Undone: prompt {undone['sample'] + 1} will be asked again."
                 todo.remove(undone["sample"])
                 todo.insert(0, undone["sample"])  # ask it next
+        elif not pending or reply in ("q", "quit"):
+            console.print(f"{len(_read_jsonl(out))} rankings saved in {out}"
+                          + ("." if not pending else "; run the same command to continue."))
+            break
+        elif reply in ("s", "skip"):
+            _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})
+            done.add(index)
+            action += 1
         else:
             try:
                 order = parse_ranking(reply, len(keep))

@@ -111,31 +111,37 @@ def group_pairs(pairs, tokenizer, max_length: int):
     return datasets.Dataset.from_list(rows)
 
 
+class KWiseCollator:
+    """Prompts (rows of `group_pairs`) -> one flat, right-padded batch of all their answers, and each comparison's
+    (chosen, rejected) positions in it with weight 1/(the prompt's comparisons · prompts in the batch)."""
+
+    def __init__(self, pad_token_id: int, use_margin: bool = False):
+        self.pad_token_id, self.use_margin = pad_token_id, use_margin
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+        from trl.trainer.utils import pad
+
+        seqs, chosen, rejected, weight, margin = [], [], [], [], []
+        for ex in examples:
+            base, n = len(seqs), len(ex["pair_chosen"])
+            seqs += [torch.tensor(ids) for ids in ex["response_ids"]]
+            chosen += [base + i for i in ex["pair_chosen"]]
+            rejected += [base + i for i in ex["pair_rejected"]]
+            weight += [1.0 / (n * len(examples))] * n
+            margin += ex["pair_margin"]
+        batch = {"input_ids": pad(seqs, padding_value=self.pad_token_id, padding_side="right"),
+                 "attention_mask": pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right"),
+                 "chosen_index": torch.tensor(chosen), "rejected_index": torch.tensor(rejected),
+                 "pair_weight": torch.tensor(weight)}
+        if self.use_margin:
+            batch["margin"] = torch.tensor(margin)
+        return batch
+
+
 def _kwise_trainer_class():
     import torch
     from trl import RewardTrainer
-    from trl.trainer.utils import pad
-
-    class KWiseCollator:
-        def __init__(self, pad_token_id: int, use_margin: bool):
-            self.pad_token_id, self.use_margin = pad_token_id, use_margin
-
-        def __call__(self, examples):
-            seqs, chosen, rejected, weight, margin = [], [], [], [], []
-            for ex in examples:
-                base, n = len(seqs), len(ex["pair_chosen"])
-                seqs += [torch.tensor(ids) for ids in ex["response_ids"]]
-                chosen += [base + i for i in ex["pair_chosen"]]
-                rejected += [base + i for i in ex["pair_rejected"]]
-                weight += [1.0 / (n * len(examples))] * n
-                margin += ex["pair_margin"]
-            batch = {"input_ids": pad(seqs, padding_value=self.pad_token_id, padding_side="right"),
-                     "attention_mask": pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right"),
-                     "chosen_index": torch.tensor(chosen), "rejected_index": torch.tensor(rejected),
-                     "pair_weight": torch.tensor(weight)}
-            if self.use_margin:
-                batch["margin"] = torch.tensor(margin)
-            return batch
 
     class KWiseRewardTrainer(RewardTrainer):
         """RewardTrainer with one prompt's K answers per batch element and the mean over its K(K-1)/2 comparisons."""

@@ -1,0 +1,163 @@
+"""rlhf sample / rlhf label: the samples file, the toy annotator, a file made elsewhere, and the human screen driven by
+scripted input (rank, skip, invalid input, undo, quit, resume)."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.errors import UserError
+from rlhf_cli.feedback import label, label_human, parse_ranking, sample
+from rlhf_cli.recipe import ModelSpec, load_recipe
+
+PROMPTS = ["what does the fox eat?", "where does the owl live?", "what colour is the bear?", "hi"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _write_samples(run_dir: Path) -> Path:
+    rows = [
+        {"prompt": [{"role": "user", "content": PROMPTS[0]}], "answers": ["a0", "b0", "c0"], "finished": [True, True, False]},
+        {"prompt": [{"role": "user", "content": PROMPTS[1]}], "answers": ["a1", "b1", "c1"], "finished": [True] * 3},
+        {"prompt": [{"role": "user", "content": PROMPTS[2]}], "answers": ["a2", "a2", "b2"], "finished": [True] * 3},
+        {"prompt": [{"role": "user", "content": PROMPTS[3]}], "answers": ["same", "same", "same"], "finished": [True] * 3},
+    ]
+    path = run_dir / "feedback" / "samples.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _script(*replies):
+    it = iter(replies)
+    return lambda prompt: next(it)
+
+
+def test_parse_ranking():
+    assert parse_ranking("3 1 4 2", 4) == [2, 0, 3, 1]
+    assert parse_ranking("3,1,2", 3) == [2, 0, 1]
+    assert parse_ranking("312", 3) == [2, 0, 1]
+    for bad in ("1 2", "1 1 2", "1 2 4", "a b c", ""):
+        with pytest.raises(ValueError):
+            parse_ranking(bad, 3)
+
+
+def test_human_screen_rank_skip_undo_quit_resume(tmp_path):
+    samples = _write_samples(tmp_path)
+    out = tmp_path / "feedback" / "rankings.jsonl"
+    skipped = out.with_name("skipped.jsonl")
+    screen = io.StringIO()
+    console = Console(file=screen, width=100)
+
+    # prompt 0 ranked; prompt 1 skipped; nonsense re-asks prompt 2; undo brings prompt 1 back; it is ranked; quit.
+    label_human(samples, out, ask=_script("3 1 2", "s", "1 2 3 4", "u", "2 3 1", "q"), console=console)
+    rows = _rows(out)
+    assert [r["sample"] for r in rows] == [0, 1]
+    assert rows[0]["responses"] == ["c0", "a0", "b0"] and rows[1]["responses"] == ["b1", "c1", "a1"]
+    assert rows[0]["prompt"] == [{"role": "user", "content": PROMPTS[0]}] and rows[0]["annotator"] == "human"
+    assert _rows(skipped) == []  # the skip was undone
+    assert "Not a ranking" in screen.getvalue() and "Undone" in screen.getvalue()
+
+    # Resume: prompt 2 comes next (identical answers shown once: 2 to rank); prompt 3 (all answers alike) is never asked.
+    asked = []
+
+    def ask(prompt):
+        asked.append(prompt)
+        return "2 1" if len(asked) == 1 else ""
+
+    label_human(samples, out, ask=ask, console=Console(file=io.StringIO()))
+    rows = _rows(out)
+    assert len(asked) == 2 and "[1-2]" in asked[0] and "done" in asked[1]
+    assert [r["sample"] for r in rows] == [0, 1, 2] and rows[2]["responses"] == ["b2", "a2"]
+
+    # Undo in a new session takes back the last ranking of the previous one; a skip is remembered across sessions.
+    label_human(samples, out, ask=_script("u", "s", ""), console=Console(file=io.StringIO()))
+    assert [r["sample"] for r in _rows(out)] == [0, 1] and [r["sample"] for r in _rows(skipped)] == [2]
+    assert max(r["n"] for r in _rows(out)) < _rows(skipped)[0]["n"]  # undo order spans both files
+    label_human(samples, out, ask=_script("q"), console=Console(file=io.StringIO()))  # nothing left but undo
+
+    # End of input (Ctrl-D) is a quit, not a crash.
+    def eof(prompt):
+        raise EOFError
+
+    fresh = tmp_path / "fresh" / "rankings.jsonl"
+    fresh.parent.mkdir()
+    label_human(samples, fresh, ask=eof, console=Console(file=io.StringIO()))
+    assert _rows(fresh) == []
+
+    # The file the screen leaves is read by the reward stage's data layer as it is.
+    from rlhf_cli.data.formats import load_stage_data
+    from rlhf_cli.recipe import DataSpec
+
+    pairs = load_stage_data("reward", DataSpec(path=str(out)))
+    assert len(pairs) == 6 and pairs[0]["chosen"] == "c0" and pairs[0]["rejected"] == "a0"
+
+
+def test_human_refuses_rankings_of_other_samples(tmp_path):
+    samples = _write_samples(tmp_path)
+    out = tmp_path / "feedback" / "rankings.jsonl"
+    out.write_text(json.dumps({"prompt": [{"role": "user", "content": "other"}], "responses": ["x", "y"], "sample": 0, "n": 0}) + "\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        label_human(samples, out, ask=_script("q"), console=Console(file=io.StringIO()))
+    rec = load_recipe("tiny", check_training=False)
+    label(rec, tmp_path, annotator="human", overwrite=True, ask=_script("q"), console=Console(file=io.StringIO()))
+    assert _rows(out) == []
+
+
+def test_toy_annotator_ranks_by_gold(tmp_path):
+    world = ToyWorld(0)
+    fox = world.animals[0]
+    food = world.facts[fox]["food"]
+    good, bare, wrong = f"the {fox} eats {food}. happy to help!", f"the {fox} eats {food}.", "you are stupid"
+    path = tmp_path / "feedback" / "samples.jsonl"
+    path.parent.mkdir(parents=True)
+    row = {"prompt": [{"role": "user", "content": f"what does the {fox} eat?"}], "answers": [wrong, bare, good],
+           "finished": [True] * 3}
+    path.write_text(json.dumps(row) + "\n")
+    rec = load_recipe("tiny", ["feedback.noise=0"], check_training=False)
+    out = label(rec, tmp_path, annotator="toy")
+    assert _rows(out)[0]["responses"] == [good, bare, wrong]
+    with pytest.raises(UserError, match="--overwrite"):
+        label(rec, tmp_path, annotator="toy")
+
+
+def test_rankings_file_made_elsewhere(tmp_path):
+    rec = load_recipe("tiny", check_training=False)
+    src = tmp_path / "mine.jsonl"
+    src.write_text(json.dumps({"prompt": "q?", "chosen": "yes", "rejected": "no"}) + "\n")
+    out = label(rec, tmp_path / "run", annotator=str(src))
+    assert out.read_text() == src.read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q?"}) + "\n")
+    with pytest.raises(UserError, match="fits no reward format"):
+        label(rec, tmp_path / "run", annotator=str(bad), overwrite=True)
+    with pytest.raises(UserError, match="human, toy"):
+        label(rec, tmp_path / "run", annotator="nobody", overwrite=True)
+
+
+def test_sample_writes_k_answers_per_prompt(tmp_path):
+    from rlhf_cli.modeling import build_model, train_tokenizer
+
+    tok = train_tokenizer([p for p in PROMPTS * 20] + ["the fox eats berries."] * 20, vocab_size=300, min_frequency=1)
+    model_dir = tmp_path / "model"
+    build_model(ModelSpec(hidden_size=32, num_layers=2, num_heads=2), tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    rec = load_recipe("tiny", [f"feedback.data={{path: {prompts}}}", "feedback.k=3", "feedback.num_prompts=3",
+                               "feedback.max_new_tokens=6", "feedback.temperature=0.8", "feedback.top_p=0.9"])
+    with pytest.raises(UserError, match="rlhf sft"):
+        sample(rec, tmp_path / "run")  # no sft/final in this run and no model given
+    out = sample(rec, tmp_path / "run", model=str(model_dir))
+    rows = _rows(out)
+    assert len(rows) == 3 and [r["prompt"][0]["content"] for r in rows] == PROMPTS[:3]
+    assert all(len(r["answers"]) == len(r["finished"]) == 3 for r in rows)
+    assert rows[0]["k"] == 3 and rows[0]["temperature"] == 0.8 and rows[0]["top_p"] == 0.9 and rows[0]["model"] == str(model_dir)
+    with pytest.raises(UserError, match="--overwrite"):
+        sample(rec, tmp_path / "run", model=str(model_dir))
+    sample(rec, tmp_path / "run", model=str(model_dir), overwrite=True)
