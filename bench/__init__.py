@@ -1,0 +1,1 @@
+"""Benchmarks against plain baselines, each measured side by side in one run (`make bench` runs them all)."""

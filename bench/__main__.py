@@ -1,0 +1,17 @@
+"""Run every benchmark in turn: `python -m bench` (what `make bench` runs). Add a module to BENCHMARKS to add one."""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = ["bench.pretrain"]  # others add theirs here
+
+
+def main() -> None:
+    for name in BENCHMARKS:
+        print(f"=== {name}")
+        importlib.import_module(name).main()
+
+
+if __name__ == "__main__":
+    main()
