@@ -42,10 +42,13 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     from rlhf_cli.data.formats import load_stage_data
     from rlhf_cli.generation import generate_answers
     from rlhf_cli.modeling import load_causal_lm, load_tokenizer
-    from rlhf_cli.runs import resolve_model_dir, write_text_atomic
+    from rlhf_cli.runs import is_main_process, resolve_model_dir, wait_for_everyone, write_text_atomic
 
     fb = rec.feedback
     out = Path(run_dir) / "feedback" / SAMPLES
+    if not is_main_process():  # several processes (accelerate launch): the main one samples, the others wait for it
+        wait_for_everyone()
+        return out
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to sample again (its rankings will no longer match).")
     model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "feedback.model")
@@ -68,6 +71,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     finished = sum(sum(r["finished"]) for r in rows) / max(1, sum(len(r["answers"]) for r in rows))
     print(f"Sampled {fb.k} answers for each of {len(rows)} prompts in {time.time() - start:.1f}s "
           f"({finished:.0%} finished) -> {out}")
+    wait_for_everyone()
     return out
 
 
@@ -96,8 +100,19 @@ def prompt_text(messages: list[dict]) -> str:
 def label(rec, run_dir: Path, annotator: str | None = None, overwrite: bool = False,
           ask: Callable[[str], str] | None = None, console=None) -> Path:
     """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings."""
+    from rlhf_cli.runs import is_main_process, wait_for_everyone
+
     feedback = Path(run_dir) / "feedback"
     out = feedback / RANKINGS
+    if not is_main_process():  # several processes (accelerate launch): the main one labels, the others wait for it
+        wait_for_everyone()
+        return out
+    path = _label_main(rec, feedback, out, annotator, overwrite, ask, console)
+    wait_for_everyone()
+    return path
+
+
+def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console) -> Path:
     who = annotator or rec.feedback.annotator
     if who == "human":
         if overwrite:
