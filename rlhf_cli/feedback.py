@@ -15,7 +15,8 @@ Identical answers among a prompt's K are ranked once (a pair of identical texts 
 are all the same is left out. The human screen appends every ranking to rankings.jsonl (flushed and fsynced) the moment
 it is given, and every skip to skipped.jsonl; starting again continues with the first prompt neither ranked nor skipped
 (skipped prompts are NOT asked again — delete feedback/skipped.jsonl to see them again; --overwrite starts over). Undo
-takes back the last ranking or skip, also one given in an earlier session, and asks that prompt again.
+takes back the last ranking or skip, also one given in an earlier session, and asks that prompt again; after the last
+prompt the screen offers one more undo before it closes. When nothing is left to ask it returns at once.
 """
 
 from __future__ import annotations
@@ -247,9 +248,12 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
     if done:
         console.print(f"Resuming: {len(rankings)} ranked, {len(skipped)} skipped, {len(todo) - len(done)} to go.")
     console.print(HELP)
-    message = ""
+    message, acted = "", False
     while True:
         pending = [i for i in todo if i not in done]
+        if not pending and not acted:  # nothing left from the start (e.g. `rlhf pipeline --resume`): return at once
+            console.print(f"All {len(todo)} prompts are ranked or skipped ({out}).")
+            break
         if pending:
             index = pending[0]
             row, keep = samples[index], unique_answers(samples[index])
@@ -263,7 +267,7 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
             reply = ask(question).strip().lower()
         except EOFError:
             reply = "q"
-        message = ""
+        message, acted = "", True
         if reply in ("u", "undo"):
             undone = _drop_last_action([out, skipped_path])
             if undone is None:

@@ -63,23 +63,26 @@ def test_human_screen_rank_skip_undo_quit_resume(tmp_path):
     assert _rows(skipped) == []  # the skip was undone
     assert "Not a ranking" in screen.getvalue() and "Undone" in screen.getvalue()
 
-    # Resume: prompt 2 comes next (identical answers shown once: 2 to rank); prompt 3 (all answers alike) is never asked.
+    # Resume: undo takes back the previous session's last ranking (prompt 1), which is asked again; then prompt 2 (its
+    # identical answers shown once: 2 to rank); after the last one, one more undo is offered; the redo is a skip.
     asked = []
+    replies = iter(["u", "1 2 3", "2 1", "u", "s", ""])
 
     def ask(prompt):
         asked.append(prompt)
-        return "2 1" if len(asked) == 1 else ""
+        return next(replies)
 
     label_human(samples, out, ask=ask, console=Console(file=io.StringIO()))
     rows = _rows(out)
-    assert len(asked) == 2 and "[1-2]" in asked[0] and "done" in asked[1]
-    assert [r["sample"] for r in rows] == [0, 1, 2] and rows[2]["responses"] == ["b2", "a2"]
+    assert [r["sample"] for r in rows] == [0, 1] and rows[1]["responses"] == ["a1", "b1", "c1"]
+    assert [r["sample"] for r in _rows(skipped)] == [2]
+    assert "[1-3]" in asked[1] and "[1-2]" in asked[2] and "done" in asked[3] and "done" in asked[5]
+    assert max(r["n"] for r in rows) < _rows(skipped)[0]["n"]  # undo order spans both files; prompt 3 never asked
 
-    # Undo in a new session takes back the last ranking of the previous one; a skip is remembered across sessions.
-    label_human(samples, out, ask=_script("u", "s", ""), console=Console(file=io.StringIO()))
-    assert [r["sample"] for r in _rows(out)] == [0, 1] and [r["sample"] for r in _rows(skipped)] == [2]
-    assert max(r["n"] for r in _rows(out)) < _rows(skipped)[0]["n"]  # undo order spans both files
-    label_human(samples, out, ask=_script("q"), console=Console(file=io.StringIO()))  # nothing left but undo
+    def never(prompt):
+        raise AssertionError("nothing is left to ask")
+
+    label_human(samples, out, ask=never, console=Console(file=io.StringIO()))  # all done: returns at once
 
     # End of input (Ctrl-D) is a quit, not a crash.
     def eof(prompt):
@@ -96,6 +99,7 @@ def test_human_screen_rank_skip_undo_quit_resume(tmp_path):
 
     pairs = load_stage_data("reward", DataSpec(path=str(out)))
     assert len(pairs) == 6 and pairs[0]["chosen"] == "c0" and pairs[0]["rejected"] == "a0"
+    assert pairs[3]["chosen"] == "a1" and pairs[3]["rejected"] == "b1"
 
 
 def test_human_refuses_rankings_of_other_samples(tmp_path):
