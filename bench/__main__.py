@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ["bench.pretrain"]  # others add theirs here
+BENCHMARKS = ["bench.pretrain", "bench.sft", "bench.pipeline", "bench.ppo"]  # pipeline before ppo: ppo reuses its run
 
 
 def main() -> None:
