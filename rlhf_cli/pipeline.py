@@ -126,7 +126,7 @@ def run_pipeline(
             f"{run_dir} already has {', '.join(existing)}; pass --resume to keep finished stages and run the rest, "
             f"--overwrite to replace them, or --output-dir to write elsewhere."
         )
-    console = Console()
+    console = Console(quiet=not is_main_process())  # several processes: one prints
     record_path = run_dir / "pipeline.json"
     record = {"recipe": recipe.name, "run_dir": str(run_dir), "steps": {}}
     if resume and record_path.exists():
