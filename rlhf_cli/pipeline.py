@@ -154,8 +154,11 @@ def run_pipeline(
         record["steps"][step] = entry
         try:
             _run_step(step, recipe, run_dir, resume=resume and _started(run_dir, step), overwrite=overwrite)
-        except BaseException:
-            entry.update(status="failed", seconds=round(time.time() - t0, 2))
+        except BaseException as err:
+            from rlhf_cli.runs import Interrupted
+
+            stopped = isinstance(err, (Interrupted, KeyboardInterrupt))
+            entry.update(status="interrupted" if stopped else "failed", seconds=round(time.time() - t0, 2))
             if is_main_process():
                 write_json_atomic(record_path, record)
             raise

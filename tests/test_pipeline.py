@@ -102,3 +102,70 @@ def test_cli_bad_stage_exits_2_with_a_hint(tmp_path):
     assert result.exit_code == 2
     assert "did you mean 'reward'" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, monkeypatch):
+    from rlhf_cli import sweep
+    from rlhf_cli.stages import ppo
+
+    run = tmp_path / "run"
+    for stage in ("sft", "reward"):
+        (run / stage / "final").mkdir(parents=True)
+        (run / stage / "final" / "config.json").write_text("{}")
+    (run / "data" / "toy").mkdir(parents=True)
+    seen = []
+
+    def fake_ppo(recipe, run_dir, *, resume=False, overwrite=False):
+        beta = recipe.ppo.kl_coef
+        seen.append((beta, recipe.ppo.policy_from, recipe.ppo.reward_from, recipe.ppo.training.get("max_steps")))
+        kl = 0.5 / (beta + 0.05)  # smaller penalty, larger KL; RM score keeps rising, gold peaks then falls
+        (run_dir / "ppo" / "final").mkdir(parents=True)
+        (run_dir / "ppo" / "final" / "config.json").write_text("{}")
+        (run_dir / "ppo" / "eval.json").write_text(
+            json.dumps(
+                {
+                    "ppo": {"kl_to_reference": kl, "rm_score": 0.3 * kl, "gold_reward": 0.8 + 0.05 * kl - 0.01 * kl**2},
+                    "sft": {"rm_score": 0.0, "gold_reward": 0.8},
+                    "gold_gain": {"mean": 0.01, "ci95": [0.0, 0.02]},
+                }
+            )
+        )
+        return {}
+
+    monkeypatch.setattr(ppo, "run", fake_ppo)
+    rec = load_recipe("tiny", check_training=False)
+    record = sweep.run_sweep(rec, run, "ppo.kl_coef", ["0", "0.05", "0.2"], ["ppo.training.max_steps=3"], "tiny")
+    assert [s[0] for s in seen] == [0.0, 0.05, 0.2]
+    assert {s[1] for s in seen} == {str((run / "sft" / "final").resolve())}
+    assert {s[2] for s in seen} == {str((run / "reward" / "final").resolve())} and {s[3] for s in seen} == {3}
+    saved = json.loads((run / "sweep" / "sweep.json").read_text())
+    assert [p["value"] for p in saved["points"]] == ["0", "0.05", "0.2"]
+    assert saved["points"][0]["kl"] == pytest.approx(10.0) and saved["reference"]["gold_reward"] == pytest.approx(0.8)
+    assert (run / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "sweep" / "ppo.kl_coef=0.05" / "data").resolve() == (run / "data").resolve()
+    # a second call keeps the finished points
+    seen.clear()
+    sweep.run_sweep(rec, run, "ppo.kl_coef", ["0", "1"], [], "tiny")
+    assert [s[0] for s in seen] == [1.0]
+    assert record["plot"].endswith("sweep.png")
+
+
+def test_sweep_refuses_a_key_outside_ppo(tmp_path):
+    from rlhf_cli.sweep import run_sweep
+
+    with pytest.raises(UserError, match="ppo"):
+        run_sweep(
+            load_recipe("tiny", check_training=False), tmp_path, "sft.training.learning_rate", ["1e-3"], [], "tiny"
+        )
+
+
+def test_report_to_an_uninstalled_logger_is_a_user_error(tmp_path):
+    import importlib.util
+
+    from rlhf_cli.stages.common import trainer_config
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here")
+    rec = load_recipe("tiny", ["reward.training.report_to=[tensorboard]"], check_training=False)
+    with pytest.raises(UserError, match="rlhf-cli\\[tensorboard\\]"):
+        trainer_config(rec, "reward", tmp_path / "reward")

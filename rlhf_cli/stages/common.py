@@ -53,10 +53,31 @@ def trainer_config(recipe, stage: str, stage_dir: Path, **extra):
 
     cls = _trainer_config_class(stage)
     kwargs = {**training_kwargs(recipe, stage, stage_dir), **extra}
+    check_report_to(stage, kwargs.get("report_to"))
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"{stage}.training: {str(err).splitlines()[0]}") from None
+
+
+def check_report_to(stage: str, report_to) -> None:
+    """A logging integration named in `training.report_to` must be installed: a UserError now, not a traceback later."""
+    import importlib
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
+                  "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab"}.get(name)
+        found = module is None or any(importlib.util.find_spec(m) is not None
+                                      for m in ([module, "tensorboardX"] if module == "tensorboard" else [module]))
+        if not found:
+            extra = "rlhf-cli[tensorboard]" if name == "tensorboard" else name
+            raise UserError(
+                f"{stage}.training.report_to names '{name}', which is not installed: pip install '{extra}', or drop it "
+                f"(the metrics still land in {stage}/metrics.jsonl)."
+            )
 
 
 def build_trainer_configs(recipe, run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,205 @@
+"""`rlhf sweep`: PPO once per value of one setting, from the same SFT and reward models — the over-optimisation picture.
+
+    rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2
+
+Each value trains PPO into `<run>/sweep/<param>=<value>/ppo/` with the run's `sft/final` as policy and reference and its
+`reward/final` as reward model (set through `ppo.policy_from` / `ppo.reward_from`; the toy data are shared through a
+link to `<run>/data`). Missing prerequisite stages (pretrain ... reward) are run first. Finished points are kept on a
+second call (pass --overwrite to redo them), so adding values is cheap. Each point's held-out gold reward, reward-model
+score and KL to the SFT model come from its `ppo/eval.json`; `<run>/sweep/sweep.png` plots gold reward and RM score
+against KL — with a small KL penalty the RM score keeps rising while the gold reward stalls or falls (Goodhart's law;
+Gao et al. 2022, "Scaling laws for reward model overoptimization") — and `<run>/sweep/sweep.json` holds the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from rlhf_cli.errors import UserError
+
+PREREQUISITES = "pretrain,sft,sample,label,reward"
+
+
+def _point_metrics(ppo_eval: dict) -> dict:
+    """KL, gold reward and RM score of the PPO policy (and the SFT reference) from a ppo/eval.json."""
+    from rlhf_cli.report import _interval
+
+    ppo, sft = ppo_eval.get("ppo", {}), ppo_eval.get("sft", {})
+    return {
+        "kl": ppo.get("kl_to_reference"),
+        "gold_reward": ppo.get("gold_reward"),
+        "rm_score": ppo.get("rm_score"),
+        "length": ppo.get("length"),
+        "finished_rate": ppo.get("finished_rate"),
+        "gold_gain": _interval(ppo_eval.get("gold_gain")),
+        "sft_gold_reward": sft.get("gold_reward"),
+        "sft_rm_score": sft.get("rm_score"),
+    }
+
+
+def run_sweep(
+    recipe,
+    run_dir: str | Path,
+    param: str,
+    values: list[str],
+    base_overrides: list[str] | None = None,
+    recipe_ref: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Train PPO once per value of `param`; write <run>/sweep/sweep.json and sweep.png; return the sweep record.
+
+    Args:
+        recipe: the resolved Recipe (for the prerequisite stages).
+        run_dir: the run folder whose sft/ and reward/ models every point starts from.
+        param: a `ppo.*` recipe key, e.g. ppo.kl_coef.
+        values: the values (strings, parsed as YAML like --set).
+        base_overrides: the --set overrides every point shares.
+        recipe_ref: the recipe name or path each point is loaded from (default: recipe.name as a built-in).
+        overwrite: redo points already finished.
+    """
+    from rich.console import Console
+
+    from rlhf_cli.pipeline import is_finished, run_pipeline
+    from rlhf_cli.recipe import load_recipe, save_resolved
+    from rlhf_cli.runs import read_json, write_json_atomic
+    from rlhf_cli.stages import ppo
+
+    run_dir = Path(run_dir)
+    values = [v.strip() for v in values if v.strip()]
+    if not param.startswith("ppo.") or param.startswith("ppo.training.output_dir"):
+        raise UserError(
+            f"--param {param}: a sweep trains PPO once per value, so the key must be a ppo.* setting "
+            f"(for example ppo.kl_coef or ppo.training.learning_rate)."
+        )
+    if not values:
+        raise UserError("--values is empty; give comma-separated values, for example --values 0,0.01,0.05,0.2.")
+    console = Console()
+    if not all(is_finished(run_dir, s) for s in ("sft", "reward")):
+        console.print(f"[bold]sweep:[/] {run_dir} has no finished sft/reward models yet; running {PREREQUISITES} first")
+        run_pipeline(recipe, run_dir, stages=PREREQUISITES, resume=True)
+
+    sweep_dir = run_dir / "sweep"
+    shared = [
+        f"ppo.policy_from={(run_dir / 'sft' / 'final').resolve()}",
+        f"ppo.reward_from={(run_dir / 'reward' / 'final').resolve()}",
+    ]
+    points = []
+    for value in values:
+        point_dir = sweep_dir / f"{param}={value}"
+        rec = load_recipe(recipe_ref or recipe.name, [*(base_overrides or []), *shared, f"{param}={value}"])
+        point_dir.mkdir(parents=True, exist_ok=True)
+        data_link = point_dir / "data"
+        if not data_link.exists() and (run_dir / "data").is_dir():
+            try:  # share the toy world's files instead of writing them again
+                os.symlink((run_dir / "data").resolve(), data_link, target_is_directory=True)
+            except OSError:
+                pass
+        save_resolved(rec, point_dir)
+        done = is_finished(point_dir, "ppo") and (point_dir / "ppo" / "eval.json").exists()
+        console.rule(f"[bold]sweep {param}={value}" + (" (finished: kept)" if done and not overwrite else ""))
+        if overwrite or not done:
+            ppo.run(rec, point_dir, resume=not overwrite, overwrite=overwrite)
+        point = {
+            "value": value,
+            "run_dir": str(point_dir),
+            **_point_metrics(read_json(point_dir / "ppo" / "eval.json")),
+        }
+        points.append(point)
+        record = {
+            "param": param,
+            "values": values,
+            "run_dir": str(run_dir),
+            "points": points,
+            "reference": _reference(points),
+        }
+        write_json_atomic(sweep_dir / "sweep.json", record)  # after every point: a killed sweep keeps what it had
+
+    record["plot"] = str(plot_sweep(record, sweep_dir / "sweep.png"))
+    write_json_atomic(sweep_dir / "sweep.json", record)
+    _print_table(console, record)
+    return record
+
+
+def _reference(points: list[dict]) -> dict:
+    """The SFT model's gold reward and RM score (the same in every point: the same model and prompts), at KL 0."""
+
+    def mean(key):
+        xs = [p[key] for p in points if isinstance(p.get(key), (int, float))]
+        return sum(xs) / len(xs) if xs else None
+
+    return {"kl": 0.0, "gold_reward": mean("sft_gold_reward"), "rm_score": mean("sft_rm_score")}
+
+
+def plot_sweep(record: dict, path: Path) -> Path:
+    """Gold reward (left axis) and reward-model score (right axis) against KL to the SFT model, one point per value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = record["reference"]
+    pts = sorted((p for p in record["points"] if _ok(p.get("kl"))), key=lambda p: p["kl"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    ax2 = ax.twinx()
+    xs = [ref["kl"], *(p["kl"] for p in pts)]
+    for axis, key, colour, label in (
+        (ax, "gold_reward", "tab:green", "gold reward"),
+        (ax2, "rm_score", "tab:blue", "reward-model score"),
+    ):
+        ys = [ref[key], *(p[key] for p in pts)]
+        keep = [(x, y) for x, y in zip(xs, ys, strict=True) if _ok(y)]
+        if keep:
+            axis.plot([k[0] for k in keep], [k[1] for k in keep], marker="o", color=colour, label=label)
+            axis.set_ylabel(label, color=colour)
+            axis.tick_params(axis="y", colors=colour)
+    for p in pts:
+        if _ok(p.get("gold_reward")):
+            ax.annotate(
+                f"{record['param'].split('.')[-1]}={p['value']}",
+                (p["kl"], p["gold_reward"]),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
+            )
+    if _ok(ref.get("gold_reward")):
+        ax.annotate("SFT", (0, ref["gold_reward"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("KL(PPO policy || SFT model), nats per answer (held-out prompts)")
+    ax.set_title(
+        "Reward over-optimisation: gold reward and RM score against KL\n"
+        f"(PPO per {record['param']} value, same reward model; cf. Gao et al. 2022)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _ok(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _print_table(console, record: dict) -> None:
+    from rich.table import Table
+
+    def f(x, fmt="{:.3f}"):
+        return fmt.format(x) if _ok(x) else "-"
+
+    table = Table(title=f"sweep over {record['param']} (held-out prompts)")
+    for col in (record["param"], "KL to SFT", "gold reward", "gold gain [95 %]", "RM score", "length"):
+        table.add_column(col, justify="right")
+    ref = record["reference"]
+    table.add_row("SFT", "0", f(ref["gold_reward"]), "", f(ref["rm_score"]), "")
+    for p in record["points"]:
+        g = p.get("gold_gain")
+        gain = f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "-"
+        table.add_row(
+            str(p["value"]), f(p["kl"]), f(p["gold_reward"]), gain, f(p["rm_score"]), f(p.get("length"), "{:.1f}")
+        )
+    console.print(table)
+    console.print(f"Plot: {record['plot']}  Numbers: {Path(record['plot']).with_name('sweep.json')}")
