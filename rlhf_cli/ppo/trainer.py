@@ -76,15 +76,10 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts, answers, finished) -> torch.Tensor:
-        texts = [self.tokenizer.apply_chat_template([*p, {"role": "assistant", "content": a}], tokenize=False)
-                 for p, a in zip(prompts, answers, strict=True)]
-        device = next(self.model.parameters()).device
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True, max_length=self.max_length,
-                                 add_special_tokens=False, return_tensors="pt").to(device)
-            out.append(self.model(**enc).logits[:, 0].float().cpu())
-        return (torch.cat(out) - self.mean) / self.std
+        from rlhf_cli.stages.reward import score  # the reward stage's own rendering: the same text it was trained on
+
+        raw = score(self.model, self.tokenizer, prompts, answers, max_length=self.max_length, batch_size=self.batch_size)
+        return (torch.tensor(raw) - self.mean) / self.std
 
 
 # ------------------------------------------------------------------------------------------------------ models

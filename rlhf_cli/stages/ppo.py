@@ -134,19 +134,13 @@ def _reward_sources(recipe, run_dir: Path, trust: bool):
 
 
 def _reward_model(path: str, recipe, trust: bool):
-    from transformers import AutoModelForSequenceClassification
-
     from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.ppo.trainer import RewardModelScorer
     from rlhf_cli.runs import read_json
+    from rlhf_cli.stages.reward import load_reward_model
 
     tok = load_tokenizer(path, trust_remote_code=trust)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, trust_remote_code=trust,
-                                                                   use_safetensors=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"Cannot load a reward model from '{path}': {str(err).splitlines()[0]}") from None
-    model.config.pad_token_id = tok.pad_token_id
+    model = load_reward_model(path, tok, trust_remote_code=trust)
     stats_path = Path(path) / "reward_stats.json"
     stats = read_json(stats_path) if stats_path.exists() else {}
     return RewardModelScorer(model, tok, mean=float(stats.get("mean", 0.0)), std=float(stats.get("std", 1.0)),
