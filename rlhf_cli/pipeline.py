@@ -88,13 +88,20 @@ def _run_step(step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool
 
         # a partly labelled file is continued (the human screen resumes) unless --overwrite
         return label(recipe, run_dir, overwrite=overwrite)
-    if step == "eval":
+    # eval and report summarise the run: under several processes (accelerate launch) the main one writes, the others wait
+    from rlhf_cli.runs import is_main_process, wait_for_everyone
+
+    result = None
+    if is_main_process() and step == "eval":
         from rlhf_cli.evaluate import evaluate_run
 
-        return evaluate_run(run_dir, recipe=recipe)
-    from rlhf_cli.report import build_report
+        result = evaluate_run(run_dir, recipe=recipe)
+    elif is_main_process():
+        from rlhf_cli.report import build_report
 
-    return {"report": str(build_report(run_dir))}
+        result = {"report": str(build_report(run_dir))}
+    wait_for_everyone()
+    return result
 
 
 def run_pipeline(
