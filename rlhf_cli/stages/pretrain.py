@@ -42,6 +42,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     from rlhf_cli.runs import (
         FINAL,
         Interrupted,
+        check_stage_dir,
         is_main_process,
         make_callbacks,
         newest_checkpoint,
@@ -55,12 +56,12 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     run_dir = Path(run_dir)
     spec = recipe.pretrain
-    stage_dir = prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)
+    stage_dir = check_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)  # nothing written before the checks
     toy_dir = run_dir / "data" / "toy" if spec.data.toy else None
     with PartialState().main_process_first():
         train_docs = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
         train_docs, eval_docs = train_eval_split(train_docs, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
-        tokenizer = _tokenizer(recipe, stage_dir, train_docs)
+        tokenizer, trained = _tokenizer(recipe, stage_dir, train_docs, resume)
 
     # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
     if spec.init_from:
@@ -81,6 +82,9 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         raise UserError(f"The pretrain corpus holds fewer than block_size={spec.block_size} tokens; lower pretrain.block_size.")
 
     args = trainer_config(recipe, STAGE, stage_dir, **({"torch_compile": True} if spec.compile else {}))
+    prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
+    if trained and is_main_process():  # kept for --resume: a resumed run must not train a different tokenizer
+        tokenizer.save_pretrained(stage_dir / "tokenizer")
     eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]
     untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS], args.device) if not spec.init_from else None
 
@@ -134,23 +138,19 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 # ------------------------------------------------------------------------------------------------------ tokenizer, data
 
 
-def _tokenizer(recipe, stage_dir: Path, train_docs):
-    """The recipe's tokenizer: `tokenizer.from`, else init_from's, else one trained here (kept in the stage folder for --resume)."""
+def _tokenizer(recipe, stage_dir: Path, train_docs, resume: bool):
+    """(tokenizer, trained here?): `tokenizer.from`, else init_from's, else on --resume the one this stage saved, else one
+    trained on the corpus (the caller saves it in the stage folder once the inputs are validated)."""
     from rlhf_cli.modeling import load_tokenizer, train_tokenizer
 
     ref = recipe.tokenizer.from_ or recipe.pretrain.init_from
     if ref:
-        return load_tokenizer(ref, trust_remote_code=recipe.model.trust_remote_code)
+        return load_tokenizer(ref, trust_remote_code=recipe.model.trust_remote_code), False
     saved = stage_dir / "tokenizer"
-    if (saved / "tokenizer.json").exists():
-        return load_tokenizer(str(saved))
+    if resume and (saved / "tokenizer.json").exists():
+        return load_tokenizer(str(saved)), False
     texts = (row["text"] for _, row in zip(range(TOKENIZER_TEXTS), train_docs, strict=False))
-    tokenizer = train_tokenizer(texts, recipe.tokenizer.train.vocab_size, recipe.tokenizer.train.min_frequency)
-    from rlhf_cli.runs import is_main_process
-
-    if is_main_process():
-        tokenizer.save_pretrained(saved)
-    return tokenizer
+    return train_tokenizer(texts, recipe.tokenizer.train.vocab_size, recipe.tokenizer.train.min_frequency), True
 
 
 def pack(docs, tokenizer, block_size: int, keep_remainder: bool = False):
@@ -230,8 +230,11 @@ def evaluate_lm(model, tokenizer, blocks: list[list[int]], device, batch_size: i
                 tokens += ids[:, 1:].numel()
     model.train()
     n_bytes = target_bytes(tokenizer, blocks, token_byte_lengths(tokenizer))
-    loss = nll / max(tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "bits_per_byte": bits_per_byte(nll, max(n_bytes, 1)),
+    if tokens == 0 or n_bytes == 0:  # no held-out text (eval_fraction 0)
+        return {"loss": float("nan"), "perplexity": float("nan"), "bits_per_byte": float("nan"), "eval_tokens": 0,
+                "eval_bytes": 0}
+    loss = nll / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "bits_per_byte": bits_per_byte(nll, n_bytes),
             "eval_tokens": tokens, "eval_bytes": n_bytes}
 
 
