@@ -256,7 +256,9 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         )
 
     prompts = eval_prompts(rec, run_dir)
-    texts = [p[-1]["content"] for p in prompts]
+    from rlhf_cli.feedback import prompt_text
+
+    texts = [prompt_text(p) for p in prompts]  # the user's side, as the gold reward and the annotator read it
     world = None
     if rec.ppo.data.toy:
         from rlhf_cli.data.toy import ToyWorld
