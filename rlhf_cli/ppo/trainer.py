@@ -26,16 +26,12 @@ import torch
 from torch import nn
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.feedback import prompt_text  # the user's side, as the annotator and the gold reward read it
 from rlhf_cli.generation import left_pad, render_prompts
 from rlhf_cli.ppo import core
 from rlhf_cli.ppo.config import PPOConfig
 
 # ------------------------------------------------------------------------------------------------------ rewards
-
-
-def prompt_text(messages: list[dict]) -> str:
-    """The text a reward function sees as the prompt: the conversation's contents, one per line."""
-    return "\n".join(m["content"] for m in messages)
 
 
 def load_function(ref: str):
