@@ -111,15 +111,11 @@ def _dry_run(rec, run_dir: Path, plan: str):
 def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, overwrite, dry_run):
     import importlib
 
-    from rlhf_cli.recipe import save_resolved
-    from rlhf_cli.runs import is_main_process
-
     rec = _load(rec_name, overrides)
     run_dir = rec.run_dir(output_dir)
     if dry_run:
         return _dry_run(rec, run_dir, f"rlhf {stage}")
-    if is_main_process():
-        save_resolved(rec, run_dir)
+    # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
     module = importlib.import_module(f"rlhf_cli.stages.{stage}")
     module.run(rec, run_dir, resume=resume, overwrite=overwrite)
 

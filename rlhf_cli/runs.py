@@ -92,27 +92,48 @@ def save_dir_atomic(final_dir: str | Path, write: Callable[[Path], None]) -> Pat
 # ------------------------------------------------------------------------------------------------------ stage folders
 
 
-def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool) -> Path:
-    """The stage's folder, checked against clobbering.
+def check_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool) -> Path:
+    """The stage's folder path, checked against clobbering; writes nothing (call it before the inputs are validated).
 
-    An existing stage folder is kept for `--resume`, replaced with `--overwrite`, and otherwise refused.
+    An existing stage folder is kept for `--resume`, replaced with `--overwrite` (by `prepare_stage_dir`), and otherwise
+    refused.
     """
     stage_dir = Path(run_dir) / stage
-    taken = stage_dir.exists() and any(stage_dir.iterdir())
+    if _holds_work(stage_dir) and not resume and not overwrite:
+        raise UserError(
+            f"{stage_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+            f"or --output-dir to write elsewhere."
+        )
+    return stage_dir
+
+
+def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool, recipe=None) -> Path:
+    """Create (or with `--overwrite` empty) the stage's folder, checked against clobbering like `check_stage_dir`.
+
+    The first write of a stage: call it once every input has been validated, so a mistake leaves the disk untouched.
+    With `recipe`, the resolved recipe is saved as the run's `recipe.yaml` too.
+    """
+    stage_dir = Path(run_dir) / stage
+    taken = _holds_work(stage_dir)
+    check_stage_dir(run_dir, stage, resume=resume, overwrite=overwrite)
     wait_for_everyone()  # every process looks before the main one removes or creates anything
-    if taken:
-        if overwrite and not resume:
-            if is_main_process():
-                shutil.rmtree(stage_dir)
-        elif not resume:
-            raise UserError(
-                f"{stage_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
-                f"or --output-dir to write elsewhere."
-            )
+    if taken and overwrite and not resume and is_main_process():
+        shutil.rmtree(stage_dir)
     if is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
+        if recipe is not None:
+            from rlhf_cli.recipe import save_resolved
+
+            save_resolved(recipe, run_dir)
     wait_for_everyone()
     return stage_dir
+
+
+def _holds_work(stage_dir: Path) -> bool:
+    """Anything in the folder but the empty `checkpoints/` a Trainer makes when it is built (before prepare_stage_dir)."""
+    if not stage_dir.is_dir():
+        return False
+    return any(p.name != "checkpoints" or not p.is_dir() or any(p.iterdir()) for p in stage_dir.iterdir())
 
 
 def resolve_model_dir(explicit: str | None, run_dir: Path, parent_stage: str, what: str) -> str:
@@ -219,11 +240,17 @@ def make_callbacks(stage_dir: Path, stage: str):
         def on_train_end(self, args, state, control, **kw):
             for sig, old in self._old_handlers.items():
                 signal.signal(sig, old)
+            if self.interrupted:  # the checkpoint of the interrupted step is saved: stop the stage here (exit 130)
+                raise Interrupted(f"{stage}: checkpoint saved under {Path(stage_dir) / 'checkpoints'}; "
+                                  "continue with --resume.")
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args, state, control, model=None, **kw):
             if self.interrupted:
                 control.should_save = True
                 control.should_training_stop = True
+            # A checkpoint is only ever a good one: weights that went non-finite between two logged losses are not saved.
+            if control.should_save and model is not None and not all(p.isfinite().all() for p in model.parameters()):
+                raise NonFiniteLoss(stage, state.global_step, "non-finite", what="weights")
             return control
 
         def on_log(self, args, state, control, logs=None, **kw):
@@ -246,9 +273,12 @@ def make_callbacks(stage_dir: Path, stage: str):
 
 
 class NonFiniteLoss(UserError):
-    def __init__(self, stage: str, step: int, value):
+    """A NaN / inf loss (or weights): the run stops before saving anything from that step; exit code 1 (the run failed,
+    though the input parsed), with one message that names the step and the usual causes."""
+
+    def __init__(self, stage: str, step: int, value, what: str = "loss"):
         super().__init__(
-            f"{stage}: the loss became {value} at step {step}; the run stopped and the last good checkpoint is kept. "
+            f"{stage}: the {what} became {value} at step {step}; the run stopped and the last good checkpoint is kept. "
             f"Usual causes: a learning rate too high (try a tenth), fp16 overflow (use bf16 or fp32), or bad data."
         )
         self.exit_code = 1

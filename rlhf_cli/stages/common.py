@@ -55,9 +55,12 @@ def trainer_config(recipe, stage: str, stage_dir: Path, **extra):
     kwargs = {**training_kwargs(recipe, stage, stage_dir), **extra}
     check_report_to(stage, kwargs.get("report_to"))
     try:
-        return cls(**kwargs)
+        config = cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"{stage}.training: {str(err).splitlines()[0]}") from None
+    if config.learning_rate < 0:  # torch refuses it only when the optimiser is built, after the stage folder exists
+        raise UserError(f"{stage}.training.learning_rate is {config.learning_rate}; it must be positive (e.g. 1e-3).")
+    return config
 
 
 def check_report_to(stage: str, report_to) -> None:

@@ -199,6 +199,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
     from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.runs import (
+        check_stage_dir,
         is_main_process,
         make_callbacks,
         newest_checkpoint,
@@ -214,7 +215,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     rc, run_dir = rec.reward, Path(run_dir)
     spec = data_spec(rec, run_dir)
     init = resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from")
-    stage_dir = prepare_stage_dir(run_dir, "reward", resume=resume, overwrite=overwrite)
+    stage_dir = check_stage_dir(run_dir, "reward", resume=resume, overwrite=overwrite)  # nothing written before the checks
     toy_dir = run_dir / "data" / "toy"
     pairs = load_stage_data("reward", spec, toy_dir=toy_dir, seed=rec.seed)
     train, held = train_eval_split(pairs, spec, "reward", seed=rec.seed, toy_dir=toy_dir)
@@ -232,6 +233,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     config = trainer_config(rec, "reward", stage_dir, max_length=rc.max_length, prediction_loss_only=True)
     trainer = cls(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
                   processing_class=tokenizer, callbacks=[make_callbacks(stage_dir, "reward")], **extra)
+    prepare_stage_dir(run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec)  # inputs are good: first write
     checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if not is_main_process():

@@ -30,7 +30,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     spec = recipe.sft
     run_dir = Path(run_dir)
-    stage_dir = runs.prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)
+    stage_dir = runs.check_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)  # nothing written before the checks
     if spec.lora is not None and spec.lora.qlora:
         check_qlora()
     init = runs.resolve_model_dir(spec.init_from, run_dir, "pretrain", "sft")
@@ -52,6 +52,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     callback = runs.make_callbacks(stage_dir, STAGE)
     trainer = make_trainer(recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callback])
+    runs.prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
     checkpoint = runs.newest_checkpoint(stage_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
         print(f"sft: no complete checkpoint in {stage_dir / 'checkpoints'}; starting from the beginning.")
