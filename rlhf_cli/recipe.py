@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_cli.errors import UserError
 
@@ -48,6 +48,13 @@ class DataSpec(Section):
     eval_split: str | None = None
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     max_examples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _named_source_wins(self):
+        # `--set sft.data.path=my.jsonl` on a toy recipe means "train on my file": a path or hub id replaces the toy world.
+        if self.toy and (self.path or self.hub):
+            self.toy = False
+        return self
 
 
 class ModelSpec(Section):
