@@ -136,7 +136,7 @@ def run_ours(a) -> None:
         link = work / name
         if not link.exists():
             link.symlink_to(Path(a.run).resolve() / name)
-    phases = {"generation": 0.0, "rollout_forward": 0.0, "scoring": 0.0, "checkpoints": 0.0, "train": 0.0}
+    phases = {"generation": 0.0, "rollout_forward": 0.0, "scoring": 0.0, "checkpoints": 0.0, "train": 0.0, "cpu": 0.0}
     active = {"on": False}
     cls = ppo_trainer.PPOTrainer
 
@@ -154,11 +154,12 @@ def run_ours(a) -> None:
 
     def train(self, *args, **kwargs):
         active["on"] = True
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return original_train(self, *args, **kwargs)
         finally:
             phases["train"] += time.perf_counter() - t0
+            phases["cpu"] += time.process_time() - c0
             active["on"] = False
 
     original_train = cls.train
@@ -173,16 +174,21 @@ def run_ours(a) -> None:
     import torch
 
     episodes = metrics["episodes"]
-    rest = phases["train"] - sum(v for k, v in phases.items() if k != "train")
+    rest = phases["train"] - sum(v for k, v in phases.items() if k not in ("train", "cpu"))
     result = {
         "side": "ours",
         "train_s": round(phases["train"], 3),
         "episodes": episodes,
         "episodes_per_s": round(episodes / phases["train"], 3),
+        "cpu_s": round(phases["cpu"], 3),
+        "episodes_per_cpu_s": round(episodes / phases["cpu"], 3),
         "steps": metrics["steps"],
         "policy_dir": str(work / "ppo" / "final"),
         "threads": torch.get_num_threads(),
-        "phases_s": {**{k: round(v, 3) for k, v in phases.items() if k != "train"}, "ppo_update": round(rest, 3)},
+        "phases_s": {
+            **{k: round(v, 3) for k, v in phases.items() if k not in ("train", "cpu")},
+            "ppo_update": round(rest, 3),
+        },
         "last_log": metrics.get("train_last_step"),
     }
     Path(a.out).write_text(json.dumps(result, indent=2, default=float))
@@ -346,6 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = list(zip(runs["ours"], runs["trl"], strict=True))
         result["episodes_per_s_ratio"] = round(med("ours", "episodes_per_s") / med("trl", "episodes_per_s"), 3)
         result["episodes_per_s_ratios"] = [round(o["episodes_per_s"] / t["episodes_per_s"], 3) for o, t in pairs]
+        result["episodes_per_cpu_s_ratio"] = round(
+            med("ours", "episodes_per_cpu_s") / med("trl", "episodes_per_cpu_s"), 3
+        )
     (OUT / "ppo.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True))
     print_tables(result)
     return result
@@ -362,7 +371,7 @@ def print_tables(r: dict) -> None:
         f"response {s['response_length']}, {s['num_ppo_epochs']} epochs; gold on {r['eval_prompts']} "
         f"held-out prompts, SFT {r['sft_gold_reward']:+.3f})"
     )
-    for col in ("side", "run", "train s", "episodes/s", "gold", "gold gain", "95% CI of gain"):
+    for col in ("side", "run", "train s", "episodes/s", "episodes/CPU-s", "gold", "gold gain", "95% CI of gain"):
         table.add_column(col, justify="right")
     for side, side_runs in r["runs"].items():
         for i, x in enumerate(side_runs):
@@ -372,6 +381,7 @@ def print_tables(r: dict) -> None:
                 str(i),
                 f"{x['train_s']:.1f}",
                 f"{x['episodes_per_s']:.2f}",
+                f"{x['episodes_per_cpu_s']:.2f}",
                 f"{x['gold_reward']:+.3f}",
                 f"{x['gold_gain']:+.3f}",
                 f"{lo:+.3f} .. {hi:+.3f}",
@@ -387,6 +397,7 @@ def print_tables(r: dict) -> None:
     if "episodes_per_s_ratio" in r:
         console.print(
             f"episodes/s ours / TRL 1.12: {r['episodes_per_s_ratio']:.2f}x (per pair {r['episodes_per_s_ratios']}; "
+            f"per CPU-second {r['episodes_per_cpu_s_ratio']:.2f}x; load average {r['load_avg_1m']}; "
             "target >= 1.0x at an equal or larger gold gain)"
         )
     ours = r["runs"].get("ours")

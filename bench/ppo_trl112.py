@@ -113,9 +113,9 @@ def main() -> None:
         eval_dataset=evals,
         callbacks=[Keep()],
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
-    train_s = time.perf_counter() - t0
+    train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     episodes = args.num_total_batches * args.batch_size
     trainer.save_model(str(out_dir / "policy"))
     tok.save_pretrained(str(out_dir / "policy"))
@@ -124,6 +124,8 @@ def main() -> None:
         "train_s": round(train_s, 3),
         "episodes": episodes,
         "episodes_per_s": round(episodes / train_s, 3),
+        "cpu_s": round(cpu_s, 3),
+        "episodes_per_cpu_s": round(episodes / cpu_s, 3),
         "steps": args.num_total_batches,
         "policy_dir": str(out_dir / "policy"),
         "threads": torch.get_num_threads(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -108,20 +109,23 @@ def one_run(side: str, data_dir: Path, out_json: Path, batch: int, hidden: int, 
     model = build_model(ModelSpec(hidden_size=hidden, num_layers=layers, num_heads=4), tok, seed=0)
     stage_dir = out_json.parent / f"{out_json.stem}-stage"
     trainer = make_trainer(recipe, stage_dir, model, tok, train, None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = trainer.train()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     runtime = result.metrics.get("train_runtime", wall)
     model.eval()
     with torch.no_grad():
         eval_loss = held_out_loss(model, tok, evals)
     out = {
         "side": side,
-        "rows_per_batch": rows,
+        "rows_per_batch": trainer.args.per_device_train_batch_size,
+        "grad_accum": trainer.args.gradient_accumulation_steps,
         "steps": result.global_step,
         "train_tokens": sum(lengths),
         "train_runtime_s": round(runtime, 3),
         "tokens_per_s": round(sum(lengths) / runtime, 1),
+        "cpu_s": round(cpu, 3),
+        "tokens_per_cpu_s": round(sum(lengths) / cpu, 1),
         "train_loss": round(result.training_loss, 4),
         "eval_loss": round(eval_loss, 4),
         "threads": torch.get_num_threads(),
@@ -216,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
         return statistics.median(x[key] for x in runs[side])
 
     ratios = [pk["tokens_per_s"] / pd["tokens_per_s"] for pk, pd in zip(runs["packed"], runs["padded"], strict=True)]
+    cpu_ratios = [
+        pk["tokens_per_cpu_s"] / pd["tokens_per_cpu_s"] for pk, pd in zip(runs["packed"], runs["padded"], strict=True)
+    ]
     result = {
         "data": stats,
         "settings": vars(a) | {"data": None, "out": None, "max_length": MAX_LENGTH},
@@ -224,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_loss": {s: med(s, "eval_loss") for s in runs},
         "ratio": round(statistics.median(ratios), 3),
         "ratios": [round(x, 3) for x in ratios],
+        "cpu_ratio": round(statistics.median(cpu_ratios), 3),
         "target_ratio": 1.5,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     (OUT / "sft.json").write_text(json.dumps(result, indent=2, default=str))
     print_table(result)
@@ -239,22 +248,34 @@ def print_table(r: dict) -> None:
         title=f"SFT: packing vs padded batches ({r['data']['train']['conversations']} conversations, "
         f"lengths {r['data']['train']['min_len']}-{r['data']['train']['max_len']} tokens)"
     )
-    for col in ("side", "rows/batch", "steps", "tokens/s (median)", "tokens/s runs", "held-out loss", "loss runs"):
+    cols = (
+        "side",
+        "rows x accum",
+        "steps",
+        "tokens/s (median)",
+        "tokens/s runs",
+        "tokens/CPU-s",
+        "held-out loss",
+        "loss runs",
+    )
+    for col in cols:
         table.add_column(col, justify="right")
     for side in ("padded", "packed"):
         runs = r["runs"][side]
         table.add_row(
             side,
-            str(runs[0]["rows_per_batch"]),
+            f"{runs[0]['rows_per_batch']} x {runs[0]['grad_accum']}",
             str(runs[0]["steps"]),
             f"{r['tokens_per_s'][side]:.0f}",
             spread([x["tokens_per_s"] for x in runs]),
+            f"{statistics.median(x['tokens_per_cpu_s'] for x in runs):.0f}",
             f"{r['eval_loss'][side]:.4f}",
             spread([x["eval_loss"] for x in runs]),
         )
     Console().print(table)
     print(
-        f"packing / padded tokens/s: {r['ratio']:.2f}x (per pair {r['ratios']}; target >= {r['target_ratio']}x); "
+        f"packing / padded tokens/s: {r['ratio']:.2f}x (per pair {r['ratios']}; per CPU-second {r['cpu_ratio']:.2f}x; "
+        f"target >= {r['target_ratio']}x; load average {r['load_avg_1m']}); "
         f"held-out loss packed - padded {r['eval_loss']['packed'] - r['eval_loss']['padded']:+.4f}"
     )
 
