@@ -125,7 +125,7 @@ def run_pipeline(
     from rich.console import Console
 
     from rlhf_cli.recipe import save_resolved
-    from rlhf_cli.runs import is_main_process, read_json, write_json_atomic
+    from rlhf_cli.runs import is_main_process, read_json, wait_for_everyone, write_json_atomic
 
     run_dir = Path(run_dir)
     steps = parse_stages(stages)
@@ -165,6 +165,7 @@ def run_pipeline(
         record["steps"][step] = entry
         try:
             _run_step(step, recipe, run_dir, resume=resume and _started(run_dir, step), overwrite=overwrite)
+            wait_for_everyone()  # several processes: the next step reads what the main process just saved
         except BaseException as err:
             from rlhf_cli.runs import Interrupted
 
