@@ -164,7 +164,7 @@ def run_pipeline(
         entry = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record["steps"][step] = entry
         try:
-            _run_step(step, recipe, run_dir, resume=resume and _started(run_dir, step), overwrite=overwrite)
+            _run_step(step, recipe, run_dir, resume=resume, overwrite=overwrite)
             wait_for_everyone()  # several processes: the next step reads what the main process just saved
         except BaseException as err:
             from rlhf_cli.runs import Interrupted

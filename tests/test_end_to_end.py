@@ -1,0 +1,53 @@
+"""The one real end-to-end run: `rlhf pipeline` on the tiny recipe, shrunk through --set, every stage for real."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhf_cli.cli import app
+
+SMALL = [
+    "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "tokenizer.train.vocab_size=512",
+    "pretrain.block_size=128", "pretrain.training.max_steps=30", "pretrain.training.per_device_train_batch_size=8",
+    "sft.max_length=128", "sft.training.max_steps=20", "sft.eval_prompts=8",
+    "feedback.num_prompts=32", "feedback.max_new_tokens=16",
+    "reward.max_length=128", "reward.training.max_steps=10",
+    "ppo.training.max_steps=2", "ppo.training.per_device_train_batch_size=8", "ppo.response_length=16", "ppo.eval_prompts=8",
+    "eval.num_prompts=16", "eval.max_new_tokens=16",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_then_resume_keeps_everything(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    run = tmp_path / "run"
+    args = ["pipeline", "--recipe", "tiny", "-o", str(run)] + [a for s in SMALL for a in ("--set", s)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Report:" in result.output
+
+    for stage in ("pretrain", "sft", "ppo"):
+        model = AutoModelForCausalLM.from_pretrained(run / stage / "final")
+        tok = AutoTokenizer.from_pretrained(run / stage / "final")
+        assert tok.chat_template and model.config.hidden_size == 64
+    assert AutoModelForSequenceClassification.from_pretrained(run / "reward" / "final").config.num_labels == 1
+    assert (run / "feedback" / "rankings.jsonl").stat().st_size > 0
+
+    steps = json.loads((run / "pipeline.json").read_text())["steps"]
+    assert all(
+        steps[s]["status"] == "done" for s in ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
+    )
+    report = json.loads((run / "report" / "report.json").read_text())
+    head = report["headline"]
+    assert head["base_bits_per_byte"] > 0 and 0 <= head["sft_finished_rate"] <= 1 and 0 <= head["reward_accuracy"] <= 1
+    assert {"mean", "low", "high"} <= set(head["ppo_gold_gain"])
+    assert {"loss_curves", "ppo_training", "answers"} <= set(report["plots"])
+    evaluation = json.loads((run / "eval" / "eval.json").read_text())
+    assert set(evaluation["models"]) == {"base", "sft", "ppo"} and evaluation["num_prompts"] == 16
+
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    steps = json.loads((run / "pipeline.json").read_text())["steps"]
+    assert all(e["status"] == "kept" for e in steps.values())
