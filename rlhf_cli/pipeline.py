@@ -88,10 +88,6 @@ def _run_step(step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool
 
         # a partly labelled file is continued (the human screen resumes) unless --overwrite
         return label(recipe, run_dir, overwrite=overwrite)
-    from rlhf_cli.runs import is_main_process
-
-    if not is_main_process():  # eval and report read and write files only: the main process does them
-        return None
     # eval and report summarise the run: under several processes (accelerate launch) the main one writes, the others wait
     from rlhf_cli.runs import is_main_process, wait_for_everyone
 
