@@ -57,7 +57,7 @@ def test_recipe_show_misspelt_key_exits_2_naming_the_key():
 def test_stage_dry_run_builds_trainer_configs(tmp_path):
     result = runner.invoke(app, ["pretrain", "--dry-run", "-o", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert "TrainingArguments builds" in result.output and "PPOConfig builds" in result.output
+    assert "PretrainArguments builds" in result.output and "PPOConfig builds" in result.output
     assert not (tmp_path / "run").exists()
 
 
