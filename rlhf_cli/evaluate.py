@@ -88,7 +88,9 @@ def length_controlled_win_rate(a, b, len_a, len_b, *, tol: float = 1e-9, n_resam
     zero length difference, sigmoid(t0). This is the idea of AlpacaEval 2's length-controlled win rate (Dubois et al.
     2024) reduced to the one covariate we have: a judge that only rewards length gives ~0.5, a genuine gain survives.
     The interval re-fits the regression on bootstrap resamples of the pairs. Caveats: where the two models' lengths never
-    overlap the value extrapolates, and a quality that really costs words (a courteous closing) is partly removed too.
+    overlap the value extrapolates (flagged "extrapolated"); where every pair differs by the same length, length and
+    model cannot be told apart (mean None); and a quality that really costs words (a courteous closing) is partly
+    removed too.
     """
     import numpy as np
 
@@ -96,6 +98,17 @@ def length_controlled_win_rate(a, b, len_a, len_b, *, tol: float = 1e-9, n_resam
     diff = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
     if y.size == 0:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0, "length_coef": math.nan}
+    if diff.std() == 0 and diff.mean() != 0:  # every pair differs by the same length: length and model are confounded
+        note = "not identifiable: every pair differs in length by the same amount"
+        return {
+            "mean": None,
+            "low": None,
+            "high": None,
+            "n": int(y.size),
+            "length_coef": None,
+            "mean_length_diff": float(diff.mean()),
+            "note": note,
+        }
     scale = diff.std() or 1.0
     x = diff / scale
 
@@ -113,6 +126,7 @@ def length_controlled_win_rate(a, b, len_a, len_b, *, tol: float = 1e-9, n_resam
         "n": int(y.size),
         "length_coef": float(t1),
         "mean_length_diff": float(diff.mean()),
+        "extrapolated": bool(not diff.min() <= 0 <= diff.max()),  # no pair of equal length: sigmoid(t0) extrapolates
     }
 
 
@@ -372,6 +386,8 @@ def _compare(a: dict, b: dict) -> dict:
 def _fmt(stat) -> str:
     if stat is None:
         return "-"
+    if isinstance(stat, dict) and stat.get("mean") is None:
+        return "n/a"
     if isinstance(stat, dict):
         return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
     return f"{stat:.3f}"

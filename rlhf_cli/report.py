@@ -167,6 +167,12 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
     if step == "reward":
         v = head["reward_accuracy"]
         return {"name": "accuracy", "value": v, "text": "" if v is None else f"held-out pair accuracy {v:.1%}"}
+    if step == "eval":
+        wins, kl = head.get("ppo_win_rate_gold"), head.get("ppo_kl_to_sft")
+        if wins is None:
+            return {"name": "ppo_win_rate_gold", "value": None, "text": ""}
+        text = f"PPO beats SFT (gold) {wins['mean']:.0%}" + ("" if kl is None else f", KL {kl:.3f}")
+        return {"name": "ppo_win_rate_gold", "value": wins["mean"], "text": text}
     gain = head["ppo_gold_gain"]
     if step == "ppo":
         gain = _interval(find_metric(_read_json(run_dir / "ppo" / "eval.json"), *GOLD_GAIN)) or gain
@@ -200,7 +206,8 @@ def _numeric_keys(rows: list[dict]) -> list[str]:
 
 def _loss_keys(rows: list[dict]) -> list[str]:
     """Loss-like keys: loss, eval_loss, loss/policy_avg, policy_loss, ..."""
-    return [k for k in _numeric_keys(rows) if re.search(r"(^|[/_])loss($|[/_])", k) and "scale" not in k]
+    # train_loss is the Trainer's end-of-run average (one summary row), not a point of the curve
+    return [k for k in _numeric_keys(rows) if re.search(r"(^|[/_])loss($|[/_])", k) and k not in ("train_loss",)]
 
 
 def plot_losses(metrics: dict[str, list[dict]], path: Path) -> Path | None:
@@ -355,8 +362,12 @@ def plot_answers(samples: list[dict], path: Path, n: int = 5) -> Path | None:
     if not samples:
         return None
     names = [k for k in ("base", "sft", "ppo") if k in samples[0]]
+
+    def clean(text: str) -> str:  # an untrained model's bytes can be control characters no font draws
+        return "".join(ch if ch.isprintable() else "?" for ch in text) or "(empty)"
+
     cells = [
-        [textwrap.fill(r["prompt"], 28)] + [textwrap.fill(r[k] or "(empty)", 34) for k in names] for r in samples[:n]
+        [textwrap.fill(clean(r["prompt"]), 28)] + [textwrap.fill(clean(r[k]), 34) for k in names] for r in samples[:n]
     ]
     heights = [max(c.count("\n") + 1 for c in row) for row in cells]
     total = sum(heights) + 1
@@ -427,6 +438,12 @@ def _f(v, fmt=".3f") -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def _lc(d) -> str:
+    if d.get("mean") is None:
+        return "n/a (lengths confounded)"
+    return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]" + (" (extrapolated)" if d.get("extrapolated") else "")
+
+
 def _ci(d) -> str:
     return "–" if not d else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
@@ -482,7 +499,7 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
                         w, lc = judges[judge], judges[f"{judge}_length_controlled"]
                         lines.append(
                             f"| {pair.replace('_vs_', ' over ')} | {judge.replace('_', ' ')} | "
-                            f"{w['mean']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {lc['mean']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}] |"
+                            f"{w['mean']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {_lc(lc)} |"
                         )
             lines.append("")
     titles = {

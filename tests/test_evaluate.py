@@ -136,3 +136,10 @@ def test_evaluate_run_skips_missing_stages(tiny_run, tmp_path, capsys):
     result = ev.evaluate_run(run)
     assert set(result["models"]) == {"sft"} and result["win_rates"] == {}
     assert "skipping" in capsys.readouterr().out
+
+
+def test_length_controlled_win_rate_is_undefined_when_length_and_model_are_confounded():
+    lc = ev.length_controlled_win_rate([1.0] * 6, [0.0] * 6, [10] * 6, [0] * 6, n_resamples=10)
+    assert lc["mean"] is None and "not identifiable" in lc["note"]
+    sa, sb, la, lb = _pairs(200, 0.0)
+    assert ev.length_controlled_win_rate(sa, sb, [x + 100 for x in la], lb, n_resamples=10)["extrapolated"] is True
