@@ -38,6 +38,9 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
     tokenizer = load_tokenizer(init, trust_remote_code=trust)
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     model = load_model(init, spec, trust)
     added = resize_for_tokenizer(model, tokenizer)
 
@@ -137,6 +140,8 @@ def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, a
     spec = recipe.sft
     config = trainer_config(recipe, STAGE, stage_dir, max_length=spec.max_length,
                             assistant_only_loss=spec.assistant_only_loss, packing=spec.packing)
+    if spec.packing:
+        one_packed_row_per_micro_batch(config, model)
     return SFTTrainer(
         model=model,
         args=config,
@@ -146,6 +151,21 @@ def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, a
         peft_config=lora_config(spec.lora, list(added_tokens)),
         callbacks=list(callbacks),
     )
+
+
+def one_packed_row_per_micro_batch(config, model) -> None:
+    """With packing and no varlen attention kernel: one packed row per micro-batch, accumulated to the same step.
+
+    TRL packs padding-free: a batch's rows are flattened into one sequence, told apart by position_ids. Flash attention's
+    varlen kernels keep that linear in the rows; sdpa and eager (every CPU) attend over the whole flattened batch under a
+    block-diagonal mask, (rows x max_length)^2 work, slower than padded batches (bench/sft.py measured 0.55x).
+    """
+    attention = str(getattr(model.config, "_attn_implementation", "") or "")
+    if "flash" in attention or config.per_device_train_batch_size == 1:
+        return
+    config.gradient_accumulation_steps *= config.per_device_train_batch_size
+    config.per_device_train_batch_size = 1
+    config.per_device_eval_batch_size = 1
 
 
 def lora_config(lora, added_tokens: list[int]):
