@@ -58,6 +58,9 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
     # Models: policy + reference (SFT), reward sources, value model.
     policy_dir = resolve_model_dir(spec.policy_from, run_dir, "sft", "ppo.policy_from")
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     policy = load_causal_lm(policy_dir, trust_remote_code=trust)
     ref_model = None if spec.lora else load_causal_lm(policy_dir, trust_remote_code=trust)
     if spec.lora:

@@ -221,6 +221,9 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     train, held = train_eval_split(pairs, spec, "reward", seed=rec.seed, toy_dir=toy_dir)
 
     tokenizer = load_tokenizer(init, trust_remote_code=rec.model.trust_remote_code)
+    from transformers import set_seed
+
+    set_seed(rec.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     model = load_reward_model(init, tokenizer, trust_remote_code=rec.model.trust_remote_code)
     streaming = not isinstance(train, datasets.Dataset)
     kwise = rc.kwise and not streaming and max(_group_sizes(train).values(), default=1) > 1
