@@ -9,8 +9,8 @@ from rlhf_cli.cli import app
 
 SMALL = [
     "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "tokenizer.train.vocab_size=512",
-    "pretrain.block_size=128", "pretrain.training.max_steps=30", "pretrain.training.per_device_train_batch_size=8",
-    "sft.max_length=128", "sft.training.max_steps=20", "sft.eval_prompts=8",
+    "pretrain.block_size=128", "pretrain.training.max_steps=20", "pretrain.training.per_device_train_batch_size=8",
+    "sft.max_length=128", "sft.training.max_steps=10", "sft.training.per_device_train_batch_size=8", "sft.eval_prompts=8",
     "feedback.num_prompts=32", "feedback.max_new_tokens=16",
     "reward.max_length=128", "reward.training.max_steps=10",
     "ppo.training.max_steps=2", "ppo.training.per_device_train_batch_size=8", "ppo.response_length=16", "ppo.eval_prompts=8",
