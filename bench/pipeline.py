@@ -89,7 +89,7 @@ def print_table(r: dict) -> None:
         table.add_row(name, f"{seconds:.1f}" if seconds is not None else "-", f"{(seconds or 0) / total:.0%}")
     table.add_row("stages total", f"{r['stages_total_s']:.1f}", "")
     table.add_row("process wall (with start-up)", f"{r['wall_s']:.1f}", "")
-    Console().print(table)
+    Console(width=150).print(table)
     verdict = "met" if r["wall_s"] <= r["target_s"] else "NOT met"
     print(f"target total <= {r['target_s']:.0f} s: {verdict} ({r['wall_s']:.1f} s)")
 

@@ -364,7 +364,7 @@ def print_tables(r: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=150)
     s = r["settings"]
     table = Table(
         title=f"PPO: rlhf ppo vs TRL 1.12 PPOTrainer ({s['steps']} steps x {s['batch_size']} episodes, "

@@ -101,6 +101,7 @@ def one_run(side: str, data_dir: Path, out_json: Path, batch: int, hidden: int, 
             f"sft.training.per_device_train_batch_size={rows}",
             f"sft.training.learning_rate={lr}",
             "sft.training.num_train_epochs=1",
+            "sft.training.max_steps=-1",
             "sft.training.save_steps=100000",
             "sft.training.logging_steps=1000",
             "sft.training.disable_tqdm=true",
@@ -272,7 +273,7 @@ def print_table(r: dict) -> None:
             f"{r['eval_loss'][side]:.4f}",
             spread([x["eval_loss"] for x in runs]),
         )
-    Console().print(table)
+    Console(width=150).print(table)
     print(
         f"packing / padded tokens/s: {r['ratio']:.2f}x (per pair {r['ratios']}; per CPU-second {r['cpu_ratio']:.2f}x; "
         f"target >= {r['target_ratio']}x; load average {r['load_avg_1m']}); "
