@@ -134,8 +134,9 @@ def run_ours(a) -> None:
     work.mkdir(parents=True, exist_ok=True)
     for name in ("sft", "reward", "data"):
         link = work / name
-        if not link.exists():
-            link.symlink_to(Path(a.run).resolve() / name)
+        if link.is_symlink():  # a folder from an earlier run may link to another run's models
+            link.unlink()
+        link.symlink_to(Path(a.run).resolve() / name)
     phases = {"generation": 0.0, "rollout_forward": 0.0, "scoring": 0.0, "checkpoints": 0.0, "train": 0.0, "cpu": 0.0}
     active = {"on": False}
     cls = ppo_trainer.PPOTrainer
