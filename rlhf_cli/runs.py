@@ -249,6 +249,7 @@ def make_callbacks(stage_dir: Path, stage: str):
                                   "continue with --resume.")
 
         def on_step_end(self, args, state, control, model=None, **kw):
+            self.interrupted = any_process(self.interrupted, args.device)  # every rank stops at the same step
             if self.interrupted:
                 control.should_save = True
                 control.should_training_stop = True
@@ -274,6 +275,20 @@ def make_callbacks(stage_dir: Path, stage: str):
                 fh.write(json.dumps(row, default=float) + "\n")
 
     return RunCallback()
+
+
+def any_process(flag: bool, device=None) -> bool:
+    """`flag` or-ed over the processes of a distributed run (a signal may reach the ranks at different steps; a rank
+    that stopped alone would leave the others waiting in a collective); `flag` itself in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 class NonFiniteLoss(UserError):
