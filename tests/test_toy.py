@@ -37,7 +37,7 @@ def test_files_load_with_datasets(tmp_path):
         ds = load_dataset("json", data_files=str(paths[name]), split="train", cache_dir=str(tmp_path / "cache"))
         assert sorted(ds.column_names) == cols and len(ds) > 0
     world = json.loads(paths["world.json"].read_text())
-    assert world["seed"] == 0 and len(world["facts"]) == 24
+    assert world["seed"] == 0 and len(world["facts"]) == 12
 
 
 def test_toy_files_is_idempotent(tmp_path):

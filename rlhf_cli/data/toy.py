@@ -1,10 +1,11 @@
 """The toy world: a small, seeded world of animals that a 1-5M-parameter model can learn in a minute on a CPU.
 
-The world has 24 animals (drawn from a pool of 32 by the seed). Each has four facts, every value from a small closed set:
+The world has 12 animals (drawn from a pool of 32 by the seed). Each has four facts, every value from a small closed set:
 colour (10 colours), food (10 foods), home (10 places) and friend (another animal; friendship is mutual, the animals pair up).
 Everything is lowercase, simple English, short sentences. `ToyWorld(seed).write(out_dir)` writes:
 
-    pretrain_train.jsonl / pretrain_eval.jsonl  {"text"}      documents of a few sentences; every fact, many times, in 3 phrasings
+    pretrain_train.jsonl / pretrain_eval.jsonl  {"text"}      documents of a few sentences; every fact, many times, in 3 phrasings;
+                                                              a fifth are a question and a polite answer in plain text
     sft_train.jsonl / sft_eval.jsonl            {"messages"}  user asks about a fact, assistant answers (~10% two turns)
     prompts_train.jsonl / prompts_eval.jsonl    {"prompt"}    user questions; eval uses a held-out question phrasing
     probes_eval.jsonl                           {"prefix", "answer"}  e.g. "the fox eats" -> "berries" (8 probes per animal)
@@ -40,7 +41,7 @@ VALUES = {
     "home": ["forest", "valley", "village", "meadow", "marsh", "cave", "garden", "desert", "mountain", "river"],
 }
 ATTRIBUTES = ["colour", "food", "home", "friend"]
-N_ANIMALS = 24
+N_ANIMALS = 12
 
 # Corpus sentences per attribute. The first two give the probes: the value directly follows the text before "{v}".
 FACT_TEMPLATES = {
@@ -106,6 +107,9 @@ class ToyWorld:
 
     # ---- data sets ----
     def _document(self, rng: random.Random) -> str:
+        if rng.random() < 0.2:  # web text holds dialogues too: the base model meets questions and courtesies
+            e, attr = rng.choice(self.animals), rng.choice(ATTRIBUTES)
+            return f"question: {self._question(rng, e, attr, 'train')} answer: {self._answer(rng, e, attr, True)}"
         sentences = []
         for e in rng.sample(self.animals, rng.choice([1, 1, 2])):
             if rng.random() < 0.3:

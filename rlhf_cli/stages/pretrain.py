@@ -56,8 +56,6 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     run_dir = Path(run_dir)
     spec = recipe.pretrain
-    if spec.data.toy and (spec.data.path or spec.data.hub):  # `--set pretrain.data.path=...` on a toy recipe: the file wins
-        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"toy": False})})
     stage_dir = check_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)  # nothing written before the checks
     toy_dir = run_dir / "data" / "toy" if spec.data.toy else None
     with PartialState().main_process_first():
