@@ -74,12 +74,13 @@ def work(tmp_path, monkeypatch):
 def _library_logs_to_real_stderr():
     """transformers' log handler keeps the stream it was made with; made inside a CliRunner call, that stream is closed
     by the next call ("--- Logging error ---" in the output). Bind it to the real stderr."""
+    import logging as std_logging
     import sys
 
     from transformers.utils import logging
 
     for handler in logging.get_logger().handlers:
-        if hasattr(handler, "setStream"):
+        if type(handler) is std_logging.StreamHandler:  # not pytest's capture handlers, which must keep their buffer
             handler.setStream(sys.__stderr__)
 
 

@@ -53,7 +53,7 @@ def test_splits(tmp_path, world):
     paths = world.write(tmp_path)
     rows = {n: [json.loads(line) for line in paths[n].read_text().splitlines()] for n in FILES if n.endswith(".jsonl")}
     train, held_out = {r["prompt"] for r in rows["prompts_train.jsonl"]}, {r["prompt"] for r in rows["prompts_eval.jsonl"]}
-    assert len(train) >= 1000 and 100 <= len(held_out) <= 200 and not train & held_out
+    assert len(train) >= 500 and 100 <= len(held_out) <= 200 and not train & held_out
     assert all(world.parse_prompt(p) is not None for p in train | held_out)
     convs = [r["messages"] for r in rows["sft_train.jsonl"]]
     assert len(convs) >= 2000 and 0.05 < sum(len(m) == 4 for m in convs) / len(convs) < 0.2
@@ -64,7 +64,7 @@ def test_splits(tmp_path, world):
 
 def test_probes_match_facts(world):
     probes = world.probes()
-    assert 100 <= len(probes) <= 200
+    assert len(probes) == 8 * len(world.animals)
     for p in probes:
         e = next(w for w in p["prefix"].split() if w in world.facts)
         assert p["answer"] in world.facts[e].values()
