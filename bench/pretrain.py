@@ -27,10 +27,18 @@ HIDDEN, LAYERS, HEADS, BLOCK = 256, 6, 4, 256
 
 
 def _overrides(steps: int, batch: int) -> list[str]:
-    return [f"model.hidden_size={HIDDEN}", f"model.num_layers={LAYERS}", f"model.num_heads={HEADS}",
-            f"pretrain.block_size={BLOCK}", "pretrain.probes=false", f"pretrain.training.max_steps={steps}",
-            f"pretrain.training.per_device_train_batch_size={batch}", "pretrain.training.save_steps=100000",
-            "pretrain.training.logging_steps=5", "pretrain.training.warmup_steps=0"]
+    return [
+        f"model.hidden_size={HIDDEN}",
+        f"model.num_layers={LAYERS}",
+        f"model.num_heads={HEADS}",
+        f"pretrain.block_size={BLOCK}",
+        "pretrain.probes=false",
+        f"pretrain.training.max_steps={steps}",
+        f"pretrain.training.per_device_train_batch_size={batch}",
+        "pretrain.training.save_steps=100000",
+        "pretrain.training.logging_steps=5",
+        "pretrain.training.warmup_steps=0",
+    ]
 
 
 def side_ours(work: Path, steps: int, batch: int) -> dict:
@@ -38,8 +46,14 @@ def side_ours(work: Path, steps: int, batch: int) -> dict:
     from rlhf_cli.stages import pretrain
 
     metrics = pretrain.run(load_recipe("tiny", _overrides(steps, batch)), work / "ours", overwrite=True)
-    return {"tokens_per_s": metrics["tokens_per_s"], "mfu": metrics["mfu"], "peak": metrics["matmul_peak_flops"],
-            "dtype": metrics["dtype"], "parameters": metrics["parameters"], "loss": metrics["loss"]}
+    return {
+        "tokens_per_s": metrics["tokens_per_s"],
+        "mfu": metrics["mfu"],
+        "peak": metrics["matmul_peak_flops"],
+        "dtype": metrics["dtype"],
+        "parameters": metrics["parameters"],
+        "loss": metrics["loss"],
+    }
 
 
 def side_plain(work: Path, steps: int, batch: int) -> dict:
@@ -55,15 +69,26 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
     toy_files(work / "ours" / "data" / "toy", 0)
     tok = load_tokenizer(str(work / "ours" / "pretrain" / "tokenizer"))  # the same tokenizer ours trained
     docs = load_stage_data("pretrain", DataSpec(toy=True), toy_dir=work / "ours" / "data" / "toy")
-    data = docs.map(lambda b: tok([t + tok.eos_token for t in b["text"]], truncation=True, max_length=BLOCK),
-                    batched=True, remove_columns=["text"])
+    data = docs.map(
+        lambda b: tok([t + tok.eos_token for t in b["text"]], truncation=True, max_length=BLOCK),
+        batched=True,
+        remove_columns=["text"],
+    )
     mean_len = statistics.mean(len(x) for x in data.select(range(2000))["input_ids"])
     plain_batch = max(1, round(batch * BLOCK / mean_len))  # about as many real tokens per step as a packed batch
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                         num_key_value_heads=HEADS, intermediate_size=int(8 * HIDDEN / 3 / 16 + 1) * 16,
-                         max_position_embeddings=512, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        intermediate_size=int(8 * HIDDEN / 3 / 16 + 1) * 16,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config)
     real = {"tokens": 0}
     pad = DataCollatorForLanguageModeling(tok, mlm=False)
@@ -73,12 +98,23 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
         real["tokens"] += int(batch["attention_mask"].sum())
         return batch
 
-    args = TrainingArguments(output_dir=str(work / "plain"), max_steps=steps, per_device_train_batch_size=plain_batch,
-                             learning_rate=3e-3, report_to="none", save_strategy="no", logging_steps=5)
+    args = TrainingArguments(
+        output_dir=str(work / "plain"),
+        max_steps=steps,
+        per_device_train_batch_size=plain_batch,
+        learning_rate=3e-3,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=5,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
     out = trainer.train()
-    return {"tokens_per_s": real["tokens"] / out.metrics["train_runtime"], "batch": plain_batch,
-            "mean_doc_tokens": mean_len, "loss": out.metrics["train_loss"]}
+    return {
+        "tokens_per_s": real["tokens"] / out.metrics["train_runtime"],
+        "batch": plain_batch,
+        "mean_doc_tokens": mean_len,
+        "loss": out.metrics["train_loss"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,8 +136,21 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(a.rounds):
             for side in ("ours", "plain"):  # ours first: it trains the tokenizer both sides use
                 out = Path(tmp) / f"{side}-{r}.json"
-                cmd = [sys.executable, "-m", "bench.pretrain", "--side", side, "--work", tmp, "--out", str(out),
-                       "--steps", str(a.steps), "--batch", str(a.batch)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "bench.pretrain",
+                    "--side",
+                    side,
+                    "--work",
+                    tmp,
+                    "--out",
+                    str(out),
+                    "--steps",
+                    str(a.steps),
+                    "--batch",
+                    str(a.batch),
+                ]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 results[side].append(json.loads(out.read_text()))
                 print(f"round {r + 1} {side:5s} {results[side][-1]['tokens_per_s']:8.0f} tokens/s", flush=True)
@@ -112,17 +161,30 @@ def main(argv: list[str] | None = None) -> dict:
     last = results["ours"][-1]
     bf16_peak = measure_matmul_peak("bfloat16", n=512)
     mfu_bf16 = statistics.median(x["mfu"] for x in results["ours"]) * last["peak"] / bf16_peak
-    summary = {"ours_tokens_per_s": ours, "plain_tokens_per_s": plain, "ratio": ours / plain,
-               "mfu": statistics.median(x["mfu"] for x in results["ours"]), "dtype": last["dtype"],
-               "matmul_peak_gflops": last["peak"] / 1e9, "bf16_peak_gflops": bf16_peak / 1e9, "mfu_vs_bf16_peak": mfu_bf16,
-               "parameters": last["parameters"], "plain_batch": results["plain"][-1]["batch"],
-               "mean_doc_tokens": results["plain"][-1]["mean_doc_tokens"], "rounds": results}
-    print(f"\npretrain, {last['parameters'] / 1e6:.1f}M-parameter Llama, block {BLOCK}, {a.steps} steps x {a.rounds} rounds")
+    summary = {
+        "ours_tokens_per_s": ours,
+        "plain_tokens_per_s": plain,
+        "ratio": ours / plain,
+        "mfu": statistics.median(x["mfu"] for x in results["ours"]),
+        "dtype": last["dtype"],
+        "matmul_peak_gflops": last["peak"] / 1e9,
+        "bf16_peak_gflops": bf16_peak / 1e9,
+        "mfu_vs_bf16_peak": mfu_bf16,
+        "parameters": last["parameters"],
+        "plain_batch": results["plain"][-1]["batch"],
+        "mean_doc_tokens": results["plain"][-1]["mean_doc_tokens"],
+        "rounds": results,
+    }
+    print(
+        f"\npretrain, {last['parameters'] / 1e6:.1f}M-parameter Llama, block {BLOCK}, {a.steps} steps x {a.rounds} rounds"
+    )
     print(f"  rlhf pretrain   {ours:8.0f} tokens/s  (packed, {last['dtype']})")
     print(f"  plain Trainer   {plain:8.0f} tokens/s  (padded per-document batches of {summary['plain_batch']}, fp32)")
     print(f"  ratio           {ours / plain:8.2f}x")
-    print(f"  MFU             {summary['mfu']:8.1%} of the measured {last['peak'] / 1e9:.0f} GFLOP/s {last['dtype']} peak"
-          f" ({mfu_bf16:.0%} of the {bf16_peak / 1e9:.1f} GFLOP/s bf16 peak)")
+    print(
+        f"  MFU             {summary['mfu']:8.1%} of the measured {last['peak'] / 1e9:.0f} GFLOP/s {last['dtype']} peak"
+        f" ({mfu_bf16:.0%} of the {bf16_peak / 1e9:.1f} GFLOP/s bf16 peak)"
+    )
     return summary
 
 

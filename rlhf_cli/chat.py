@@ -42,8 +42,10 @@ def load_chat_model(model_dir: str):
     if path.is_dir():
         config = path / "config.json"
         if not config.exists():
-            raise UserError(f"{model_dir} is not a model folder (no config.json or adapter_config.json); "
-                            "give a stage's final/ folder, e.g. runs/tiny/sft/final.")
+            raise UserError(
+                f"{model_dir} is not a model folder (no config.json or adapter_config.json); "
+                "give a stage's final/ folder, e.g. runs/tiny/sft/final."
+            )
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
         if any("SequenceClassification" in a for a in architectures):
             raise _not_causal(model_dir)
@@ -51,16 +53,26 @@ def load_chat_model(model_dir: str):
 
 
 def _not_causal(model_dir: str) -> UserError:
-    return UserError(f"{model_dir} is a reward model (a sequence classifier); chat needs a causal LM such as "
-                     f"runs/<name>/sft/final — to look at a reward model use `rlhf reward inspect {model_dir}`.")
+    return UserError(
+        f"{model_dir} is a reward model (a sequence classifier); chat needs a causal LM such as "
+        f"runs/<name>/sft/final — to look at a reward model use `rlhf reward inspect {model_dir}`."
+    )
 
 
 def _has_tokenizer(path: Path) -> bool:
     return any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-def reply(model, tokenizer, messages: list[dict], *, temperature: float, top_p: float, max_new_tokens: int,
-          write: Callable[[str], None]) -> str:
+def reply(
+    model,
+    tokenizer,
+    messages: list[dict],
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    write: Callable[[str], None],
+) -> str:
     """Generate the assistant's next turn for `messages`, calling `write` with each piece of text as it is decoded."""
     import torch
     from transformers import TextStreamer
@@ -70,14 +82,19 @@ def reply(model, tokenizer, messages: list[dict], *, temperature: float, top_p: 
             if text:
                 write(text)
 
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        return_tensors="pt")
+    enc = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     device = next(model.parameters()).device
     # Stop at end-of-text, and also if the model starts the next user turn itself.
     stops = [tokenizer.eos_token_id, *_token_ids(tokenizer, ["<|user|>"])]
     # An answer never holds padding or another role's marker (an undertrained model sometimes emits them).
     suppress = [tokenizer.pad_token_id, *_token_ids(tokenizer, ["<|system|>", "<|assistant|>"])]
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     model.eval()
     with torch.no_grad():
         out = model.generate(
@@ -91,7 +108,7 @@ def reply(model, tokenizer, messages: list[dict], *, temperature: float, top_p: 
             streamer=Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
             **sampling,
         )
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
     new = [t for t in new if t not in stops and t != tokenizer.pad_token_id]
     return tokenizer.decode(new, skip_special_tokens=True).strip()
 
@@ -104,19 +121,29 @@ def _token_ids(tokenizer, tokens: list[str]) -> list[int]:
 def _fit_context(model, tokenizer, messages: list[dict], max_new_tokens: int) -> list[dict]:
     """Drop the oldest exchanges until the prompt and the answer fit the model's context."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or getattr(
-        getattr(model, "config", None), "n_positions", None)
+        getattr(model, "config", None), "n_positions", None
+    )
     if not limit:
         return messages
     while len(messages) > 1:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         if len(ids) + max_new_tokens <= limit:
             break
         messages = messages[2:] if len(messages) > 2 else messages[1:]
     return messages
 
 
-def chat(model_dir: str, prompt: str | None = None, temperature: float = 0.7, top_p: float = 0.95,
-         max_new_tokens: int = 128, *, ask: Callable[[str], str] = input) -> list[dict]:
+def chat(
+    model_dir: str,
+    prompt: str | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 128,
+    *,
+    ask: Callable[[str], str] = input,
+) -> list[dict]:
     """Chat with a model; returns the conversation. With `prompt`, print only its answer and return.
 
     `ask` reads one user line (raises EOFError at the end of input); tests pass scripted input here.

@@ -34,7 +34,9 @@ def check_recipe(recipe, run_dir: Path, console: Console | None = None) -> dict[
     run_dir = Path(run_dir)
     datasets.disable_progress_bars()  # the tables say what was read
     problems: list[str] = []
-    console.print(f"[bold]rlhf check[/bold]: recipe [cyan]{recipe.name}[/cyan] (hash {recipe.fingerprint()}), run folder {run_dir}")
+    console.print(
+        f"[bold]rlhf check[/bold]: recipe [cyan]{recipe.name}[/cyan] (hash {recipe.fingerprint()}), run folder {run_dir}"
+    )
     with tempfile.TemporaryDirectory(prefix="rlhf-check-") as tmp:
         data = check_data(recipe, run_dir, Path(tmp) / "toy", problems, console)
         tokenizer, tok_source = pick_tokenizer(recipe, run_dir, data, problems)
@@ -48,9 +50,13 @@ def check_recipe(recipe, run_dir: Path, console: Console | None = None) -> dict[
         summary["memory"] = memory_estimates(recipe, run_dir, tokenizer, configs, data, problems, console)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise UserError(f"rlhf check found {len(problems)} problem{'s' if len(problems) > 1 else ''} in recipe {recipe.name}:\n{lines}")
-    console.print("\n[bold green]All checks passed.[/bold green] Start with "
-                  f"`rlhf pipeline --recipe {recipe.name}` (or one stage, e.g. `rlhf pretrain`).")
+        raise UserError(
+            f"rlhf check found {len(problems)} problem{'s' if len(problems) > 1 else ''} in recipe {recipe.name}:\n{lines}"
+        )
+    console.print(
+        "\n[bold green]All checks passed.[/bold green] Start with "
+        f"`rlhf pipeline --recipe {recipe.name}` (or one stage, e.g. `rlhf pretrain`)."
+    )
     return summary
 
 
@@ -61,15 +67,20 @@ def _data_jobs(recipe, run_dir: Path) -> list[tuple[str, str, Any, str]]:
     """(label, data-layer stage, spec or None, note) for every data set the recipe names."""
     from rlhf_cli.recipe import DataSpec
 
-    jobs = [("pretrain", "pretrain", recipe.pretrain.data, ""), ("sft", "sft", recipe.sft.data, ""),
-            ("feedback prompts", "ppo", recipe.feedback.data, "")]
+    jobs = [
+        ("pretrain", "pretrain", recipe.pretrain.data, ""),
+        ("sft", "sft", recipe.sft.data, ""),
+        ("feedback prompts", "ppo", recipe.feedback.data, ""),
+    ]
     annotator = recipe.feedback.annotator
     if annotator not in ("human", "toy"):
         jobs.append(("feedback rankings", "reward", DataSpec(path=annotator), "feedback.annotator"))
     if recipe.reward.data is not None:
         jobs.append(("reward", "reward", recipe.reward.data, ""))
     elif (run_dir / "feedback" / "rankings.jsonl").exists():
-        jobs.append(("reward", "reward", DataSpec(path=str(run_dir / "feedback" / "rankings.jsonl")), "this run's feedback"))
+        jobs.append(
+            ("reward", "reward", DataSpec(path=str(run_dir / "feedback" / "rankings.jsonl")), "this run's feedback")
+        )
     else:
         jobs.append(("reward", "reward", None, "made by `rlhf label` (the feedback stage) before the reward stage"))
     jobs.append(("ppo", "ppo", recipe.ppo.data, ""))
@@ -88,7 +99,13 @@ def check_data(recipe, run_dir: Path, toy_dir: Path, problems: list[str], consol
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
 
     table = Table(title="Data sets (read and validated through the data layer)", title_justify="left")
-    for col, just in (("stage", "left"), ("source", "left"), ("train rows", "right"), ("eval rows", "right"), ("status", "left")):
+    for col, just in (
+        ("stage", "left"),
+        ("source", "left"),
+        ("train rows", "right"),
+        ("eval rows", "right"),
+        ("status", "left"),
+    ):
         table.add_column(col, justify=just, overflow="fold")
     out: dict[str, dict] = {}
     for label, stage, spec, note in _data_jobs(recipe, run_dir):
@@ -104,8 +121,13 @@ def check_data(recipe, run_dir: Path, toy_dir: Path, problems: list[str], consol
             continue
         rows = len(train) if hasattr(train, "__len__") else None
         out[label] = {"train": train, "eval": evals, "rows": rows}
-        table.add_row(label, _source(spec) + (f" ({note})" if note else ""), "streamed" if rows is None else str(rows),
-                      str(len(evals)), "[green]ok[/green]")
+        table.add_row(
+            label,
+            _source(spec) + (f" ({note})" if note else ""),
+            "streamed" if rows is None else str(rows),
+            str(len(evals)),
+            "[green]ok[/green]",
+        )
     console.print(table)
     return out
 
@@ -123,9 +145,12 @@ def pick_tokenizer(recipe, run_dir: Path, data: dict, problems: list[str]):
     from rlhf_cli.modeling import load_tokenizer, train_tokenizer
 
     final = run_dir / "pretrain" / "final"
-    candidates = [(recipe.tokenizer.from_, "tokenizer.from"),
-                  (str(final) if (final / "tokenizer_config.json").exists() else None, "this run's pretrain/final"),
-                  (recipe.sft.init_from, "sft.init_from"), (recipe.pretrain.init_from, "pretrain.init_from")]
+    candidates = [
+        (recipe.tokenizer.from_, "tokenizer.from"),
+        (str(final) if (final / "tokenizer_config.json").exists() else None, "this run's pretrain/final"),
+        (recipe.sft.init_from, "sft.init_from"),
+        (recipe.pretrain.init_from, "pretrain.init_from"),
+    ]
     for ref, what in candidates:
         if ref:
             try:
@@ -141,7 +166,10 @@ def pick_tokenizer(recipe, run_dir: Path, data: dict, problems: list[str]):
         return None, "none (no data to train one on)"
     spec = recipe.tokenizer.train or type(recipe.tokenizer).model_fields["train"].default_factory()
     tok = train_tokenizer(texts, vocab_size=spec.vocab_size, min_frequency=spec.min_frequency)
-    return tok, f"a stand-in BPE (vocab {spec.vocab_size}) trained on {len(texts)} pre-training texts; the run trains its own on the full corpus"
+    return (
+        tok,
+        f"a stand-in BPE (vocab {spec.vocab_size}) trained on {len(texts)} pre-training texts; the run trains its own on the full corpus",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- SFT example
@@ -156,8 +184,10 @@ def render_example(recipe, tokenizer, train, problems: list[str], console: Conso
     if not recipe.sft.assistant_only_loss:
         mask = [1] * len(ids)
     elif not any(mask):
-        problems.append("sft.assistant_only_loss is true but the tokenizer's chat template marks no assistant tokens "
-                        "(it has no {% generation %} block); set sft.assistant_only_loss: false or use a template with one")
+        problems.append(
+            "sft.assistant_only_loss is true but the tokenizer's chat template marks no assistant tokens "
+            "(it has no {% generation %} block); set sft.assistant_only_loss: false or use a template with one"
+        )
     text = Text()
     i = 0
     while i < len(ids):
@@ -173,8 +203,12 @@ def render_example(recipe, tokenizer, train, problems: list[str], console: Conso
             text.append(piece, style="dim")
         i = j
     trained = sum(mask)
-    console.print(Text(f"\nOne SFT example through the chat template ({len(ids)} tokens; the {trained} trained on are "
-                       "[[in brackets]]):"))
+    console.print(
+        Text(
+            f"\nOne SFT example through the chat template ({len(ids)} tokens; the {trained} trained on are "
+            "[[in brackets]]):"
+        )
+    )
     console.print(text)
 
 
@@ -190,9 +224,13 @@ def length_histogram(recipe, tokenizer, train, console: Console, bins: int = 10)
     counts = [0] * bins
     for n in lengths:
         counts[min((n - lo) // width, bins - 1)] += 1
-    table = Table(title=f"SFT token lengths ({len(lengths)} conversations{' sampled' if len(rows) == SAMPLE else ''})",
-                  title_justify="left", caption=f"{cut} of {len(lengths)} ({100 * cut / len(lengths):.1f}%) longer than "
-                  f"sft.max_length={limit} would be cut", caption_justify="left")
+    table = Table(
+        title=f"SFT token lengths ({len(lengths)} conversations{' sampled' if len(rows) == SAMPLE else ''})",
+        title_justify="left",
+        caption=f"{cut} of {len(lengths)} ({100 * cut / len(lengths):.1f}%) longer than "
+        f"sft.max_length={limit} would be cut",
+        caption_justify="left",
+    )
     table.add_column("tokens", justify="right")
     table.add_column("count", justify="right")
     table.add_column("", justify="left")
@@ -230,10 +268,19 @@ def trainer_configs(recipe, run_dir: Path, problems: list[str], console: Console
     for col in ("stage", "config class", "length", "learning rate", "batch x accum", "precision"):
         table.add_column(col, justify="right" if col in ("learning rate", "batch x accum") else "left")
     for stage, cfg in configs.items():
-        length = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epoch{'s' * (cfg.num_train_epochs != 1)}"
-        table.add_row(stage, type(cfg).__name__, length, f"{cfg.learning_rate:g}",
-                      f"{cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}",
-                      "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32")
+        length = (
+            f"{cfg.max_steps} steps"
+            if cfg.max_steps > 0
+            else f"{cfg.num_train_epochs:g} epoch{'s' * (cfg.num_train_epochs != 1)}"
+        )
+        table.add_row(
+            stage,
+            type(cfg).__name__,
+            length,
+            f"{cfg.learning_rate:g}",
+            f"{cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}",
+            "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
+        )
     console.print(table)
     return configs
 
@@ -281,8 +328,16 @@ def _shape(config, classifier: bool, lora) -> dict[str, Any]:
     hidden = getattr(text, "hidden_size", None) or text.n_embd
     layers = getattr(text, "num_hidden_layers", None) or text.n_layer
     heads = getattr(text, "num_attention_heads", None) or text.n_head
-    return {"total": total, "trainable": trainable, "hidden": hidden, "layers": layers, "heads": heads,
-            "vocab": text.vocab_size, "classifier": classifier, "qlora": bool(lora is not None and lora.qlora)}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "vocab": text.vocab_size,
+        "classifier": classifier,
+        "qlora": bool(lora is not None and lora.qlora),
+    }
 
 
 def _activations(shape, batch: int, seq: int, checkpointing: bool, bytes_per: int) -> int:
@@ -304,7 +359,9 @@ def _state(shape, nbytes: int) -> int:
     return base + trainable * (2 * nbytes + 8)
 
 
-def memory_estimates(recipe, run_dir: Path, tokenizer, configs: dict, data: dict, problems: list[str], console: Console):
+def memory_estimates(
+    recipe, run_dir: Path, tokenizer, configs: dict, data: dict, problems: list[str], console: Console
+):
     """Parameters and a training-memory estimate for each stage (PPO: policy, reference, reward and value models)."""
     from rlhf_cli.modeling import model_config
 
@@ -324,8 +381,14 @@ def memory_estimates(recipe, run_dir: Path, tokenizer, configs: dict, data: dict
     if "ppo" in data:
         rows = _head(data["ppo"]["eval"], 256)
         if rows:
-            prompt_len = max(len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
-                                                               return_dict=True)["input_ids"]) for r in rows)
+            prompt_len = max(
+                len(
+                    tokenizer.apply_chat_template(
+                        r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+                    )["input_ids"]
+                )
+                for r in rows
+            )
     response = configs["ppo"].response_length if "ppo" in configs else (ppo.response_length or 48)
 
     def batch(stage: str, default: int = 16) -> tuple[int, bool]:
@@ -336,16 +399,34 @@ def memory_estimates(recipe, run_dir: Path, tokenizer, configs: dict, data: dict
     plan = [
         ("pretrain", [("model", base, False, None, True)], *batch("pretrain"), recipe.pretrain.block_size),
         ("sft", [("model", sft, False, recipe.sft.lora, True)], *batch("sft"), recipe.sft.max_length),
-        ("reward", [("model", reward, True, None, True)], batch("reward")[0] * 2, batch("reward")[1], recipe.reward.max_length),
-        ("ppo", [("policy", policy, False, ppo.lora, True), ("ref", policy, False, None, False),
-                 ("rm", rm, True, None, False), ("value", value, True, None, True)],
-         *batch("ppo", 32), prompt_len + response),
+        (
+            "reward",
+            [("model", reward, True, None, True)],
+            batch("reward")[0] * 2,
+            batch("reward")[1],
+            recipe.reward.max_length,
+        ),
+        (
+            "ppo",
+            [
+                ("policy", policy, False, ppo.lora, True),
+                ("ref", policy, False, None, False),
+                ("rm", rm, True, None, False),
+                ("value", value, True, None, True),
+            ],
+            *batch("ppo", 32),
+            prompt_len + response,
+        ),
     ]
-    table = Table(title="Parameters and training memory (estimated from configs; no weights loaded)", title_justify="left",
-                  caption="weights + grads + AdamW moments (fp32, 8 B/param) + activations; fp32 = everything fp32, "
-                          "bf16 = bf16 weights/grads/activations. PPO: policy + ref(erence) + rm (reward model) + value; frozen models (ref, rm) hold weights only. "
-                          "Activations: Korthikanti et al. (2022), plus fp32 logits; PPO: "
-                          f"{prompt_len}-token prompts + {response}-token answers.", caption_justify="left")
+    table = Table(
+        title="Parameters and training memory (estimated from configs; no weights loaded)",
+        title_justify="left",
+        caption="weights + grads + AdamW moments (fp32, 8 B/param) + activations; fp32 = everything fp32, "
+        "bf16 = bf16 weights/grads/activations. PPO: policy + ref(erence) + rm (reward model) + value; frozen models (ref, rm) hold weights only. "
+        "Activations: Korthikanti et al. (2022), plus fp32 logits; PPO: "
+        f"{prompt_len}-token prompts + {response}-token answers.",
+        caption_justify="left",
+    )
     for col in ("stage", "models", "parameters", "trainable", "batch x seq", "fp32", "bf16"):
         table.add_column(col, justify="left" if col in ("stage", "models") else "right")
     out = {}
@@ -365,9 +446,21 @@ def memory_estimates(recipe, run_dir: Path, tokenizer, configs: dict, data: dict
                     totals[name] += shape["total"] * nbytes
             trainable += shape["trainable"] if trains else 0
         roles = "+".join(r for r, *_ in models)
-        table.add_row(stage, roles, _count(params), _count(trainable), f"{b} x {seq}",
-                      _bytes(totals["fp32"]), _bytes(totals["bf16"]))
-        out[stage] = {"parameters": params, "trainable": trainable, "bytes_fp32": totals["fp32"], "bytes_bf16": totals["bf16"]}
+        table.add_row(
+            stage,
+            roles,
+            _count(params),
+            _count(trainable),
+            f"{b} x {seq}",
+            _bytes(totals["fp32"]),
+            _bytes(totals["bf16"]),
+        )
+        out[stage] = {
+            "parameters": params,
+            "trainable": trainable,
+            "bytes_fp32": totals["fp32"],
+            "bytes_bf16": totals["bf16"],
+        }
     console.print(table)
     console.print(f"[dim]Available here: {_available()}[/dim]")
     return out

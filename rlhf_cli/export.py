@@ -34,11 +34,15 @@ def load_for_export(model_dir: str):
         raise UserError(f"{model_dir} is a file; give a model folder (one with config.json) or an adapter folder.")
     adapter = _read_json(path / "adapter_config.json") if path.is_dir() else {}
     if path.is_dir() and not adapter and not (path / "config.json").exists():
-        raise UserError(f"{model_dir} is not a model folder (no config.json or adapter_config.json); "
-                        "give a stage's final/ folder, e.g. runs/tiny/ppo/final.")
+        raise UserError(
+            f"{model_dir} is not a model folder (no config.json or adapter_config.json); "
+            "give a stage's final/ folder, e.g. runs/tiny/ppo/final."
+        )
     base = adapter.get("base_model_name_or_path") if adapter else None
     if adapter and not base:
-        raise UserError(f"{path / 'adapter_config.json'} names no base model (base_model_name_or_path); cannot merge it.")
+        raise UserError(
+            f"{path / 'adapter_config.json'} names no base model (base_model_name_or_path); cannot merge it."
+        )
     config_dir = base if adapter else model_dir
     classifier = adapter.get("task_type") == "SEQ_CLS" if adapter else _is_classifier(config_dir)
     auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
@@ -54,8 +58,12 @@ def load_for_export(model_dir: str):
     tokenizer = load_tokenizer(str(path) if has_tok or not adapter else base)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # load_tokenizer added a pad or role token
         model.resize_token_embeddings(len(tokenizer))
-    info = {"source": str(model_dir), "merged_lora": bool(adapter), "base_model": base,
-            "kind": "reward model (sequence classifier)" if classifier else "causal LM"}
+    info = {
+        "source": str(model_dir),
+        "merged_lora": bool(adapter),
+        "base_model": base,
+        "kind": "reward model (sequence classifier)" if classifier else "causal LM",
+    }
     return model, tokenizer, info
 
 
@@ -81,7 +89,9 @@ def _card(title: str, info: dict, lineage: dict, params: int, out: Path) -> str:
         f"- stage: **{stage}**",
         *[f"- {name}: `{ref}`" for name, ref in parents.items()],
         f"- recipe: {lineage.get('recipe_name', 'unknown')} (hash {lineage.get('recipe_hash', '-')})",
-        f"- data: `{json.dumps(lineage.get('data'), default=str)}`" if lineage.get("data") is not None else "- data: unknown",
+        f"- data: `{json.dumps(lineage.get('data'), default=str)}`"
+        if lineage.get("data") is not None
+        else "- data: unknown",
         "",
         "The full record is in `lineage.json` (the source's lineage plus this export).",
         "",
@@ -143,8 +153,10 @@ def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None
         write_model_card(tmp, title=title, body=_card(title, info, lineage, params, out))
 
     save_dir_atomic(out, write)
-    print(f"Wrote a {info['kind']} ({params / 1e6:.2f}M parameters{', LoRA merged' if info['merged_lora'] else ''}): "
-          "safetensors, tokenizer with chat template, README.md, lineage.json")
+    print(
+        f"Wrote a {info['kind']} ({params / 1e6:.2f}M parameters{', LoRA merged' if info['merged_lora'] else ''}): "
+        "safetensors, tokenizer with chat template, README.md, lineage.json"
+    )
     if push_to_hub:
         push(out, push_to_hub)
     return out

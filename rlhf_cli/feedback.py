@@ -59,19 +59,47 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     prompts = [row["prompt"] for row in prompts]
 
     trust = rec.model.trust_remote_code
-    tokenizer, lm = load_tokenizer(model_dir, trust_remote_code=trust), load_causal_lm(model_dir, trust_remote_code=trust)
+    tokenizer, lm = (
+        load_tokenizer(model_dir, trust_remote_code=trust),
+        load_causal_lm(model_dir, trust_remote_code=trust),
+    )
     start = time.time()
-    answers = generate_answers(lm, tokenizer, prompts, num_return_sequences=fb.k, max_new_tokens=fb.max_new_tokens,
-                               temperature=fb.temperature, top_p=fb.top_p, batch_size=fb.batch_size, seed=rec.seed,
-                               progress=f"sampling {fb.k} answers per prompt")
-    settings = {"model": model_dir, "k": fb.k, "temperature": fb.temperature, "top_p": fb.top_p,
-                "max_new_tokens": fb.max_new_tokens, "seed": rec.seed}
-    rows = [{"prompt": p, "answers": [a.text for a in group], "finished": [a.finished for a in group],
-             "num_tokens": [a.num_tokens for a in group], **settings} for p, group in zip(prompts, answers, strict=True)]
+    answers = generate_answers(
+        lm,
+        tokenizer,
+        prompts,
+        num_return_sequences=fb.k,
+        max_new_tokens=fb.max_new_tokens,
+        temperature=fb.temperature,
+        top_p=fb.top_p,
+        batch_size=fb.batch_size,
+        seed=rec.seed,
+        progress=f"sampling {fb.k} answers per prompt",
+    )
+    settings = {
+        "model": model_dir,
+        "k": fb.k,
+        "temperature": fb.temperature,
+        "top_p": fb.top_p,
+        "max_new_tokens": fb.max_new_tokens,
+        "seed": rec.seed,
+    }
+    rows = [
+        {
+            "prompt": p,
+            "answers": [a.text for a in group],
+            "finished": [a.finished for a in group],
+            "num_tokens": [a.num_tokens for a in group],
+            **settings,
+        }
+        for p, group in zip(prompts, answers, strict=True)
+    ]
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     finished = sum(sum(r["finished"]) for r in rows) / max(1, sum(len(r["answers"]) for r in rows))
-    print(f"Sampled {fb.k} answers for each of {len(rows)} prompts in {time.time() - start:.1f}s "
-          f"({finished:.0%} finished) -> {out}")
+    print(
+        f"Sampled {fb.k} answers for each of {len(rows)} prompts in {time.time() - start:.1f}s "
+        f"({finished:.0%} finished) -> {out}"
+    )
     wait_for_everyone()
     return out
 
@@ -98,8 +126,14 @@ def prompt_text(messages: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------------------ labelling
 
 
-def label(rec, run_dir: Path, annotator: str | None = None, overwrite: bool = False,
-          ask: Callable[[str], str] | None = None, console=None) -> Path:
+def label(
+    rec,
+    run_dir: Path,
+    annotator: str | None = None,
+    overwrite: bool = False,
+    ask: Callable[[str], str] | None = None,
+    console=None,
+) -> Path:
     """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings."""
     from rlhf_cli.runs import is_main_process, wait_for_everyone
 
@@ -141,8 +175,15 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path
         answers = [row["answers"][i] for i in keep]
         finished = [row["finished"][i] for i in keep]
         order = world.rank(prompt_text(row["prompt"]), answers, finished, noise=noise, rng=rng)
-        rows.append({"prompt": row["prompt"], "responses": [answers[i] for i in order], "sample": index,
-                     "annotator": "toy", "n": len(rows)})
+        rows.append(
+            {
+                "prompt": row["prompt"],
+                "responses": [answers[i] for i in order],
+                "sample": index,
+                "annotator": "toy",
+                "n": len(rows),
+            }
+        )
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"Ranked {len(rows)} prompts with the toy annotator (noise {noise}) -> {out}")
     return out
@@ -174,7 +215,11 @@ def copy_rankings(source: str, out: Path) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def _append(path: Path, row: dict) -> None:
@@ -240,8 +285,10 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
     for r in rankings + skipped:
         index = r.get("sample")
         if not isinstance(index, int) or index >= len(samples) or samples[index]["prompt"] != r.get("prompt"):
-            raise UserError(f"{out.parent} holds rankings of other samples than {samples_path}; "
-                            "pass --overwrite to start labelling again.")
+            raise UserError(
+                f"{out.parent} holds rankings of other samples than {samples_path}; "
+                "pass --overwrite to start labelling again."
+            )
     done = {r["sample"] for r in rankings + skipped}
     todo = [i for i, row in enumerate(samples) if len(unique_answers(row)) >= 2]
     action = max((r["n"] for r in rankings + skipped), default=-1) + 1
@@ -278,8 +325,10 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
                 todo.remove(undone["sample"])
                 todo.insert(0, undone["sample"])  # ask it next
         elif not pending or reply in ("q", "quit"):
-            console.print(f"{len(_read_jsonl(out))} rankings saved in {out}"
-                          + ("." if not pending else "; run the same command to continue."))
+            console.print(
+                f"{len(_read_jsonl(out))} rankings saved in {out}"
+                + ("." if not pending else "; run the same command to continue.")
+            )
             break
         elif reply in ("s", "skip"):
             _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})
@@ -291,8 +340,16 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
             except ValueError as err:
                 message = f"Not a ranking: {err}. {HELP}"
                 continue
-            _append(out, {"prompt": row["prompt"], "responses": [row["answers"][keep[i]] for i in order],
-                          "sample": index, "annotator": "human", "n": action})
+            _append(
+                out,
+                {
+                    "prompt": row["prompt"],
+                    "responses": [row["answers"][keep[i]] for i in order],
+                    "sample": index,
+                    "annotator": "human",
+                    "n": action,
+                },
+            )
             done.add(index)
             action += 1
     return out

@@ -32,7 +32,13 @@ CHAT_TEMPLATE = (
 
 # name: (hidden, layers, heads, intermediate, context). Llama-style by default; GPT-2 uses the same shapes (MLP 4x).
 SIZE_PRESETS: dict[str, tuple[int, int, int, int, int]] = {
-    "tiny": (128, 4, 4, 344, 512),  # ~1.05M parameters with a 2048 vocabulary (0.86M on the toy world's 522): a 2-core CPU model
+    "tiny": (
+        128,
+        4,
+        4,
+        344,
+        512,
+    ),  # ~1.05M parameters with a 2048 vocabulary (0.86M on the toy world's 522): a 2-core CPU model
     "small": (512, 8, 8, 1376, 1024),  # ~30M
     "gpt2-124m": (768, 12, 12, 3072, 1024),
     "350m": (1024, 24, 16, 4096, 2048),

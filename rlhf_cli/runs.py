@@ -245,8 +245,9 @@ def make_callbacks(stage_dir: Path, stage: str):
             for sig, old in self._old_handlers.items():
                 signal.signal(sig, old)
             if self.interrupted:  # the checkpoint of the interrupted step is saved: stop the stage here (exit 130)
-                raise Interrupted(f"{stage}: checkpoint saved under {Path(stage_dir) / 'checkpoints'}; "
-                                  "continue with --resume.")
+                raise Interrupted(
+                    f"{stage}: checkpoint saved under {Path(stage_dir) / 'checkpoints'}; continue with --resume."
+                )
 
         def on_step_end(self, args, state, control, model=None, **kw):
             self.interrupted = any_process(self.interrupted, args.device)  # every rank stops at the same step

@@ -16,15 +16,24 @@ from rlhf_cli.recipe import BUILTIN_DIR, load_recipe
 ACCELERATE_DIR = BUILTIN_DIR / "accelerate"
 CONFIGS = ("cpu", "multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "two_node")
 GPU_RECIPES = ("gpt2-124m-pretrain", "qwen-0.5b-rlhf", "qwen-0.5b-rlhf-lora")
-REQUIRED = {"compute_environment", "distributed_type", "num_machines", "machine_rank", "num_processes",
-            "mixed_precision", "use_cpu"}
+REQUIRED = {
+    "compute_environment",
+    "distributed_type",
+    "num_machines",
+    "machine_rank",
+    "num_processes",
+    "mixed_precision",
+    "use_cpu",
+}
 
 
 def launch_args(config: str):
     """What `accelerate launch --config_file <config> -m rlhf_cli sft` resolves to (which launcher, how many processes)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    args = launch_command_parser().parse_args(["--config_file", str(ACCELERATE_DIR / f"{config}.yaml"), "-m", "rlhf_cli", "sft"])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(ACCELERATE_DIR / f"{config}.yaml"), "-m", "rlhf_cli", "sft"]
+    )
     return _validate_launch_command(args)[0]
 
 

@@ -93,13 +93,28 @@ def recipe_file(tmp_path):
     world, rng = ToyWorld(0), random.Random(0)
     (tmp_path / "corpus.txt").write_text("\n\n".join(world._document(rng) for _ in range(200)), encoding="utf-8")
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "g", "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
-        "tokenizer": {"train": {"vocab_size": 300}},
-        "pretrain": {"data": {"path": str(tmp_path / "corpus.txt")}, "block_size": 32, "probes": False,
-                     "training": {"max_steps": 8, "save_steps": 2, "logging_steps": 1, "warmup_steps": 0,
-                                  "per_device_train_batch_size": 4, "save_total_limit": 10}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "g",
+                "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
+                "tokenizer": {"train": {"vocab_size": 300}},
+                "pretrain": {
+                    "data": {"path": str(tmp_path / "corpus.txt")},
+                    "block_size": 32,
+                    "probes": False,
+                    "training": {
+                        "max_steps": 8,
+                        "save_steps": 2,
+                        "logging_steps": 1,
+                        "warmup_steps": 0,
+                        "per_device_train_batch_size": 4,
+                        "save_total_limit": 10,
+                    },
+                },
+            }
+        )
+    )
     return path
 
 

@@ -56,17 +56,29 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    chat = {"messages": [{"role": "user", "content": "what does the fox eat?"},
-                         {"role": "assistant", "content": "the fox eats berries."}]}
+    chat = {
+        "messages": [
+            {"role": "user", "content": "what does the fox eat?"},
+            {"role": "assistant", "content": "the fox eats berries."},
+        ]
+    }
     write_jsonl(tmp_path / "chats.jsonl", [chat] * 8)
-    (tmp_path / "corpus.txt").write_text("the fox eats berries. the owl lives in the forest.\n\n" * 200, encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text(
+        "the fox eats berries. the owl lives in the forest.\n\n" * 200, encoding="utf-8"
+    )
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "what does the fox eat?"}] * 8)
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({
-        "name": "t", "model": SMALL, "tokenizer": {"train": {"vocab_size": 300}},
-        "pretrain": {"data": {"path": "corpus.txt"}, "block_size": 32, "training": {"max_steps": 2}},
-        "sft": {"data": {"path": "chats.jsonl"}, "max_length": 64, "training": {"max_steps": 2}},
-        "ppo": {"data": {"path": "prompts.jsonl"}, "response_length": 8, "training": {"max_steps": 1}},
-    }))
+    (tmp_path / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "model": SMALL,
+                "tokenizer": {"train": {"vocab_size": 300}},
+                "pretrain": {"data": {"path": "corpus.txt"}, "block_size": 32, "training": {"max_steps": 2}},
+                "sft": {"data": {"path": "chats.jsonl"}, "max_length": 64, "training": {"max_steps": 2}},
+                "ppo": {"data": {"path": "prompts.jsonl"}, "response_length": 8, "training": {"max_steps": 1}},
+            }
+        )
+    )
     return tmp_path
 
 
@@ -126,25 +138,28 @@ R = ["--recipe", "recipe.yaml", "--output-dir", "run"]
 # ------------------------------------------------------------------------------------------------------ the recipe
 
 
-@pytest.mark.parametrize("args,phrases", [
-    (["pretrain", *R, "--set", "modle.arch=gpt2"], ["unknown key 'modle'", "model"]),
-    (["pretrain", *R, "--set", "pretrain.block_sise=64"], ["unknown key", "pretrain.block_size"]),
-    (["pretrain", *R, "--set", "pretrain.training.max_step=5"], ["pretrain.training.max_steps"]),
-    (["sft", *R, "--set", "sft.lora.rank=8"], ["unknown key", "sft.lora"]),
-    (["pretrain", *R, "--set", "pretrain.block_size=big"], ["pretrain.block_size", "integer"]),
-    (["pretrain", *R, "--set", "seed=[1, 2]"], ["seed"]),
-    (["pretrain", *R, "--set", "model.arch=mamba"], ["model.arch"]),
-    (["sft", *R, "--set", "sft.data.eval_fraction=1.5"], ["eval_fraction"]),
-    (["sample", *R, "--set", "feedback.k=20"], ["feedback.k"]),
-    (["pretrain", *R, "--set", "pretrain.block_size"], ["key.path=value"]),
-    (["pretrain", *R, "--set", "pretrain.block_size.x=1"], ["not a section"]),
-    (["pretrain", *R, "--set", "pretrain.training.learning_rate=-1"], ["learning_rate"]),
-    (["pretrain", *R, "--set", "pretrain.training.lr_scheduler_type=zigzag"], ["pretrain.training"]),
-    (["pretrain", "--recipe", "missing.yaml"], ["No recipe 'missing.yaml'"]),
-    (["pretrain", "--recipe", "tinny"], ["did you mean 'tiny'"]),
-    (["pipeline", *R, "--stages", "pretrain,sfft"], ["--stages", "sfft"]),
-    (["pipeline", *R, "--resume", "--overwrite"], ["--resume", "--overwrite"]),
-])
+@pytest.mark.parametrize(
+    "args,phrases",
+    [
+        (["pretrain", *R, "--set", "modle.arch=gpt2"], ["unknown key 'modle'", "model"]),
+        (["pretrain", *R, "--set", "pretrain.block_sise=64"], ["unknown key", "pretrain.block_size"]),
+        (["pretrain", *R, "--set", "pretrain.training.max_step=5"], ["pretrain.training.max_steps"]),
+        (["sft", *R, "--set", "sft.lora.rank=8"], ["unknown key", "sft.lora"]),
+        (["pretrain", *R, "--set", "pretrain.block_size=big"], ["pretrain.block_size", "integer"]),
+        (["pretrain", *R, "--set", "seed=[1, 2]"], ["seed"]),
+        (["pretrain", *R, "--set", "model.arch=mamba"], ["model.arch"]),
+        (["sft", *R, "--set", "sft.data.eval_fraction=1.5"], ["eval_fraction"]),
+        (["sample", *R, "--set", "feedback.k=20"], ["feedback.k"]),
+        (["pretrain", *R, "--set", "pretrain.block_size"], ["key.path=value"]),
+        (["pretrain", *R, "--set", "pretrain.block_size.x=1"], ["not a section"]),
+        (["pretrain", *R, "--set", "pretrain.training.learning_rate=-1"], ["learning_rate"]),
+        (["pretrain", *R, "--set", "pretrain.training.lr_scheduler_type=zigzag"], ["pretrain.training"]),
+        (["pretrain", "--recipe", "missing.yaml"], ["No recipe 'missing.yaml'"]),
+        (["pretrain", "--recipe", "tinny"], ["did you mean 'tiny'"]),
+        (["pipeline", *R, "--stages", "pretrain,sfft"], ["--stages", "sfft"]),
+        (["pipeline", *R, "--resume", "--overwrite"], ["--resume", "--overwrite"]),
+    ],
+)
 def test_recipe_mistakes(work, args, phrases):
     assert_refused(work, args, *phrases)
 
@@ -168,26 +183,32 @@ def test_missing_data_file(work):
 
 def test_empty_data_set(work):
     (work / "empty.jsonl").write_text("")
-    assert_refused(work, ["sft", *R, "--set", "sft.init_from=" + str(work / "m"), "--set", "sft.data.path=empty.jsonl"],
-                   "empty")
+    assert_refused(
+        work, ["sft", *R, "--set", "sft.init_from=" + str(work / "m"), "--set", "sft.data.path=empty.jsonl"], "empty"
+    )
 
 
 def test_empty_data_set_after_models(work, models):
     (work / "empty.jsonl").write_text("")
-    assert_refused(work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.path=empty.jsonl"],
-                   "empty")
+    assert_refused(
+        work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.path=empty.jsonl"], "empty"
+    )
 
 
 def test_unknown_format(work, models):
     write_jsonl(work / "odd.jsonl", [{"question": "q", "reply": "a"}] * 4)
-    assert_refused(work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.path=odd.jsonl"],
-                   "odd.jsonl")
+    assert_refused(
+        work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.path=odd.jsonl"], "odd.jsonl"
+    )
 
 
 def test_unknown_file_type(work, models):
     (work / "chats.xml").write_text("<chats/>")
-    assert_refused(work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.path=chats.xml"],
-                   "unknown file type")
+    assert_refused(
+        work,
+        ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.path=chats.xml"],
+        "unknown file type",
+    )
 
 
 def test_non_utf8_text(work):
@@ -198,26 +219,42 @@ def test_non_utf8_text(work):
 @pytest.mark.parametrize("ranks", [[1, 1, 2], [1, 3, 4], [1, 2]])
 def test_bad_ranks(work, models, ranks):
     path = rankings(work, [{**RANKING, "ranks": ranks}] * 4)
-    assert_refused(work, ["reward", *R, "--set", f"reward.init_from={models['a']}", "--set", f"reward.data.path={path}"],
-                   "ranks")
+    assert_refused(
+        work, ["reward", *R, "--set", f"reward.init_from={models['a']}", "--set", f"reward.data.path={path}"], "ranks"
+    )
 
 
 def test_two_data_sources(work, models):
-    assert_refused(work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.hub=owner/set"],
-                   "exactly one")
+    assert_refused(
+        work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.hub=owner/set"], "exactly one"
+    )
 
 
 def test_prompts_longer_than_context(work, models):
     long = "what does the fox eat in the forest when the owl sleeps and the bear fishes? " * 6
     write_jsonl(work / "long.jsonl", [{"prompt": long}] * 8)
-    assert_refused(work, ["ppo", *R, "--set", f"ppo.policy_from={models['short']}",
-                          "--set", f"ppo.reward_from={models['short']}", "--set", "ppo.data.path=long.jsonl"],
-                   "context")
+    assert_refused(
+        work,
+        [
+            "ppo",
+            *R,
+            "--set",
+            f"ppo.policy_from={models['short']}",
+            "--set",
+            f"ppo.reward_from={models['short']}",
+            "--set",
+            "ppo.data.path=long.jsonl",
+        ],
+        "context",
+    )
 
 
 def test_block_size_beyond_context(work):
-    assert_refused(work, ["pretrain", *R, "--set", "model.max_position_embeddings=16", "--set", "pretrain.block_size=64"],
-                   "block_size")
+    assert_refused(
+        work,
+        ["pretrain", *R, "--set", "model.max_position_embeddings=16", "--set", "pretrain.block_size=64"],
+        "block_size",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -252,8 +289,20 @@ def test_trust_remote_code_off(work, models):
 
 
 def test_value_model_with_other_tokenizer(work, models):
-    assert_refused(work, ["ppo", *R, "--set", f"ppo.policy_from={models['a']}", "--set", f"ppo.reward_from={models['a']}",
-                          "--set", f"ppo.value_from={models['b']}"], "tokenizer")
+    assert_refused(
+        work,
+        [
+            "ppo",
+            *R,
+            "--set",
+            f"ppo.policy_from={models['a']}",
+            "--set",
+            f"ppo.reward_from={models['a']}",
+            "--set",
+            f"ppo.value_from={models['b']}",
+        ],
+        "tokenizer",
+    )
 
 
 def test_hub_id_offline(work):
@@ -292,9 +341,11 @@ def test_existing_stage_folder(work, models, stage):
     (work / "run" / stage / "final").mkdir(parents=True)
     (work / "run" / stage / "final" / "config.json").write_text("{}")
     path = rankings(work, [{**RANKING, "ranks": [1, 2, 3]}] * 4)
-    inputs = {"sft": [f"sft.init_from={models['a']}"],
-              "reward": [f"reward.init_from={models['a']}", f"reward.data.path={path}"],
-              "ppo": [f"ppo.policy_from={models['a']}", f"ppo.reward_from={models['a']}"]}.get(stage, [])
+    inputs = {
+        "sft": [f"sft.init_from={models['a']}"],
+        "reward": [f"reward.init_from={models['a']}", f"reward.data.path={path}"],
+        "ppo": [f"ppo.policy_from={models['a']}", f"ppo.reward_from={models['a']}"],
+    }.get(stage, [])
     assert_refused(work, [stage, *R, *[a for i in inputs for a in ("--set", i)]], "already exists", "--overwrite")
 
 

@@ -29,7 +29,9 @@ def models(tmp_path_factory):
     build_model(spec, tok, seed=0).save_pretrained(base)
     tok.save_pretrained(base)
     adapter = root / "adapter"
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear"))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear")
+    )
     peft_model.save_pretrained(adapter)
     reward = root / "reward"
     config = model_config(spec, tok)
@@ -40,15 +42,28 @@ def models(tmp_path_factory):
 
 
 def test_prompt_answers_once(models):
-    result = CliRunner().invoke(app, ["chat", str(models["base"]), "--prompt", "what does the fox eat?",
-                                      "--temperature", "0", "--max-new-tokens", "8"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            str(models["base"]),
+            "--prompt",
+            "what does the fox eat?",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()
     assert "you>" not in result.stdout  # only the answer, for scripts
 
 
 def test_adapter_folder_chats(models):
-    result = CliRunner().invoke(app, ["chat", str(models["adapter"]), "-p", "hello", "--temperature", "0", "--max-new-tokens", "6"])
+    result = CliRunner().invoke(
+        app, ["chat", str(models["adapter"]), "-p", "hello", "--temperature", "0", "--max-new-tokens", "6"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()
 
@@ -58,7 +73,12 @@ def test_interactive_keeps_history_resets_and_quits(models, monkeypatch):
     real_reply = chat_mod.reply
 
     def spy(model, tokenizer, messages, **kw):
-        seen.append((copy.deepcopy(messages), tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)))
+        seen.append(
+            (
+                copy.deepcopy(messages),
+                tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+            )
+        )
         return real_reply(model, tokenizer, messages, **kw)
 
     monkeypatch.setattr(chat_mod, "reply", spy)
@@ -68,7 +88,9 @@ def test_interactive_keeps_history_resets_and_quits(models, monkeypatch):
     assert len(seen) == 3
     first_answer = seen[1][0][1]["content"]
     assert [m["role"] for m in seen[1][0]] == ["user", "assistant", "user"]
-    assert "what does the fox eat?" in seen[1][1] and seen[1][1].index("what does the fox eat?") < seen[1][1].index("and the owl?")
+    assert "what does the fox eat?" in seen[1][1] and seen[1][1].index("what does the fox eat?") < seen[1][1].index(
+        "and the owl?"
+    )
     assert first_answer in seen[1][1]  # the first answer is part of the second prompt
     assert seen[2][0] == [{"role": "user", "content": "hello"}]  # /reset cleared the history
     assert next(script) == "never asked"  # /quit stopped reading input

@@ -9,8 +9,20 @@ from typer.testing import CliRunner
 from rlhf_cli import check as check_mod
 from rlhf_cli.cli import app
 
-SMALL = ["--set", "model.hidden_size=32", "--set", "model.num_layers=2", "--set", "model.num_heads=2",
-         "--set", "tokenizer.train.vocab_size=400", "--set", "sft.max_length=40", "--set", "sft.lora.r=4"]
+SMALL = [
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.num_layers=2",
+    "--set",
+    "model.num_heads=2",
+    "--set",
+    "tokenizer.train.vocab_size=400",
+    "--set",
+    "sft.max_length=40",
+    "--set",
+    "sft.lora.r=4",
+]
 
 
 def test_tiny_recipe_passes_and_writes_nothing(tmp_path, monkeypatch):
@@ -20,7 +32,13 @@ def test_tiny_recipe_passes_and_writes_nothing(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(app, ["check", "--recipe", "tiny", "-o", str(run_dir), *SMALL], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
-    for title in ("Data sets", "SFT token lengths", "Trainer configs", "Parameters and training memory", "All checks passed"):
+    for title in (
+        "Data sets",
+        "SFT token lengths",
+        "Trainer configs",
+        "Parameters and training memory",
+        "All checks passed",
+    ):
         assert title in result.stdout
     assert "[[" in result.stdout and "<|assistant|>[[" in result.stdout  # the answer is marked, the prompt is not
     assert not run_dir.exists()  # toy data went to a temporary folder

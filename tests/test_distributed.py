@@ -30,16 +30,35 @@ MICRO = {
     "seed": 0,
     "model": {"arch": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
     "tokenizer": {"train": {"vocab_size": 400}},
-    "pretrain": {"data": {"toy": True, "max_examples": 400}, "block_size": 64, "probes": False,
-                 "training": {"max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100}},
-    "sft": {"data": {"toy": True, "max_examples": 200}, "max_length": 128, "eval_prompts": 8,
-            "training": {"max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100}},
+    "pretrain": {
+        "data": {"toy": True, "max_examples": 400},
+        "block_size": 64,
+        "probes": False,
+        "training": {"max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100},
+    },
+    "sft": {
+        "data": {"toy": True, "max_examples": 200},
+        "max_length": 128,
+        "eval_prompts": 8,
+        "training": {"max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100},
+    },
     "feedback": {"num_prompts": 16, "k": 3, "max_new_tokens": 16, "batch_size": 16},
-    "reward": {"max_length": 128,
-               "training": {"max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100}},
-    "ppo": {"data": {"toy": True, "max_examples": 64}, "response_length": 12, "eval_prompts": 8,
-            "training": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 100,
-                         "local_rollout_forward_batch_size": 8}},
+    "reward": {
+        "max_length": 128,
+        "training": {"max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100},
+    },
+    "ppo": {
+        "data": {"toy": True, "max_examples": 64},
+        "response_length": 12,
+        "eval_prompts": 8,
+        "training": {
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "local_rollout_forward_batch_size": 8,
+        },
+    },
     "eval": {"num_prompts": 8, "max_new_tokens": 12},
 }
 HALVED = [arg for s in TRAINED for arg in ("--set", f"{s}.training.per_device_train_batch_size=2")]
@@ -51,15 +70,33 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     recipe = root / "micro.yaml"
     recipe.write_text("# micro: a 2-layer, 32-wide model for the distributed tests\n" + yaml.safe_dump(MICRO))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     common = ["pipeline", "--recipe", str(recipe), "--stages", STAGES]
     accelerate = Path(sys.executable).parent / "accelerate"
-    two = [str(accelerate), "launch", "--config_file", str(BUILTIN_DIR / "accelerate" / "cpu.yaml"), "--main_process_port",
-           str(free_port()), "-m", "rlhf_cli", *common, "-o", str(root / "two"), *HALVED]
+    two = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(BUILTIN_DIR / "accelerate" / "cpu.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "rlhf_cli",
+        *common,
+        "-o",
+        str(root / "two"),
+        *HALVED,
+    ]
     one = [sys.executable, "-m", "rlhf_cli", *common, "-o", str(root / "one")]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in (one, two)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in (one, two)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for proc, out, what in zip(procs, outputs, ("1-process", "2-process"), strict=True):
         assert proc.returncode == 0, f"{what} run failed:\n{out[-4000:]}"

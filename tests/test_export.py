@@ -39,7 +39,9 @@ def adapter(tmp_path_factory):
     folder = root / "sft_final"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    (folder / "lineage.json").write_text(json.dumps({"stage": "sft", "parents": {"init": str(base)}, "recipe_name": "tiny"}))
+    (folder / "lineage.json").write_text(
+        json.dumps({"stage": "sft", "parents": {"init": str(base)}, "recipe_name": "tiny"})
+    )
     return {"dir": folder, "base": base, "ids": ids, "expected": expected}
 
 
@@ -55,7 +57,9 @@ def test_export_merges_lora_into_a_plain_folder(adapter, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)  # no peft involved
     with torch.no_grad():
         logits = model(adapter["ids"]).logits
-    torch.testing.assert_close(logits, adapter["expected"], atol=1e-4, rtol=1e-4)  # the merged adapter, not the bare base
+    torch.testing.assert_close(
+        logits, adapter["expected"], atol=1e-4, rtol=1e-4
+    )  # the merged adapter, not the bare base
     assert AutoTokenizer.from_pretrained(out).chat_template
     card = (out / "README.md").read_text()
     assert "sft" in card and "AutoModelForCausalLM" in card and "merged" in card
@@ -79,7 +83,9 @@ def test_push_without_network_is_a_clear_user_error(adapter, tmp_path, monkeypat
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network here either way; never hang
     out = tmp_path / "pushed"
-    result = CliRunner().invoke(app, ["export", str(adapter["base"]), "--out", str(out), "--push-to-hub", "someone/tiny"])
+    result = CliRunner().invoke(
+        app, ["export", str(adapter["base"]), "--out", str(out), "--push-to-hub", "someone/tiny"]
+    )
     assert result.exit_code == 2, result.output
     assert "Could not push" in result.output and "someone/tiny" in result.output
     assert "Traceback" not in result.output

@@ -22,10 +22,18 @@ def _rows(path: Path) -> list[dict]:
 
 def _write_samples(run_dir: Path) -> Path:
     rows = [
-        {"prompt": [{"role": "user", "content": PROMPTS[0]}], "answers": ["a0", "b0", "c0"], "finished": [True, True, False]},
+        {
+            "prompt": [{"role": "user", "content": PROMPTS[0]}],
+            "answers": ["a0", "b0", "c0"],
+            "finished": [True, True, False],
+        },
         {"prompt": [{"role": "user", "content": PROMPTS[1]}], "answers": ["a1", "b1", "c1"], "finished": [True] * 3},
         {"prompt": [{"role": "user", "content": PROMPTS[2]}], "answers": ["a2", "a2", "b2"], "finished": [True] * 3},
-        {"prompt": [{"role": "user", "content": PROMPTS[3]}], "answers": ["same", "same", "same"], "finished": [True] * 3},
+        {
+            "prompt": [{"role": "user", "content": PROMPTS[3]}],
+            "answers": ["same", "same", "same"],
+            "finished": [True] * 3,
+        },
     ]
     path = run_dir / "feedback" / "samples.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +113,10 @@ def test_human_screen_rank_skip_undo_quit_resume(tmp_path):
 def test_human_refuses_rankings_of_other_samples(tmp_path):
     samples = _write_samples(tmp_path)
     out = tmp_path / "feedback" / "rankings.jsonl"
-    out.write_text(json.dumps({"prompt": [{"role": "user", "content": "other"}], "responses": ["x", "y"], "sample": 0, "n": 0}) + "\n")
+    out.write_text(
+        json.dumps({"prompt": [{"role": "user", "content": "other"}], "responses": ["x", "y"], "sample": 0, "n": 0})
+        + "\n"
+    )
     with pytest.raises(UserError, match="--overwrite"):
         label_human(samples, out, ask=_script("q"), console=Console(file=io.StringIO()))
     rec = load_recipe("tiny", check_training=False)
@@ -120,8 +131,11 @@ def test_toy_annotator_ranks_by_gold(tmp_path):
     good, bare, wrong = f"the {fox} eats {food}. happy to help!", f"the {fox} eats {food}.", "you are stupid"
     path = tmp_path / "feedback" / "samples.jsonl"
     path.parent.mkdir(parents=True)
-    row = {"prompt": [{"role": "user", "content": f"what does the {fox} eat?"}], "answers": [wrong, bare, good],
-           "finished": [True] * 3}
+    row = {
+        "prompt": [{"role": "user", "content": f"what does the {fox} eat?"}],
+        "answers": [wrong, bare, good],
+        "finished": [True] * 3,
+    }
     path.write_text(json.dumps(row) + "\n")
     rec = load_recipe("tiny", ["feedback.noise=0"], check_training=False)
     out = label(rec, tmp_path, annotator="toy")
@@ -153,15 +167,29 @@ def test_sample_writes_k_answers_per_prompt(tmp_path):
     tok.save_pretrained(model_dir)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    rec = load_recipe("tiny", [f"feedback.data={{path: {prompts}}}", "feedback.k=3", "feedback.num_prompts=3",
-                               "feedback.max_new_tokens=6", "feedback.temperature=0.8", "feedback.top_p=0.9"])
+    rec = load_recipe(
+        "tiny",
+        [
+            f"feedback.data={{path: {prompts}}}",
+            "feedback.k=3",
+            "feedback.num_prompts=3",
+            "feedback.max_new_tokens=6",
+            "feedback.temperature=0.8",
+            "feedback.top_p=0.9",
+        ],
+    )
     with pytest.raises(UserError, match="rlhf sft"):
         sample(rec, tmp_path / "run")  # no sft/final in this run and no model given
     out = sample(rec, tmp_path / "run", model=str(model_dir))
     rows = _rows(out)
     assert len(rows) == 3 and [r["prompt"][0]["content"] for r in rows] == PROMPTS[:3]
     assert all(len(r["answers"]) == len(r["finished"]) == 3 for r in rows)
-    assert rows[0]["k"] == 3 and rows[0]["temperature"] == 0.8 and rows[0]["top_p"] == 0.9 and rows[0]["model"] == str(model_dir)
+    assert (
+        rows[0]["k"] == 3
+        and rows[0]["temperature"] == 0.8
+        and rows[0]["top_p"] == 0.9
+        and rows[0]["model"] == str(model_dir)
+    )
     with pytest.raises(UserError, match="--overwrite"):
         sample(rec, tmp_path / "run", model=str(model_dir))
     sample(rec, tmp_path / "run", model=str(model_dir), overwrite=True)

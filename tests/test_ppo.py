@@ -56,8 +56,13 @@ def make_run(skeleton, tmp_path) -> Path:
 
 
 def recipe(*extra):
-    base = ["ppo.training.per_device_train_batch_size=4", "ppo.response_length=10", "ppo.eval_prompts=4",
-            "ppo.training.num_ppo_epochs=2", "ppo.training.logging_steps=1"]
+    base = [
+        "ppo.training.per_device_train_batch_size=4",
+        "ppo.response_length=10",
+        "ppo.eval_prompts=4",
+        "ppo.training.num_ppo_epochs=2",
+        "ppo.training.logging_steps=1",
+    ]
     return load_recipe("tiny", [*base, *extra])
 
 
@@ -81,9 +86,21 @@ def test_ppo_stage_outputs_then_resume_after_a_kill(skeleton, tmp_path):
     assert json.loads((stage / "eval.json").read_text())["episodes"] == 8
     log = rows(stage / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2]
-    for key in ("objective/rm_score", "objective/kl", "objective/rlhf_reward", "policy/entropy", "loss/pg_loss",
-                "loss/vf_loss", "policy/pg_clipfrac", "value/vf_clipfrac", "policy/approxkl", "answer/length",
-                "answer/eos_share", "episodes_per_s", "beta"):
+    for key in (
+        "objective/rm_score",
+        "objective/kl",
+        "objective/rlhf_reward",
+        "policy/entropy",
+        "loss/pg_loss",
+        "loss/vf_loss",
+        "policy/pg_clipfrac",
+        "value/vf_clipfrac",
+        "policy/approxkl",
+        "answer/length",
+        "answer/eos_share",
+        "episodes_per_s",
+        "beta",
+    ):
         assert key in log[-1], key
     model = AutoModelForCausalLM.from_pretrained(stage / "final")  # a plain causal LM
     assert model.config.vocab_size > 0
@@ -115,9 +132,16 @@ def _kl(skeleton, tmp_path, kl_coef: float, name: str) -> float:
 
     run = tmp_path / name
     shutil.copytree(skeleton, run)
-    rec = recipe(f"ppo.kl_coef={kl_coef}", "ppo.training.max_steps=10", "ppo.training.learning_rate=1e-2",
-                 "ppo.training.save_steps=100", "ppo.eval_prompts=48", "ppo.training.per_device_train_batch_size=16",
-                 "ppo.rewards=[{function: 'test_ppo:count_a'}]", "ppo.missing_eos_penalty=0")
+    rec = recipe(
+        f"ppo.kl_coef={kl_coef}",
+        "ppo.training.max_steps=10",
+        "ppo.training.learning_rate=1e-2",
+        "ppo.training.save_steps=100",
+        "ppo.eval_prompts=48",
+        "ppo.training.per_device_train_batch_size=16",
+        "ppo.rewards=[{function: 'test_ppo:count_a'}]",
+        "ppo.missing_eos_penalty=0",
+    )
     metrics = ppo.run(rec, run)
     log = rows(run / "ppo" / "metrics.jsonl")
     return metrics["ppo"]["kl_to_reference"], sum(r["objective/kl"] for r in log[-4:]) / 4
@@ -136,8 +160,9 @@ def test_lora_policy_saves_a_merged_causal_lm(skeleton, tmp_path):
     from rlhf_cli.stages import ppo
 
     run = make_run(skeleton, tmp_path)
-    metrics = ppo.run(recipe("ppo.training.max_steps=1", "ppo.lora={r: 4, alpha: 8}",
-                             "ppo.training.learning_rate=1e-2"), run)
+    metrics = ppo.run(
+        recipe("ppo.training.max_steps=1", "ppo.lora={r: 4, alpha: 8}", "ppo.training.learning_rate=1e-2"), run
+    )
     final = run / "ppo" / "final"
     assert not (final / "adapter_config.json").exists()
     AutoModelForCausalLM.from_pretrained(final)

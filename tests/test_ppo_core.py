@@ -60,7 +60,9 @@ def test_gae_by_hand():
     adv, _ = core.gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.zeros(1, 3), torch.ones(1, 3), 0.9, 1.0)
     assert close(adv, [[0.81, 0.9, 1.0]])
     # the masked tail neither pays reward nor bootstraps a value
-    adv, ret = core.gae(torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[0.5, 0.5, 9.0]]), torch.tensor([[1, 1, 0]]), 1.0, 0.5)
+    adv, ret = core.gae(
+        torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[0.5, 0.5, 9.0]]), torch.tensor([[1, 1, 0]]), 1.0, 0.5
+    )
     assert close(adv, [[0.25, 0.5, 0.0]]) and close(ret, [[0.75, 1.0, 0.0]])
 
 
@@ -79,7 +81,9 @@ def test_clipped_policy_loss_by_hand():
 
 
 def test_clipped_value_loss_by_hand():
-    loss, clipfrac = core.value_loss(torch.tensor([[0.5, -0.1]]), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), 0.2)
+    loss, clipfrac = core.value_loss(
+        torch.tensor([[0.5, -0.1]]), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), 0.2
+    )
     # token 1: clipped value 0.2 -> max(0.25, 0.64) = 0.64; token 2 inside the range: 1.21
     assert close(loss, 0.5 * (0.64 + 1.21) / 2)
     assert close(clipfrac, 0.5)

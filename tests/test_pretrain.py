@@ -74,9 +74,15 @@ def test_target_bytes_count_exactly_the_scored_text():
     from rlhf_cli.modeling import train_tokenizer
 
     tok = train_tokenizer(["héllo wörld, the fox eats berries."] * 50, vocab_size=300)
-    ids = tok("héllo wörld", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + tok("fox", add_special_tokens=False)["input_ids"]
+    ids = (
+        tok("héllo wörld", add_special_tokens=False)["input_ids"]
+        + [tok.eos_token_id]
+        + tok("fox", add_special_tokens=False)["input_ids"]
+    )
     first = tok.decode(ids[:1])
-    expected = len("héllo wörldfox".encode()) - len(first.encode())  # the first token is context, not scored; EOS is 0 bytes
+    expected = len("héllo wörldfox".encode()) - len(
+        first.encode()
+    )  # the first token is context, not scored; EOS is 0 bytes
     lengths = pretrain.token_byte_lengths(tok)
     assert pretrain.target_bytes(tok, [ids], lengths) == expected
     assert pretrain.target_bytes(tok, [ids], None) == expected

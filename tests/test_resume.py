@@ -90,25 +90,55 @@ def setup(tmp_path_factory):
 
     questions = [f"what does the {a} eat?" for a in ("fox", "owl", "bear", "deer", "wolf", "hare", "crow", "frog")]
     (root / "corpus.txt").write_text("\n\n".join(docs), encoding="utf-8")
-    chats = write_jsonl(root / "chats.jsonl", [{"prompt": q, "completion": f"it eats {w}."}
-                                               for q in questions for w in ("berries", "fish", "seeds")])
-    ranked = write_jsonl(root / "rankings.jsonl", [{"prompt": q, "responses": ["berries.", "fish, mostly.", "stones?"]}
-                                                   for q in questions * 2])
+    chats = write_jsonl(
+        root / "chats.jsonl",
+        [{"prompt": q, "completion": f"it eats {w}."} for q in questions for w in ("berries", "fish", "seeds")],
+    )
+    ranked = write_jsonl(
+        root / "rankings.jsonl",
+        [{"prompt": q, "responses": ["berries.", "fish, mostly.", "stones?"]} for q in questions * 2],
+    )
     prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": q} for q in questions])
-    training = {"max_steps": STEPS, "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4,
-                "warmup_steps": 0, "save_total_limit": 5}
+    training = {
+        "max_steps": STEPS,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "per_device_train_batch_size": 4,
+        "warmup_steps": 0,
+        "save_total_limit": 5,
+    }
     recipe = {
-        "name": "resume", "seed": 3, "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
+        "name": "resume",
+        "seed": 3,
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
         "tokenizer": {"train": {"vocab_size": 300}},
-        "pretrain": {"data": {"path": str(root / "corpus.txt")}, "block_size": 32, "probes": False,
-                     "training": {**training, "learning_rate": 3e-3}},
-        "sft": {"init_from": str(root / "base"), "data": {"path": chats}, "max_length": 48, "eval_prompts": 0,
-                "training": {**training, "learning_rate": 1e-3}},
-        "reward": {"init_from": str(root / "base"), "data": {"path": ranked, "eval_fraction": 0.2}, "max_length": 48,
-                   "training": {**training, "learning_rate": 1e-3}},
-        "ppo": {"policy_from": str(root / "base"), "reward_from": str(root / "rm"), "data": {"path": prompts},
-                "response_length": 6, "eval_prompts": 0,
-                "training": {**training, "num_ppo_epochs": 1, "learning_rate": 1e-3}},
+        "pretrain": {
+            "data": {"path": str(root / "corpus.txt")},
+            "block_size": 32,
+            "probes": False,
+            "training": {**training, "learning_rate": 3e-3},
+        },
+        "sft": {
+            "init_from": str(root / "base"),
+            "data": {"path": chats},
+            "max_length": 48,
+            "eval_prompts": 0,
+            "training": {**training, "learning_rate": 1e-3},
+        },
+        "reward": {
+            "init_from": str(root / "base"),
+            "data": {"path": ranked, "eval_fraction": 0.2},
+            "max_length": 48,
+            "training": {**training, "learning_rate": 1e-3},
+        },
+        "ppo": {
+            "policy_from": str(root / "base"),
+            "reward_from": str(root / "rm"),
+            "data": {"path": prompts},
+            "response_length": 6,
+            "eval_prompts": 0,
+            "training": {**training, "num_ppo_epochs": 1, "learning_rate": 1e-3},
+        },
         "eval": {"max_new_tokens": 6},
     }
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -118,19 +148,45 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def children(setup):
     """Start every subprocess at once: four stages that SIGKILL themselves at step 3, and a pretrain that gets SIGINT."""
-    env = {**os.environ, "RLHF_TEST_KILL_AT": str(KILL_AT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "RLHF_TEST_KILL_AT": str(KILL_AT),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     recipe = str(setup / "recipe.yaml")
     procs = {}
     for stage in ("pretrain", "sft", "reward", "ppo"):
-        procs[stage] = subprocess.Popen([sys.executable, "-c", CHILD, stage, "--recipe", recipe, "--output-dir",
-                                         str(setup / f"killed-{stage}")], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        procs[stage] = subprocess.Popen(
+            [sys.executable, "-c", CHILD, stage, "--recipe", recipe, "--output-dir", str(setup / f"killed-{stage}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     sigint_dir = setup / "sigint"
-    sigint = subprocess.Popen([sys.executable, "-m", "rlhf_cli", "pretrain", "--recipe", recipe, "--output-dir",
-                               str(sigint_dir), "--set", "pretrain.training.max_steps=100000",
-                               "--set", "pretrain.training.save_steps=100000"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sigint = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_cli",
+            "pretrain",
+            "--recipe",
+            recipe,
+            "--output-dir",
+            str(sigint_dir),
+            "--set",
+            "pretrain.training.max_steps=100000",
+            "--set",
+            "pretrain.training.save_steps=100000",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = sigint_dir / "pretrain" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and sigint.poll() is None:
@@ -221,8 +277,9 @@ def test_sigint_saves_a_checkpoint_and_exits_130(setup, children):
     assert ckpt is not None and not (run / "pretrain" / "final").exists()
     step = int(ckpt.name.split("-")[1])
     assert step >= 2
-    rec = load_recipe(str(setup / "recipe.yaml"), [f"pretrain.training.max_steps={step + 2}",
-                                                   "pretrain.training.save_steps=100000"])
+    rec = load_recipe(
+        str(setup / "recipe.yaml"), [f"pretrain.training.max_steps={step + 2}", "pretrain.training.save_steps=100000"]
+    )
     metrics = pretrain.run(rec, run, resume=True)
     assert metrics["global_step"] == step + 2
     assert (run / "pretrain" / "final" / "config.json").exists()

@@ -33,23 +33,42 @@ def tiny_model(tmp_path_factory):
 
 
 def _recipe(data, init, *extra):
-    return load_recipe("tiny", [f"reward.data={{path: {data}, eval_fraction: 0.25}}", f"reward.init_from={init}",
-                                "reward.max_length=64", "reward.training.num_train_epochs=6",
-                                "reward.training.learning_rate=3.0e-3", "reward.training.per_device_train_batch_size=8",
-                                "reward.training.warmup_steps=0", "reward.training.logging_steps=5", *extra])
+    return load_recipe(
+        "tiny",
+        [
+            f"reward.data={{path: {data}, eval_fraction: 0.25}}",
+            f"reward.init_from={init}",
+            "reward.max_length=64",
+            "reward.training.num_train_epochs=6",
+            "reward.training.learning_rate=3.0e-3",
+            "reward.training.per_device_train_batch_size=8",
+            "reward.training.warmup_steps=0",
+            "reward.training.logging_steps=5",
+            *extra,
+        ],
+    )
 
 
 def test_kwise_batch_holds_a_prompts_comparisons_in_order(tiny_model):
     from rlhf_cli.modeling import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
-    rankings = [{"prompt": _user("tell me about cats"), "responses": ["a", "b", "c", "d"]},
-                {"prompt": _user("tell me about dogs"), "responses": ["x", "y"]}]
+    rankings = [
+        {"prompt": _user("tell me about cats"), "responses": ["a", "b", "c", "d"]},
+        {"prompt": _user("tell me about dogs"), "responses": ["x", "y"]},
+    ]
     grouped = reward.group_pairs(expand_rankings(rankings), tok, max_length=64)
     assert len(grouped) == 2  # one batch element per prompt
     first = grouped[0]
     assert len(first["response_ids"]) == 4  # each answer tokenized once
-    assert list(zip(first["pair_chosen"], first["pair_rejected"], strict=True)) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert list(zip(first["pair_chosen"], first["pair_rejected"], strict=True)) == [
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (1, 2),
+        (1, 3),
+        (2, 3),
+    ]
     assert first["response_ids"][2] == reward.encode(tok, _user("tell me about cats"), "c")
     assert first["response_ids"][2][-1] == tok.eos_token_id  # the whole answer, end-of-text included
 
@@ -58,8 +77,10 @@ def test_kwise_loss_is_mean_pairwise_loss(tiny_model):
     from rlhf_cli.modeling import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
-    rankings = [{"prompt": _user("tell me about cats"), "responses": ["a", "b", "c"]},
-                {"prompt": _user("tell me about dogs"), "responses": ["x", "y"]}]
+    rankings = [
+        {"prompt": _user("tell me about cats"), "responses": ["a", "b", "c"]},
+        {"prompt": _user("tell me about dogs"), "responses": ["x", "y"]},
+    ]
     grouped = reward.group_pairs(expand_rankings(rankings), tok, max_length=64)
     # The collator flattens both prompts' answers: [a, b, c, x, y]; comparisons index into that.
     batch = reward.KWiseCollator(tok.pad_token_id)([grouped[0], grouped[1]])
@@ -71,7 +92,9 @@ def test_kwise_loss_is_mean_pairwise_loss(tiny_model):
     by_hand = ((nll(2.0, 0.5) + nll(2.0, -1.0) + nll(0.5, -1.0)) / 3 + nll(0.3, 0.9)) / 2
     assert torch.allclose(loss, by_hand)
     margin = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    with_margin, _ = reward.kwise_loss(rewards, batch["chosen_index"], batch["rejected_index"], batch["pair_weight"], margin)
+    with_margin, _ = reward.kwise_loss(
+        rewards, batch["chosen_index"], batch["rejected_index"], batch["pair_weight"], margin
+    )
     assert torch.allclose(with_margin, ((nll(1.0, 0.5) + nll(2.0, -1.0) + nll(0.5, -1.0)) / 3 + nll(0.3, 0.9)) / 2)
 
 
@@ -82,8 +105,12 @@ def _synthetic_rankings(path, n=48):
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
         fill = " ".join(rng.choices(["very", "quite", "really", "ok"], k=2))
-        rows.append({"prompt": f"tell me about {topic} {i}", "responses": [
-            f"{topic} is {fill} good", f"{topic} is {fill} it", f"{topic} is {fill} bad"]})
+        rows.append(
+            {
+                "prompt": f"tell me about {topic} {i}",
+                "responses": [f"{topic} is {fill} good", f"{topic} is {fill} it", f"{topic} is {fill} bad"],
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -107,7 +134,11 @@ def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
     assert metrics["accuracy"] >= 0.8 and metrics["mean_margin"] > 0
     saved = json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"]
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "reward" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "run" / "reward" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert losses[-1] < losses[0]
 
     final = tmp_path / "run" / "reward" / "final"
@@ -116,7 +147,9 @@ def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
     model = AutoModelForSequenceClassification.from_pretrained(final)
     tok = load_tokenizer(str(final))
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
-    good, bad = reward.score(model, tok, [_user("tell me about rain 99")] * 2, ["rain is quite good", "rain is quite bad"])
+    good, bad = reward.score(
+        model, tok, [_user("tell me about rain 99")] * 2, ["rain is quite good", "rain is quite bad"]
+    )
     assert good > bad
 
     with pytest.raises(Exception, match="already exists"):
@@ -153,13 +186,18 @@ def test_hh_transcripts_pairwise_and_inspect_flags_length(tmp_path, tiny_model):
 
 
 def test_inspect_scores_length_alarm_with_stub_scores():
-    pairs = [{"prompt": _user(f"q{i}"), "chosen": "a " * (i % 5 + 1), "rejected": "b " * (5 - i % 5), "margin": 0.0}
-             for i in range(40)]
+    pairs = [
+        {"prompt": _user(f"q{i}"), "chosen": "a " * (i % 5 + 1), "rejected": "b " * (5 - i % 5), "margin": 0.0}
+        for i in range(40)
+    ]
     n_tokens = {t: len(t.split()) for r in pairs for t in (r["chosen"], r["rejected"])}
     by_length = [float(n_tokens[r["chosen"]]) for r in pairs], [float(n_tokens[r["rejected"]]) for r in pairs]
     report = reward.inspect_scores(pairs, *by_length, n_tokens)
     assert report["length_alarm"] and report["length_correlation"] > 0.99 and report["prefers_longer"] == 1.0
-    assert report["by_length"]["chosen longer"]["accuracy"] == 1.0 and report["by_length"]["chosen shorter"]["accuracy"] == 0.0
+    assert (
+        report["by_length"]["chosen longer"]["accuracy"] == 1.0
+        and report["by_length"]["chosen shorter"]["accuracy"] == 0.0
+    )
     fair = reward.inspect_scores(pairs, [1.0 + 0.01 * i for i in range(40)], [0.0] * 40, n_tokens)
     assert not fair["length_alarm"] and fair["accuracy"] == 1.0
 

@@ -37,13 +37,30 @@ def base_dir(tmp_path_factory):
 
 
 def recipe_for(base_dir, data: dict, **sft) -> Recipe:
-    training = {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1,
-                "save_steps": 3, "warmup_steps": 0, **sft.pop("training", {})}
-    return Recipe.model_validate({
-        "name": "t", "seed": 0,
-        "sft": {"init_from": str(base_dir), "data": data, "max_length": 64, "eval_prompts": 4, "training": training, **sft},
-        "eval": {"max_new_tokens": 8},
-    })
+    training = {
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "save_steps": 3,
+        "warmup_steps": 0,
+        **sft.pop("training", {}),
+    }
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "seed": 0,
+            "sft": {
+                "init_from": str(base_dir),
+                "data": data,
+                "max_length": 64,
+                "eval_prompts": 4,
+                "training": training,
+                **sft,
+            },
+            "eval": {"max_new_tokens": 8},
+        }
+    )
 
 
 def write_jsonl(path, rows):
@@ -64,7 +81,9 @@ def _weights_changed(base_dir, final_dir) -> bool:
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     tuned = AutoModelForCausalLM.from_pretrained(final_dir)
-    return any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values(), strict=True))
+    return any(
+        not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -84,8 +103,13 @@ def test_each_format_trains_and_final_answers_through_the_chat_template(tmp_path
     assert _weights_changed(base_dir, final)
     tok = load_tokenizer(str(final))
     assert "{% generation %}" in tok.chat_template
-    answers = generate_answers(load_causal_lm(str(final)), tok, [[{"role": "user", "content": "what does the fox eat?"}]],
-                               temperature=0.0, max_new_tokens=4)
+    answers = generate_answers(
+        load_causal_lm(str(final)),
+        tok,
+        [[{"role": "user", "content": "what does the fox eat?"}]],
+        temperature=0.0,
+        max_new_tokens=4,
+    )
     assert answers[0][0].num_tokens > 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows)
@@ -97,10 +121,16 @@ def _trainer(tmp_path, base_dir, **sft_keys):
     from rlhf_cli.modeling import load_causal_lm, load_tokenizer
     from rlhf_cli.stages import sft
 
-    rows = [{"messages": [{"role": "user", "content": "what does the fox eat?"},
-                          {"role": "assistant", "content": "the fox eats berries."},
-                          {"role": "user", "content": "and where does the fox live?"},
-                          {"role": "assistant", "content": "the fox lives in the forest."}]}] * 4
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "what does the fox eat?"},
+                {"role": "assistant", "content": "the fox eats berries."},
+                {"role": "user", "content": "and where does the fox live?"},
+                {"role": "assistant", "content": "the fox lives in the forest."},
+            ]
+        }
+    ] * 4
     ds = datasets.Dataset.from_list(rows)
     tok = load_tokenizer(str(base_dir))
     recipe = recipe_for(base_dir, {"path": "unused"}, **sft_keys)
@@ -144,12 +174,18 @@ def test_truncation_is_counted(tmp_path, base_dir):
 
     tok = load_tokenizer(str(base_dir))
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello."}]}
-    long = {"messages": [{"role": "user", "content": "the fox eats berries. " * 30}, {"role": "assistant", "content": "ok."}]}
+    long = {
+        "messages": [
+            {"role": "user", "content": "the fox eats berries. " * 30},
+            {"role": "assistant", "content": "ok."},
+        ]
+    }
     assert count_truncated(tok, datasets.Dataset.from_list([short, long, long, short]), 40) == (2, 4)
 
     data = write_jsonl(tmp_path / "chats.jsonl", [short, long, long, short] * 3)
-    recipe = recipe_for(base_dir, {"path": str(data), "eval_fraction": 0.25}, max_length=40, eval_prompts=0,
-                        training={"max_steps": 1})
+    recipe = recipe_for(
+        base_dir, {"path": str(data), "eval_fraction": 0.25}, max_length=40, eval_prompts=0, training={"max_steps": 1}
+    )
     metrics = run(recipe, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "sft" / "eval.json").read_text())
     assert metrics["train_examples"] == 9 and 1 <= saved["truncated_examples"] <= 6
@@ -160,8 +196,15 @@ def test_sgd_and_adamw_both_run(tmp_path, base_dir, optim, state_key):
     from rlhf_cli.stages import sft
 
     data = write_jsonl(tmp_path / "chats.jsonl", [FORMATS["messages"](q, a) for q, a in CONVERSATIONS])
-    sft.run(recipe_for(base_dir, {"path": str(data)}, eval_prompts=0,
-                       training={"optim": optim, "learning_rate": 0.1 if optim == "sgd" else 1e-2}), tmp_path / "run")
+    sft.run(
+        recipe_for(
+            base_dir,
+            {"path": str(data)},
+            eval_prompts=0,
+            training={"optim": optim, "learning_rate": 0.1 if optim == "sgd" else 1e-2},
+        ),
+        tmp_path / "run",
+    )
     state = torch.load(tmp_path / "run" / "sft" / "checkpoints" / "checkpoint-3" / "optimizer.pt", weights_only=False)
     keys = {k for s in state["state"].values() for k in s}
     assert (state_key in keys) if state_key else "exp_avg" not in keys
@@ -182,7 +225,9 @@ def test_lora_merged_and_adapter(tmp_path, base_dir):
     AutoModelForCausalLM.from_pretrained(final)
     assert _weights_changed(base_dir, final)
 
-    sft.run(recipe_for(base_dir, {"path": str(data)}, eval_prompts=2, lora={**lora, "merge": False}), tmp_path / "adapter")
+    sft.run(
+        recipe_for(base_dir, {"path": str(data)}, eval_prompts=2, lora={**lora, "merge": False}), tmp_path / "adapter"
+    )
     adapter = tmp_path / "adapter" / "sft" / "final"
     assert (adapter / "adapter_config.json").exists() and not (adapter / "config.json").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(adapter)

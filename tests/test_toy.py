@@ -31,8 +31,12 @@ def test_files_load_with_datasets(tmp_path):
     from datasets import load_dataset
 
     paths = toy_files(tmp_path / "toy", seed=0)
-    columns = {"pretrain_train.jsonl": ["text"], "sft_eval.jsonl": ["messages"], "prompts_eval.jsonl": ["prompt"],
-               "probes_eval.jsonl": ["answer", "prefix"]}
+    columns = {
+        "pretrain_train.jsonl": ["text"],
+        "sft_eval.jsonl": ["messages"],
+        "prompts_eval.jsonl": ["prompt"],
+        "probes_eval.jsonl": ["answer", "prefix"],
+    }
     for name, cols in columns.items():
         ds = load_dataset("json", data_files=str(paths[name]), split="train", cache_dir=str(tmp_path / "cache"))
         assert sorted(ds.column_names) == cols and len(ds) > 0
@@ -52,7 +56,10 @@ def test_toy_files_is_idempotent(tmp_path):
 def test_splits(tmp_path, world):
     paths = world.write(tmp_path)
     rows = {n: [json.loads(line) for line in paths[n].read_text().splitlines()] for n in FILES if n.endswith(".jsonl")}
-    train, held_out = {r["prompt"] for r in rows["prompts_train.jsonl"]}, {r["prompt"] for r in rows["prompts_eval.jsonl"]}
+    train, held_out = (
+        {r["prompt"] for r in rows["prompts_train.jsonl"]},
+        {r["prompt"] for r in rows["prompts_eval.jsonl"]},
+    )
     assert len(train) >= 500 and 100 <= len(held_out) <= 200 and not train & held_out
     assert all(world.parse_prompt(p) is not None for p in train | held_out)
     convs = [r["messages"] for r in rows["sft_train.jsonl"]]
@@ -80,21 +87,33 @@ def test_gold_reward_orders_answers(world):
     wrong = next(v for v in ["fish", "honey", "seeds"] if v != food)
     perfect = f"sure! the {e} eats {food}. happy to help!"
     assert world.gold_reward(q, perfect) == pytest.approx(1.0)
-    assert world.gold_reward(q, perfect) > world.gold_reward(q, f"sure! the {e} eats {wrong}. happy to help!")  # right > wrong
-    assert world.gold_reward(q, perfect) > world.gold_reward(q, f"the {e} eats {food}. shut up, stupid.")  # polite > rude
+    assert world.gold_reward(q, perfect) > world.gold_reward(
+        q, f"sure! the {e} eats {wrong}. happy to help!"
+    )  # right > wrong
+    assert world.gold_reward(q, perfect) > world.gold_reward(
+        q, f"the {e} eats {food}. shut up, stupid."
+    )  # polite > rude
     assert world.gold_reward(q, perfect) > world.gold_reward(q, perfect, finished=False)  # finished > cut off
     assert world.gold_reward(q, f"the {e} eats {food}.") > world.gold_reward(q, food)  # complete > fragment
-    assert world.gold_reward(q, f"the {e} eats {food}.") > world.gold_reward(q, f"the {e} eats {food}. " * 8)  # rambling
+    assert world.gold_reward(q, f"the {e} eats {food}.") > world.gold_reward(
+        q, f"the {e} eats {food}. " * 8
+    )  # rambling
     assert world.gold_reward(q, "") == -1.0
-    assert world.gold_reward("tell me a joke.", "no idea. happy to help!") > world.gold_reward("tell me a joke.", "no idea")
+    assert world.gold_reward("tell me a joke.", "no idea. happy to help!") > world.gold_reward(
+        "tell me a joke.", "no idea"
+    )
     for a in [perfect, "x" * 500, f"{food} {wrong} " * 50, "stupid dumb idiot whatever"]:
         assert -1.0 <= world.gold_reward(q, a, finished=False) <= 1.0
 
 
 def _random_answer(rng, e, food):
-    parts = [rng.choice(["", "sure! ", "ok "]), rng.choice([f"the {e} eats ", "", "it eats "]),
-             rng.choice([food, "fish", "apples", "rocks"]), rng.choice([".", "", "!"]),
-             rng.choice(["", " happy to help!", " whatever.", " thanks for asking!"])]
+    parts = [
+        rng.choice(["", "sure! ", "ok "]),
+        rng.choice([f"the {e} eats ", "", "it eats "]),
+        rng.choice([food, "fish", "apples", "rocks"]),
+        rng.choice([".", "", "!"]),
+        rng.choice(["", " happy to help!", " whatever.", " thanks for asking!"]),
+    ]
     return "".join(parts)
 
 

@@ -632,7 +632,9 @@ def train_eval_split(ds, spec, stage: str, seed: int = 0, toy_dir: Path | None =
     n = len(ds)
     if stage == "pretrain":
         k = _n_eval(n, fraction)
-        return ds.select(range(n - k)), ds.select(list(range(n - k, n)))  # a list: datasets refuses an empty range at the end
+        return ds.select(range(n - k)), ds.select(
+            list(range(n - k, n))
+        )  # a list: datasets refuses an empty range at the end
     rng = random.Random(seed)
     if stage == "reward":
         groups = list(ds["group"]) if "group" in ds.column_names else list(range(n))

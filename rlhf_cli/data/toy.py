@@ -32,9 +32,40 @@ import random
 import re
 from pathlib import Path
 
-ANIMALS = ["fox", "owl", "bear", "wolf", "deer", "hare", "frog", "duck", "goat", "mole", "crow", "seal", "lynx", "swan", "crab",
-           "newt", "moth", "toad", "wren", "lark", "mouse", "otter", "badger", "beaver", "heron", "robin", "snail", "tiger",
-           "camel", "horse", "sheep", "llama"]
+ANIMALS = [
+    "fox",
+    "owl",
+    "bear",
+    "wolf",
+    "deer",
+    "hare",
+    "frog",
+    "duck",
+    "goat",
+    "mole",
+    "crow",
+    "seal",
+    "lynx",
+    "swan",
+    "crab",
+    "newt",
+    "moth",
+    "toad",
+    "wren",
+    "lark",
+    "mouse",
+    "otter",
+    "badger",
+    "beaver",
+    "heron",
+    "robin",
+    "snail",
+    "tiger",
+    "camel",
+    "horse",
+    "sheep",
+    "llama",
+]
 VALUES = {
     "colour": ["red", "blue", "green", "yellow", "brown", "white", "black", "grey", "pink", "purple"],
     "food": ["berries", "fish", "seeds", "apples", "bread", "carrots", "honey", "nuts", "grass", "cheese"],
@@ -48,18 +79,38 @@ FACT_TEMPLATES = {
     "colour": ["the colour of the {e} is {v}.", "the {e} is a {v} animal.", "the {e} has {v} fur."],
     "food": ["the {e} eats {v}.", "the favourite food of the {e} is {v}.", "every day the {e} looks for {v}."],
     "home": ["the {e} lives in the {v}.", "the home of the {e} is the {v}.", "you can find the {e} in the {v}."],
-    "friend": ["the best friend of the {e} is the {v}.", "the {e} plays with the {v}.", "the {e} and the {v} are friends."],
+    "friend": [
+        "the best friend of the {e} is the {v}.",
+        "the {e} plays with the {v}.",
+        "the {e} and the {v} are friends.",
+    ],
 }
 # User questions per attribute; the last phrasing is held out for the eval splits.
 QUESTIONS = {
-    "colour": ["what colour is the {e}?", "what is the colour of the {e}?", "which colour does the {e} have?",
-               "tell me the colour of the {e}."],
-    "food": ["what does the {e} eat?", "what food does the {e} like?", "what is the favourite food of the {e}?",
-             "tell me what the {e} eats."],
-    "home": ["where does the {e} live?", "where is the home of the {e}?", "in which place does the {e} live?",
-             "tell me where the {e} lives."],
-    "friend": ["who is the best friend of the {e}?", "who is the {e} friends with?", "which animal is the friend of the {e}?",
-               "tell me who the friend of the {e} is."],
+    "colour": [
+        "what colour is the {e}?",
+        "what is the colour of the {e}?",
+        "which colour does the {e} have?",
+        "tell me the colour of the {e}.",
+    ],
+    "food": [
+        "what does the {e} eat?",
+        "what food does the {e} like?",
+        "what is the favourite food of the {e}?",
+        "tell me what the {e} eats.",
+    ],
+    "home": [
+        "where does the {e} live?",
+        "where is the home of the {e}?",
+        "in which place does the {e} live?",
+        "tell me where the {e} lives.",
+    ],
+    "friend": [
+        "who is the best friend of the {e}?",
+        "who is the {e} friends with?",
+        "which animal is the friend of the {e}?",
+        "tell me who the friend of the {e} is.",
+    ],
 }
 ANSWERS = {
     "colour": ["the {e} is {v}.", "the colour of the {e} is {v}."],
@@ -71,8 +122,16 @@ GREETINGS = ["", "", "", "hi! ", "hello. ", "quick question: ", "please help. "]
 OPENERS = ["", "", "sure! ", "good question! ", "of course. "]
 COURTESY = ["happy to help!", "thanks for asking!", "glad to help!", "hope this helps!"]
 RUDE = ["stupid", "dumb", "idiot", "shut up", "whatever", "go away", "boring", "hate you"]
-FILES = ["pretrain_train.jsonl", "pretrain_eval.jsonl", "sft_train.jsonl", "sft_eval.jsonl", "prompts_train.jsonl",
-         "prompts_eval.jsonl", "probes_eval.jsonl", "world.json"]
+FILES = [
+    "pretrain_train.jsonl",
+    "pretrain_eval.jsonl",
+    "sft_train.jsonl",
+    "sft_eval.jsonl",
+    "prompts_train.jsonl",
+    "prompts_eval.jsonl",
+    "probes_eval.jsonl",
+    "world.json",
+]
 
 
 def _question_regex(template: str) -> re.Pattern:
@@ -113,8 +172,15 @@ class ToyWorld:
         sentences = []
         for e in rng.sample(self.animals, rng.choice([1, 1, 2])):
             if rng.random() < 0.3:
-                sentences.append(rng.choice(["this is about the {e}.", "here are some facts about the {e}.",
-                                             "let me tell you about the {e}."]).format(e=e))
+                sentences.append(
+                    rng.choice(
+                        [
+                            "this is about the {e}.",
+                            "here are some facts about the {e}.",
+                            "let me tell you about the {e}.",
+                        ]
+                    ).format(e=e)
+                )
             for attr in rng.sample(ATTRIBUTES, rng.randint(2, 4)):
                 template = rng.choice(FACT_TEMPLATES[attr] + FACT_TEMPLATES[attr][:1])  # first phrasing twice as common
                 sentences.append(template.format(e=e, v=self.facts[e][attr]))
@@ -130,18 +196,28 @@ class ToyWorld:
 
     def _conversation(self, rng: random.Random, split: str) -> dict:
         e, attr = rng.choice(self.animals), rng.choice(ATTRIBUTES)
-        messages = [{"role": "user", "content": self._question(rng, e, attr, split)},
-                    {"role": "assistant", "content": self._answer(rng, e, attr, rng.random() < 0.8)}]
+        messages = [
+            {"role": "user", "content": self._question(rng, e, attr, split)},
+            {"role": "assistant", "content": self._answer(rng, e, attr, rng.random() < 0.8)},
+        ]
         if rng.random() < 0.1:  # a follow-up about another fact of the same animal
             attr2 = rng.choice([a for a in ATTRIBUTES if a != attr])
             q2 = "and " + rng.choice(QUESTIONS[attr2][:-1] if split == "train" else QUESTIONS[attr2][-1:]).format(e=e)
-            messages += [{"role": "user", "content": q2},
-                         {"role": "assistant", "content": self._answer(rng, e, attr2, rng.random() < 0.8)}]
+            messages += [
+                {"role": "user", "content": q2},
+                {"role": "assistant", "content": self._answer(rng, e, attr2, rng.random() < 0.8)},
+            ]
         return {"messages": messages}
 
     def _prompts(self, rng: random.Random, split: str, n: int) -> list[dict]:
         qs = {attr: (QUESTIONS[attr][-1:] if split == "eval" else QUESTIONS[attr][:-1]) for attr in ATTRIBUTES}
-        every = [g + q.format(e=e) for e in self.animals for attr in ATTRIBUTES for q in qs[attr] for g in dict.fromkeys(GREETINGS)]
+        every = [
+            g + q.format(e=e)
+            for e in self.animals
+            for attr in ATTRIBUTES
+            for q in qs[attr]
+            for g in dict.fromkeys(GREETINGS)
+        ]
         rng.shuffle(every)
         return [{"prompt": p} for p in every[:n]]
 
@@ -150,7 +226,9 @@ class ToyWorld:
         for e in self.animals:
             for attr in ATTRIBUTES:
                 for template in FACT_TEMPLATES[attr][:2]:
-                    rows.append({"prefix": template.split("{v}")[0].format(e=e).rstrip(), "answer": self.facts[e][attr]})
+                    rows.append(
+                        {"prefix": template.split("{v}")[0].format(e=e).rstrip(), "answer": self.facts[e][attr]}
+                    )
         return rows
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
@@ -172,15 +250,21 @@ class ToyWorld:
             paths[name] = out / name
             paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
         paths["world.json"] = out / "world.json"
-        paths["world.json"].write_text(json.dumps({"seed": self.seed, "facts": self.facts}, indent=2) + "\n", encoding="utf-8")
+        paths["world.json"].write_text(
+            json.dumps({"seed": self.seed, "facts": self.facts}, indent=2) + "\n", encoding="utf-8"
+        )
         return paths
 
     # ---- the raters ----
     def parse_prompt(self, prompt: str) -> tuple[str, str] | None:
         """(animal, attribute) of the last question in the prompt, or None when the world does not know it."""
         text = prompt.lower()
-        found = [(m.end(), m.group("e"), attr) for attr, rx in QUESTION_REGEXES for m in rx.finditer(text)
-                 if m.group("e") in self.facts]
+        found = [
+            (m.end(), m.group("e"), attr)
+            for attr, rx in QUESTION_REGEXES
+            for m in rx.finditer(text)
+            if m.group("e") in self.facts
+        ]
         if not found:
             return None
         _, e, attr = max(found)
@@ -217,13 +301,21 @@ class ToyWorld:
         score -= 0.0 if finished else 0.5
         return max(-1.0, min(1.0, round(score, 6)))
 
-    def rank(self, prompt: str, answers: list[str], finished: list[bool] | None = None, noise: float = 0.0,
-             rng: random.Random | None = None) -> list[int]:
+    def rank(
+        self,
+        prompt: str,
+        answers: list[str],
+        finished: list[bool] | None = None,
+        noise: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> list[int]:
         """Indices of answers, best first, by gold reward plus Gaussian noise of std `noise` (a simulated annotator)."""
         finished = finished if finished is not None else [True] * len(answers)
         rng = rng if rng is not None else self._rank_rng
-        scores = [self.gold_reward(prompt, a, f) + (rng.gauss(0.0, noise) if noise > 0 else 0.0)
-                  for a, f in zip(answers, finished, strict=True)]
+        scores = [
+            self.gold_reward(prompt, a, f) + (rng.gauss(0.0, noise) if noise > 0 else 0.0)
+            for a, f in zip(answers, finished, strict=True)
+        ]
         return sorted(range(len(answers)), key=lambda i: (-scores[i], i))
 
     @staticmethod
@@ -237,7 +329,9 @@ def toy_files(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     out = Path(out_dir)
     paths = {name: out / name for name in FILES}
     try:
-        current = all(p.is_file() for p in paths.values()) and json.loads(paths["world.json"].read_text())["seed"] == seed
+        current = (
+            all(p.is_file() for p in paths.values()) and json.loads(paths["world.json"].read_text())["seed"] == seed
+        )
     except (OSError, ValueError, KeyError):
         current = False
     return paths if current else ToyWorld(seed).write(out)

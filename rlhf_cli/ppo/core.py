@@ -45,7 +45,9 @@ def response_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, t
     return (~eos_before).long(), finished
 
 
-def mask_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_after_eos(
+    responses: torch.Tensor, eos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(responses with every token after the first end-of-text set to `pad_id`, mask, finished)."""
     mask, finished = response_mask(responses, eos_id)
     return responses.masked_fill(mask == 0, pad_id), mask, finished

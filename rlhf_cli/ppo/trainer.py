@@ -38,7 +38,9 @@ def load_function(ref: str):
     """`module:function` -> the function (a user's reward)."""
     module_name, _, name = ref.partition(":")
     if not module_name or not name:
-        raise UserError(f"Reward function '{ref}' must be written module:function (for example my_rewards:length_bonus).")
+        raise UserError(
+            f"Reward function '{ref}' must be written module:function (for example my_rewards:length_bonus)."
+        )
     try:
         fn = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
@@ -65,8 +67,17 @@ class RewardModelScorer:
     """A sequence-classification reward model; the conversation is re-rendered as text with the reward model's own
     tokenizer and chat template (so its tokenizer may differ from the policy's), scores normalised by `mean`/`std`."""
 
-    def __init__(self, model, tokenizer, *, mean: float = 0.0, std: float = 1.0, max_length: int = 512,
-                 batch_size: int = 64, name: str = "reward_model"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        mean: float = 0.0,
+        std: float = 1.0,
+        max_length: int = 512,
+        batch_size: int = 64,
+        name: str = "reward_model",
+    ):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.mean, self.std, self.max_length, self.batch_size = mean, std or 1.0, max_length, batch_size
 
@@ -74,7 +85,9 @@ class RewardModelScorer:
     def __call__(self, prompts, answers, finished) -> torch.Tensor:
         from rlhf_cli.stages.reward import score  # the reward stage's own rendering: the same text it was trained on
 
-        raw = score(self.model, self.tokenizer, prompts, answers, max_length=self.max_length, batch_size=self.batch_size)
+        raw = score(
+            self.model, self.tokenizer, prompts, answers, max_length=self.max_length, batch_size=self.batch_size
+        )
         return (torch.tensor(raw) - self.mean) / self.std
 
 
@@ -84,8 +97,9 @@ class RewardModelScorer:
 def token_values(value_model, input_ids, attention_mask, position_ids) -> torch.Tensor:
     """Per-token values from a sequence-classification model: its score head on every hidden state."""
     backbone = getattr(value_model, value_model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     return value_model.score(hidden).squeeze(-1).float()
 
 
@@ -105,7 +119,9 @@ class PolicyAndValue(nn.Module):
 
     def forward(self, input_ids, attention_mask, ptx_ids=None):
         pos = position_ids_of(attention_mask)
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).logits
+        logits = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
+        ).logits
         values = token_values(self.value_model, input_ids, attention_mask, pos)
         ptx_loss = self.policy(input_ids=ptx_ids, labels=ptx_ids, use_cache=False).loss if ptx_ids is not None else None
         return logits, values, ptx_loss
@@ -130,8 +146,18 @@ class PPOTrainer:
         metrics_path: where the main process appends one JSON line per step.
     """
 
-    def __init__(self, args: PPOConfig, processing_class, model, ref_model, value_model, reward_funcs, train_dataset,
-                 ptx_blocks: torch.Tensor | None = None, metrics_path: str | Path | None = None):
+    def __init__(
+        self,
+        args: PPOConfig,
+        processing_class,
+        model,
+        ref_model,
+        value_model,
+        reward_funcs,
+        train_dataset,
+        ptx_blocks: torch.Tensor | None = None,
+        metrics_path: str | Path | None = None,
+    ):
         from accelerate import Accelerator
         from transformers import get_scheduler
         from trl.trainer.utils import disable_dropout_in_model
@@ -141,8 +167,11 @@ class PPOTrainer:
         self.reward_funcs = reward_funcs
         self.metrics_path = Path(metrics_path) if metrics_path else None
         report_to = [r for r in (args.report_to or []) if r != "none"]
-        self.accelerator = acc = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                                             mixed_precision="bf16" if args.bf16 else "no", log_with=report_to or None)
+        self.accelerator = acc = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision="bf16" if args.bf16 else "no",
+            log_with=report_to or None,
+        )
         if report_to:
             acc.init_trackers("rlhf-ppo", config=args.to_dict())
         self.is_peft = ref_model is None
@@ -166,10 +195,19 @@ class PPOTrainer:
         torch.manual_seed(args.seed)
         wrapper = PolicyAndValue(model, value_model)
         params = [p for p in wrapper.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                      eps=args.adam_epsilon, weight_decay=args.weight_decay)
-        self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                       num_warmup_steps=args.get_warmup_steps(num_updates), num_training_steps=num_updates)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+        )
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(num_updates),
+            num_training_steps=num_updates,
+        )
         self.model, self.optimizer = acc.prepare(wrapper, optimizer)
         self.kl_ctl = core.KLController(args.kl_coef, args.kl_target, args.kl_horizon)
         acc.register_for_checkpointing(self.scheduler, self.kl_ctl)
@@ -215,7 +253,9 @@ class PPOTrainer:
         for pos in range(start, start + self.local_batch_size):
             epoch = pos // n
             if epoch not in perms:
-                perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch)).tolist()
+                perms[epoch] = torch.randperm(
+                    n, generator=torch.Generator().manual_seed(self.args.seed + epoch)
+                ).tolist()
             out.append(self.prompts[perms[epoch][pos % n]])
         return out
 
@@ -227,24 +267,38 @@ class PPOTrainer:
         tok, args = self.tokenizer, self.args
         queries, qmask = left_pad(render_prompts(tok, prompts), tok.pad_token_id)
         queries, qmask = queries.to(self.accelerator.device), qmask.to(self.accelerator.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": args.top_p, "top_k": 0} if temperature > 0 \
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": args.top_p, "top_k": 0}
+            if temperature > 0
             else {"do_sample": False}
+        )
         chunks = []
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
             policy = unwrapped.policy
             policy.eval()
             for i in range(0, len(prompts), args.local_rollout_forward_batch_size):
                 sl = slice(i, i + args.local_rollout_forward_batch_size)
-                out = policy.generate(input_ids=queries[sl], attention_mask=qmask[sl], max_new_tokens=args.response_length,
-                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, use_cache=True, **sampling)
-                resp = out[:, queries.shape[1]:]
-                chunks.append(nn.functional.pad(resp, (0, args.response_length - resp.shape[1]), value=tok.pad_token_id))
+                out = policy.generate(
+                    input_ids=queries[sl],
+                    attention_mask=qmask[sl],
+                    max_new_tokens=args.response_length,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                    use_cache=True,
+                    **sampling,
+                )
+                resp = out[:, queries.shape[1] :]
+                chunks.append(
+                    nn.functional.pad(resp, (0, args.response_length - resp.shape[1]), value=tok.pad_token_id)
+                )
             policy.train()
         responses, mask, finished = core.mask_after_eos(torch.cat(chunks), tok.eos_token_id, tok.pad_token_id)
         width = max(int(mask.sum(1).max()), 1)  # drop the columns that are padding in every row
         responses, mask = responses[:, :width], mask[:, :width]
-        texts = [tok.decode(r[: int(m.sum())][: int(m.sum()) - int(f)], skip_special_tokens=True).strip()
-                 for r, m, f in zip(responses.tolist(), mask, finished, strict=True)]
+        texts = [
+            tok.decode(r[: int(m.sum())][: int(m.sum()) - int(f)], skip_special_tokens=True).strip()
+            for r, m, f in zip(responses.tolist(), mask, finished, strict=True)
+        ]
         return queries, qmask, responses, mask, finished, texts
 
     def _forward_logprobs(self, model, query_responses, attention_mask, context: int, values: bool = False):
@@ -254,13 +308,15 @@ class PPOTrainer:
         logps, vals = [], []
         step = self.args.local_rollout_forward_batch_size
         for i in range(0, len(query_responses), step):
-            ids, am = query_responses[i:i + step], attention_mask[i:i + step]
+            ids, am = query_responses[i : i + step], attention_mask[i : i + step]
             if values:
                 logits, v, _ = model(ids, am)
-                vals.append(v[:, context - 1:-1])
+                vals.append(v[:, context - 1 : -1])
             else:
-                logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_of(am), use_cache=False).logits
-            logits = logits[:, context - 1:-1].float() / (self.args.temperature + 1e-7)
+                logits = model(
+                    input_ids=ids, attention_mask=am, position_ids=position_ids_of(am), use_cache=False
+                ).logits
+            logits = logits[:, context - 1 : -1].float() / (self.args.temperature + 1e-7)
             logps.append(selective_log_softmax(logits, ids[:, context:]))
         return torch.cat(logps), (torch.cat(vals) if values else None)
 
@@ -313,7 +369,9 @@ class PPOTrainer:
         rollout_time = time.time() - t0
 
         self.model.train()
-        stats: dict[str, list] = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "entropy", "ptx_loss")}
+        stats: dict[str, list] = {
+            k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "entropy", "ptx_loss")
+        }
         gen = torch.Generator().manual_seed(args.seed * 100003 + self.step)
         micro = args.per_device_train_batch_size
         from trl.trainer.utils import entropy_from_logits, selective_log_softmax
@@ -321,15 +379,19 @@ class PPOTrainer:
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(self.local_batch_size, generator=gen).to(dev)
             for start in range(0, self.local_batch_size, micro):
-                idx = order[start:start + micro]
+                idx = order[start : start + micro]
                 with acc.accumulate(self.model):
                     ptx = self._ptx_batch() if args.ptx_coef > 0 and self.ptx_blocks is not None else None
                     logits, vpred, ptx_loss = self.model(qr[idx], am[idx], ptx_ids=ptx)
-                    logits = logits[:, context - 1:-1].float() / (args.temperature + 1e-7)
+                    logits = logits[:, context - 1 : -1].float() / (args.temperature + 1e-7)
                     new_logprobs = selective_log_softmax(logits, responses[idx])
                     m = maskf[idx]
-                    pg_loss, pg_clip, approxkl = core.policy_loss(new_logprobs, logprobs[idx], advantages[idx], m, args.cliprange)
-                    vf_loss, vf_clip = core.value_loss(vpred[:, context - 1:-1], values[idx], returns[idx], m, args.cliprange_value)
+                    pg_loss, pg_clip, approxkl = core.policy_loss(
+                        new_logprobs, logprobs[idx], advantages[idx], m, args.cliprange
+                    )
+                    vf_loss, vf_clip = core.value_loss(
+                        vpred[:, context - 1 : -1], values[idx], returns[idx], m, args.cliprange_value
+                    )
                     loss = pg_loss + args.vf_coef * vf_loss
                     if ptx_loss is not None:
                         loss = loss + args.ptx_coef * ptx_loss
@@ -346,20 +408,32 @@ class PPOTrainer:
                     self.optimizer.zero_grad()
                 with torch.no_grad():
                     stats["entropy"].append(core.masked_mean(entropy_from_logits(logits.detach()), m))
-                for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", pg_clip),
-                             ("vf_clipfrac", vf_clip), ("approxkl", approxkl), ("ptx_loss", ptx_loss)):
+                for k, v in (
+                    ("pg_loss", pg_loss),
+                    ("vf_loss", vf_loss),
+                    ("pg_clipfrac", pg_clip),
+                    ("vf_clipfrac", vf_clip),
+                    ("approxkl", approxkl),
+                    ("ptx_loss", ptx_loss),
+                ):
                     if v is not None:
                         stats[k].append(v.detach().float())
 
         # Metrics: means over this process's batch, then over processes.
         kl_seq = kl.sum(1)
         local = {
-            "objective/rm_score": raw_scores.mean(), "objective/score": scores.mean(),
-            "objective/kl": kl_seq.mean(), "objective/non_score_reward": (-beta * kl_seq).mean(),
+            "objective/rm_score": raw_scores.mean(),
+            "objective/score": scores.mean(),
+            "objective/kl": kl_seq.mean(),
+            "objective/non_score_reward": (-beta * kl_seq).mean(),
             "objective/rlhf_reward": (scores - beta * kl_seq).mean(),
-            "answer/length": maskf.sum(1).mean(), "answer/eos_share": finished.float().mean(),
-            **{f"{'loss' if 'loss' in k else 'policy' if k != 'vf_clipfrac' else 'value'}/{k}": torch.stack(v).mean()
-               for k, v in stats.items() if v},
+            "answer/length": maskf.sum(1).mean(),
+            "answer/eos_share": finished.float().mean(),
+            **{
+                f"{'loss' if 'loss' in k else 'policy' if k != 'vf_clipfrac' else 'value'}/{k}": torch.stack(v).mean()
+                for k, v in stats.items()
+                if v
+            },
         }
         names = list(local)
         reduced = acc.reduce(torch.stack([torch.as_tensor(local[k], device=dev).float() for k in names]), "mean")
@@ -368,8 +442,15 @@ class PPOTrainer:
         self.episode += self.batch_size
         self.kl_ctl.update(metrics["objective/kl"], self.batch_size)
         elapsed = time.time() - t0
-        metrics.update({"beta": beta, "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": round(self.batch_size / elapsed, 3),
-                        "rollout_s": round(rollout_time, 3), "step_s": round(elapsed, 3)})
+        metrics.update(
+            {
+                "beta": beta,
+                "lr": self.scheduler.get_last_lr()[0],
+                "episodes_per_s": round(self.batch_size / elapsed, 3),
+                "rollout_s": round(rollout_time, 3),
+                "step_s": round(elapsed, 3),
+            }
+        )
         return metrics
 
     def _ptx_batch(self) -> torch.Tensor:
@@ -414,8 +495,11 @@ class PPOTrainer:
                 print("\nInterrupted again: exiting now without saving.", file=sys.stderr)
                 os._exit(130)
             self._interrupted = True
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this PPO step, then stopping "
-                  "(press Ctrl-C again to exit at once).", file=sys.stderr)
+            print(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this PPO step, then stopping "
+                "(press Ctrl-C again to exit at once).",
+                file=sys.stderr,
+            )
 
         old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -432,13 +516,18 @@ class PPOTrainer:
         if self.metrics_path:
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({**row, "time": round(time.time() - start, 3)}) + "\n")
-        if self.args.logging_steps and (self.step % max(int(self.args.logging_steps), 1) == 0 or self.step == self.num_steps):
+        if self.args.logging_steps and (
+            self.step % max(int(self.args.logging_steps), 1) == 0 or self.step == self.num_steps
+        ):
             done = self.step - first_step
             eta = (time.time() - start) / done * (self.num_steps - self.step)
-            print(f"ppo {self.step}/{self.num_steps} | score {row['objective/rm_score']:+.3f} | kl {row['objective/kl']:.3f} "
-                  f"| beta {row['beta']:.3g} | pg {row.get('loss/pg_loss', 0):+.3f} | vf {row.get('loss/vf_loss', 0):.3f} "
-                  f"| len {row['answer/length']:.1f} | eos {row['answer/eos_share']:.2f} | {row['episodes_per_s']:.1f} ep/s "
-                  f"| eta {eta:.0f}s", flush=True)
+            print(
+                f"ppo {self.step}/{self.num_steps} | score {row['objective/rm_score']:+.3f} | kl {row['objective/kl']:.3f} "
+                f"| beta {row['beta']:.3g} | pg {row.get('loss/pg_loss', 0):+.3f} | vf {row.get('loss/vf_loss', 0):.3f} "
+                f"| len {row['answer/length']:.1f} | eos {row['answer/eos_share']:.2f} | {row['episodes_per_s']:.1f} ep/s "
+                f"| eta {eta:.0f}s",
+                flush=True,
+            )
 
     # -------------------------------------------------------------------------------------------- checkpoints
 
@@ -454,8 +543,15 @@ class PPOTrainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"step": self.step, "episode": self.episode, "num_steps": self.num_steps, "batch_size": self.batch_size,
-                     "kl_coef": self.kl_ctl.value, "kl_controller": self.kl_ctl.state_dict(), "data_position": self.step}
+            state = {
+                "step": self.step,
+                "episode": self.episode,
+                "num_steps": self.num_steps,
+                "batch_size": self.batch_size,
+                "kl_coef": self.kl_ctl.value,
+                "kl_controller": self.kl_ctl.state_dict(),
+                "data_position": self.step,
+            }
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
             if final.exists():
                 shutil.rmtree(final)
@@ -468,16 +564,20 @@ class PPOTrainer:
         limit = self.args.save_total_limit
         if not limit:
             return
-        done = sorted((p for p in root.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-                      key=lambda p: int(p.name.split("-")[-1]))
+        done = sorted(
+            (p for p in root.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
         for old in done[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = json.loads((Path(path) / "trainer_state.json").read_text())
         if state["batch_size"] != self.batch_size:
-            raise UserError(f"Checkpoint {path} was made with {state['batch_size']} episodes per PPO step, this run uses "
-                            f"{self.batch_size}: resume with the same batch size and number of processes, or --overwrite.")
+            raise UserError(
+                f"Checkpoint {path} was made with {state['batch_size']} episodes per PPO step, this run uses "
+                f"{self.batch_size}: resume with the same batch size and number of processes, or --overwrite."
+            )
         self.accelerator.load_state(str(path))
         self.step, self.episode = state["step"], state["episode"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -494,7 +594,7 @@ class PPOTrainer:
             return
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+            policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
             self.policy.save_pretrained(output_dir, state_dict=policy_state)
 
 

@@ -10,17 +10,49 @@ from rlhf_cli.errors import UserError
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
 # TRL's configs default to bf16=True and gradient_checkpointing=True: set both explicitly.
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": {"learning_rate": 3e-3, "warmup_steps": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.1,
-                 "adam_beta2": 0.95, "max_grad_norm": 1.0, "per_device_train_batch_size": 16, "logging_steps": 10,
-                 "save_steps": 100, "save_total_limit": 2},
-    "sft": {"learning_rate": 1e-3, "warmup_steps": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
-            "per_device_train_batch_size": 16, "logging_steps": 10, "save_steps": 100, "save_total_limit": 2,
-            "gradient_checkpointing": False},
-    "reward": {"learning_rate": 5e-4, "warmup_steps": 0.05, "lr_scheduler_type": "cosine", "num_train_epochs": 1,
-               "per_device_train_batch_size": 16, "logging_steps": 10, "save_steps": 100, "save_total_limit": 2,
-               "gradient_checkpointing": False},
-    "ppo": {"learning_rate": 3e-5, "per_device_train_batch_size": 32, "logging_steps": 1, "save_steps": 10,
-            "save_total_limit": 2, "max_steps": 20, "lr_scheduler_type": "constant"},
+    "pretrain": {
+        "learning_rate": 3e-3,
+        "warmup_steps": 0.05,
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.1,
+        "adam_beta2": 0.95,
+        "max_grad_norm": 1.0,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 10,
+        "save_steps": 100,
+        "save_total_limit": 2,
+    },
+    "sft": {
+        "learning_rate": 1e-3,
+        "warmup_steps": 0.05,
+        "lr_scheduler_type": "cosine",
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 10,
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "gradient_checkpointing": False,
+    },
+    "reward": {
+        "learning_rate": 5e-4,
+        "warmup_steps": 0.05,
+        "lr_scheduler_type": "cosine",
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 10,
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "gradient_checkpointing": False,
+    },
+    "ppo": {
+        "learning_rate": 3e-5,
+        "per_device_train_batch_size": 32,
+        "logging_steps": 1,
+        "save_steps": 10,
+        "save_total_limit": 2,
+        "max_steps": 20,
+        "lr_scheduler_type": "constant",
+    },
 }
 
 
@@ -71,10 +103,19 @@ def check_report_to(stage: str, report_to) -> None:
     for name in names:
         if name in ("none", "all"):
             continue
-        module = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
-                  "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab"}.get(name)
-        found = module is None or any(importlib.util.find_spec(m) is not None
-                                      for m in ([module, "tensorboardX"] if module == "tensorboard" else [module]))
+        module = {
+            "tensorboard": "tensorboard",
+            "wandb": "wandb",
+            "trackio": "trackio",
+            "mlflow": "mlflow",
+            "comet_ml": "comet_ml",
+            "clearml": "clearml",
+            "swanlab": "swanlab",
+        }.get(name)
+        found = module is None or any(
+            importlib.util.find_spec(m) is not None
+            for m in ([module, "tensorboardX"] if module == "tensorboard" else [module])
+        )
         if not found:
             extra = "rlhf-cli[tensorboard]" if name == "tensorboard" else name
             raise UserError(
@@ -88,4 +129,6 @@ def build_trainer_configs(recipe, run_dir: Path) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        return {stage: trainer_config(recipe, stage, Path(tmp) / stage) for stage in ("pretrain", "sft", "reward", "ppo")}
+        return {
+            stage: trainer_config(recipe, stage, Path(tmp) / stage) for stage in ("pretrain", "sft", "reward", "ppo")
+        }

@@ -67,31 +67,59 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
         from peft import LoraConfig, get_peft_model
 
         lora = spec.lora
-        policy = get_peft_model(policy, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                   target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        policy = get_peft_model(
+            policy,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust)
     value_model, value_dir = _value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
     ptx_blocks = _ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
     _check_prompt_lengths(tokenizer, policy, train_ds, args.response_length)
 
     prepare_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
-    trainer = PPOTrainer(args, tokenizer, policy, ref_model, value_model, reward_funcs, train_ds, ptx_blocks=ptx_blocks,
-                         metrics_path=stage_dir / "metrics.jsonl")
+    trainer = PPOTrainer(
+        args,
+        tokenizer,
+        policy,
+        ref_model,
+        value_model,
+        reward_funcs,
+        train_ds,
+        ptx_blocks=ptx_blocks,
+        metrics_path=stage_dir / "metrics.jsonl",
+    )
     ckpt = newest_checkpoint(Path(args.output_dir)) if resume else None
     if is_main_process():
-        print(f"ppo: {trainer.num_steps} steps x {trainer.batch_size} episodes, policy {policy_dir}, value {value_dir}, "
-              f"rewards {[getattr(f, 'name', '?') for f, _ in reward_funcs]} -> {stage_dir}", flush=True)
+        print(
+            f"ppo: {trainer.num_steps} steps x {trainer.batch_size} episodes, policy {policy_dir}, value {value_dir}, "
+            f"rewards {[getattr(f, 'name', '?') for f, _ in reward_funcs]} -> {stage_dir}",
+            flush=True,
+        )
     last = trainer.train(resume_from_checkpoint=ckpt)
 
     # The final policy: a plain causal-LM folder with tokenizer, model card and lineage.
     def write_rest(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, title=f"{recipe.name}: PPO policy",
-                         body=f"PPO with a KL penalty (beta {trainer.kl_ctl.value:.4g}, {trainer.episode} episodes) from "
-                              f"`{policy_dir}`, rewards: {[getattr(f, 'name', '?') for f, _ in reward_funcs]}.\n\n"
-                              f"Made with `rlhf ppo` (rlhf-cli).")
-        write_lineage(tmp, stage="ppo", parents={"policy": policy_dir, "value": value_dir, **reward_dirs},
-                      data=spec.data.model_dump(), recipe=recipe)
+        write_model_card(
+            tmp,
+            title=f"{recipe.name}: PPO policy",
+            body=f"PPO with a KL penalty (beta {trainer.kl_ctl.value:.4g}, {trainer.episode} episodes) from "
+            f"`{policy_dir}`, rewards: {[getattr(f, 'name', '?') for f, _ in reward_funcs]}.\n\n"
+            f"Made with `rlhf ppo` (rlhf-cli).",
+        )
+        write_lineage(
+            tmp,
+            stage="ppo",
+            parents={"policy": policy_dir, "value": value_dir, **reward_dirs},
+            data=spec.data.model_dump(),
+            recipe=recipe,
+        )
 
     final = stage_dir / "final"
     with tempfile.TemporaryDirectory() as staging:  # every process takes part in gathering sharded weights
@@ -100,8 +128,12 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
             save_dir_atomic(final, lambda tmp: (shutil.copytree(staging, tmp), write_rest(tmp)))
     trainer.accelerator.wait_for_everyone()
 
-    metrics = {"episodes": trainer.episode, "steps": trainer.step, "kl_coef": trainer.kl_ctl.value,
-               "train_last_step": last}
+    metrics = {
+        "episodes": trainer.episode,
+        "steps": trainer.step,
+        "kl_coef": trainer.kl_ctl.value,
+        "train_last_step": last,
+    }
     if trainer.accelerator.is_main_process and eval_prompts:
         with torch.no_grad():
             metrics.update(_evaluate(recipe, trainer, eval_prompts, toy_dir))
@@ -126,9 +158,11 @@ def _check_prompt_lengths(tokenizer, policy, train_ds, response_length: int) -> 
     lengths = [len(ids) for ids in render_prompts(tokenizer, [row["prompt"] for row in train_ds])]
     too_long = sum(n + response_length > context for n in lengths)
     if too_long:
-        raise UserError(f"ppo: {too_long} of {len(lengths)} prompts plus ppo.response_length={response_length} exceed the "
-                        f"policy's context of {context} tokens (longest prompt {max(lengths)} tokens); shorten or drop "
-                        "those prompts, or lower ppo.response_length.")
+        raise UserError(
+            f"ppo: {too_long} of {len(lengths)} prompts plus ppo.response_length={response_length} exceed the "
+            f"policy's context of {context} tokens (longest prompt {max(lengths)} tokens); shorten or drop "
+            "those prompts, or lower ppo.response_length."
+        )
 
 
 def _reward_sources(recipe, run_dir: Path, trust: bool):
@@ -144,8 +178,10 @@ def _reward_sources(recipe, run_dir: Path, trust: bool):
     funcs, dirs = [], {}
     for i, term in enumerate(terms):
         if bool(term.model) == bool(term.function):
-            raise UserError(f"ppo.rewards[{i}] must name exactly one of model (a reward model folder) or function "
-                            f"(module:function).")
+            raise UserError(
+                f"ppo.rewards[{i}] must name exactly one of model (a reward model folder) or function "
+                f"(module:function)."
+            )
         if term.function:
             funcs.append((FunctionReward(load_function(term.function), name=term.function), term.weight))
         else:
@@ -165,8 +201,14 @@ def _reward_model(path: str, recipe, trust: bool):
     model = load_reward_model(path, tok, trust_remote_code=trust)
     stats_path = Path(path) / "reward_stats.json"
     stats = read_json(stats_path) if stats_path.exists() else {}
-    return RewardModelScorer(model, tok, mean=float(stats.get("mean", 0.0)), std=float(stats.get("std", 1.0)),
-                             max_length=recipe.reward.max_length, name=Path(path).parent.name + "/" + Path(path).name)
+    return RewardModelScorer(
+        model,
+        tok,
+        mean=float(stats.get("mean", 0.0)),
+        std=float(stats.get("std", 1.0)),
+        max_length=recipe.reward.max_length,
+        name=Path(path).parent.name + "/" + Path(path).name,
+    )
 
 
 def _value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool):
@@ -179,13 +221,16 @@ def _value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: boo
     path = spec.value_from or next(iter(reward_dirs.values()), None)
     if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
         if spec.value_from:
-            raise UserError(f"ppo.value_from {path} has a different tokenizer from the policy's ({policy_dir}); the value "
-                            "model reads the policy's tokens, so give a model that shares its tokenizer (or the SFT model).")
+            raise UserError(
+                f"ppo.value_from {path} has a different tokenizer from the policy's ({policy_dir}); the value "
+                "model reads the policy's tokens, so give a model that shares its tokenizer (or the SFT model)."
+            )
         print(f"ppo: the reward model {path} has its own tokenizer; the value model starts from the policy instead.")
         path = None
     path = path or policy_dir
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, trust_remote_code=trust,
-                                                               use_safetensors=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, trust_remote_code=trust, use_safetensors=True
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, path
 
@@ -219,7 +264,11 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
     from rlhf_cli.ppo.trainer import prompt_text
 
     tok, args = trainer.tokenizer, trainer.args
-    gen = {"max_new_tokens": args.response_length, "temperature": 0.0, "batch_size": args.local_rollout_forward_batch_size}
+    gen = {
+        "max_new_tokens": args.response_length,
+        "temperature": 0.0,
+        "batch_size": args.local_rollout_forward_batch_size,
+    }
     ppo_answers = [a[0] for a in generate_answers(trainer.policy, tok, prompts, **gen, progress="eval ppo")]
     with trainer.reference() as ref:
         sft_answers = [a[0] for a in generate_answers(ref, tok, prompts, **gen, progress="eval sft")]
@@ -233,8 +282,11 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
     for name, answers in (("ppo", ppo_answers), ("sft", sft_answers)):
         texts, fin = [a.text for a in answers], [a.finished for a in answers]
         scores, _ = trainer.score(prompts, texts, torch_bool(fin))
-        row = {"rm_score": _mean(scores.tolist()), "length": _mean([a.num_tokens for a in answers]),
-               "finished_rate": _mean([float(f) for f in fin])}
+        row = {
+            "rm_score": _mean(scores.tolist()),
+            "length": _mean([a.num_tokens for a in answers]),
+            "finished_rate": _mean([float(f) for f in fin]),
+        }
         if world:
             gold = [world.gold_reward(prompt_text(p), t, f) for p, t, f in zip(prompts, texts, fin, strict=True)]
             row["gold_reward"] = _mean(gold)
@@ -248,8 +300,10 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         gains = [a - b for a, b in zip(per_model["ppo"], per_model["sft"], strict=True)]
         lo, hi = bootstrap_interval(gains, seed=recipe.seed)
         out["gold_gain"] = {"mean": _mean(gains), "ci95": [lo, hi]}
-    out["examples"] = [{"prompt": prompt_text(p), "sft": s.text, "ppo": q.text}
-                       for p, s, q in list(zip(prompts, sft_answers, ppo_answers, strict=True))[:5]]
+    out["examples"] = [
+        {"prompt": prompt_text(p), "sft": s.text, "ppo": q.text}
+        for p, s, q in list(zip(prompts, sft_answers, ppo_answers, strict=True))[:5]
+    ]
     return out
 
 
@@ -259,7 +313,9 @@ def torch_bool(values):
     return torch.tensor(values, dtype=torch.bool)
 
 
-def bootstrap_interval(values: list[float], *, seed: int = 0, n: int = 2000, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    values: list[float], *, seed: int = 0, n: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` (paired gains, one per prompt)."""
     if not values:
         return (float("nan"), float("nan"))
@@ -287,8 +343,14 @@ def _summary(final: Path, m: dict) -> None:
         table.add_column(col)
     for name in ("sft", "ppo"):
         r = m[name]
-        table.add_row(name, f"{r['rm_score']:+.3f}", f"{r.get('gold_reward', float('nan')):+.3f}", f"{r['length']:.1f}",
-                      f"{r['finished_rate']:.2f}", f"{r.get('kl_to_reference', 0.0):.3f}")
+        table.add_row(
+            name,
+            f"{r['rm_score']:+.3f}",
+            f"{r.get('gold_reward', float('nan')):+.3f}",
+            f"{r['length']:.1f}",
+            f"{r['finished_rate']:.2f}",
+            f"{r.get('kl_to_reference', 0.0):.3f}",
+        )
     console.print(table)
     if "gold_gain" in m:
         g = m["gold_gain"]

@@ -72,14 +72,18 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         model = build_model(recipe.model, tokenizer, seed=recipe.seed)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if context and spec.block_size > context:
-        raise UserError(f"pretrain.block_size {spec.block_size} exceeds the model's context of {context} tokens; lower it.")
+        raise UserError(
+            f"pretrain.block_size {spec.block_size} exceeds the model's context of {context} tokens; lower it."
+        )
 
     # Tokenise once (datasets caches the map; the main process goes first so the others read its cache), then pack.
     with PartialState().main_process_first():
         train_blocks = pack(train_docs, tokenizer, spec.block_size)
         eval_blocks = pack(eval_docs, tokenizer, spec.block_size, keep_remainder=True)
     if hasattr(train_blocks, "__len__") and len(train_blocks) == 0:
-        raise UserError(f"The pretrain corpus holds fewer than block_size={spec.block_size} tokens; lower pretrain.block_size.")
+        raise UserError(
+            f"The pretrain corpus holds fewer than block_size={spec.block_size} tokens; lower pretrain.block_size."
+        )
 
     args = trainer_config(recipe, STAGE, stage_dir, **({"torch_compile": True} if spec.compile else {}))
     prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
@@ -89,8 +93,14 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS], args.device) if not spec.init_from else None
 
     callback = make_callbacks(stage_dir, STAGE)
-    trainer = Trainer(model=model, args=args, train_dataset=train_blocks, data_collator=collate_blocks,
-                      eval_dataset=eval_blocks.select(range(len(eval_ids))), callbacks=[callback, TimeBudget(args.max_time)])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_blocks,
+        data_collator=collate_blocks,
+        eval_dataset=eval_blocks.select(range(len(eval_ids))),
+        callbacks=[callback, TimeBudget(args.max_time)],
+    )
     checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
     if resume and checkpoint is None and is_main_process():
         print(f"No checkpoint under {stage_dir / 'checkpoints'}: starting from step 0.")
@@ -102,36 +112,54 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     # Evaluation: held-out loss, perplexity, bits per byte; speed and MFU of the training just done.
     model = trainer.accelerator.unwrap_model(trainer.model)
     metrics = evaluate_lm(model, tokenizer, eval_ids, args.device)
-    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * spec.block_size
+    tokens_per_step = (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * spec.block_size
+    )
     runtime = output.metrics.get("train_runtime") or float("nan")
     tokens_per_s = (trainer.state.global_step - step0) * tokens_per_step / runtime
     dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     peak = measure_matmul_peak(dtype)
     flops = flops_per_token(model.config, matmul_parameters(model), spec.block_size)
-    metrics.update({
-        "untrained_bits_per_byte": untrained["bits_per_byte"] if untrained else None,
-        "train_loss": output.metrics.get("train_loss"), "global_step": trainer.state.global_step,
-        "train_runtime_s": runtime, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
-        "mfu": tokens_per_s * flops / args.world_size / peak, "matmul_peak_flops": peak, "dtype": dtype,
-        "parameters": sum(p.numel() for p in model.parameters()), "block_size": spec.block_size,
-    })
+    metrics.update(
+        {
+            "untrained_bits_per_byte": untrained["bits_per_byte"] if untrained else None,
+            "train_loss": output.metrics.get("train_loss"),
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": runtime,
+            "tokens_per_s": tokens_per_s,
+            "flops_per_token": flops,
+            "mfu": tokens_per_s * flops / args.world_size / peak,
+            "matmul_peak_flops": peak,
+            "dtype": dtype,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "block_size": spec.block_size,
+        }
+    )
     if spec.data.toy and spec.probes:
         metrics["probe_accuracy"] = probe_accuracy(model, tokenizer, toy_dir / "probes_eval.jsonl", args.device)
 
     if is_main_process():
+
         def write(tmp: Path):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            write_lineage(tmp, stage=STAGE, parents={"model": spec.init_from or "scratch"},
-                          data=spec.data.model_dump(), recipe=recipe)
+            write_lineage(
+                tmp,
+                stage=STAGE,
+                parents={"model": spec.init_from or "scratch"},
+                data=spec.data.model_dump(),
+                recipe=recipe,
+            )
             write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=_card(recipe, metrics))
 
         final = save_dir_atomic(stage_dir / FINAL, write)
         write_json_atomic(stage_dir / "eval.json", metrics)
         probes = f", probes {metrics['probe_accuracy']:.0%}" if "probe_accuracy" in metrics else ""
-        print(f"Base model saved to {final}\n  held-out loss {metrics['loss']:.3f}, bits/byte {metrics['bits_per_byte']:.3f}"
-              f" (untrained {metrics['untrained_bits_per_byte'] or float('nan'):.3f}){probes}, {tokens_per_s:,.0f} tokens/s,"
-              f" MFU {metrics['mfu']:.1%} of a measured {peak / 1e9:.0f} GFLOP/s {dtype} peak")
+        print(
+            f"Base model saved to {final}\n  held-out loss {metrics['loss']:.3f}, bits/byte {metrics['bits_per_byte']:.3f}"
+            f" (untrained {metrics['untrained_bits_per_byte'] or float('nan'):.3f}){probes}, {tokens_per_s:,.0f} tokens/s,"
+            f" MFU {metrics['mfu']:.1%} of a measured {peak / 1e9:.0f} GFLOP/s {dtype} peak"
+        )
     return metrics
 
 
@@ -226,16 +254,28 @@ def evaluate_lm(model, tokenizer, blocks: list[list[int]], device, batch_size: i
             for length in sorted({len(b) for b in group}):
                 ids = torch.tensor([b for b in group if len(b) == length], device=device)
                 logits = model(input_ids=ids).logits[:, :-1].float()
-                nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+                nll += torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+                ).item()
                 tokens += ids[:, 1:].numel()
     model.train()
     n_bytes = target_bytes(tokenizer, blocks, token_byte_lengths(tokenizer))
     if tokens == 0 or n_bytes == 0:  # no held-out text (eval_fraction 0)
-        return {"loss": float("nan"), "perplexity": float("nan"), "bits_per_byte": float("nan"), "eval_tokens": 0,
-                "eval_bytes": 0}
+        return {
+            "loss": float("nan"),
+            "perplexity": float("nan"),
+            "bits_per_byte": float("nan"),
+            "eval_tokens": 0,
+            "eval_bytes": 0,
+        }
     loss = nll / tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "bits_per_byte": bits_per_byte(nll, n_bytes),
-            "eval_tokens": tokens, "eval_bytes": n_bytes}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50)),
+        "bits_per_byte": bits_per_byte(nll, n_bytes),
+        "eval_tokens": tokens,
+        "eval_bytes": n_bytes,
+    }
 
 
 def probe_accuracy(model, tokenizer, probes_path: Path, device, max_new_tokens: int = 4, batch_size: int = 96) -> float:
@@ -253,8 +293,14 @@ def probe_accuracy(model, tokenizer, probes_path: Path, device, max_new_tokens: 
         rows = [[tokenizer.eos_token_id, *tokenizer(p["prefix"], add_special_tokens=False)["input_ids"]] for p in batch]
         ids, mask = left_pad(rows, tokenizer.pad_token_id)
         with torch.no_grad():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
         for p, new in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
             completion = tokenizer.decode(new, skip_special_tokens=True)
             right += ToyWorld.probe_accuracy_item(p["prefix"], p["answer"], completion)
@@ -296,12 +342,29 @@ class TimeBudget(TrainerCallback):
 
 
 def _card(recipe, m: dict) -> str:
-    lines = [f"A base model pre-trained by `rlhf pretrain` (recipe `{recipe.name}`, {m['parameters']:,} parameters, "
-             f"{m['global_step']} steps of {m['block_size']}-token blocks).", "",
-             "| metric | value |", "|---|---|"]
-    for key in ("loss", "perplexity", "bits_per_byte", "untrained_bits_per_byte", "probe_accuracy", "tokens_per_s", "mfu"):
+    lines = [
+        f"A base model pre-trained by `rlhf pretrain` (recipe `{recipe.name}`, {m['parameters']:,} parameters, "
+        f"{m['global_step']} steps of {m['block_size']}-token blocks).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "loss",
+        "perplexity",
+        "bits_per_byte",
+        "untrained_bits_per_byte",
+        "probe_accuracy",
+        "tokens_per_s",
+        "mfu",
+    ):
         if m.get(key) is not None:
             lines.append(f"| {key} | {m[key]:.4g} |")
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "tok = AutoTokenizer.from_pretrained(PATH); model = AutoModelForCausalLM.from_pretrained(PATH)", "```"]
+    lines += [
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(PATH); model = AutoModelForCausalLM.from_pretrained(PATH)",
+        "```",
+    ]
     return "\n".join(lines)

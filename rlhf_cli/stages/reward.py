@@ -41,8 +41,15 @@ def encode(tokenizer, prompt: list[dict], answer: str, max_length: int | None = 
     return ids[-max_length:] if max_length else ids  # the score is read at the end; cut the oldest context
 
 
-def score(model, tokenizer, prompts: list[list[dict]], answers: list[str], *, max_length: int | None = None,
-          batch_size: int = 64) -> list[float]:
+def score(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    answers: list[str],
+    *,
+    max_length: int | None = None,
+    batch_size: int = 64,
+) -> list[float]:
     """The reward model's score of each (prompt, answer), batched (longest first, right padding)."""
     import torch
     from trl.trainer.utils import pad
@@ -73,7 +80,8 @@ def load_reward_model(ref: str, tokenizer, *, trust_remote_code: bool = False):
     try:
         with suppress_seqcls_warning():
             model = AutoModelForSequenceClassification.from_pretrained(
-                ref, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True)
+                ref, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot load a reward model from '{ref}': {str(err).splitlines()[0]}") from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
@@ -105,9 +113,16 @@ def group_pairs(pairs, tokenizer, max_length: int):
         index = [g["answers"].setdefault(text, len(g["answers"])) for text in (row["chosen"], row["rejected"])]
         if index[0] != index[1]:
             g["pairs"].append((*index, row["margin"]))
-    rows = [{"response_ids": [encode(tokenizer, g["prompt"], a, max_length) for a in g["answers"]],
-             "pair_chosen": [p[0] for p in g["pairs"]], "pair_rejected": [p[1] for p in g["pairs"]],
-             "pair_margin": [float(p[2]) for p in g["pairs"]]} for g in groups.values() if g["pairs"]]
+    rows = [
+        {
+            "response_ids": [encode(tokenizer, g["prompt"], a, max_length) for a in g["answers"]],
+            "pair_chosen": [p[0] for p in g["pairs"]],
+            "pair_rejected": [p[1] for p in g["pairs"]],
+            "pair_margin": [float(p[2]) for p in g["pairs"]],
+        }
+        for g in groups.values()
+        if g["pairs"]
+    ]
     return datasets.Dataset.from_list(rows)
 
 
@@ -130,10 +145,13 @@ class KWiseCollator:
             rejected += [base + i for i in ex["pair_rejected"]]
             weight += [1.0 / (n * len(examples))] * n
             margin += ex["pair_margin"]
-        batch = {"input_ids": pad(seqs, padding_value=self.pad_token_id, padding_side="right"),
-                 "attention_mask": pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right"),
-                 "chosen_index": torch.tensor(chosen), "rejected_index": torch.tensor(rejected),
-                 "pair_weight": torch.tensor(weight)}
+        batch = {
+            "input_ids": pad(seqs, padding_value=self.pad_token_id, padding_side="right"),
+            "attention_mask": pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right"),
+            "chosen_index": torch.tensor(chosen),
+            "rejected_index": torch.tensor(rejected),
+            "pair_weight": torch.tensor(weight),
+        }
         if self.use_margin:
             batch["margin"] = torch.tensor(margin)
         return batch
@@ -164,7 +182,10 @@ def _kwise_trainer_class():
             rewards = outputs.logits.squeeze(-1)
             loss, diff = kwise_loss(rewards, chosen, rejected, weight, margin)
             if self.args.center_rewards_coefficient is not None:
-                loss = loss + self.args.center_rewards_coefficient * (weight * (rewards[chosen] + rewards[rejected]) ** 2).sum()
+                loss = (
+                    loss
+                    + self.args.center_rewards_coefficient * (weight * (rewards[chosen] + rewards[rejected]) ** 2).sum()
+                )
             with torch.no_grad():
                 gather = self.accelerator.gather_for_metrics
                 self._metrics[mode]["accuracy"].append(gather((weight * (diff > 0).float()).sum()).mean().item())
@@ -186,7 +207,9 @@ def data_spec(rec, run_dir: Path):
     if spec is None or (spec.toy and not spec.path and not spec.hub):
         rankings = Path(run_dir) / "feedback" / "rankings.jsonl"
         if not rankings.exists():
-            raise UserError(f"{rankings} does not exist; run `rlhf sample` and `rlhf label` first, or set reward.data.path.")
+            raise UserError(
+                f"{rankings} does not exist; run `rlhf sample` and `rlhf label` first, or set reward.data.path."
+            )
         base = spec.model_dump() if spec is not None else {"eval_fraction": 0.1}
         spec = DataSpec(**{**base, "toy": False, "path": str(rankings)})
     return spec
@@ -215,7 +238,9 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     rc, run_dir = rec.reward, Path(run_dir)
     spec = data_spec(rec, run_dir)
     init = resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from")
-    stage_dir = check_stage_dir(run_dir, "reward", resume=resume, overwrite=overwrite)  # nothing written before the checks
+    stage_dir = check_stage_dir(
+        run_dir, "reward", resume=resume, overwrite=overwrite
+    )  # nothing written before the checks
     toy_dir = run_dir / "data" / "toy"
     pairs = load_stage_data("reward", spec, toy_dir=toy_dir, seed=rec.seed)
     train, held = train_eval_split(pairs, spec, "reward", seed=rec.seed, toy_dir=toy_dir)
@@ -234,8 +259,15 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         train_ds, eval_ds = (_tokenize_pairs(d, tokenizer, rc.max_length, rc.margin) for d in (train, held))
         cls, extra = RewardTrainer, {}
     config = trainer_config(rec, "reward", stage_dir, max_length=rc.max_length, prediction_loss_only=True)
-    trainer = cls(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
-                  processing_class=tokenizer, callbacks=[make_callbacks(stage_dir, "reward")], **extra)
+    trainer = cls(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if len(eval_ds) else None,
+        processing_class=tokenizer,
+        callbacks=[make_callbacks(stage_dir, "reward")],
+        **extra,
+    )
     prepare_stage_dir(run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec)  # inputs are good: first write
     checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -243,8 +275,12 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         return {}
 
     model = trainer.model
-    metrics = {"objective": "kwise" if kwise else "pairwise", "train_pairs": len(train) if not streaming else None,
-               "eval_pairs": len(held), **pair_metrics(model, tokenizer, held, rc.max_length)}
+    metrics = {
+        "objective": "kwise" if kwise else "pairwise",
+        "train_pairs": len(train) if not streaming else None,
+        "eval_pairs": len(held),
+        **pair_metrics(model, tokenizer, held, rc.max_length),
+    }
     metrics.update(gold_agreement(rec, run_dir, spec, model, tokenizer, {r["group"] for r in held}))
     stats = score_stats(model, tokenizer, train, rc.max_length, source="training answers")
 
@@ -252,18 +288,30 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "reward_stats.json", stats)
-        write_lineage(tmp, stage="reward", parents={"init": init}, recipe=rec,
-                      data={"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]})
-        write_model_card(tmp, title=f"{rec.name}: reward model", body=(
-            f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on `{spec.path or spec.hub}`.\n\n"
-            f"Held-out pairwise accuracy {metrics['accuracy']:.3f} on {metrics['eval_pairs']} pairs. "
-            f"Scores over the training answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json)."))
+        write_lineage(
+            tmp,
+            stage="reward",
+            parents={"init": init},
+            recipe=rec,
+            data={"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]},
+        )
+        write_model_card(
+            tmp,
+            title=f"{rec.name}: reward model",
+            body=(
+                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on `{spec.path or spec.hub}`.\n\n"
+                f"Held-out pairwise accuracy {metrics['accuracy']:.3f} on {metrics['eval_pairs']} pairs. "
+                f"Scores over the training answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json)."
+            ),
+        )
 
     final = save_dir_atomic(stage_dir / "final", write)
     write_json_atomic(stage_dir / "eval.json", metrics)
     gold = f", gold-order agreement {metrics['gold_accuracy']:.3f}" if "gold_accuracy" in metrics else ""
-    print(f"Reward model saved to {final} ({metrics['objective']} loss): held-out accuracy {metrics['accuracy']:.3f} "
-          f"[{metrics['accuracy_low']:.3f}, {metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs{gold}")
+    print(
+        f"Reward model saved to {final} ({metrics['objective']} loss): held-out accuracy {metrics['accuracy']:.3f} "
+        f"[{metrics['accuracy_low']:.3f}, {metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs{gold}"
+    )
     return metrics
 
 
@@ -275,8 +323,10 @@ def _group_sizes(pairs) -> dict[int, int]:
 
 def _tokenize_pairs(pairs, tokenizer, max_length: int, use_margin: bool):
     def tok(row):
-        return {"chosen_ids": encode(tokenizer, row["prompt"], row["chosen"], max_length),
-                "rejected_ids": encode(tokenizer, row["prompt"], row["rejected"], max_length)}
+        return {
+            "chosen_ids": encode(tokenizer, row["prompt"], row["chosen"], max_length),
+            "rejected_ids": encode(tokenizer, row["prompt"], row["rejected"], max_length),
+        }
 
     out = pairs.map(tok, remove_columns=[c for c in pairs.column_names if c != "margin" or not use_margin])
     return out
@@ -302,7 +352,9 @@ def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[list[float], 
     for row in pairs:
         for text in (row["chosen"], row["rejected"]):
             keys.setdefault((json.dumps(row["prompt"]), text), (row["prompt"], text))
-    values = score(model, tokenizer, [p for p, _ in keys.values()], [a for _, a in keys.values()], max_length=max_length)
+    values = score(
+        model, tokenizer, [p for p, _ in keys.values()], [a for _, a in keys.values()], max_length=max_length
+    )
     table = dict(zip(keys, values, strict=True))
     chosen = [table[(json.dumps(r["prompt"]), r["chosen"])] for r in pairs]
     rejected = [table[(json.dumps(r["prompt"]), r["rejected"])] for r in pairs]
@@ -315,8 +367,12 @@ def pair_metrics(model, tokenizer, pairs, max_length: int) -> dict:
     chosen, rejected = score_pairs(model, tokenizer, pairs, max_length)
     right = sum(c > r for c, r in zip(chosen, rejected, strict=True))
     low, high = wilson(right, len(pairs))
-    return {"accuracy": right / max(1, len(pairs)), "accuracy_low": low, "accuracy_high": high,
-            "mean_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(pairs))}
+    return {
+        "accuracy": right / max(1, len(pairs)),
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "mean_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(pairs)),
+    }
 
 
 def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[int]) -> dict:
@@ -336,7 +392,10 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
             continue
         keep = unique_answers(row)
         answers = [row["answers"][i] for i in keep]
-        gold = [world.gold_reward(prompt_text(row["prompt"]), a, row["finished"][i]) for a, i in zip(answers, keep, strict=True)]
+        gold = [
+            world.gold_reward(prompt_text(row["prompt"]), a, row["finished"][i])
+            for a, i in zip(answers, keep, strict=True)
+        ]
         rm = score(model, tokenizer, [row["prompt"]] * len(answers), answers, max_length=rec.reward.max_length)
         for i in range(len(answers)):
             for j in range(i + 1, len(answers)):
@@ -344,7 +403,12 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
                     total += 1
                     right += (gold[i] > gold[j]) == (rm[i] > rm[j])
     low, high = wilson(right, total)
-    return {"gold_accuracy": right / max(1, total), "gold_accuracy_low": low, "gold_accuracy_high": high, "gold_pairs": total}
+    return {
+        "gold_accuracy": right / max(1, total),
+        "gold_accuracy_low": low,
+        "gold_accuracy_high": high,
+        "gold_pairs": total,
+    }
 
 
 def score_stats(model, tokenizer, pairs, max_length: int, *, source: str, limit: int = STATS_ANSWERS) -> dict:
@@ -361,8 +425,12 @@ def score_stats(model, tokenizer, pairs, max_length: int, *, source: str, limit:
     random.Random(0).shuffle(items)
     items = items[:limit]
     values = score(model, tokenizer, [p for p, _ in items], [a for _, a in items], max_length=max_length)
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 1.0,
-            "n": len(values), "source": source}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 1.0,
+        "n": len(values),
+        "source": source,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ rlhf reward inspect
@@ -452,11 +520,14 @@ def inspect_scores(pairs: list[dict], chosen: list[float], rejected: list[float]
     longer = [(c > r) == (d > 0) for c, r, d in zip(chosen, rejected, diffs, strict=True) if d != 0]
     return {
         "pairs": len(pairs),
-        "accuracy": sum(right) / max(1, len(right)), "accuracy_low": low, "accuracy_high": high,
+        "accuracy": sum(right) / max(1, len(right)),
+        "accuracy_low": low,
+        "accuracy_high": high,
         "by_margin": {"by": by, "buckets": bucket(margin_names)},
         "by_length": bucket(length_names),
         "scores": {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores), "n": len(scores)},
-        "chosen_mean": statistics.fmean(chosen), "rejected_mean": statistics.fmean(rejected),
+        "chosen_mean": statistics.fmean(chosen),
+        "rejected_mean": statistics.fmean(rejected),
         "length_correlation": corr,
         "prefers_longer": sum(longer) / max(1, len(longer)),
         "chosen_longer_in_data": sum(d > 0 for d in diffs) / max(1, sum(d != 0 for d in diffs)),
@@ -470,7 +541,13 @@ def _tertiles(values: list[float]) -> tuple[float, float]:
 
 
 def _bucket_name(value: float, cuts: tuple[float, float]) -> str:
-    return f"1 low (< {cuts[0]:.3g})" if value < cuts[0] else f"2 mid (< {cuts[1]:.3g})" if value < cuts[1] else f"3 high (>= {cuts[1]:.3g})"
+    return (
+        f"1 low (< {cuts[0]:.3g})"
+        if value < cuts[0]
+        else f"2 mid (< {cuts[1]:.3g})"
+        if value < cuts[1]
+        else f"3 high (>= {cuts[1]:.3g})"
+    )
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float:
@@ -505,9 +582,14 @@ def _print_report(report: dict, out: Path) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"Reward model on {report['pairs']} pairs of {report['data']}: accuracy {report['accuracy']:.3f} "
-                  f"(95 % interval {report['accuracy_low']:.3f}-{report['accuracy_high']:.3f})")
-    for title, buckets in ((f"by {report['by_margin']['by']}", report["by_margin"]["buckets"]), ("by length", report["by_length"])):
+    console.print(
+        f"Reward model on {report['pairs']} pairs of {report['data']}: accuracy {report['accuracy']:.3f} "
+        f"(95 % interval {report['accuracy_low']:.3f}-{report['accuracy_high']:.3f})"
+    )
+    for title, buckets in (
+        (f"by {report['by_margin']['by']}", report["by_margin"]["buckets"]),
+        ("by length", report["by_length"]),
+    ):
         table = Table(title=f"accuracy {title}")
         table.add_column("bucket")
         table.add_column("pairs", justify="right")
@@ -516,11 +598,17 @@ def _print_report(report: dict, out: Path) -> None:
             table.add_row(name, str(row["pairs"]), f"{row['accuracy']:.3f}")
         console.print(table)
     s = report["scores"]
-    console.print(f"scores: mean {s['mean']:.3f}, std {s['std']:.3f} over {s['n']} answers; chosen mean "
-                  f"{report['chosen_mean']:.3f}, rejected mean {report['rejected_mean']:.3f}")
-    console.print(f"correlation of score with answer length: {report['length_correlation']:+.2f}; prefers the longer "
-                  f"answer in {report['prefers_longer']:.0%} of pairs (the data: {report['chosen_longer_in_data']:.0%})")
+    console.print(
+        f"scores: mean {s['mean']:.3f}, std {s['std']:.3f} over {s['n']} answers; chosen mean "
+        f"{report['chosen_mean']:.3f}, rejected mean {report['rejected_mean']:.3f}"
+    )
+    console.print(
+        f"correlation of score with answer length: {report['length_correlation']:+.2f}; prefers the longer "
+        f"answer in {report['prefers_longer']:.0%} of pairs (the data: {report['chosen_longer_in_data']:.0%})"
+    )
     if report["length_alarm"]:
-        console.print(f"[bold red]Length-hacking alarm[/bold red]: |correlation| >= {LENGTH_ALARM}; this reward model "
-                      "may reward length itself, and PPO will learn to write longer answers rather than better ones.")
+        console.print(
+            f"[bold red]Length-hacking alarm[/bold red]: |correlation| >= {LENGTH_ALARM}; this reward model "
+            "may reward length itself, and PPO will learn to write longer answers rather than better ones."
+        )
     console.print(f"Report: {out / 'inspect.json'}, histogram: {report['histogram']}")

@@ -30,7 +30,9 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     spec = recipe.sft
     run_dir = Path(run_dir)
-    stage_dir = runs.check_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)  # nothing written before the checks
+    stage_dir = runs.check_stage_dir(
+        run_dir, STAGE, resume=resume, overwrite=overwrite
+    )  # nothing written before the checks
     if spec.lora is not None and spec.lora.qlora:
         check_qlora()
     init = runs.resolve_model_dir(spec.init_from, run_dir, "pretrain", "sft")
@@ -50,21 +52,31 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
     truncated, counted = count_truncated(tokenizer, train_ds, spec.max_length)
     if truncated:
-        print(f"sft: {truncated} of {counted} training conversations are longer than max_length={spec.max_length} "
-              "tokens and will be cut (raise sft.max_length to keep them whole).")
+        print(
+            f"sft: {truncated} of {counted} training conversations are longer than max_length={spec.max_length} "
+            "tokens and will be cut (raise sft.max_length to keep them whole)."
+        )
 
     callback = runs.make_callbacks(stage_dir, STAGE)
     trainer = make_trainer(recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callback])
-    runs.prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
+    runs.prepare_stage_dir(
+        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe
+    )  # inputs are good: first write
     checkpoint = runs.newest_checkpoint(stage_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
         print(f"sft: no complete checkpoint in {stage_dir / 'checkpoints'}; starting from the beginning.")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if callback.interrupted:
-        raise runs.Interrupted(f"sft: interrupted; checkpoint saved under {stage_dir / 'checkpoints'}. Resume with --resume.")
-    metrics = {"train_loss": result.training_loss, "train_steps": result.global_step,
-               "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-               "truncated_examples": truncated, "train_examples": counted}
+        raise runs.Interrupted(
+            f"sft: interrupted; checkpoint saved under {stage_dir / 'checkpoints'}. Resume with --resume."
+        )
+    metrics = {
+        "train_loss": result.training_loss,
+        "train_steps": result.global_step,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        "truncated_examples": truncated,
+        "train_examples": counted,
+    }
     if len(eval_ds):
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
 
@@ -98,8 +110,10 @@ def check_qlora() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("sft.lora.qlora needs a CUDA GPU (4-bit bitsandbytes kernels); on this machine set "
-                        "sft.lora.qlora: false to train plain LoRA.")
+        raise UserError(
+            "sft.lora.qlora needs a CUDA GPU (4-bit bitsandbytes kernels); on this machine set "
+            "sft.lora.qlora: false to train plain LoRA."
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("sft.lora.qlora needs bitsandbytes: `pip install bitsandbytes`, or set sft.lora.qlora: false.")
 
@@ -114,10 +128,15 @@ def load_model(init: str, spec, trust: bool):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(init, quantization_config=quant, trust_remote_code=trust,
-                                                 use_safetensors=True)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        init, quantization_config=quant, trust_remote_code=trust, use_safetensors=True
+    )
     return prepare_model_for_kbit_training(model)
 
 
@@ -138,8 +157,14 @@ def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, a
     from rlhf_cli.stages.common import trainer_config
 
     spec = recipe.sft
-    config = trainer_config(recipe, STAGE, stage_dir, max_length=spec.max_length,
-                            assistant_only_loss=spec.assistant_only_loss, packing=spec.packing)
+    config = trainer_config(
+        recipe,
+        STAGE,
+        stage_dir,
+        max_length=spec.max_length,
+        assistant_only_loss=spec.assistant_only_loss,
+        packing=spec.packing,
+    )
     if spec.packing:
         one_packed_row_per_micro_batch(config, model)
     return SFTTrainer(
@@ -194,8 +219,11 @@ def count_truncated(tokenizer, dataset, max_length: int) -> tuple[int, int]:
     if not isinstance(dataset, datasets.Dataset):
         return 0, 0
     lengths = dataset.map(
-        lambda row: {"n": len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])},
-        remove_columns=dataset.column_names, desc="Counting tokens",
+        lambda row: {
+            "n": len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+        },
+        remove_columns=dataset.column_names,
+        desc="Counting tokens",
     )["n"]
     return sum(n > max_length for n in lengths), len(lengths)
 
@@ -206,17 +234,21 @@ def save_final(final: Path, model, tokenizer, recipe, init: str, spec, metrics: 
 
     adapter = spec.lora is not None and not spec.lora.merge
     if adapter:  # the adapter must find its base model from any working directory
-        model.peft_config["default"].base_model_name_or_path = str(Path(init).resolve()) if Path(init).exists() else init
+        model.peft_config["default"].base_model_name_or_path = (
+            str(Path(init).resolve()) if Path(init).exists() else init
+        )
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
         kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
-        body = (f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
-                f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
-                + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
-                + "\n\nPrompts use the saved chat template: `<|user|>question<|assistant|>` and the model answers.")
+        body = (
+            f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
+            f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
+            + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
+            + "\n\nPrompts use the saved chat template: `<|user|>question<|assistant|>` and the model answers."
+        )
         runs.write_model_card(tmp, title=f"{recipe.name} — SFT model", body=body)
 
     runs.save_dir_atomic(final, write)
@@ -253,17 +285,25 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
     """Greedy answers to `prompts` and their metrics (finished share, well-formed share, mean gold reward)."""
     from rlhf_cli.generation import generate_answers
 
-    answers = [group[0] for group in generate_answers(model, tokenizer, prompts, temperature=0.0,
-                                                      max_new_tokens=recipe.eval.max_new_tokens, progress="answering")]
+    answers = [
+        group[0]
+        for group in generate_answers(
+            model, tokenizer, prompts, temperature=0.0, max_new_tokens=recipe.eval.max_new_tokens, progress="answering"
+        )
+    ]
     n = max(len(answers), 1)
-    out = {"finished_share": sum(a.finished for a in answers) / n,
-           "well_formed_share": sum(well_formed(a) for a in answers) / n,
-           "mean_answer_tokens": sum(a.num_tokens for a in answers) / n}
+    out = {
+        "finished_share": sum(a.finished for a in answers) / n,
+        "well_formed_share": sum(well_formed(a) for a in answers) / n,
+        "mean_answer_tokens": sum(a.num_tokens for a in answers) / n,
+    }
     golds = None
     if world is not None:
         golds = [world.gold_reward(p[-1]["content"], a.text, a.finished) for p, a in zip(prompts, answers, strict=True)]
         out["gold_reward"] = sum(golds) / n
-    return out, [(p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)]
+    return out, [
+        (p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)
+    ]
 
 
 def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str, trust: bool) -> dict:
