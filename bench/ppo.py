@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Gold reward on held-out prompts: the SFT model, then every trained policy, with the same code.
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.stages.ppo import bootstrap_interval
+    from rlhf_cli.evaluate import bootstrap_ci
 
     world = ToyWorld(a.seed)
     prompts = [
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
             gains = [g - s for g, s in zip(gold, sft_gold, strict=True)]
             x["gold_reward"] = round(statistics.mean(gold), 4)
             x["gold_gain"] = round(statistics.mean(gains), 4)
-            x["gold_gain_ci95"] = list(bootstrap_interval(gains, seed=a.seed))
+            ci = bootstrap_ci(gains, seed=a.seed)
+            x["gold_gain_ci95"] = [ci["low"], ci["high"]]
 
     def med(side, key):
         return statistics.median(x[key] for x in runs[side])

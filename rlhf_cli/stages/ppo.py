@@ -13,7 +13,6 @@ Policy and reference from `<run>/sft/final` (`ppo.policy_from`), reward model fr
 
 from __future__ import annotations
 
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -297,9 +296,10 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
     out["ppo"]["sampled_length"] = _mean(lengths)
     out["rm_score_gain"] = out["ppo"]["rm_score"] - out["sft"]["rm_score"]
     if world:
-        gains = [a - b for a, b in zip(per_model["ppo"], per_model["sft"], strict=True)]
-        lo, hi = bootstrap_interval(gains, seed=recipe.seed)
-        out["gold_gain"] = {"mean": _mean(gains), "ci95": [lo, hi]}
+        from rlhf_cli.evaluate import paired_difference_ci
+
+        gain = paired_difference_ci(per_model["ppo"], per_model["sft"], seed=recipe.seed)
+        out["gold_gain"] = {"mean": round(gain["mean"], 6), "ci95": [round(gain["low"], 6), round(gain["high"], 6)]}
     out["examples"] = [
         {"prompt": prompt_text(p), "sft": s.text, "ppo": q.text}
         for p, s, q in list(zip(prompts, sft_answers, ppo_answers, strict=True))[:5]
@@ -311,18 +311,6 @@ def torch_bool(values):
     import torch
 
     return torch.tensor(values, dtype=torch.bool)
-
-
-def bootstrap_interval(
-    values: list[float], *, seed: int = 0, n: int = 2000, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (paired gains, one per prompt)."""
-    if not values:
-        return (float("nan"), float("nan"))
-    rng = random.Random(seed)
-    k = len(values)
-    means = sorted(sum(values[rng.randrange(k)] for _ in range(k)) / k for _ in range(n))
-    return round(means[int((1 - level) / 2 * n)], 6), round(means[min(n - 1, int((1 + level) / 2 * n))], 6)
 
 
 def _mean(xs) -> float:
