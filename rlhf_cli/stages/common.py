@@ -9,6 +9,16 @@ from rlhf_cli.errors import UserError
 
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
 # TRL's configs default to bf16=True and gradient_checkpointing=True: set both explicitly.
+_FINE_TUNING = {  # SFT and the reward model: one epoch, warm-up then cosine, no gradient checkpointing
+    "warmup_steps": 0.05,
+    "lr_scheduler_type": "cosine",
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 16,
+    "logging_steps": 10,
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "gradient_checkpointing": False,
+}
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {
         "learning_rate": 3e-3,
@@ -22,28 +32,8 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "save_steps": 100,
         "save_total_limit": 2,
     },
-    "sft": {
-        "learning_rate": 1e-3,
-        "warmup_steps": 0.05,
-        "lr_scheduler_type": "cosine",
-        "num_train_epochs": 1,
-        "per_device_train_batch_size": 16,
-        "logging_steps": 10,
-        "save_steps": 100,
-        "save_total_limit": 2,
-        "gradient_checkpointing": False,
-    },
-    "reward": {
-        "learning_rate": 5e-4,
-        "warmup_steps": 0.05,
-        "lr_scheduler_type": "cosine",
-        "num_train_epochs": 1,
-        "per_device_train_batch_size": 16,
-        "logging_steps": 10,
-        "save_steps": 100,
-        "save_total_limit": 2,
-        "gradient_checkpointing": False,
-    },
+    "sft": {**_FINE_TUNING, "learning_rate": 1e-3},
+    "reward": {**_FINE_TUNING, "learning_rate": 5e-4},
     "ppo": {
         "learning_rate": 3e-5,
         "per_device_train_batch_size": 32,
