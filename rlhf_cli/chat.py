@@ -21,7 +21,7 @@ HELP = "Type a message; /reset clears the history, /quit (or Ctrl-D) exits."
 
 def load_chat_model(model_dir: str):
     """(model, tokenizer) for a causal-LM folder, a LoRA adapter folder or a hub id; UserError for anything else."""
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 
     path = Path(model_dir)
     if path.exists() and not path.is_dir():
@@ -38,7 +38,7 @@ def load_chat_model(model_dir: str):
 
         model = PeftModel.from_pretrained(load_causal_lm(base), str(path))
         tok_ref = str(path) if _has_tokenizer(path) else base
-        return model, load_tokenizer(tok_ref)
+        return model.to(inference_device()), load_tokenizer(tok_ref)
     if path.is_dir():
         config = path / "config.json"
         if not config.exists():
@@ -49,7 +49,7 @@ def load_chat_model(model_dir: str):
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
         if any("SequenceClassification" in a for a in architectures):
             raise _not_causal(model_dir)
-    return load_causal_lm(model_dir), load_tokenizer(model_dir)
+    return load_causal_lm(model_dir).to(inference_device()), load_tokenizer(model_dir)
 
 
 def _not_causal(model_dir: str) -> UserError:

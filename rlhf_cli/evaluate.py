@@ -137,7 +137,7 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
     """A sequence-classification reward model's score of each whole conversation (chat-rendered, right-padded)."""
     import torch
 
-    scores = []
+    scores, device = [], next(model.parameters()).device
     model.eval()
     for start in range(0, len(conversations), batch_size):
         rows = [
@@ -151,7 +151,7 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
         with torch.no_grad():
-            scores += model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
+            scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
     return scores
 
 
@@ -163,14 +163,15 @@ def sample_with_ids(model, tokenizer, prompts, *, max_new_tokens: int, batch_siz
 
     torch.manual_seed(seed)
     model.eval()
+    device = next(model.parameters()).device
     rendered, out = render_prompts(tokenizer, prompts), []
     for start in range(0, len(rendered), batch_size):
         chunk = rendered[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         with torch.no_grad():
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=True,
                 temperature=1.0,
@@ -189,7 +190,7 @@ def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32) -> list[f
     """Sum of log p(answer token | context) over each answer's tokens."""
     import torch
 
-    totals = []
+    totals, device = [], next(model.parameters()).device
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         rows = [p + a for p, a in chunk]
@@ -200,13 +201,15 @@ def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32) -> list[f
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
         with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            logp = torch.log_softmax(
+                model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1
+            )
         for i, (p, a) in enumerate(chunk):
             if not a:
                 totals.append(0.0)
                 continue
             positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)
-            totals.append(float(logp[i, positions, torch.tensor(a)].sum()))
+            totals.append(float(logp[i, positions.to(device), torch.tensor(a, device=device)].sum()))
     return totals
 
 
@@ -247,7 +250,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     import torch
     from rich.console import Console
 
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
     from rlhf_cli.runs import is_main_process, write_json_atomic
 
     run_dir = Path(run_dir)
@@ -261,6 +264,8 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         for name, stage in MODELS.items()
         if (run_dir / stage / "final" / "config.json").exists()
     }
+    if "base" not in present and rec.sft.init_from:  # no pre-training stage: the base is the model SFT started from
+        present = {"base": rec.sft.init_from, **present}
     missing = [f"{name} ({run_dir / MODELS[name] / 'final'})" for name in MODELS if name not in present]
     if missing:
         console.print(f"[yellow]eval: skipping models not in this run: {', '.join(missing)}[/]")
@@ -284,7 +289,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         from transformers import AutoModelForSequenceClassification
 
         rm = (
-            AutoModelForSequenceClassification.from_pretrained(rm_dir, use_safetensors=True),
+            AutoModelForSequenceClassification.from_pretrained(rm_dir, use_safetensors=True).to(inference_device()),
             load_tokenizer(str(rm_dir)),
         )
     else:
@@ -297,7 +302,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     models = {}
     for name, path in present.items():
         tok = load_tokenizer(str(path))
-        model = load_causal_lm(str(path))
+        model = load_causal_lm(str(path)).to(inference_device())
         models[name] = (model, tok)
         answers = [
             a[0]

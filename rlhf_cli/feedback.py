@@ -42,7 +42,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     """K answers per prompt from the run's SFT model (or `model` / feedback.model) to feedback/samples.jsonl."""
     from rlhf_cli.data.formats import load_stage_data
     from rlhf_cli.generation import generate_answers
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
     from rlhf_cli.runs import is_main_process, resolve_model_dir, wait_for_everyone, write_text_atomic
 
     fb = rec.feedback
@@ -61,7 +61,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     trust = rec.model.trust_remote_code
     tokenizer, lm = (
         load_tokenizer(model_dir, trust_remote_code=trust),
-        load_causal_lm(model_dir, trust_remote_code=trust),
+        load_causal_lm(model_dir, trust_remote_code=trust).to(inference_device()),
     )
     start = time.time()
     answers = generate_answers(

@@ -181,6 +181,17 @@ def count_parameters(model) -> int:
 # ------------------------------------------------------------------------------------------------------ hardware
 
 
+def inference_device():
+    """Where generation and scoring outside a Trainer run: this process's GPU when there is one, else the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def has_fast_bf16() -> bool:
     """bf16 where the hardware runs it fast: a CUDA GPU with bf16, or a CPU with AMX / AVX-512 BF16."""
     import torch

@@ -235,8 +235,17 @@ def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
     return data
 
 
+# A data source named by --set replaces the recipe's source: these keys of the other source go with it (unless --set too).
+_REPLACED_BY = {"path": ("hub", "config", "split", "eval_split"), "hub": ("path", "eval_path", "toy")}
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides; each value is parsed as YAML (`5`, `1e-3`, `[a, b]`, `null`)."""
+    """Apply `a.b.c=value` overrides; each value is parsed as YAML (`5`, `1e-3`, `[a, b]`, `null`).
+
+    `X.data.path=F` on a recipe that reads the hub (or `X.data.hub=ID` on one that reads files) swaps the source:
+    the recipe's hub id, config and splits (or path and eval_path) are dropped unless they are set as well.
+    """
+    explicit = {item.split("=", 1)[0].strip() for item in overrides or []}
     for item in overrides or []:
         if "=" not in item:
             raise UserError(
@@ -264,6 +273,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
                 raise UserError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section.")
             node = child
         node[parts[-1]] = value
+        if len(parts) >= 2 and parts[-2] == "data" and value is not None:
+            for other in _REPLACED_BY.get(parts[-1], ()):
+                if ".".join([*parts[:-1], other]) not in explicit:
+                    node.pop(other, None)
     return data
 
 

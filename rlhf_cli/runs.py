@@ -219,6 +219,12 @@ def make_callbacks(stage_dir: Path, stage: str):
             self._start = None
             self._old_handlers: dict = {}
             self._hits = 0
+            self.step_ends: list[float] = []  # perf_counter at each optimizer step's end (steady-state speed)
+
+        def steady_seconds_per_step(self, skip: int) -> float | None:
+            """Mean time of the steps after the first `skip` (torch.compile, allocator and cache warm-up), or None."""
+            times = self.step_ends[skip:]
+            return (times[-1] - times[0]) / (len(times) - 1) if len(times) >= 2 else None
 
         # Signals: the handler only sets a flag; the loop saves a checkpoint at the end of the step and stops.
         def _handle(self, signum, frame):
@@ -250,6 +256,7 @@ def make_callbacks(stage_dir: Path, stage: str):
                 )
 
         def on_step_end(self, args, state, control, model=None, **kw):
+            self.step_ends.append(time.perf_counter())
             self.interrupted = any_process(self.interrupted, args.device)  # every rank stops at the same step
             if self.interrupted:
                 control.should_save = True

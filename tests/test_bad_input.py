@@ -226,7 +226,18 @@ def test_bad_ranks(work, models, ranks):
 
 def test_two_data_sources(work, models):
     assert_refused(
-        work, ["sft", *R, "--set", f"sft.init_from={models['a']}", "--set", "sft.data.hub=owner/set"], "exactly one"
+        work,
+        [
+            "sft",
+            *R,
+            "--set",
+            f"sft.init_from={models['a']}",
+            "--set",
+            "sft.data.path=a.jsonl",
+            "--set",
+            "sft.data.hub=o/s",
+        ],
+        "exactly one",
     )
 
 

@@ -101,6 +101,13 @@ def test_pack_puts_eos_between_documents():
     assert all(len(b) == 4 for b in full) and len(full) == len(flat) // 4
 
 
+def test_collate_pads_the_short_held_out_tail_without_scoring_it():
+    # The held-out set keeps each tail as a short block; a batch that mixes it with full blocks must still collate.
+    batch = pretrain.collate_blocks([{"input_ids": [5, 6, 7, 8]}, {"input_ids": [9, 10]}])
+    assert batch["input_ids"].shape == (2, 4)
+    assert batch["labels"].tolist() == [[5, 6, 7, 8], [9, 10, -100, -100]]
+
+
 def test_existing_stage_refused_without_overwrite(trained):
     from typer.testing import CliRunner
 

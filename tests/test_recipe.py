@@ -79,3 +79,14 @@ def test_every_shipped_recipe_validates(path):
 def test_ppo_knob_set_twice_is_refused():
     with pytest.raises(UserError, match="both set"):
         load_recipe("tiny", ["ppo.training.kl_coef=0.1"])
+
+
+def test_a_data_path_set_on_a_hub_recipe_replaces_the_hub_source():
+    # The GPU recipes read the hub; pointing a stage at a local file must not keep the hub id or its split names.
+    r = load_recipe("qwen-0.5b-rlhf-lora", ["sft.data.path=conversations.jsonl"])
+    assert r.sft.data.path == "conversations.jsonl" and r.sft.data.hub is None
+    assert r.sft.data.split == "train" and r.sft.data.eval_split is None
+    both = load_recipe("qwen-0.5b-rlhf-lora", ["sft.data.path=c.jsonl", "sft.data.eval_split=test"])
+    assert both.sft.data.eval_split == "test"  # set explicitly: kept
+    hub = load_recipe("tiny", ["sft.data.hub=HuggingFaceH4/ultrachat_200k"])
+    assert hub.sft.data.hub == "HuggingFaceH4/ultrachat_200k" and not hub.sft.data.toy

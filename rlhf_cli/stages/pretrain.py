@@ -90,7 +90,8 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     if trained and is_main_process():  # kept for --resume: a resumed run must not train a different tokenizer
         tokenizer.save_pretrained(stage_dir / "tokenizer")
     eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]
-    untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS], args.device) if not spec.init_from else None
+    model.to(args.device)  # the Trainer would move it anyway; the untrained baseline is scored where training runs
+    untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS]) if not spec.init_from else None
 
     callback = make_callbacks(stage_dir, STAGE)
     trainer = Trainer(
@@ -111,12 +112,17 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     # Evaluation: held-out loss, perplexity, bits per byte; speed and MFU of the training just done.
     model = trainer.accelerator.unwrap_model(trainer.model)
-    metrics = evaluate_lm(model, tokenizer, eval_ids, args.device)
+    metrics = evaluate_lm(model, tokenizer, eval_ids)
     tokens_per_step = (
         args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * spec.block_size
     )
     runtime = output.metrics.get("train_runtime") or float("nan")
-    tokens_per_s = (trainer.state.global_step - step0) * tokens_per_step / runtime
+    overall_tokens_per_s = (trainer.state.global_step - step0) * tokens_per_step / runtime
+    # Speed and MFU are the steady state: the first tenth of the steps (at least 2) holds torch.compile's tracing and
+    # warm-up, which can take longer than a short run's training (GPT-2 124M on an H100: 90 s of 108).
+    steps_run = trainer.state.global_step - step0
+    per_step = callback.steady_seconds_per_step(skip=max(2, steps_run // 10)) if steps_run >= 10 else None
+    tokens_per_s = tokens_per_step / per_step if per_step else overall_tokens_per_s
     dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     peak = measure_matmul_peak(dtype)
     flops = flops_per_token(model.config, matmul_parameters(model), spec.block_size)
@@ -127,6 +133,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
             "global_step": trainer.state.global_step,
             "train_runtime_s": runtime,
             "tokens_per_s": tokens_per_s,
+            "tokens_per_s_overall": overall_tokens_per_s,
             "flops_per_token": flops,
             "mfu": tokens_per_s * flops / args.world_size / peak,
             "matmul_peak_flops": peak,
@@ -136,7 +143,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         }
     )
     if spec.data.toy and spec.probes:
-        metrics["probe_accuracy"] = probe_accuracy(model, tokenizer, toy_dir / "probes_eval.jsonl", args.device)
+        metrics["probe_accuracy"] = probe_accuracy(model, tokenizer, toy_dir / "probes_eval.jsonl")
 
     if is_main_process():
 
@@ -201,11 +208,20 @@ def pack(docs, tokenizer, block_size: int, keep_remainder: bool = False):
 
 
 def collate_blocks(rows):
-    """Equal-length packed blocks: no padding, no attention mask (SDPA takes its causal fast path)."""
+    """Packed blocks: no attention mask (SDPA takes its causal fast path).
+
+    Training blocks are all full; the held-out set keeps each tail as a short block, which is right-padded here with
+    labels -100 - under causal attention padding after the last real token changes nothing before it.
+    """
     import torch
 
-    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-    return {"input_ids": ids, "labels": ids}
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = labels[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
+    return {"input_ids": ids, "labels": labels}
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -241,10 +257,11 @@ def target_bytes(tokenizer, blocks: list[list[int]], lengths: list[int] | None =
     return sum(len(tokenizer.decode(ids[1:], skip_special_tokens=True).encode()) for ids in blocks)
 
 
-def evaluate_lm(model, tokenizer, blocks: list[list[int]], device, batch_size: int = 16) -> dict:
-    """Held-out loss (per token), perplexity and bits per byte of `model` on packed blocks."""
+def evaluate_lm(model, tokenizer, blocks: list[list[int]], batch_size: int = 16) -> dict:
+    """Held-out loss (per token), perplexity and bits per byte of `model` (on its own device) on packed blocks."""
     import torch
 
+    device = next(model.parameters()).device
     model.eval()
     nll, tokens = 0.0, 0
     ordered = sorted(blocks, key=len)
@@ -278,7 +295,7 @@ def evaluate_lm(model, tokenizer, blocks: list[list[int]], device, batch_size: i
     }
 
 
-def probe_accuracy(model, tokenizer, probes_path: Path, device, max_new_tokens: int = 4, batch_size: int = 96) -> float:
+def probe_accuracy(model, tokenizer, probes_path: Path, max_new_tokens: int = 4, batch_size: int = 96) -> float:
     """Share of the toy world's completion probes ("the fox eats" -> "berries") the model continues right, greedily."""
     import torch
 
@@ -286,6 +303,7 @@ def probe_accuracy(model, tokenizer, probes_path: Path, device, max_new_tokens: 
     from rlhf_cli.generation import left_pad
 
     probes = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    device = next(model.parameters()).device
     model.eval()
     right = 0
     for i in range(0, len(probes), batch_size):

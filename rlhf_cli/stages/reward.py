@@ -444,7 +444,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     Writes <out_dir>/inspect.json and scores.png (default out_dir: MODEL_DIR/../inspect). Returns the report.
     """
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.modeling import inference_device, load_tokenizer
     from rlhf_cli.recipe import DataSpec
     from rlhf_cli.runs import read_json, write_json_atomic
 
@@ -465,7 +465,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     else:
         pairs, source = load_stage_data("reward", DataSpec(path=data)), data
     tokenizer = load_tokenizer(str(model_dir))
-    model = load_reward_model(str(model_dir), tokenizer)
+    model = load_reward_model(str(model_dir), tokenizer).to(inference_device())
     pairs = [r for r in pairs if r["chosen"] != r["rejected"]]
     chosen, rejected = score_pairs(model, tokenizer, pairs, max_length=None)
     n_tokens = {}
