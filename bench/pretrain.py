@@ -9,8 +9,11 @@ tokenizer, for the same number of optimizer steps over about the same number of 
          the stage's precision (bf16 only where the hardware is fast at it), its defaults;
   plain  a textbook Trainer script: one document per row, dynamically padded batches (DataCollatorForLanguageModeling),
          TrainingArguments' defaults (fp32), batch size chosen so a step holds about as many real tokens as ours.
-Each side runs in its own process; sides alternate `--rounds` times (this machine is shared and noisy). tokens/s counts
-real (non-padding) tokens over the Trainer's train_runtime. MFU: 6*N + attention FLOPs per token over the measured matmul peak.
+  compile `rlhf pretrain` with `pretrain.compile: true` (torch.compile, inductor): faster steps after a compile warm-up.
+Each side runs in its own process; sides alternate `--rounds` times (this machine is shared and noisy). Two speeds, both
+counting real (non-padding) tokens: overall = over the Trainer's train_runtime (start-up and compile included), steady =
+over the steps after the first tenth (at least 2), the rate a long run trains at. MFU: 6*N + attention FLOPs per token
+over the measured matmul peak, at the steady rate.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HIDDEN, LAYERS, HEADS, BLOCK = 256, 6, 4, 256
@@ -41,14 +45,22 @@ def _overrides(steps: int, batch: int) -> list[str]:
     ]
 
 
-def side_ours(work: Path, steps: int, batch: int) -> dict:
+def _skip(steps: int) -> int:
+    """Warm-up steps left out of the steady rate: the same rule as `rlhf pretrain`'s eval.json."""
+    return max(2, steps // 10)
+
+
+def side_ours(work: Path, steps: int, batch: int, compile: bool = False) -> dict:
     from rlhf_cli.recipe import load_recipe
     from rlhf_cli.stages import pretrain
 
-    metrics = pretrain.run(load_recipe("tiny", _overrides(steps, batch)), work / "ours", overwrite=True)
+    overrides = [*_overrides(steps, batch), f"pretrain.compile={str(compile).lower()}"]
+    # The tokenizer both sides share is trained by the plain `ours` run; the compiled side trains into its own folder.
+    metrics = pretrain.run(load_recipe("tiny", overrides), work / ("compiled" if compile else "ours"), overwrite=True)
     return {
-        "tokens_per_s": metrics["tokens_per_s_overall"],  # over train_runtime, as the plain side is measured
-        "mfu": metrics["mfu"] * metrics["tokens_per_s_overall"] / metrics["tokens_per_s"],
+        "tokens_per_s": metrics["tokens_per_s_overall"],
+        "steady_tokens_per_s": metrics["tokens_per_s"],
+        "mfu": metrics["mfu"],
         "peak": metrics["matmul_peak_flops"],
         "dtype": metrics["dtype"],
         "parameters": metrics["parameters"],
@@ -59,7 +71,14 @@ def side_ours(work: Path, steps: int, batch: int) -> dict:
 def side_plain(work: Path, steps: int, batch: int) -> dict:
     """A plain Trainer script: per-document padded batches, fp32 TrainingArguments defaults."""
     import torch
-    from transformers import DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from rlhf_cli.data import load_stage_data
     from rlhf_cli.data.toy import toy_files
@@ -98,6 +117,14 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
         real["tokens"] += int(batch["attention_mask"].sum())
         return batch
 
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.ends.append(time.perf_counter())
+
+    timer = StepTimes()
     args = TrainingArguments(
         output_dir=str(work / "plain"),
         max_steps=steps,
@@ -107,83 +134,116 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
         save_strategy="no",
         logging_steps=5,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[timer])
     out = trainer.train()
+    ends = timer.ends[_skip(steps) :]
+    per_step = (ends[-1] - ends[0]) / (len(ends) - 1)
     return {
         "tokens_per_s": real["tokens"] / out.metrics["train_runtime"],
+        "steady_tokens_per_s": real["tokens"] / len(timer.ends) / per_step,  # mean real tokens per step / step time
         "batch": plain_batch,
         "mean_doc_tokens": mean_len,
         "loss": out.metrics["train_loss"],
     }
 
 
+SIDES = ("ours", "compile", "plain")  # ours first: it trains the tokenizer every side uses
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     p.add_argument("--batch", type=int, default=4, help="packed blocks per step (ours)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (ours, plain) x rounds")
-    p.add_argument("--side", choices=["ours", "plain"], help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (ours, compile, plain) x rounds")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile side (it compiles ~1 min)")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.side:  # one side, in its own process
-        fn = side_ours if a.side == "ours" else side_plain
-        Path(a.out).write_text(json.dumps(fn(Path(a.work), a.steps, a.batch)))
+        work = Path(a.work)
+        result = (
+            side_plain(work, a.steps, a.batch)
+            if a.side == "plain"
+            else side_ours(work, a.steps, a.batch, compile=a.side == "compile")
+        )
+        Path(a.out).write_text(json.dumps(result))
         return {}
 
-    results: dict[str, list[dict]] = {"ours": [], "plain": []}
+    sides = [s for s in SIDES if not (a.no_compile and s == "compile")]
+    results: dict[str, list[dict]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            for side in ("ours", "plain"):  # ours first: it trains the tokenizer both sides use
+            for side in sides:
                 out = Path(tmp) / f"{side}-{r}.json"
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "bench.pretrain",
-                    "--side",
-                    side,
-                    "--work",
-                    tmp,
-                    "--out",
-                    str(out),
-                    "--steps",
-                    str(a.steps),
-                    "--batch",
-                    str(a.batch),
-                ]
+                cmd = [sys.executable, "-m", "bench.pretrain", "--side", side, "--work", tmp, "--out", str(out)]
+                cmd += ["--steps", str(a.steps), "--batch", str(a.batch)]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 results[side].append(json.loads(out.read_text()))
-                print(f"round {r + 1} {side:5s} {results[side][-1]['tokens_per_s']:8.0f} tokens/s", flush=True)
+                x = results[side][-1]
+                print(
+                    f"round {r + 1} {side:7s} {x['tokens_per_s']:8.0f} tokens/s overall, "
+                    f"{x['steady_tokens_per_s']:8.0f} steady",
+                    flush=True,
+                )
     from rlhf_cli.modeling import measure_matmul_peak
 
-    ours = statistics.median(x["tokens_per_s"] for x in results["ours"])
-    plain = statistics.median(x["tokens_per_s"] for x in results["plain"])
+    def median(side: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[side])
+
     last = results["ours"][-1]
     bf16_peak = measure_matmul_peak("bfloat16", n=512)
-    mfu_bf16 = statistics.median(x["mfu"] for x in results["ours"]) * last["peak"] / bf16_peak
+    mfu = median("ours", "mfu")
     summary = {
-        "ours_tokens_per_s": ours,
-        "plain_tokens_per_s": plain,
-        "ratio": ours / plain,
-        "mfu": statistics.median(x["mfu"] for x in results["ours"]),
+        "ours_tokens_per_s": median("ours", "tokens_per_s"),
+        "plain_tokens_per_s": median("plain", "tokens_per_s"),
+        "ratio": median("ours", "tokens_per_s") / median("plain", "tokens_per_s"),
+        "ours_steady_tokens_per_s": median("ours", "steady_tokens_per_s"),
+        "plain_steady_tokens_per_s": median("plain", "steady_tokens_per_s"),
+        "steady_ratio": median("ours", "steady_tokens_per_s") / median("plain", "steady_tokens_per_s"),
+        "mfu": mfu,
         "dtype": last["dtype"],
         "matmul_peak_gflops": last["peak"] / 1e9,
         "bf16_peak_gflops": bf16_peak / 1e9,
-        "mfu_vs_bf16_peak": mfu_bf16,
+        "mfu_vs_bf16_peak": mfu * last["peak"] / bf16_peak,
         "parameters": last["parameters"],
         "plain_batch": results["plain"][-1]["batch"],
         "mean_doc_tokens": results["plain"][-1]["mean_doc_tokens"],
+        "steps": a.steps,
         "rounds": results,
     }
+    if "compile" in results:
+        summary["compile_tokens_per_s"] = median("compile", "tokens_per_s")
+        summary["compile_steady_tokens_per_s"] = median("compile", "steady_tokens_per_s")
+        summary["compile_ratio"] = summary["compile_tokens_per_s"] / summary["plain_tokens_per_s"]
+        summary["compile_steady_ratio"] = summary["compile_steady_tokens_per_s"] / summary["plain_steady_tokens_per_s"]
+        summary["compile_mfu"] = median("compile", "mfu")
     print(
         f"\npretrain, {last['parameters'] / 1e6:.1f}M-parameter Llama, block {BLOCK}, {a.steps} steps x {a.rounds} rounds"
+        f" (steady: after the first {_skip(a.steps)} steps)"
     )
-    print(f"  rlhf pretrain   {ours:8.0f} tokens/s  (packed, {last['dtype']})")
-    print(f"  plain Trainer   {plain:8.0f} tokens/s  (padded per-document batches of {summary['plain_batch']}, fp32)")
-    print(f"  ratio           {ours / plain:8.2f}x")
+    print(f"  {'':34s} {'overall':>9s} {'steady':>9s}   tokens/s")
+    rows = [("rlhf pretrain (packed)", "ours"), ("rlhf pretrain + torch.compile", "compile")]
+    for label, side in rows:
+        if side in results:
+            print(f"  {label:34s} {median(side, 'tokens_per_s'):9.0f} {median(side, 'steady_tokens_per_s'):9.0f}")
     print(
-        f"  MFU             {summary['mfu']:8.1%} of the measured {last['peak'] / 1e9:.0f} GFLOP/s {last['dtype']} peak"
-        f" ({mfu_bf16:.0%} of the {bf16_peak / 1e9:.1f} GFLOP/s bf16 peak)"
+        f"  {'plain Trainer (padded, batch ' + str(summary['plain_batch']) + ')':34s} "
+        f"{summary['plain_tokens_per_s']:9.0f} {summary['plain_steady_tokens_per_s']:9.0f}"
+    )
+    print(f"  {'ratio rlhf / plain':34s} {summary['ratio']:8.2f}x {summary['steady_ratio']:8.2f}x")
+    if "compile" in results:
+        print(
+            f"  {'ratio rlhf + compile / plain':34s} {summary['compile_ratio']:8.2f}x {summary['compile_steady_ratio']:8.2f}x"
+        )
+    against_bf16 = (
+        f"{summary['mfu_vs_bf16_peak']:.0%} of the {bf16_peak / 1e9:.1f} GFLOP/s bf16 peak"
+        if summary["mfu_vs_bf16_peak"] <= 1
+        else f"bf16 runs at {bf16_peak / 1e9:.1f} GFLOP/s here, slower than fp32: no AMX, so rlhf trains in fp32"
+    )
+    print(
+        f"  MFU (steady)  {mfu:.1%} of the measured {last['peak'] / 1e9:.0f} GFLOP/s {last['dtype']} peak ({against_bf16})"
+        + (f"; with compile {summary['compile_mfu']:.1%}" if "compile" in results else "")
     )
     return summary
 

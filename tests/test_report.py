@@ -178,3 +178,14 @@ def test_partial_run_reports_what_exists(tmp_path):
 def test_empty_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="rlhf pipeline"):
         build_report(tmp_path)
+
+
+def test_reward_target_is_the_gold_order_on_the_toy_world_and_the_labels_elsewhere():
+    from rlhf_cli.report import checks
+
+    base = {"sft_finished_rate": 1.0, "ppo_gold_gain": None}
+    # noisy labels 0.70, gold order 0.77: the toy world's target is about the gold order
+    assert checks({**base, "reward_accuracy": 0.70, "reward_gold_accuracy": 0.77})["reward_accuracy >= 0.75"] is True
+    assert checks({**base, "reward_accuracy": 0.80, "reward_gold_accuracy": 0.70})["reward_accuracy >= 0.75"] is False
+    # no gold reward (real data): the held-out label accuracy
+    assert checks({**base, "reward_accuracy": 0.70, "reward_gold_accuracy": None})["reward_accuracy >= 0.75"] is False
