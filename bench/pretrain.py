@@ -45,11 +45,6 @@ def _overrides(steps: int, batch: int) -> list[str]:
     ]
 
 
-def _skip(steps: int) -> int:
-    """Warm-up steps left out of the steady rate: the same rule as `rlhf pretrain`'s eval.json."""
-    return max(2, steps // 10)
-
-
 def side_ours(work: Path, steps: int, batch: int, compile: bool = False) -> dict:
     from rlhf_cli.recipe import load_recipe
     from rlhf_cli.stages import pretrain
@@ -84,6 +79,7 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
     from rlhf_cli.data.toy import toy_files
     from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.recipe import DataSpec
+    from rlhf_cli.runs import steady_seconds_per_step
 
     toy_files(work / "ours" / "data" / "toy", 0)
     tok = load_tokenizer(str(work / "ours" / "pretrain" / "tokenizer"))  # the same tokenizer ours trained
@@ -136,11 +132,12 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[timer])
     out = trainer.train()
-    ends = timer.ends[_skip(steps) :]
-    per_step = (ends[-1] - ends[0]) / (len(ends) - 1)
+    overall = real["tokens"] / out.metrics["train_runtime"]
+    per_step = steady_seconds_per_step(timer.ends)  # the same warm-up rule as `rlhf pretrain`'s eval.json
     return {
-        "tokens_per_s": real["tokens"] / out.metrics["train_runtime"],
-        "steady_tokens_per_s": real["tokens"] / len(timer.ends) / per_step,  # mean real tokens per step / step time
+        "tokens_per_s": overall,
+        # mean real tokens per step / steady step time
+        "steady_tokens_per_s": real["tokens"] / len(timer.ends) / per_step if per_step else overall,
         "batch": plain_batch,
         "mean_doc_tokens": mean_len,
         "loss": out.metrics["train_loss"],
@@ -187,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
     from rlhf_cli.modeling import measure_matmul_peak
+    from rlhf_cli.runs import warmup_steps_skipped
 
     def median(side: str, key: str) -> float:
         return statistics.median(x[key] for x in results[side])
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary["compile_mfu"] = median("compile", "mfu")
     print(
         f"\npretrain, {last['parameters'] / 1e6:.1f}M-parameter Llama, block {BLOCK}, {a.steps} steps x {a.rounds} rounds"
-        f" (steady: after the first {_skip(a.steps)} steps)"
+        f" (steady: after the first {warmup_steps_skipped(a.steps)} steps)"
     )
     print(f"  {'':34s} {'overall':>9s} {'steady':>9s}   tokens/s")
     rows = [("rlhf pretrain (packed)", "ours"), ("rlhf pretrain + torch.compile", "compile")]

@@ -219,12 +219,7 @@ def make_callbacks(stage_dir: Path, stage: str):
             self._start = None
             self._old_handlers: dict = {}
             self._hits = 0
-            self.step_ends: list[float] = []  # perf_counter at each optimizer step's end (steady-state speed)
-
-        def steady_seconds_per_step(self, skip: int) -> float | None:
-            """Mean time of the steps after the first `skip` (torch.compile, allocator and cache warm-up), or None."""
-            times = self.step_ends[skip:]
-            return (times[-1] - times[0]) / (len(times) - 1) if len(times) >= 2 else None
+            self.step_ends: list[float] = []  # perf_counter at each optimizer step's end (steady_seconds_per_step)
 
         # Signals: the handler only sets a flag; the loop saves a checkpoint at the end of the step and stops.
         def _handle(self, signum, frame):
@@ -283,6 +278,19 @@ def make_callbacks(stage_dir: Path, stage: str):
                 fh.write(json.dumps(row, default=float) + "\n")
 
     return RunCallback()
+
+
+def warmup_steps_skipped(steps: int) -> int:
+    """Steps left out of a steady-state speed: the first tenth, at least 2 (torch.compile, allocator, cache warm-up)."""
+    return max(2, steps // 10)
+
+
+def steady_seconds_per_step(step_ends: list[float]) -> float | None:
+    """Mean step time after the warm-up steps, from each step's end time; None for fewer than 10 steps."""
+    if len(step_ends) < 10:
+        return None
+    times = step_ends[warmup_steps_skipped(len(step_ends)) :]
+    return (times[-1] - times[0]) / (len(times) - 1)
 
 
 def any_process(flag: bool, device=None) -> bool:

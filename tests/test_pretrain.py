@@ -116,3 +116,11 @@ def test_existing_stage_refused_without_overwrite(trained):
     result = CliRunner().invoke(app, ["pretrain", "--recipe", "tiny", "--output-dir", str(trained[0])])
     assert result.exit_code == 2
     assert "--overwrite" in result.output
+
+
+def test_steady_speed_leaves_out_the_warm_up_steps():
+    from rlhf_cli.runs import steady_seconds_per_step
+
+    ends = [0.0, 60.0] + [60.0 + 0.5 * i for i in range(1, 19)]  # a 60 s compile in step 1, then 0.5 s a step
+    assert steady_seconds_per_step(ends) == 0.5
+    assert steady_seconds_per_step(ends[:9]) is None  # too few steps to tell: the caller keeps the overall rate

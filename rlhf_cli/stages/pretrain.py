@@ -48,6 +48,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         newest_checkpoint,
         prepare_stage_dir,
         save_dir_atomic,
+        steady_seconds_per_step,
         write_json_atomic,
         write_lineage,
         write_model_card,
@@ -118,10 +119,9 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     )
     runtime = output.metrics.get("train_runtime") or float("nan")
     overall_tokens_per_s = (trainer.state.global_step - step0) * tokens_per_step / runtime
-    # Speed and MFU are the steady state: the first tenth of the steps (at least 2) holds torch.compile's tracing and
-    # warm-up, which can take longer than a short run's training (GPT-2 124M on an H100: 90 s of 108).
-    steps_run = trainer.state.global_step - step0
-    per_step = callback.steady_seconds_per_step(skip=max(2, steps_run // 10)) if steps_run >= 10 else None
+    # Speed and MFU are the steady state: the first steps hold torch.compile's tracing and warm-up, which can take
+    # longer than a short run's training (GPT-2 124M on an H100: 90 s of 108).
+    per_step = steady_seconds_per_step(callback.step_ends)
     tokens_per_s = tokens_per_step / per_step if per_step else overall_tokens_per_s
     dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     peak = measure_matmul_peak(dtype)
@@ -216,6 +216,9 @@ def collate_blocks(rows):
     import torch
 
     width = max(len(r["input_ids"]) for r in rows)
+    if all(len(r["input_ids"]) == width for r in rows):  # every training batch: one tensor, no copies
+        ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+        return {"input_ids": ids, "labels": ids}
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     for i, r in enumerate(rows):
