@@ -112,6 +112,7 @@ def headline(run_dir: Path) -> dict[str, Any]:
         "reward_accuracy": _number(find_metric(rew, *ACCURACY)),
         "reward_accuracy_interval": _low_high(rew, "accuracy"),
         "reward_gold_accuracy": _number(find_metric(rew, "gold_accuracy", "gold_agreement")),
+        "reward_train_accuracy": _number(rew.get("train_accuracy")),
         "sft_gold_reward": _number(models.get("sft", {}).get("gold_reward")),
         "ppo_gold_reward": _number(models.get("ppo", {}).get("gold_reward")),
         "ppo_gold_gain": _interval(ev.get("ppo_gold_gain")),
@@ -244,19 +245,20 @@ def plot_losses(metrics: dict[str, list[dict]], path: Path) -> Path | None:
 
 
 def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Path) -> Path | None:
-    """Held-out pairwise accuracy (against the annotator's labels, and against the gold order) with 95 % intervals;
-    the accuracy during training beside it when the stage logged it more than once."""
+    """Pairwise accuracy with 95 % intervals: on training pairs and held-out pairs (against the annotator's labels) and
+    against the gold order; the accuracy during training beside it when the stage logged it more than once."""
     import matplotlib.pyplot as plt
 
-    bars = {}
-    for label, key in (
-        ("held-out pairs\n(annotator labels)", "accuracy"),
-        ("held-out answers\n(gold order)", "gold_accuracy"),
+    bars = {}  # label -> (value, error below, error above, colour)
+    for label, key, colour in (
+        ("training pairs\n(annotator labels)", "train_accuracy", "tab:grey"),
+        ("held-out pairs\n(annotator labels)", "accuracy", "tab:blue"),
+        ("held-out answers\n(gold order)", "gold_accuracy", "tab:green"),
     ):
         v = _number(reward_eval.get(key))
         if v is not None:
             ci = _low_high(reward_eval, key) or {"low": v, "high": v}
-            bars[label] = (v, v - ci["low"], ci["high"] - v)
+            bars[label] = (v, v - ci["low"], ci["high"] - v, colour)
     curve_key = next((k for k in ("eval_accuracy", "accuracy") if len(_series(reward_metrics, k)[0]) >= 2), None)
     if not bars and curve_key is None:
         return None
@@ -270,14 +272,14 @@ def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Pa
             values,
             yerr=[[b[1] for b in bars.values()], [b[2] for b in bars.values()]],
             capsize=6,
-            color=["tab:blue", "tab:green"][: len(bars)],
+            color=[b[3] for b in bars.values()],
         )
         for i, v in enumerate(values):
             ax.text(i + 0.05, v + 0.01, f"{v:.2f}", ha="left", va="bottom")
         ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
         ax.set_ylim(0, 1.08)
         ax.set_ylabel("pairwise accuracy")
-        ax.set_title("Reward model: held-out accuracy (95 % interval)")
+        ax.set_title("Reward model: pairwise accuracy (95 % interval)")
         ax.legend(fontsize=8, loc="lower right")
     if curve_key:
         ax = axes[0][-1]

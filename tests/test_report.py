@@ -68,6 +68,9 @@ def fake_run(tmp_path):
             "eval_pairs": 300,
             "mean_margin": 1.2,
             "gold_accuracy": 0.86,
+            "train_accuracy": 0.91,
+            "train_accuracy_low": 0.89,
+            "train_accuracy_high": 0.93,
             "objective": "kwise",
         },
     )
@@ -141,7 +144,7 @@ def test_report_has_markdown_json_plots_and_the_headline_numbers(fake_run):
     assert h["base_bits_per_byte"] == 0.612
     assert h["sft_finished_rate"] == 1.0  # from `rlhf eval` (same prompts for every model)
     assert h["reward_accuracy"] == 0.83 and h["reward_accuracy_interval"] == {"mean": 0.83, "low": 0.78, "high": 0.87}
-    assert h["reward_gold_accuracy"] == 0.86
+    assert h["reward_gold_accuracy"] == 0.86 and h["reward_train_accuracy"] == 0.91
     gain = h["ppo_gold_gain"]
     assert gain["low"] < gain["mean"] < gain["high"] and gain["low"] > 0
     assert h["ppo_gold_reward"] > h["sft_gold_reward"]

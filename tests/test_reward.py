@@ -132,6 +132,8 @@ def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
     metrics = reward.run(rec, tmp_path / "run")
     assert metrics["objective"] == "kwise" and metrics["eval_pairs"] == len(held)
     assert metrics["accuracy"] >= 0.8 and metrics["mean_margin"] > 0
+    # The fit on training pairs is measured too (easy data: learnt there as well), on every pair of this small set.
+    assert metrics["train_accuracy"] >= 0.8 and metrics["train_accuracy_pairs"] == len(train)
     saved = json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"]
     losses = [

@@ -16,8 +16,9 @@ no overfitting from seeing one answer in many separate pairs. Otherwise the ordi
 and every other RewardConfig setting come from `reward.training`.
 
 Writes reward/final/ (model, tokenizer, reward_stats.json: score mean/std over the training answers, for PPO to
-normalise with), reward/eval.json (held-out pairwise accuracy, mean margin; on the toy world the agreement with the gold
-reward's order on the held-out prompts' sampled answers), reward/metrics.jsonl, reward/checkpoints/.
+normalise with), reward/eval.json (held-out pairwise accuracy, mean margin; the accuracy on up to 1024 training pairs,
+which tells underfitting (both low) from overfitting (training far above held-out); on the toy world the agreement with
+the gold reward's order on the held-out prompts' sampled answers), reward/metrics.jsonl, reward/checkpoints/.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
+FIT_PAIRS = 1024  # training pairs scored for train_accuracy: next to the held-out accuracy it tells underfit from overfit
 LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
 
 
@@ -281,6 +283,11 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         "eval_pairs": len(held),
         **pair_metrics(model, tokenizer, held, rc.max_length),
     }
+    if not streaming:
+        fit_pairs = train.shuffle(seed=0).select(range(min(FIT_PAIRS, len(train))))
+        fit = pair_metrics(model, tokenizer, fit_pairs, rc.max_length)
+        metrics.update({f"train_{k}": fit[k] for k in ("accuracy", "accuracy_low", "accuracy_high")})
+        metrics["train_accuracy_pairs"] = len(fit_pairs)
     metrics.update(gold_agreement(rec, run_dir, spec, model, tokenizer, {r["group"] for r in held}))
     stats = score_stats(model, tokenizer, train, rc.max_length, source="training answers")
 
@@ -308,9 +315,14 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     final = save_dir_atomic(stage_dir / "final", write)
     write_json_atomic(stage_dir / "eval.json", metrics)
     gold = f", gold-order agreement {metrics['gold_accuracy']:.3f}" if "gold_accuracy" in metrics else ""
+    fit = (
+        f" ({metrics['train_accuracy']:.3f} on {metrics['train_accuracy_pairs']} training pairs)"
+        if "train_accuracy" in metrics
+        else ""
+    )
     print(
         f"Reward model saved to {final} ({metrics['objective']} loss): held-out accuracy {metrics['accuracy']:.3f} "
-        f"[{metrics['accuracy_low']:.3f}, {metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs{gold}"
+        f"[{metrics['accuracy_low']:.3f}, {metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs{fit}{gold}"
     )
     return metrics
 
