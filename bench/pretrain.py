@@ -1,7 +1,7 @@
 """Pre-training speed: `rlhf pretrain`'s training loop against a plain Trainer script, same model and data, alternating.
 
     python -m bench.pretrain                 # or `make bench` (all benchmarks)
-    python -m bench.pretrain --steps 20 --rounds 3
+    python -m bench.pretrain --steps 20 --rounds 3     # table + bench/out/pretrain.json
 
 Both sides train the same ~5M-parameter Llama (hidden 256, 6 layers, block 256) on the toy world's corpus with the same
 tokenizer, for the same number of optimizer steps over about the same number of real tokens per step:
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 HIDDEN, LAYERS, HEADS, BLOCK = 256, 6, 4, 256
+OUT = Path(__file__).parent / "out"
 
 
 def _overrides(steps: int, batch: int) -> list[str]:
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"  MFU (steady)  {mfu:.1%} of the measured {last['peak'] / 1e9:.0f} GFLOP/s {last['dtype']} peak ({against_bf16})"
         + (f"; with compile {summary['compile_mfu']:.1%}" if "compile" in results else "")
     )
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "pretrain.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
