@@ -29,7 +29,9 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
-FIT_PAIRS = 1024  # training pairs scored for train_accuracy: next to the held-out accuracy it tells underfit from overfit
+FIT_PAIRS = (
+    1024  # training pairs scored for train_accuracy: next to the held-out accuracy it tells underfit from overfit
+)
 LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
 
 
