@@ -29,9 +29,8 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
-FIT_PAIRS = (
-    1024  # training pairs scored for train_accuracy: next to the held-out accuracy it tells underfit from overfit
-)
+# Training pairs scored for train_accuracy: next to the held-out accuracy it tells underfitting from overfitting.
+FIT_PAIRS = 1024
 LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
 
 
