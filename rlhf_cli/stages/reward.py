@@ -24,6 +24,7 @@ the gold reward's order on the held-out prompts' sampled answers), reward/metric
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
@@ -285,7 +286,8 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         **pair_metrics(model, tokenizer, held, rc.max_length),
     }
     if not streaming:
-        fit_pairs = train.shuffle(seed=0).select(range(min(FIT_PAIRS, len(train))))
+        picked = random.Random(0).sample(range(len(train)), min(FIT_PAIRS, len(train)))
+        fit_pairs = [train[i] for i in sorted(picked)]  # rows, not a Dataset: no indices file in the datasets cache
         fit = pair_metrics(model, tokenizer, fit_pairs, rc.max_length)
         metrics.update({f"train_{k}": fit[k] for k in ("accuracy", "accuracy_low", "accuracy_high")})
         metrics["train_accuracy_pairs"] = len(fit_pairs)
@@ -427,7 +429,6 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
 def score_stats(model, tokenizer, pairs, max_length: int, *, source: str, limit: int = STATS_ANSWERS) -> dict:
     """Mean and standard deviation of the scores of (up to `limit`) distinct answers in `pairs`."""
     import json
-    import random
     import statistics
 
     seen = {}
