@@ -344,6 +344,14 @@ def test_pretrain_split_is_the_tail(tmp_path):
     assert train["text"] == [str(i) for i in range(18)] and eval_["text"] == ["18", "19"]
 
 
+def test_pretrain_split_of_one_document_is_its_tail_cut_at_a_word():
+    text = " ".join(f"w{i}" for i in range(1000))
+    train, eval_ = train_eval_split(datasets.Dataset.from_list([{"text": text}]), spec(eval_fraction=0.05), "pretrain")
+    (head,), (tail,) = train["text"], eval_["text"]
+    assert head + " " + tail == text and tail.startswith("w") and text.endswith(tail)
+    assert 0.045 * len(text) <= len(tail) <= 0.055 * len(text)
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "ppo", "reward"])
 def test_at_least_one_eval_row(stage):
     rows = {

@@ -124,3 +124,32 @@ def test_steady_speed_leaves_out_the_warm_up_steps():
     ends = [0.0, 60.0] + [60.0 + 0.5 * i for i in range(1, 19)]  # a 60 s compile in step 1, then 0.5 s a step
     assert steady_seconds_per_step(ends) == 0.5
     assert steady_seconds_per_step(ends[:9]) is None  # too few steps to tell: the caller keeps the overall rate
+
+
+def test_one_long_text_file_keeps_a_held_out_tail(tmp_path):
+    # A novel without blank lines is one document; its last 5 % of characters is still held out and scored.
+    words = ["the", "fox", "ran", "far", "and", "sat", "on", "a", "mat", "by", "the", "sea"]
+    text = " ".join(words[(i * 7) % len(words)] for i in range(6000)) + "\n"
+    novel = tmp_path / "novel.txt"
+    novel.write_text(text)
+    run_dir = tmp_path / "run"
+    metrics = pretrain.run(
+        _recipe(f"pretrain.data.path={novel}", "pretrain.training.max_steps=2", "pretrain.training.save_steps=100"),
+        run_dir,
+    )
+    assert math.isfinite(metrics["bits_per_byte"])
+    assert 0.03 * len(text) < metrics["eval_bytes"] <= 0.06 * len(text)
+
+
+def test_no_held_out_text_is_refused_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+
+    novel = tmp_path / "novel.txt"
+    novel.write_text("one paragraph of text without any blank line in it " * 50)
+    out = tmp_path / "run"
+    args = ["pretrain", "--recipe", "tiny", "-o", str(out), "--set", f"pretrain.data.path={novel}"]
+    result = CliRunner().invoke(app, [*args, "--set", "pretrain.data.eval_fraction=0"])
+    assert result.exit_code == 2 and "eval_fraction" in result.output
+    assert not out.exists()

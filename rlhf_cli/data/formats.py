@@ -37,6 +37,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -607,7 +608,8 @@ def _n_eval(n: int, fraction: float) -> int:
 def train_eval_split(ds, spec, stage: str, seed: int = 0, toy_dir: Path | None = None):
     """(train, eval) for `stage`: eval from the toy world, `spec.eval_path`, `spec.eval_split`, else a fraction of `ds`.
 
-    The fraction (`spec.eval_fraction`) is the tail for pretrain, a seeded random draw for sft/ppo, and whole prompt
+    The fraction (`spec.eval_fraction`) is the tail for pretrain (of the characters when there are fewer than
+    1/fraction documents, so one long file keeps a held-out tail), a seeded random draw for sft/ppo, and whole prompt
     groups for reward (one prompt's pairs never straddle train and eval). At least one eval row (group, for reward)
     when there are two or more. A streamed `ds` gives its head as eval (materialised; ceil-fraction of max_examples,
     else STREAMING_EVAL_ROWS rows) and the rest as train. Eval is always a `datasets.Dataset`.
@@ -631,6 +633,8 @@ def train_eval_split(ds, spec, stage: str, seed: int = 0, toy_dir: Path | None =
 
     n = len(ds)
     if stage == "pretrain":
+        if 0 < n * fraction < 1:  # fewer documents than one held-out row (a novel in one file): cut the text's tail
+            return _text_tail_split(ds, fraction)
         k = _n_eval(n, fraction)
         return ds.select(range(n - k)), ds.select(
             list(range(n - k, n))
@@ -648,6 +652,33 @@ def train_eval_split(ds, spec, stage: str, seed: int = 0, toy_dir: Path | None =
         eval_idx = sorted(order[: _n_eval(n, fraction)])
     held_rows = set(eval_idx)
     return ds.select([i for i in range(n) if i not in held_rows]), ds.select(eval_idx)
+
+
+def _text_tail_split(ds, fraction: float):
+    """Pretrain documents -> (train, eval) with the last `fraction` of the characters held out, the document at the
+    boundary cut at a whitespace: a corpus of one or a few documents still has a held-out tail."""
+    import datasets
+
+    texts = list(ds["text"])
+    need = math.ceil(sum(len(t) for t in texts) * fraction)
+    held: list[str] = []
+    while texts and need > 0:
+        last = texts.pop()
+        if len(last) <= need:
+            held.insert(0, last)
+            need -= len(last)
+            continue
+        cut = len(last) - need
+        space = last.rfind(" ", 0, cut + 1)  # start the held-out part at a word, not mid-word
+        cut = space if space > 0 else cut
+        texts.append(last[:cut].rstrip())
+        held.insert(0, last[cut:].lstrip())
+        need = 0
+    features = _features("pretrain")
+    return (
+        datasets.Dataset.from_dict({"text": [t for t in texts if t]}, features=features),
+        datasets.Dataset.from_dict({"text": [t for t in held if t]}, features=features),
+    )
 
 
 def _stream_eval_rows(spec) -> int:

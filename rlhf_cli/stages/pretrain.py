@@ -62,6 +62,11 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     with PartialState().main_process_first():
         train_docs = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
         train_docs, eval_docs = train_eval_split(train_docs, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
+        if len(eval_docs) == 0:
+            raise UserError(
+                "pretrain has no held-out text to measure bits per byte on: set pretrain.data.eval_fraction above 0 "
+                "(e.g. 0.05) or pretrain.data.eval_path to a held-out file."
+            )
         tokenizer, trained = _tokenizer(recipe, stage_dir, train_docs, resume)
 
     # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
