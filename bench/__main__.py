@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 BENCHMARKS = ["bench.pretrain", "bench.sft", "bench.pipeline", "bench.ppo"]  # pipeline before ppo: ppo reuses its run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog="Each runs with its defaults; for options run one alone: "
+        + ", ".join(f"python -m {name} --help" for name in BENCHMARKS),
+    ).parse_args(argv)
     for name in BENCHMARKS:
         print(f"=== {name}")
-        importlib.import_module(name).main()
+        importlib.import_module(name).main([])  # its defaults, not this command line
 
 
 if __name__ == "__main__":

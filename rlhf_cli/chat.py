@@ -1,7 +1,7 @@
 """`rlhf chat`: talk to any stage's causal LM through its chat template, tokens streamed as they are generated.
 
     rlhf chat runs/tiny/ppo/final                                   # interactive: /reset clears history, /quit exits
-    rlhf chat runs/tiny/sft/final --prompt "what does the fox eat?" --temperature 0   # one answer, for scripts
+    rlhf chat runs/tiny/sft/final --prompt "what does the owl eat?" --temperature 0   # one answer, for scripts
 
 A LoRA adapter folder (adapter_config.json) loads as its base model plus the adapter. A reward model (a sequence
 classifier) cannot chat: `rlhf reward inspect` is the tool for it.

@@ -292,7 +292,7 @@ def chat(
 ):
     """Talk to any stage's model through its chat template (history kept; /reset, /quit).
 
-    Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the fox eat?"`
+    Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the owl eat?"`
     """
     from rlhf_cli.chat import chat as do_chat
 

@@ -145,8 +145,7 @@ def run_pipeline(
                 "[yellow]The recipe differs from the one this run started with; finished stages keep "
                 "their old settings.[/]"
             )
-    if is_main_process():
-        save_resolved(recipe, run_dir)
+    # recipe.yaml and pipeline.json are written once a step has run: a mistake the first step finds leaves no trace.
     console.print(f"[bold]rlhf pipeline[/] {recipe.name} -> {run_dir}  (steps: {', '.join(steps)})")
 
     start = time.time()
@@ -167,11 +166,14 @@ def run_pipeline(
 
             stopped = isinstance(err, (Interrupted, KeyboardInterrupt))
             entry.update(status="interrupted" if stopped else "failed", seconds=round(time.time() - t0, 2))
-            if is_main_process():
+            # A UserError wrote nothing; record it only in a run that holds something already.
+            untouched = isinstance(err, UserError) and not record_path.exists()
+            if is_main_process() and not untouched:
                 write_json_atomic(record_path, record)
             raise
         entry.update(status="done", seconds=round(time.time() - t0, 2))
         if is_main_process():
+            save_resolved(recipe, run_dir)
             write_json_atomic(record_path, record)
 
     from rlhf_cli.report import step_headline

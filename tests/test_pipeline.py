@@ -76,6 +76,34 @@ def test_existing_stage_is_refused_before_anything_runs(tmp_path, fake_steps):
     assert (run / "recipe.yaml").read_text() == "name: old\n"  # not clobbered
 
 
+def test_bad_input_found_by_the_first_stage_leaves_no_trace(tmp_path):
+    # The real pretrain stage: its data check fails before it writes; the pipeline writes no recipe.yaml or record either.
+    from rlhf_cli.cli import app
+
+    run = tmp_path / "run"
+    args = ["pipeline", "-o", str(run), "--set", f"pretrain.data.path={tmp_path / 'missing.txt'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "missing.txt" in result.output
+    assert not run.exists()
+
+
+def test_a_failing_later_stage_is_recorded(tmp_path, fake_steps, monkeypatch):
+    ran = pipeline._run_step
+
+    def failing_reward(step, *args, **kwargs):
+        if step == "reward":
+            raise UserError("bad reward data")
+        return ran(step, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_run_step", failing_reward)
+    run = tmp_path / "run"
+    with pytest.raises(UserError):
+        pipeline.run_pipeline(load_recipe("tiny", check_training=False), run)
+    steps = json.loads((run / "pipeline.json").read_text())["steps"]
+    assert steps["label"]["status"] == "done" and steps["reward"]["status"] == "failed"
+    assert (run / "recipe.yaml").exists()
+
+
 def test_overwrite_passes_through(tmp_path, fake_steps):
     run = tmp_path / "run"
     pipeline.run_pipeline(load_recipe("tiny", check_training=False), run, stages="pretrain")

@@ -90,3 +90,31 @@ def test_a_data_path_set_on_a_hub_recipe_replaces_the_hub_source():
     assert both.sft.data.eval_split == "test"  # set explicitly: kept
     hub = load_recipe("tiny", ["sft.data.hub=HuggingFaceH4/ultrachat_200k"])
     assert hub.sft.data.hub == "HuggingFaceH4/ultrachat_200k" and not hub.sft.data.toy
+
+
+# PPO's algorithm keys are null in the recipe and take rlhf_cli.ppo.PPOConfig's defaults, which the README shows.
+PPO_RESOLVED_LATER = {"kl_coef", "kl_estimator", "response_length", "temperature", "missing_eos_penalty", "ptx_coef"}
+
+
+def test_readme_recipe_reference_is_a_valid_recipe_of_the_defaults(tmp_path):
+    # The README's "every key with its default" block must load, and its values must be the defaults it claims.
+    from rlhf_cli.ppo.config import PPOConfig
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```yaml\nname: my-run") + len("```yaml\n")
+    block = readme[start : readme.index("```", start)]
+    (tmp_path / "ref.yaml").write_text(block)
+    (tmp_path / "bare.yaml").write_text("name: my-run\n")
+    documented = load_recipe(str(tmp_path / "ref.yaml")).model_dump()
+    defaults = load_recipe(str(tmp_path / "bare.yaml")).model_dump()
+    shown = yaml.safe_load(block)
+    for section, values in shown.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if key in ("data", "training"):
+                continue
+            if section == "ppo" and key in PPO_RESOLVED_LATER:
+                assert value == PPOConfig.__dataclass_fields__[key].default, f"ppo.{key}"
+                continue
+            assert documented[section][key] == defaults[section][key], f"{section}.{key}"
