@@ -473,6 +473,7 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         f"| base model: completion probes right | {_f(h['base_probe_accuracy'], '.1%') if h['base_probe_accuracy'] is not None else '–'} |",
         f"| SFT: finished-answer rate | {_f(h['sft_finished_rate'], '.1%') if h['sft_finished_rate'] is not None else '–'} |",
         f"| reward model: held-out pairwise accuracy | {_f(h['reward_accuracy'], '.1%') if h['reward_accuracy'] is not None else '–'} |",
+        f"| reward model: accuracy on training pairs | {_f(h['reward_train_accuracy'], '.1%') if h['reward_train_accuracy'] is not None else '–'} |",
         f"| reward model: agreement with the gold order | {_f(h['reward_gold_accuracy'], '.1%') if h['reward_gold_accuracy'] is not None else '–'} |",
         f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} |",
         f"| PPO gold-reward gain over SFT (95 % bootstrap) | {_ci(h['ppo_gold_gain'])} |",

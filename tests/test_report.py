@@ -155,6 +155,7 @@ def test_report_has_markdown_json_plots_and_the_headline_numbers(fake_run):
         assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 5000
     md = path.read_text()
     assert "0.612" in md and "tell me what the fox eats." in md and "loss_curves.png" in md
+    assert "| reward model: accuracy on training pairs | 91.0% |" in md
 
 
 def test_stage_eval_files_are_the_fallback_without_rlhf_eval(fake_run):
