@@ -115,9 +115,12 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
     run_dir = rec.run_dir(output_dir)
     if dry_run:
         return _dry_run(rec, run_dir, f"rlhf {stage}")
+    from rlhf_cli.runs import no_trace_on_user_error
+
     # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
     module = importlib.import_module(f"rlhf_cli.stages.{stage}")
-    module.run(rec, run_dir, resume=resume, overwrite=overwrite)
+    with no_trace_on_user_error(run_dir):
+        module.run(rec, run_dir, resume=resume, overwrite=overwrite)
 
 
 @app.command()
@@ -227,9 +230,11 @@ def sample(
     Example: `rlhf sample --recipe tiny --set feedback.k=6`
     """
     from rlhf_cli.feedback import sample as do_sample
+    from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
-    do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
+    with no_trace_on_user_error(rec.run_dir(output_dir)):
+        do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
 
 
 @app.command()
@@ -248,9 +253,11 @@ def label(
     Example: `rlhf label --recipe tiny --annotator human` (skip, undo, quit; starting again resumes)
     """
     from rlhf_cli.feedback import label as do_label
+    from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
-    do_label(rec, rec.run_dir(output_dir), annotator=annotator, overwrite=overwrite)
+    with no_trace_on_user_error(rec.run_dir(output_dir)):
+        do_label(rec, rec.run_dir(output_dir), annotator=annotator, overwrite=overwrite)
 
 
 @app.command()
@@ -438,12 +445,18 @@ def recipe_show(
 def data_toy(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the toy world's data sets into.")],
     seed: Annotated[int, typer.Option("--seed", help="World seed: the same seed gives the same bytes.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a toy world already in --out.")] = False,
 ):
     """Write the toy world's data sets (pre-training corpus, SFT conversations, prompts, probes).
 
     Example: `rlhf data toy --out toy --seed 0`
     """
     from rlhf_cli.data.toy import ToyWorld
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give --out a folder (it is created if missing).")
+    if (out / "world.json").exists() and not overwrite:
+        raise UserError(f"{out} already holds a toy world; pass --overwrite to replace it, or another --out.")
 
     for name, path in ToyWorld(seed).write(out).items():
         typer.echo(f"{name:16s} {path}")

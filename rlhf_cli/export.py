@@ -70,6 +70,9 @@ def load_for_export(model_dir: str):
 def _is_classifier(ref: str) -> bool:
     from transformers import AutoConfig
 
+    from rlhf_cli.modeling import check_model_ref
+
+    check_model_ref(ref, needs=("config.json", "adapter_config.json"))
     try:
         config = AutoConfig.from_pretrained(ref)
     except (OSError, ValueError) as err:

@@ -83,10 +83,27 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "tokenizer.model")
+
+
+def check_model_ref(ref: str, *, needs: tuple[str, ...] = ("config.json",)) -> None:
+    """A UserError for a local path that does not exist or is a folder with none of `needs`; hub ids pass (checked on
+    load). Without it transformers answers a missing path with a hub-id syntax error, an empty folder with a cut one."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not any((path / name).exists() for name in needs):
+            raise UserError(
+                f"{ref} is not a model folder (no {needs[0]}); point to a folder saved with save_pretrained."
+            )
+    elif path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:  # a hub id is at most owner/name
+        raise UserError(f"{ref} does not exist (or is a file); point to a model folder saved with save_pretrained.")
+
+
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
     """A tokenizer from a folder or hub id, given a pad token (distinct from EOS where we can) and a chat template."""
     from transformers import AutoTokenizer
 
+    check_model_ref(ref, needs=TOKENIZER_FILES)
     try:
         tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -160,6 +177,7 @@ def load_causal_lm(ref: str, *, trust_remote_code: bool = False, dtype=None):
     """A causal LM from a folder or hub id (safetensors only), with a clear message when it is not one."""
     from transformers import AutoModelForCausalLM
 
+    check_model_ref(ref)
     try:
         return AutoModelForCausalLM.from_pretrained(
             ref, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype

@@ -121,7 +121,7 @@ def run_pipeline(
     from rich.console import Console
 
     from rlhf_cli.recipe import save_resolved
-    from rlhf_cli.runs import is_main_process, read_json, wait_for_everyone, write_json_atomic
+    from rlhf_cli.runs import is_main_process, no_trace_on_user_error, read_json, wait_for_everyone, write_json_atomic
 
     run_dir = Path(run_dir)
     steps = parse_stages(stages)
@@ -159,7 +159,8 @@ def run_pipeline(
         entry = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record["steps"][step] = entry
         try:
-            _run_step(step, recipe, run_dir, resume=resume, overwrite=overwrite)
+            with no_trace_on_user_error(run_dir):  # per step: never removes what an earlier step made
+                _run_step(step, recipe, run_dir, resume=resume, overwrite=overwrite)
             wait_for_everyone()  # several processes: the next step reads what the main process just saved
         except BaseException as err:
             from rlhf_cli.runs import Interrupted

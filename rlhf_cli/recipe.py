@@ -311,6 +311,8 @@ def _describe(err: dict) -> str:
         hint = f" — did you mean '{'.'.join([*map(str, loc[:-1]), near[0]])}'?" if near else ""
         return f"unknown key '{key}'{hint} (valid keys here: {', '.join(valid)})"
     value = err.get("input")
+    if loc and loc[-1] == "data" and isinstance(value, str):  # `--set sft.data=FILE`, meant as data.path
+        return f"'{key}' is a section, not a file: write {key}.path={value} (or {key}.hub=NAME for a hub data set)"
     return f"'{key}': {err['msg']} (got {value!r})"
 
 

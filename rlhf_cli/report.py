@@ -414,7 +414,6 @@ def build_report(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run folder; give the folder `rlhf pipeline` wrote (runs/<name>).")
     out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
     metrics = {s: read_metrics(run_dir / s / "metrics.jsonl") for s in STAGES}
     stage_evals = {s: _read_json(run_dir / s / "eval.json") for s in STAGES}
     ev = _read_json(run_dir / "eval" / "eval.json")
@@ -423,6 +422,7 @@ def build_report(run_dir: str | Path) -> Path:
         raise UserError(
             f"{run_dir} has no stage output to report on (no <stage>/metrics.jsonl or eval.json); run `rlhf pipeline` first."
         )
+    out.mkdir(parents=True, exist_ok=True)
 
     plots = {
         "loss_curves": plot_losses(metrics, out / "loss_curves.png"),

@@ -6,6 +6,7 @@ stage shares (metrics.jsonl, progress line, NaN guard, Ctrl-C / SIGTERM -> check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -131,6 +132,30 @@ def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: boo
             save_resolved(recipe, run_dir)
     wait_for_everyone()
     return stage_dir
+
+
+@contextlib.contextmanager
+def no_trace_on_user_error(run_dir: Path):
+    """On an input error (a UserError with exit code 2), remove what the command made before its checks failed: the
+    toy world's files (written so the data can be checked; regenerated on the next use), new folders without a file in
+    them (the empty `checkpoints/` a Trainer makes when it is built) and then a new run folder left empty. Never a file
+    a stage wrote: those come after the checks."""
+    run_dir = Path(run_dir)
+    toy = run_dir / "data" / "toy"
+    run_existed, toy_existed = run_dir.exists(), toy.exists()
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else set()
+    try:
+        yield
+    except UserError as err:
+        if getattr(err, "exit_code", 2) == 2 and is_main_process() and run_dir.is_dir():
+            if not toy_existed and toy.exists():
+                shutil.rmtree(toy, ignore_errors=True)
+            for child in set(run_dir.iterdir()) - before:
+                if child.is_dir() and not any(p.is_file() for p in child.rglob("*")):
+                    shutil.rmtree(child, ignore_errors=True)
+            if not run_existed and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
 
 
 def _holds_work(stage_dir: Path) -> bool:

@@ -79,3 +79,25 @@ def test_data_toy_writes_loadable_json(tmp_path):
     assert result.exit_code == 0, result.output
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "toy" / "sft_train.jsonl"), split="train")
     assert "messages" in ds.column_names and len(ds) > 100
+
+
+def test_data_toy_refuses_a_file_and_an_existing_world(tmp_path):
+    out = tmp_path / "toy"
+    assert runner.invoke(app, ["data", "toy", "--out", str(out)]).exit_code == 0
+    again = runner.invoke(app, ["data", "toy", "--out", str(out), "--seed", "1"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, ["data", "toy", "--out", str(out), "--seed", "1", "--overwrite"]).exit_code == 0
+    (tmp_path / "f.txt").write_text("x")
+    assert runner.invoke(app, ["data", "toy", "--out", str(tmp_path / "f.txt")]).exit_code == 2
+
+
+def test_a_data_section_given_a_file_says_to_use_path(tmp_path):
+    result = runner.invoke(app, ["reward", "-o", str(tmp_path / "run"), "--set", "reward.data=pairs.jsonl"])
+    assert result.exit_code == 2 and "reward.data.path=pairs.jsonl" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_on_a_folder_without_stages_writes_nothing(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no stage output" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -118,3 +118,21 @@ def test_readme_recipe_reference_is_a_valid_recipe_of_the_defaults(tmp_path):
                 assert value == PPOConfig.__dataclass_fields__[key].default, f"ppo.{key}"
                 continue
             assert documented[section][key] == defaults[section][key], f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("reward.training.per_device_train_batch_size=0", "whole number, 1 or more"),
+        ("pretrain.training.gradient_accumulation_steps=0", "whole number, 1 or more"),
+        ("pretrain.training.max_steps=abc", "must be a number"),
+    ],
+)
+def test_training_values_torch_refuses_late_are_refused_early(tmp_path, override, message):
+    # Refused when the trainer config is built, before any stage folder exists (and before --overwrite removes one).
+    from rlhf_cli.stages.common import trainer_config
+
+    rec = load_recipe("tiny", [override], check_training=False)
+    stage = override.split(".")[0]
+    with pytest.raises(UserError, match=message):
+        trainer_config(rec, stage, tmp_path / stage)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_cli.data.formats import expand_rankings
+from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import ModelSpec, load_recipe
 from rlhf_cli.stages import reward
 
@@ -208,3 +209,12 @@ def test_wilson_interval():
     low, high = reward.wilson(80, 100)
     assert 0.70 < low < 0.72 and 0.86 < high < 0.88
     assert reward.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_inspect_without_data_on_a_policy_model_names_the_problem(tmp_path):
+    policy = tmp_path / "sft" / "final"
+    policy.mkdir(parents=True)
+    (policy / "config.json").write_text("{}")
+    (policy / "lineage.json").write_text(json.dumps({"stage": "sft", "data": {"seed": 0}}))
+    with pytest.raises(UserError, match="not a reward model"):
+        reward.inspect_reward_model(policy)

@@ -250,3 +250,24 @@ def test_qlora_on_cpu_is_refused_clearly(tmp_path, base_dir):
     recipe = recipe_for(base_dir, {"path": "unused.jsonl"}, lora={"qlora": True})
     with pytest.raises(UserError, match="qlora"):
         sft.run(recipe, tmp_path / "run")
+
+
+def test_conversations_cut_before_any_answer_are_refused_without_a_trace(tmp_path, base_dir):
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+
+    long = {
+        "messages": [
+            {"role": "user", "content": "the fox eats berries. " * 30},
+            {"role": "assistant", "content": "ok."},
+        ]
+    }
+    data = write_jsonl(tmp_path / "long.jsonl", [long] * 8)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("earlier work")
+    args = ["sft", "-o", str(run), "--set", f"sft.init_from={base_dir}", "--set", f"sft.data.path={data}"]
+    result = CliRunner().invoke(app, [*args, "--set", "sft.max_length=40"])
+    assert result.exit_code == 2 and "sft.max_length=40" in result.output
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]  # no sft/ (not even the Trainer's checkpoints/)

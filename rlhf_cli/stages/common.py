@@ -80,6 +80,16 @@ def trainer_config(recipe, stage: str, stage_dir: Path, **extra):
         config = cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"{stage}.training: {str(err).splitlines()[0]}") from None
+    # Values the config class takes but torch or the Trainer refuse only once training starts, after the stage folder
+    # exists (and, with --overwrite, after the old one is gone): checked here, before anything is written.
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(config, name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{stage}.training.{name} is {value!r}; it must be a whole number, 1 or more.")
+    for name in ("max_steps", "num_train_epochs", "learning_rate", "warmup_steps", "weight_decay", "max_grad_norm"):
+        value = getattr(config, name, 0)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{stage}.training.{name} is {value!r}; it must be a number.")
     if config.learning_rate < 0:  # torch refuses it only when the optimiser is built, after the stage folder exists
         raise UserError(f"{stage}.training.learning_rate is {config.learning_rate}; it must be positive (e.g. 1e-3).")
     return config

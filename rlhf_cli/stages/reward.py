@@ -469,7 +469,11 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
         lineage = model_dir / "lineage.json"
         if not lineage.exists():
             raise UserError(f"{model_dir} has no lineage.json telling what it was trained on; pass --data FILE.")
-        info = read_json(lineage)["data"]
+        info = read_json(lineage).get("data") or {}
+        if read_json(lineage).get("stage") != "reward" or "spec" not in info:
+            raise UserError(
+                f"{model_dir} is not a reward model trained by `rlhf reward`; pass --data FILE to score it."
+            )
         spec = DataSpec(**info["spec"])
         if spec.path and not Path(spec.path).exists():
             raise UserError(f"{spec.path} (the data {model_dir} was trained on) is gone; pass --data FILE.")

@@ -22,6 +22,7 @@ SAMPLES_SHOWN = 5
 
 def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Fine-tune, save `sft/final`, evaluate into `sft/eval.json`; returns the eval metrics."""
+    import datasets
     import torch
 
     from rlhf_cli import runs
@@ -59,6 +60,12 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     callback = runs.make_callbacks(stage_dir, STAGE)
     trainer = make_trainer(recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callback])
+    if isinstance(trainer.train_dataset, datasets.Dataset) and len(trainer.train_dataset) == 0:
+        # TRL drops conversations whose assistant turns truncation cut off entirely; torch would fail on an empty set
+        raise UserError(
+            f"sft: no training conversation keeps an assistant token within sft.max_length={spec.max_length} tokens "
+            "(the turns before the answers are longer); raise sft.max_length or shorten the conversations."
+        )
     runs.prepare_stage_dir(
         run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe
     )  # inputs are good: first write
