@@ -41,7 +41,7 @@ HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"
 def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False) -> Path:
     """K answers per prompt from the run's SFT model (or `model` / feedback.model) to feedback/samples.jsonl."""
     from rlhf_cli.data.formats import load_stage_data
-    from rlhf_cli.generation import generate_answers
+    from rlhf_cli.generation import check_prompts_fit, generate_answers
     from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
     from rlhf_cli.runs import is_main_process, resolve_model_dir, wait_for_everyone, write_text_atomic
 
@@ -63,6 +63,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
         load_tokenizer(model_dir, trust_remote_code=trust),
         load_causal_lm(model_dir, trust_remote_code=trust).to(inference_device()),
     )
+    check_prompts_fit(tokenizer, lm, prompts, fb.max_new_tokens, "sample", "feedback.max_new_tokens")
     start = time.time()
     answers = generate_answers(
         lm,

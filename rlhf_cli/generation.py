@@ -26,6 +26,23 @@ def render_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
     return out
 
 
+def check_prompts_fit(tokenizer, model, prompts: list[list[dict]], new_tokens: int, stage: str, setting: str) -> None:
+    """A UserError when a rendered prompt plus `new_tokens` generated tokens exceeds the model's context."""
+    from rlhf_cli.errors import UserError
+
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not context:
+        return
+    lengths = [len(ids) for ids in render_prompts(tokenizer, prompts)]
+    too_long = sum(n + new_tokens > context for n in lengths)
+    if too_long:
+        raise UserError(
+            f"{stage}: {too_long} of {len(lengths)} prompts plus {setting}={new_tokens} exceed the model's context of "
+            f"{context} tokens (longest prompt {max(lengths)} tokens); shorten or drop those prompts, or lower {setting}."
+        )
+
+
 def left_pad(rows: list[list[int]], pad_id: int):
     """A left-padded batch (input_ids, attention_mask): decoder-only models generate from the right edge."""
     import torch

@@ -258,6 +258,8 @@ def test_prompts_longer_than_context(work, models):
         ],
         "context",
     )
+    sample_args = ["sample", *R, "--model", str(models["short"]), "--set", "feedback.data={path: long.jsonl}"]
+    assert_refused(work, sample_args, "feedback.max_new_tokens")
 
 
 def test_block_size_beyond_context(work):
@@ -365,6 +367,21 @@ def test_overwrite_with_bad_data_keeps_old_stage(work):
     (work / "run" / "pretrain" / "final").mkdir(parents=True)
     (work / "run" / "pretrain" / "final" / "config.json").write_text("{}")
     assert_refused(work, ["pretrain", *R, "--overwrite", "--set", "pretrain.data.path=nowhere.txt"], "not found")
+
+
+@pytest.mark.parametrize(
+    "override,phrase",
+    [
+        ("pretrain.training.per_device_train_batch_size=0", "whole number, 1 or more"),
+        ("pretrain.training.max_steps=abc", "must be a number"),
+    ],
+    ids=["batch-size-0", "max-steps-text"],
+)
+def test_overwrite_with_a_training_value_torch_refuses_late_keeps_old_stage(work, override, phrase):
+    # Found by a probe: batch size 0 passed the config class, failed in the DataLoader after --overwrite emptied the stage.
+    (work / "run" / "pretrain" / "final").mkdir(parents=True)
+    (work / "run" / "pretrain" / "final" / "config.json").write_text("{}")
+    assert_refused(work, ["pretrain", *R, "--overwrite", "--set", override], phrase)
 
 
 def test_export_onto_existing_folder(work, models):

@@ -24,6 +24,7 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
     import torch
 
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
+    from rlhf_cli.generation import check_prompts_fit
     from rlhf_cli.modeling import load_causal_lm, load_tokenizer
     from rlhf_cli.ppo.trainer import PPOTrainer
     from rlhf_cli.runs import (
@@ -79,7 +80,10 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
     reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust)
     value_model, value_dir = _value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
     ptx_blocks = _ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
-    _check_prompt_lengths(tokenizer, policy, train_ds, args.response_length)
+    if hasattr(train_ds, "__len__"):  # a streamed data set is not read ahead
+        check_prompts_fit(
+            tokenizer, policy, [row["prompt"] for row in train_ds], args.response_length, "ppo", "ppo.response_length"
+        )
 
     prepare_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
     trainer = PPOTrainer(
@@ -144,24 +148,6 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
 
 
 # ------------------------------------------------------------------------------------------------------ sources
-
-
-def _check_prompt_lengths(tokenizer, policy, train_ds, response_length: int) -> None:
-    """Every rendered prompt plus `response_length` new tokens must fit the policy's context."""
-    from rlhf_cli.generation import render_prompts
-
-    config = getattr(policy, "config", None)
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not context or not hasattr(train_ds, "__len__"):
-        return
-    lengths = [len(ids) for ids in render_prompts(tokenizer, [row["prompt"] for row in train_ds])]
-    too_long = sum(n + response_length > context for n in lengths)
-    if too_long:
-        raise UserError(
-            f"ppo: {too_long} of {len(lengths)} prompts plus ppo.response_length={response_length} exceed the "
-            f"policy's context of {context} tokens (longest prompt {max(lengths)} tokens); shorten or drop "
-            "those prompts, or lower ppo.response_length."
-        )
 
 
 def _reward_sources(recipe, run_dir: Path, trust: bool):
