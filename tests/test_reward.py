@@ -218,3 +218,12 @@ def test_inspect_without_data_on_a_policy_model_names_the_problem(tmp_path):
     (policy / "lineage.json").write_text(json.dumps({"stage": "sft", "data": {"seed": 0}}))
     with pytest.raises(UserError, match="not a reward model"):
         reward.inspect_reward_model(policy)
+
+
+def test_no_held_out_pairs_is_said_not_scored_as_zero(tmp_path, tiny_model, capsys):
+    data = _synthetic_rankings(tmp_path / "rankings.jsonl", n=12)
+    rec = _recipe(data, tiny_model, "reward.data.eval_fraction=0", "reward.training.num_train_epochs=1")
+    metrics = reward.run(rec, tmp_path / "run")
+    assert metrics["eval_pairs"] == 0 and metrics["accuracy"] is None
+    assert "no held-out pairs" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())["accuracy"] is None

@@ -293,6 +293,17 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         metrics["train_accuracy_pairs"] = len(fit_pairs)
     metrics.update(gold_agreement(rec, run_dir, spec, model, tokenizer, {r["group"] for r in held}))
     stats = score_stats(model, tokenizer, train, rc.max_length, source="training answers")
+    if metrics["eval_pairs"]:
+        held_out = (
+            f"held-out accuracy {metrics['accuracy']:.3f} [{metrics['accuracy_low']:.3f}, "
+            f"{metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs"
+        )
+    else:  # not 0 % on 0 pairs: nothing was measured
+        metrics.update(accuracy=None, accuracy_low=None, accuracy_high=None, mean_margin=None)
+        held_out = (
+            "no held-out pairs (the data has a single prompt, or reward.data.eval_fraction is 0; "
+            "set reward.data.eval_path to measure accuracy)"
+        )
 
     def write(tmp: Path):
         model.save_pretrained(tmp)
@@ -310,7 +321,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
             title=f"{rec.name}: reward model",
             body=(
                 f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on `{spec.path or spec.hub}`.\n\n"
-                f"Held-out pairwise accuracy {metrics['accuracy']:.3f} on {metrics['eval_pairs']} pairs. "
+                f"Pairwise accuracy: {held_out}. "
                 f"Scores over the training answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json)."
             ),
         )
@@ -323,10 +334,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         if "train_accuracy" in metrics
         else ""
     )
-    print(
-        f"Reward model saved to {final} ({metrics['objective']} loss): held-out accuracy {metrics['accuracy']:.3f} "
-        f"[{metrics['accuracy_low']:.3f}, {metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs{fit}{gold}"
-    )
+    print(f"Reward model saved to {final} ({metrics['objective']} loss): {held_out}{fit}{gold}")
     return metrics
 
 
