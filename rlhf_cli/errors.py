@@ -9,3 +9,9 @@ class UserError(Exception):
     """Wrong user input: the message says what is wrong and how to fix it."""
 
     exit_code = 2
+
+
+def is_input_error(err: BaseException) -> bool:
+    """A mistake in the input, caught by the checks before anything was written (exit code 2); a UserError with another
+    exit code (a non-finite loss stops a run that has written checkpoints) is not."""
+    return isinstance(err, UserError) and err.exit_code == 2

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from rlhf_cli.errors import UserError
+from rlhf_cli.errors import UserError, is_input_error
 
 STEPS = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
 MODEL_STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -167,8 +167,8 @@ def run_pipeline(
 
             stopped = isinstance(err, (Interrupted, KeyboardInterrupt))
             entry.update(status="interrupted" if stopped else "failed", seconds=round(time.time() - t0, 2))
-            # A UserError wrote nothing; record it only in a run that holds something already.
-            untouched = isinstance(err, UserError) and not record_path.exists()
+            # An input error wrote nothing; record it only in a run that holds something already.
+            untouched = is_input_error(err) and not record_path.exists()
             if is_main_process() and not untouched:
                 write_json_atomic(record_path, record)
             raise

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli.errors import UserError
+from rlhf_cli.errors import UserError, is_input_error
 
 FINAL = "final"
 
@@ -147,7 +147,7 @@ def no_trace_on_user_error(run_dir: Path):
     try:
         yield
     except UserError as err:
-        if getattr(err, "exit_code", 2) == 2 and is_main_process() and run_dir.is_dir():
+        if is_input_error(err) and is_main_process() and run_dir.is_dir():
             if not toy_existed and toy.exists():
                 shutil.rmtree(toy, ignore_errors=True)
             for child in set(run_dir.iterdir()) - before:
