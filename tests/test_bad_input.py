@@ -82,20 +82,6 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _library_logs_to_real_stderr():
-    """transformers' log handler keeps the stream it was made with; made inside a CliRunner call, that stream is closed
-    by the next call ("--- Logging error ---" in the output). Bind it to the real stderr."""
-    import logging as std_logging
-    import sys
-
-    from transformers.utils import logging
-
-    for handler in logging.get_logger().handlers:
-        if type(handler) is std_logging.StreamHandler:  # not pytest's capture handlers, which must keep their buffer
-            handler.setStream(sys.__stderr__)
-
-
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
