@@ -72,10 +72,13 @@ def reply(
     top_p: float,
     max_new_tokens: int,
     write: Callable[[str], None],
+    precision: str = "auto",
 ) -> str:
     """Generate the assistant's next turn for `messages`, calling `write` with each piece of text as it is decoded."""
     import torch
     from transformers import TextStreamer
+
+    from rlhf_cli import precision as precisions
 
     class Streamer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False):
@@ -96,7 +99,7 @@ def reply(
         else {"do_sample": False}
     )
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), precisions.inference(model, precision):
         out = model.generate(
             input_ids=enc["input_ids"].to(device),
             attention_mask=enc["attention_mask"].to(device),
@@ -141,6 +144,7 @@ def chat(
     temperature: float = 0.7,
     top_p: float = 0.95,
     max_new_tokens: int = 128,
+    precision: str = "auto",
     *,
     ask: Callable[[str], str] = input,
 ) -> list[dict]:
@@ -150,8 +154,10 @@ def chat(
     """
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise UserError("Use --temperature >= 0 (0 = greedy), 0 < --top-p <= 1 and --max-new-tokens >= 1.")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--precision {precision!r}: use auto, bf16 or fp32.")
     model, tokenizer = load_chat_model(model_dir)
-    settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "precision": precision}
 
     def write(text: str):
         sys.stdout.write(text)

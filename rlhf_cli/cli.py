@@ -296,6 +296,9 @@ def chat(
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where it is faster for this model here; see `rlhf env`), bf16 or fp32.")
+    ] = "auto",
 ):
     """Talk to any stage's model through its chat template (history kept; /reset, /quit).
 
@@ -303,7 +306,14 @@ def chat(
     """
     from rlhf_cli.chat import chat as do_chat
 
-    do_chat(model_dir, prompt=prompt, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    do_chat(
+        model_dir,
+        prompt=prompt,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        precision=precision,
+    )
 
 
 @app.command("eval")
@@ -402,17 +412,19 @@ def env():
 
     Example: `rlhf env`
     """
-    from rlhf_cli.modeling import has_fast_bf16
+    from rlhf_cli import precision
     from rlhf_cli.runs import library_versions
 
     for name, version in library_versions().items():
         typer.echo(f"{name:14s} {version}")
     import torch
 
-    device = (
-        f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    device = f"cuda x{torch.cuda.device_count()}, " if torch.cuda.is_available() else ""
+    typer.echo(
+        f"{'device':14s} {device}{precision.describe_hardware()}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads"
     )
-    typer.echo(f"{'device':14s} {device}, {os.cpu_count()} CPU cores, fast bf16: {has_fast_bf16()}")
+    typer.echo(f"{'precision':14s} {precision.rule_here()}")
 
 
 @recipe_app.command("list")

@@ -39,7 +39,8 @@ def bootstrap_ci(values, *, n_resamples: int = 2000, confidence: float = 0.95, s
     means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": int(x.size)}
+    mean = float(x.mean())  # resampled means of equal values can round a hair past it: keep low <= mean <= high
+    return {"mean": mean, "low": min(float(low), mean), "high": max(float(high), mean), "n": int(x.size)}
 
 
 def paired_difference_ci(a, b, **kwargs) -> dict[str, float]:
@@ -133,9 +134,13 @@ def length_controlled_win_rate(a, b, len_a, len_b, *, tol: float = 1e-9, n_resam
 # ------------------------------------------------------------------------------------------------------ scoring
 
 
-def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
+def score_conversations(
+    model, tokenizer, conversations: list[list[dict]], batch_size: int = 32, precision: str = "auto"
+) -> list[float]:
     """A sequence-classification reward model's score of each whole conversation (chat-rendered, right-padded)."""
     import torch
+
+    from rlhf_cli import precision as precisions
 
     scores, device = [], next(model.parameters()).device
     model.eval()
@@ -150,15 +155,18 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        with torch.no_grad():
+        with torch.no_grad(), precisions.inference(model, precision):
             scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
     return scores
 
 
-def sample_with_ids(model, tokenizer, prompts, *, max_new_tokens: int, batch_size: int = 64, seed: int = 0):
+def sample_with_ids(
+    model, tokenizer, prompts, *, max_new_tokens: int, batch_size: int = 64, seed: int = 0, precision: str = "auto"
+):
     """Sampled answers (temperature 1) as (prompt ids, answer ids incl. end-of-text when finished) pairs."""
     import torch
 
+    from rlhf_cli import precision as precisions
     from rlhf_cli.generation import cut_at_eos, left_pad, render_prompts
 
     torch.manual_seed(seed)
@@ -168,7 +176,7 @@ def sample_with_ids(model, tokenizer, prompts, *, max_new_tokens: int, batch_siz
     for start in range(0, len(rendered), batch_size):
         chunk = rendered[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
-        with torch.no_grad():
+        with torch.no_grad(), precisions.inference(model, precision):
             gen = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -186,9 +194,11 @@ def sample_with_ids(model, tokenizer, prompts, *, max_new_tokens: int, batch_siz
     return out
 
 
-def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32) -> list[float]:
+def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32, precision: str = "auto") -> list[float]:
     """Sum of log p(answer token | context) over each answer's tokens."""
     import torch
+
+    from rlhf_cli import precision as precisions
 
     totals, device = [], next(model.parameters()).device
     for start in range(0, len(pairs), batch_size):
@@ -200,7 +210,7 @@ def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32) -> list[f
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        with torch.no_grad():
+        with torch.no_grad(), precisions.inference(model, precision):
             logp = torch.log_softmax(
                 model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1
             )
@@ -307,7 +317,13 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         answers = [
             a[0]
             for a in generate_answers(
-                model, tok, prompts, temperature=0.0, max_new_tokens=rec.eval.max_new_tokens, progress=f"eval {name}"
+                model,
+                tok,
+                prompts,
+                temperature=0.0,
+                max_new_tokens=rec.eval.max_new_tokens,
+                progress=f"eval {name}",
+                precision=rec.precision,
             )
         ]
         row: dict[str, Any] = {
@@ -320,17 +336,21 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             row["gold"] = [world.gold_reward(t, a.text, a.finished) for t, a in zip(texts, answers, strict=True)]
         if rm is not None:
             convs = [[*p, {"role": "assistant", "content": a.text}] for p, a in zip(prompts, answers, strict=True)]
-            row["rm"] = score_conversations(rm[0], rm[1], convs)
+            row["rm"] = score_conversations(rm[0], rm[1], convs, precision=rec.precision)
         per_model[name] = row
-        sampled[name] = sample_with_ids(model, tok, prompts, max_new_tokens=rec.eval.max_new_tokens, seed=rec.seed)
+        sampled[name] = sample_with_ids(
+            model, tok, prompts, max_new_tokens=rec.eval.max_new_tokens, seed=rec.seed, precision=rec.precision
+        )
 
     # KL(model || sft), from the model's own samples
     if "sft" in models:
         ref, ref_tok = models["sft"]
         for name in ("base", "ppo"):
             if name in models:
-                own = sequence_logprobs(models[name][0], sampled[name], models[name][1].pad_token_id)
-                under_ref = sequence_logprobs(ref, sampled[name], ref_tok.pad_token_id)
+                own = sequence_logprobs(
+                    models[name][0], sampled[name], models[name][1].pad_token_id, precision=rec.precision
+                )
+                under_ref = sequence_logprobs(ref, sampled[name], ref_tok.pad_token_id, precision=rec.precision)
                 per_model[name]["kl_to_sft"] = [o - r for o, r in zip(own, under_ref, strict=True)]
         per_model["sft"]["kl_to_sft"] = [0.0] * len(prompts)
 

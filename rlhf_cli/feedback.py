@@ -76,6 +76,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
         batch_size=fb.batch_size,
         seed=rec.seed,
         progress=f"sampling {fb.k} answers per prompt",
+        precision=rec.precision,
     )
     settings = {
         "model": model_dir,

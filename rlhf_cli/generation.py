@@ -75,9 +75,13 @@ def generate_answers(
     batch_size: int = 64,
     seed: int | None = None,
     progress: str | None = None,
+    precision: str = "auto",
 ) -> list[list[Answer]]:
-    """`num_return_sequences` answers for each prompt (temperature 0 = greedy), batched, with an optional progress bar."""
+    """`num_return_sequences` answers for each prompt (temperature 0 = greedy), batched, with an optional progress bar;
+    `precision` is the recipe's setting (rlhf_cli.precision)."""
     import torch
+
+    from rlhf_cli import precision as precisions
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -97,7 +101,7 @@ def generate_answers(
                 if temperature > 0
                 else {"do_sample": False}
             )
-            with torch.no_grad():
+            with torch.no_grad(), precisions.inference(model, precision):
                 out = model.generate(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from rlhf_cli.errors import UserError
 
@@ -196,6 +195,21 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def estimate_parameters(spec, vocab_size: int) -> int:
+    """Parameters of a fresh model of the recipe's `model:` section, counted on the meta device (no memory, no init)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    class _Vocab:  # what model_config reads of a tokenizer
+        pad_token_id, eos_token_id = 0, 1
+
+        def __len__(self):
+            return vocab_size
+
+    with torch.device("meta"):
+        return count_parameters(AutoModelForCausalLM.from_config(model_config(spec, _Vocab())))
+
+
 # ------------------------------------------------------------------------------------------------------ hardware
 
 
@@ -208,24 +222,6 @@ def inference_device():
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
-
-
-def has_fast_bf16() -> bool:
-    """bf16 where the hardware runs it fast: a CUDA GPU with bf16, or a CPU with AMX / AVX-512 BF16."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def precision_args() -> dict[str, Any]:
-    """TrainingArguments for the fastest sound precision here (bf16 autocast on AMX CPUs and modern GPUs)."""
-    return {"bf16": has_fast_bf16(), "fp16": False}
 
 
 def measure_matmul_peak(dtype_name: str = "bfloat16", n: int = 1024, seconds: float = 1.0) -> float:

@@ -180,6 +180,7 @@ class Recipe(Section):
     description: str | None = None
     seed: int = 0
     output_dir: str | None = None
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # rlhf_cli.precision: the rule behind auto
     model: ModelSpec = Field(default_factory=ModelSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)

@@ -258,7 +258,7 @@ def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Pa
         v = _number(reward_eval.get(key))
         if v is not None:
             ci = _low_high(reward_eval, key) or {"low": v, "high": v}
-            bars[label] = (v, v - ci["low"], ci["high"] - v, colour)
+            bars[label] = (v, max(0.0, v - ci["low"]), max(0.0, ci["high"] - v), colour)
     curve_key = next((k for k in ("eval_accuracy", "accuracy") if len(_series(reward_metrics, k)[0]) >= 2), None)
     if not bars and curve_key is None:
         return None
@@ -353,8 +353,8 @@ def plot_models(models: dict, path: Path) -> Path | None:
         names = [n for n, m in models.items() if isinstance(m.get(key), dict)]
         means = [models[n][key]["mean"] for n in names]
         err = [
-            [m - models[n][key]["low"] for n, m in zip(names, means, strict=True)],
-            [models[n][key]["high"] - m for n, m in zip(names, means, strict=True)],
+            [max(0.0, m - models[n][key]["low"]) for n, m in zip(names, means, strict=True)],
+            [max(0.0, models[n][key]["high"] - m) for n, m in zip(names, means, strict=True)],
         ]
         ax.bar(names, means, yerr=err, capsize=5, color=["tab:grey", "tab:blue", "tab:orange"][: len(names)])
         for i, m in enumerate(means):

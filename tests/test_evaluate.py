@@ -143,3 +143,15 @@ def test_length_controlled_win_rate_is_undefined_when_length_and_model_are_confo
     assert lc["mean"] is None and "not identifiable" in lc["note"]
     sa, sb, la, lb = _pairs(200, 0.0)
     assert ev.length_controlled_win_rate(sa, sb, [x + 100 for x in la], lb, n_resamples=10)["extrapolated"] is True
+
+
+@pytest.mark.parametrize("k,n", [(6, 6), (0, 6), (3, 6), (1, 1), (720, 720)])
+def test_intervals_hold_their_own_estimate(k, n):
+    # Wilson's upper end for 6 of 6 came out as 0.9999999999999999 < 1.0: the report's error bar went negative and
+    # matplotlib refused the whole report ("'yerr' must not contain negative values").
+    from rlhf_cli.stages.reward import wilson
+
+    low, high = wilson(k, n)
+    assert low <= k / n <= high
+    ci = ev.bootstrap_ci([k / n] * n)
+    assert ci["low"] <= ci["mean"] <= ci["high"]

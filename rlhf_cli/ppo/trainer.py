@@ -77,8 +77,9 @@ class RewardModelScorer:
         max_length: int = 512,
         batch_size: int = 64,
         name: str = "reward_model",
+        precision: str = "auto",
     ):
-        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.model, self.tokenizer, self.name, self.precision = model.eval(), tokenizer, name, precision
         self.mean, self.std, self.max_length, self.batch_size = mean, std or 1.0, max_length, batch_size
 
     @torch.no_grad()
@@ -86,7 +87,13 @@ class RewardModelScorer:
         from rlhf_cli.stages.reward import score  # the reward stage's own rendering: the same text it was trained on
 
         raw = score(
-            self.model, self.tokenizer, prompts, answers, max_length=self.max_length, batch_size=self.batch_size
+            self.model,
+            self.tokenizer,
+            prompts,
+            answers,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            precision=self.precision,
         )
         return (torch.tensor(raw) - self.mean) / self.std
 
@@ -273,7 +280,9 @@ class PPOTrainer:
             else {"do_sample": False}
         )
         chunks = []
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+        # Under the training precision, like every forward of the step (the policy's own forward is autocast by
+        # accelerate's wrapper; generate and the reference bypass it).
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
             policy = unwrapped.policy
             policy.eval()
             for i in range(0, len(prompts), args.local_rollout_forward_batch_size):
@@ -335,9 +344,10 @@ class PPOTrainer:
         """KL(policy || reference) summed over each sampled answer's tokens (k1), and the answer lengths."""
         queries, qmask, responses, mask, _, _ = self.generate(prompts, self.args.temperature)
         qr, am = torch.cat([queries, responses], 1), torch.cat([qmask, mask], 1)
-        logps, _ = self._forward_logprobs(self.policy, qr, am, queries.shape[1])
-        with self.reference() as ref:
-            ref_logps, _ = self._forward_logprobs(ref, qr, am, queries.shape[1])
+        with self.accelerator.autocast():
+            logps, _ = self._forward_logprobs(self.policy, qr, am, queries.shape[1])
+            with self.reference() as ref:
+                ref_logps, _ = self._forward_logprobs(ref, qr, am, queries.shape[1])
         kl = (core.kl_per_token(logps, ref_logps, "k1") * mask).sum(1)
         return kl.tolist(), mask.sum(1).tolist()
 
@@ -352,10 +362,11 @@ class PPOTrainer:
         context = queries.shape[1]
         qr, am = torch.cat([queries, responses], 1), torch.cat([qmask, mask], 1)
         with torch.no_grad():
-            logprobs, values = self._forward_logprobs(self.model, qr, am, context, values=True)
-            with self.reference() as ref:
-                ref_logprobs, _ = self._forward_logprobs(ref, qr, am, context)
-            raw_scores, parts = self.score(prompts, texts, finished)
+            with acc.autocast():  # the reference and the reward model in the policy's precision: KL 0 at step 0
+                logprobs, values = self._forward_logprobs(self.model, qr, am, context, values=True)
+                with self.reference() as ref:
+                    ref_logprobs, _ = self._forward_logprobs(ref, qr, am, context)
+                raw_scores, parts = self.score(prompts, texts, finished)
             scores = core.apply_eos_penalty(raw_scores, finished.to(dev), args.missing_eos_penalty)
             maskf = mask.float()
             kl = core.kl_per_token(logprobs, ref_logprobs, args.kl_estimator) * maskf

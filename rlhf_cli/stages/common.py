@@ -46,14 +46,37 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def training_kwargs(recipe, stage: str, stage_dir: Path) -> dict[str, Any]:
+def stage_precision(recipe, stage: str, n_params: int | None):
+    """The precision the stage trains in, and why: its `training.bf16`, else the recipe's `precision:` rule."""
+    from rlhf_cli import precision
+
+    return precision.for_training(n_params, recipe.precision, getattr(recipe, stage).training)
+
+
+def announce(recipe, stage: str, n_params: int | None) -> dict[str, str]:
+    """The stage's first line: the model size and the precision it trains in, and why (main process only); returns
+    the precision as eval.json records it."""
+    from rlhf_cli.runs import is_main_process
+
+    chosen = stage_precision(recipe, stage, n_params)
+    if is_main_process():
+        size = f"{n_params / 1e6:.2f}M parameters, " if n_params else ""
+        print(f"{stage}: {size}training in {chosen}", flush=True)
+    return {"precision": chosen.name, "precision_reason": chosen.reason}
+
+
+def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = None) -> dict[str, Any]:
     """Keyword arguments for the stage's trainer config: defaults < precision < recipe `training:`."""
-    from rlhf_cli.modeling import precision_args
+    from rlhf_cli.precision import gpu_available
     from rlhf_cli.runs import nan_guard_args
 
     kwargs = {
         **TRAINING_DEFAULTS[stage],
-        **precision_args(),
+        "bf16": stage_precision(recipe, stage, n_params).bf16,
+        "fp16": False,
+        # Without it TrainingArguments refuses bf16 on a machine without a GPU ("Your setup doesn't support bf16/gpu"),
+        # which is every CPU with AMX: that path never runs on a CPU without fast bf16, so only a forced test sees it.
+        "use_cpu": not gpu_available(),
         **nan_guard_args(),
         "output_dir": str(Path(stage_dir) / "checkpoints"),
         "seed": recipe.seed,
@@ -69,12 +92,15 @@ def training_kwargs(recipe, stage: str, stage_dir: Path) -> dict[str, Any]:
     return kwargs
 
 
-def trainer_config(recipe, stage: str, stage_dir: Path, **extra):
-    """Build the stage's trainer config class; a bad value becomes a UserError naming the key."""
+def trainer_config(recipe, stage: str, stage_dir: Path, *, n_params: int | None = None, **extra):
+    """Build the stage's trainer config class; a bad value becomes a UserError naming the key.
+
+    `n_params`: the size of the model the stage trains, which the precision rule reads (rlhf_cli.precision).
+    """
     from rlhf_cli.recipe import _trainer_config_class
 
     cls = _trainer_config_class(stage)
-    kwargs = {**training_kwargs(recipe, stage, stage_dir), **extra}
+    kwargs = {**training_kwargs(recipe, stage, stage_dir, n_params), **extra}
     check_report_to(stage, kwargs.get("report_to"))
     try:
         config = cls(**kwargs)
@@ -124,11 +150,29 @@ def check_report_to(stage: str, report_to) -> None:
             )
 
 
+def planned_parameters(recipe, stage: str) -> int | None:
+    """The size of the model `stage` will train when it descends from this run's fresh model (None: it loads a model
+    named by the recipe, whose size is known only once it loads)."""
+    from rlhf_cli.modeling import estimate_parameters
+
+    starts = {
+        "pretrain": recipe.pretrain.init_from,
+        "sft": recipe.sft.init_from,
+        "reward": recipe.reward.init_from,
+        "ppo": recipe.ppo.policy_from,
+    }
+    chain = {"pretrain": ["pretrain"], "sft": ["pretrain", "sft"], "reward": ["pretrain", "sft", "reward"]}
+    if recipe.tokenizer.from_ or any(starts[s] for s in chain.get(stage, ["pretrain", "sft", "ppo"])):
+        return None
+    return estimate_parameters(recipe.model, recipe.tokenizer.train.vocab_size)
+
+
 def build_trainer_configs(recipe, run_dir: Path) -> dict[str, Any]:
     """Every stage's trainer config, built without training (for `--dry-run` and `rlhf check`)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         return {
-            stage: trainer_config(recipe, stage, Path(tmp) / stage) for stage in ("pretrain", "sft", "reward", "ppo")
+            stage: trainer_config(recipe, stage, Path(tmp) / stage, n_params=planned_parameters(recipe, stage))
+            for stage in ("pretrain", "sft", "reward", "ppo")
         }

@@ -25,7 +25,7 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
 
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
     from rlhf_cli.generation import check_prompts_fit
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
     from rlhf_cli.ppo.trainer import PPOTrainer
     from rlhf_cli.runs import (
         check_stage_dir,
@@ -39,14 +39,13 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
         write_lineage,
         write_model_card,
     )
-    from rlhf_cli.stages.common import trainer_config
+    from rlhf_cli.stages.common import announce, trainer_config
 
     spec, run_dir = recipe.ppo, Path(run_dir)
     stage_dir = check_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite)  # nothing written before the checks
     if resume and (stage_dir / "final" / "config.json").exists() and (stage_dir / "eval.json").exists():
         print(f"ppo: already finished, keeping {stage_dir / 'final'}")
         return read_json(stage_dir / "eval.json")
-    args = trainer_config(recipe, "ppo", stage_dir)
     trust = recipe.model.trust_remote_code
 
     # Data: training prompts, and held-out prompts for the evaluation.
@@ -62,6 +61,8 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
 
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     policy = load_causal_lm(policy_dir, trust_remote_code=trust)
+    n_params = count_parameters(policy)
+    args = trainer_config(recipe, "ppo", stage_dir, n_params=n_params)
     ref_model = None if spec.lora else load_causal_lm(policy_dir, trust_remote_code=trust)
     if spec.lora:
         from peft import LoraConfig, get_peft_model
@@ -77,7 +78,7 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
                 task_type="CAUSAL_LM",
             ),
         )
-    reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust)
+    reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
     value_model, value_dir = _value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
     ptx_blocks = _ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
     if hasattr(train_ds, "__len__"):  # a streamed data set is not read ahead
@@ -86,6 +87,7 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
         )
 
     prepare_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
+    chosen = announce(recipe, "ppo", n_params)
     trainer = PPOTrainer(
         args,
         tokenizer,
@@ -136,6 +138,7 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
         "steps": trainer.step,
         "kl_coef": trainer.kl_ctl.value,
         "train_last_step": last,
+        **chosen,
     }
     if trainer.accelerator.is_main_process and eval_prompts:
         with torch.no_grad():
@@ -150,7 +153,7 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
 # ------------------------------------------------------------------------------------------------------ sources
 
 
-def _reward_sources(recipe, run_dir: Path, trust: bool):
+def _reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
     """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage."""
     from rlhf_cli.ppo.trainer import FunctionReward, load_function
     from rlhf_cli.runs import resolve_model_dir
@@ -171,12 +174,12 @@ def _reward_sources(recipe, run_dir: Path, trust: bool):
             funcs.append((FunctionReward(load_function(term.function), name=term.function), term.weight))
         else:
             path = resolve_model_dir(term.model, run_dir, "reward", f"ppo.rewards[{i}].model")
-            funcs.append((_reward_model(path, recipe, trust), term.weight))
+            funcs.append((_reward_model(path, recipe, trust, precision), term.weight))
             dirs[f"reward_{i}" if i else "reward"] = path
     return funcs, dirs
 
 
-def _reward_model(path: str, recipe, trust: bool):
+def _reward_model(path: str, recipe, trust: bool, precision: str):
     from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.ppo.trainer import RewardModelScorer
     from rlhf_cli.runs import read_json
@@ -193,6 +196,7 @@ def _reward_model(path: str, recipe, trust: bool):
         std=float(stats.get("std", 1.0)),
         max_length=recipe.reward.max_length,
         name=Path(path).parent.name + "/" + Path(path).name,
+        precision=precision,  # PPO's training precision: the rewards of the rollout it trains on
     )
 
 
@@ -254,6 +258,7 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         "temperature": 0.0,
         "batch_size": args.local_rollout_forward_batch_size,
     }
+    gen["precision"] = recipe.precision
     ppo_answers = [a[0] for a in generate_answers(trainer.policy, tok, prompts, **gen, progress="eval ppo")]
     with trainer.reference() as ref:
         sft_answers = [a[0] for a in generate_answers(ref, tok, prompts, **gen, progress="eval sft")]

@@ -38,7 +38,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     from transformers import Trainer
 
     from rlhf_cli.data import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import build_model, flops_per_token, load_causal_lm, measure_matmul_peak
+    from rlhf_cli.modeling import build_model, count_parameters, flops_per_token, load_causal_lm, measure_matmul_peak
     from rlhf_cli.runs import (
         FINAL,
         Interrupted,
@@ -53,7 +53,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         write_lineage,
         write_model_card,
     )
-    from rlhf_cli.stages.common import trainer_config
+    from rlhf_cli.stages.common import announce, trainer_config
 
     run_dir = Path(run_dir)
     spec = recipe.pretrain
@@ -91,7 +91,11 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
             f"The pretrain corpus holds fewer than block_size={spec.block_size} tokens; lower pretrain.block_size."
         )
 
-    args = trainer_config(recipe, STAGE, stage_dir, **({"torch_compile": True} if spec.compile else {}))
+    n_params = count_parameters(model)
+    args = trainer_config(
+        recipe, STAGE, stage_dir, n_params=n_params, **({"torch_compile": True} if spec.compile else {})
+    )
+    chosen = announce(recipe, STAGE, n_params)
     prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
     if trained and is_main_process():  # kept for --resume: a resumed run must not train a different tokenizer
         tokenizer.save_pretrained(stage_dir / "tokenizer")
@@ -145,6 +149,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
             "dtype": dtype,
             "parameters": sum(p.numel() for p in model.parameters()),
             "block_size": spec.block_size,
+            **chosen,
         }
     )
     if spec.data.toy and spec.probes:

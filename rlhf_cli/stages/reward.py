@@ -53,17 +53,21 @@ def score(
     *,
     max_length: int | None = None,
     batch_size: int = 64,
+    precision: str = "auto",
 ) -> list[float]:
-    """The reward model's score of each (prompt, answer), batched (longest first, right padding)."""
+    """The reward model's score of each (prompt, answer), batched (longest first, right padding); `precision` is the
+    recipe's setting (rlhf_cli.precision)."""
     import torch
     from trl.trainer.utils import pad
+
+    from rlhf_cli import precision as precisions
 
     rows = [encode(tokenizer, p, a, max_length) for p, a in zip(prompts, answers, strict=True)]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out = [0.0] * len(rows)
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), precisions.inference(model, precision):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             seqs = [torch.tensor(rows[i]) for i in idx]
@@ -224,7 +228,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     from trl import RewardTrainer
 
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.modeling import count_parameters, load_tokenizer
     from rlhf_cli.runs import (
         check_stage_dir,
         is_main_process,
@@ -237,7 +241,7 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         write_lineage,
         write_model_card,
     )
-    from rlhf_cli.stages.common import trainer_config
+    from rlhf_cli.stages.common import announce, trainer_config
 
     rc, run_dir = rec.reward, Path(run_dir)
     spec = data_spec(rec, run_dir)
@@ -262,7 +266,11 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     else:
         train_ds, eval_ds = (_tokenize_pairs(d, tokenizer, rc.max_length, rc.margin) for d in (train, held))
         cls, extra = RewardTrainer, {}
-    config = trainer_config(rec, "reward", stage_dir, max_length=rc.max_length, prediction_loss_only=True)
+    n_params = count_parameters(model)
+    config = trainer_config(
+        rec, "reward", stage_dir, n_params=n_params, max_length=rc.max_length, prediction_loss_only=True
+    )
+    chosen = announce(rec, "reward", n_params)
     trainer = cls(
         model=model,
         args=config,
@@ -283,16 +291,17 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         "objective": "kwise" if kwise else "pairwise",
         "train_pairs": len(train) if not streaming else None,
         "eval_pairs": len(held),
-        **pair_metrics(model, tokenizer, held, rc.max_length),
+        **chosen,
+        **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision),
     }
     if not streaming:
         picked = random.Random(0).sample(range(len(train)), min(FIT_PAIRS, len(train)))
         fit_pairs = [train[i] for i in sorted(picked)]  # rows, not a Dataset: no indices file in the datasets cache
-        fit = pair_metrics(model, tokenizer, fit_pairs, rc.max_length)
+        fit = pair_metrics(model, tokenizer, fit_pairs, rc.max_length, rec.precision)
         metrics.update({f"train_{k}": fit[k] for k in ("accuracy", "accuracy_low", "accuracy_high")})
         metrics["train_accuracy_pairs"] = len(fit_pairs)
     metrics.update(gold_agreement(rec, run_dir, spec, model, tokenizer, {r["group"] for r in held}))
-    stats = score_stats(model, tokenizer, train, rc.max_length, source="training answers")
+    stats = score_stats(model, tokenizer, train, rc.max_length, source="training answers", precision=rec.precision)
     if metrics["eval_pairs"]:
         held_out = (
             f"held-out accuracy {metrics['accuracy']:.3f} [{metrics['accuracy_low']:.3f}, "
@@ -364,10 +373,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
         return 0.0, 1.0
     p, denom = k / n, 1 + z * z / n
     centre, half = (p + z * z / (2 * n)) / denom, z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding must not leave p outside
 
 
-def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[list[float], list[float]]:
+def score_pairs(model, tokenizer, pairs, max_length: int, precision: str = "auto") -> tuple[list[float], list[float]]:
     """Scores of each pair's chosen and rejected answer (each distinct (prompt, answer) scored once)."""
     import json
 
@@ -376,7 +385,12 @@ def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[list[float], 
         for text in (row["chosen"], row["rejected"]):
             keys.setdefault((json.dumps(row["prompt"]), text), (row["prompt"], text))
     values = score(
-        model, tokenizer, [p for p, _ in keys.values()], [a for _, a in keys.values()], max_length=max_length
+        model,
+        tokenizer,
+        [p for p, _ in keys.values()],
+        [a for _, a in keys.values()],
+        max_length=max_length,
+        precision=precision,
     )
     table = dict(zip(keys, values, strict=True))
     chosen = [table[(json.dumps(r["prompt"]), r["chosen"])] for r in pairs]
@@ -384,10 +398,10 @@ def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[list[float], 
     return chosen, rejected
 
 
-def pair_metrics(model, tokenizer, pairs, max_length: int) -> dict:
+def pair_metrics(model, tokenizer, pairs, max_length: int, precision: str = "auto") -> dict:
     """Pairwise accuracy (with a 95 % Wilson interval) and mean margin r_chosen - r_rejected on `pairs`."""
     pairs = [r for r in pairs if r["chosen"] != r["rejected"]]
-    chosen, rejected = score_pairs(model, tokenizer, pairs, max_length)
+    chosen, rejected = score_pairs(model, tokenizer, pairs, max_length, precision)
     right = sum(c > r for c, r in zip(chosen, rejected, strict=True))
     low, high = wilson(right, len(pairs))
     return {
@@ -419,7 +433,14 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
             world.gold_reward(prompt_text(row["prompt"]), a, row["finished"][i])
             for a, i in zip(answers, keep, strict=True)
         ]
-        rm = score(model, tokenizer, [row["prompt"]] * len(answers), answers, max_length=rec.reward.max_length)
+        rm = score(
+            model,
+            tokenizer,
+            [row["prompt"]] * len(answers),
+            answers,
+            max_length=rec.reward.max_length,
+            precision=rec.precision,
+        )
         for i in range(len(answers)):
             for j in range(i + 1, len(answers)):
                 if gold[i] != gold[j]:
@@ -434,7 +455,9 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
     }
 
 
-def score_stats(model, tokenizer, pairs, max_length: int, *, source: str, limit: int = STATS_ANSWERS) -> dict:
+def score_stats(
+    model, tokenizer, pairs, max_length: int, *, source: str, limit: int = STATS_ANSWERS, precision: str = "auto"
+) -> dict:
     """Mean and standard deviation of the scores of (up to `limit`) distinct answers in `pairs`."""
     import json
     import statistics
@@ -446,7 +469,9 @@ def score_stats(model, tokenizer, pairs, max_length: int, *, source: str, limit:
     items = list(seen.values())
     random.Random(0).shuffle(items)
     items = items[:limit]
-    values = score(model, tokenizer, [p for p, _ in items], [a for _, a in items], max_length=max_length)
+    values = score(
+        model, tokenizer, [p for p, _ in items], [a for _, a in items], max_length=max_length, precision=precision
+    )
     return {
         "mean": statistics.fmean(values),
         "std": statistics.pstdev(values) if len(values) > 1 else 1.0,

@@ -27,7 +27,8 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     from rlhf_cli import runs
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.modeling import count_parameters, load_tokenizer
+    from rlhf_cli.stages.common import announce
 
     spec = recipe.sft
     run_dir = Path(run_dir)
@@ -60,6 +61,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     callback = runs.make_callbacks(stage_dir, STAGE)
     trainer = make_trainer(recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callback])
+    chosen = announce(recipe, STAGE, count_parameters(model))
     if isinstance(trainer.train_dataset, datasets.Dataset) and len(trainer.train_dataset) == 0:
         # TRL drops conversations whose assistant turns truncation cut off entirely; torch would fail on an empty set
         raise UserError(
@@ -83,6 +85,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
         "truncated_examples": truncated,
         "train_examples": counted,
+        **chosen,
     }
     if len(eval_ds):
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
@@ -161,13 +164,16 @@ def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, a
     """TRL's SFTTrainer with the recipe's SFTConfig: assistant-only loss, max_length, packing, optimiser, LoRA."""
     from trl import SFTTrainer
 
+    from rlhf_cli.modeling import count_parameters
     from rlhf_cli.stages.common import trainer_config
 
     spec = recipe.sft
+    n_params = count_parameters(model)
     config = trainer_config(
         recipe,
         STAGE,
         stage_dir,
+        n_params=n_params,
         max_length=spec.max_length,
         assistant_only_loss=spec.assistant_only_loss,
         packing=spec.packing,
@@ -295,7 +301,13 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
     answers = [
         group[0]
         for group in generate_answers(
-            model, tokenizer, prompts, temperature=0.0, max_new_tokens=recipe.eval.max_new_tokens, progress="answering"
+            model,
+            tokenizer,
+            prompts,
+            temperature=0.0,
+            max_new_tokens=recipe.eval.max_new_tokens,
+            progress="answering",
+            precision=recipe.precision,
         )
     ]
     n = max(len(answers), 1)
