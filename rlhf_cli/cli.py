@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -54,6 +55,14 @@ OutOpt = Annotated[
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint / keep finished work.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace this stage's existing folder.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and the plan; train nothing.")]
+AcceptOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-recipe-change",
+        help="With --resume: continue although the recipe's training settings now differ from the interrupted "
+        "run's (e.g. a larger max_steps to train longer). Without it such a resume is refused.",
+    ),
+]
 
 
 def _version(value: bool):
@@ -108,7 +117,7 @@ def _dry_run(rec, run_dir: Path, plan: str):
         typer.echo(f"# {stage}: {type(cfg).__name__} builds (max_steps={cfg.max_steps}, lr={cfg.learning_rate})")
 
 
-def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, overwrite, dry_run):
+def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, overwrite, dry_run, accept=False):
     import importlib
 
     rec = _load(rec_name, overrides)
@@ -120,7 +129,7 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
     # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
     module = importlib.import_module(f"rlhf_cli.stages.{stage}")
     with no_trace_on_user_error(run_dir):
-        module.run(rec, run_dir, resume=resume, overwrite=overwrite)
+        module.run(rec, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept)
 
 
 @app.command()
@@ -132,12 +141,13 @@ def pretrain(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
+    accept_recipe_change: AcceptOpt = False,
 ):
     """Stage 1: generative pre-training of a base model (transformers' Trainer).
 
     Example: `rlhf pretrain --recipe tiny --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60`
     """
-    _stage_command("pretrain", recipe, set_, output_dir, resume, overwrite, dry_run)
+    _stage_command("pretrain", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
 
 @app.command()
@@ -149,12 +159,13 @@ def sft(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
+    accept_recipe_change: AcceptOpt = False,
 ):
     """Stage 2: supervised fine-tuning on conversations (TRL's SFTTrainer).
 
     Example: `rlhf sft --recipe tiny --set sft.lora.r=8`
     """
-    _stage_command("sft", recipe, set_, output_dir, resume, overwrite, dry_run)
+    _stage_command("sft", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
 
 @reward_app.callback(invoke_without_command=True)
@@ -167,13 +178,14 @@ def reward(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
+    accept_recipe_change: AcceptOpt = False,
 ):
     """Stage 3a: train a reward model on rankings (TRL's RewardTrainer, InstructGPT's K-wise loss).
 
     Example: `rlhf reward --recipe tiny`, then `rlhf reward inspect runs/tiny/reward/final`
     """
     if ctx.invoked_subcommand is None:
-        _stage_command("reward", recipe, set_, output_dir, resume, overwrite, dry_run)
+        _stage_command("reward", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
 
 @reward_app.command("inspect")
@@ -206,12 +218,13 @@ def ppo(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     dry_run: DryRunOpt = False,
+    accept_recipe_change: AcceptOpt = False,
 ):
     """Stage 3b: PPO against the reward model with a KL penalty (our own trainer).
 
     Example: `rlhf ppo --recipe tiny --set ppo.kl_coef=0.1`
     """
-    _stage_command("ppo", recipe, set_, output_dir, resume, overwrite, dry_run)
+    _stage_command("ppo", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
 
 @app.command()
@@ -256,8 +269,13 @@ def label(
     from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
+    # The quit message's way back in: this command without --overwrite (which starts over).
+    again = ["rlhf", "label", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
+    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator or rec.feedback.annotator}"]
     with no_trace_on_user_error(rec.run_dir(output_dir)):
-        do_label(rec, rec.run_dir(output_dir), annotator=annotator, overwrite=overwrite)
+        do_label(
+            rec, rec.run_dir(output_dir), annotator=annotator, overwrite=overwrite, continue_with=shlex.join(again)
+        )
 
 
 @app.command()
@@ -272,6 +290,7 @@ def pipeline(
     stages: Annotated[
         str | None, typer.Option("--stages", help="Comma-separated subset, e.g. sft,sample,label,reward.")
     ] = None,
+    accept_recipe_change: AcceptOpt = False,
 ):
     """The main job: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report, in one run folder.
 
@@ -283,7 +302,7 @@ def pipeline(
     run_dir = rec.run_dir(output_dir)
     if dry_run:
         return _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or 'all'}")
-    run_pipeline(rec, run_dir, stages=stages, resume=resume, overwrite=overwrite)
+    run_pipeline(rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change)
 
 
 @app.command()

@@ -334,6 +334,8 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         }
         if world is not None:
             row["gold"] = [world.gold_reward(t, a.text, a.finished) for t, a in zip(texts, answers, strict=True)]
+            row["right_fact"] = [float(bool(world.right_fact(t, a.text))) for t, a in zip(texts, answers, strict=True)]
+            row["junk"] = [float(bool(world.junk_words(a.text))) for a in answers]
         if rm is not None:
             convs = [[*p, {"role": "assistant", "content": a.text}] for p, a in zip(prompts, answers, strict=True)]
             row["rm"] = score_conversations(rm[0], rm[1], convs, precision=rec.precision)
@@ -393,7 +395,13 @@ def _summarise(row: dict) -> dict:
         "finished_rate": sum(row["finished"]) / len(row["finished"]),
         "mean_length": sum(row["lengths"]) / len(row["lengths"]),
     }
-    for key, name in (("rm", "rm_score"), ("gold", "gold_reward"), ("kl_to_sft", "kl_to_sft")):
+    for key, name in (
+        ("rm", "rm_score"),
+        ("gold", "gold_reward"),
+        ("right_fact", "right_fact_rate"),
+        ("junk", "junk_rate"),
+        ("kl_to_sft", "kl_to_sft"),
+    ):
         if key in row:
             out[name] = bootstrap_ci(row[key])
     return out
@@ -422,13 +430,14 @@ def _print_tables(console, result: dict, path: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"Held-out prompts: {result['num_prompts']} (greedy)")
-    for col in ("model", "RM score", "gold reward", "KL to SFT", "finished", "length"):
+    for col in ("model", "RM score", "gold reward", "right fact", "KL to SFT", "finished", "length"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, s in result["models"].items():
         table.add_row(
             name,
             _fmt(s.get("rm_score")),
             _fmt(s.get("gold_reward")),
+            _fmt(s.get("right_fact_rate")),
             _fmt(s.get("kl_to_sft")),
             f"{s['finished_rate']:.2f}",
             f"{s['mean_length']:.1f}",

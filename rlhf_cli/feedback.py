@@ -14,7 +14,8 @@ rankings.jsonl, one row per ranked prompt, in the data layer's `rankings` form (
 Identical answers among a prompt's K are ranked once (a pair of identical texts teaches nothing); a prompt whose answers
 are all the same is left out. The human screen appends every ranking to rankings.jsonl (flushed and fsynced) the moment
 it is given, and every skip to skipped.jsonl; starting again continues with the first prompt neither ranked nor skipped
-(skipped prompts are NOT asked again — delete feedback/skipped.jsonl to see them again; --overwrite starts over). Undo
+(skipped prompts are NOT asked again — delete feedback/skipped.jsonl to see them again; --overwrite starts over, moving
+the old rankings to feedback/backup/ first). Undo
 takes back the last ranking or skip, also one given in an earlier session, and asks that prompt again; after the last
 prompt the screen offers one more undo before it closes. When nothing is left to ask it returns at once.
 """
@@ -135,8 +136,11 @@ def label(
     overwrite: bool = False,
     ask: Callable[[str], str] | None = None,
     console=None,
+    continue_with: str = "rlhf label --annotator human",
 ) -> Path:
-    """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings."""
+    """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings.
+
+    Rankings a person made are never deleted: `overwrite` moves them to feedback/backup/ first (`back_up`)."""
     from rlhf_cli.runs import is_main_process, wait_for_everyone
 
     feedback = Path(run_dir) / "feedback"
@@ -144,23 +148,43 @@ def label(
     if not is_main_process():  # several processes (accelerate launch): the main one labels, the others wait for it
         wait_for_everyone()
         return out
-    path = _label_main(rec, feedback, out, annotator, overwrite, ask, console)
+    path = _label_main(rec, feedback, out, annotator, overwrite, ask, console, continue_with)
     wait_for_everyone()
     return path
 
 
-def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console) -> Path:
+def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console, continue_with) -> Path:
     who = annotator or rec.feedback.annotator
     if who == "human":
-        if overwrite:
+        if overwrite:  # start over, but what a person ranked is moved aside, never deleted
+            read_samples(feedback / SAMPLES)  # a missing samples file is refused before anything moves
             for name in (RANKINGS, SKIPPED):
-                (feedback / name).unlink(missing_ok=True)
-        return label_human(feedback / SAMPLES, out, ask=ask, console=console)
+                back_up(feedback / name, always=True)
+        return label_human(feedback / SAMPLES, out, ask=ask, console=console, continue_with=continue_with)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
     if who == "toy":
+        back_up(out)
         return label_toy(feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise)
+    back_up(out)
     return copy_rankings(who, out)
+
+
+def back_up(path: Path, *, always: bool = False) -> Path | None:
+    """Move `path` to feedback/backup/<name>.<time>.jsonl before it is replaced, when it holds rankings a person (or a
+    file from elsewhere) made — the simulated annotator's are made again in a second — or, with `always`, whatever it
+    holds. Returns the backup's path (None when nothing was moved)."""
+    path = Path(path)
+    rows = _read_jsonl(path) if path.exists() else []
+    if not rows or (not always and all(r.get("annotator") == "toy" for r in rows)):
+        return None
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+    while (backup := path.parent / "backup" / f"{path.stem}.{stamp}{f'-{n}' if n else ''}{path.suffix}").exists():
+        n += 1
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, backup)
+    print(f"{path.name}: {len(rows)} rows moved to {backup} (restore it by moving it back).")
+    return backup
 
 
 def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path:
@@ -275,8 +299,26 @@ def _show(console, row: dict, keep: list[int], position: str) -> None:
         console.print(Panel(Text(row["answers"][i] or "(empty)"), title=f"{number}{cut}", title_align="left"))
 
 
-def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | None = None, console=None) -> Path:
-    """The terminal screen: show each prompt and its answers, take a full ranking, skip, undo or quit; resumable."""
+def labelling_progress(feedback: Path) -> tuple[int, int]:
+    """(prompts ranked or skipped, prompts to rank) of the human screen in this feedback folder."""
+    samples = read_samples(Path(feedback) / SAMPLES)
+    done = {r.get("sample") for r in _read_jsonl(Path(feedback) / RANKINGS) + _read_jsonl(Path(feedback) / SKIPPED)}
+    todo = [i for i, row in enumerate(samples) if len(unique_answers(row)) >= 2]
+    return sum(i in done for i in todo), len(todo)
+
+
+def label_human(
+    samples_path: Path,
+    out: Path,
+    *,
+    ask: Callable[[str], str] | None = None,
+    console=None,
+    continue_with: str = "rlhf label --annotator human",
+) -> Path:
+    """The terminal screen: show each prompt and its answers, take a full ranking, skip, undo or quit; resumable.
+
+    `continue_with` is the command the quit message offers to carry on (never one with --overwrite, which starts over).
+    """
     from rich.console import Console
 
     console = console or Console()
@@ -327,10 +369,9 @@ def label_human(samples_path: Path, out: Path, *, ask: Callable[[str], str] | No
                 todo.remove(undone["sample"])
                 todo.insert(0, undone["sample"])  # ask it next
         elif not pending or reply in ("q", "quit"):
-            console.print(
-                f"{len(_read_jsonl(out))} rankings saved in {out}"
-                + ("." if not pending else "; run the same command to continue.")
-            )
+            saved = len(_read_jsonl(out))
+            where = f"{saved} rankings saved in {out}" if saved else "No rankings given yet"
+            console.print(where + ("." if not pending else f"; to continue where you stopped: {continue_with}"))
             break
         elif reply in ("s", "skip"):
             _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})

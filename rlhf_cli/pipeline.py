@@ -71,23 +71,32 @@ def _started(run_dir: Path, step: str) -> bool:
     return out.is_file() or (out.is_dir() and any(out.iterdir()))
 
 
-def _run_step(step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool) -> dict | None:
+def _run_step(
+    step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool, accept_changes: bool = False
+) -> dict | None:
     """Run one step; returns the stage's metrics where it gives any."""
     if step in MODEL_STAGES:
         import importlib
 
         return importlib.import_module(f"rlhf_cli.stages.{step}").run(
-            recipe, run_dir, resume=resume, overwrite=overwrite
+            recipe, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept_changes
         )
     if step == "sample":
         from rlhf_cli.feedback import sample
 
         return sample(recipe, run_dir, overwrite=overwrite)
     if step == "label":
-        from rlhf_cli.feedback import label
+        from rlhf_cli.feedback import label, labelling_progress
+        from rlhf_cli.runs import Interrupted
 
-        # a partly labelled file is continued (the human screen resumes) unless --overwrite
-        return label(recipe, run_dir, overwrite=overwrite)
+        # a partly labelled file is continued (the human screen resumes) unless --overwrite (which backs it up)
+        again = f"rlhf pipeline --recipe {run_dir / 'recipe.yaml'} --output-dir {run_dir} --resume"
+        out = label(recipe, run_dir, overwrite=overwrite, continue_with=again)
+        if recipe.feedback.annotator == "human":
+            done, total = labelling_progress(run_dir / "feedback")
+            if done < total:  # the person stopped: the reward model must not train on a part of the rankings
+                raise Interrupted(f"label: {done} of {total} prompts ranked so far ({out}); continue with: {again}")
+        return out
     # eval and report summarise the run: under several processes (accelerate launch) the main one writes, the others wait
     from rlhf_cli.runs import is_main_process, wait_for_everyone
 
@@ -105,7 +114,12 @@ def _run_step(step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool
 
 
 def run_pipeline(
-    recipe, run_dir: str | Path, stages: str | list[str] | None = None, resume: bool = False, overwrite: bool = False
+    recipe,
+    run_dir: str | Path,
+    stages: str | list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    accept_changes: bool = False,
 ) -> dict:
     """Run the chosen steps of the pipeline in order into `run_dir`; returns the pipeline record (pipeline.json).
 
@@ -115,6 +129,7 @@ def run_pipeline(
         stages: a comma-separated subset (or list) of STEPS; default all.
         resume: keep finished steps, run the rest (an unfinished model stage continues from its newest checkpoint).
         overwrite: replace the chosen steps' existing outputs.
+        accept_changes: with resume, continue an unfinished stage although the recipe now differs from its own.
     Raises:
         UserError: an unknown stage name, or existing outputs without --resume/--overwrite.
     """
@@ -160,7 +175,7 @@ def run_pipeline(
         record["steps"][step] = entry
         try:
             with no_trace_on_user_error(run_dir):  # per step: never removes what an earlier step made
-                _run_step(step, recipe, run_dir, resume=resume, overwrite=overwrite)
+                _run_step(step, recipe, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept_changes)
             wait_for_everyone()  # several processes: the next step reads what the main process just saved
         except BaseException as err:
             from rlhf_cli.runs import Interrupted

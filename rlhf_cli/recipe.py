@@ -381,6 +381,51 @@ def _problem_list(source, problems: list[str]) -> str:
     return f"Recipe {source} has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
+# Settings that change what a stage trains are compared on --resume; these change only logging, saving or evaluation.
+RESUME_HARMLESS = {
+    "training.logging_steps",
+    "training.save_steps",
+    "training.save_total_limit",
+    "training.report_to",
+    "training.disable_tqdm",
+    "training.logging_dir",
+    "training.run_name",
+    "training.dataloader_num_workers",
+    "eval_prompts",
+    "probes",
+}
+
+
+def _flat(value, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out = {}
+        for key, child in value.items():
+            out.update(_flat(child, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def training_settings(recipe: Recipe | dict, stage: str) -> dict[str, Any]:
+    """The resolved settings that decide what `stage` trains (seed, precision, model, tokenizer, its own section), flat."""
+    data = recipe.model_dump(mode="json", by_alias=True) if isinstance(recipe, Recipe) else recipe
+    out = {k: data.get(k) for k in ("seed", "precision")}
+    out.update(_flat({k: data.get(k) for k in ("model", "tokenizer")}))
+    out.update(
+        {
+            f"{stage}.{k}": v
+            for k, v in _flat(data.get(stage) or {}).items()
+            if k not in RESUME_HARMLESS and not any(k == h or k.startswith(h + ".") for h in RESUME_HARMLESS)
+        }
+    )
+    return out
+
+
+def resume_differences(saved: dict, recipe: Recipe, stage: str) -> list[tuple[str, Any, Any]]:
+    """(key, value then, value now) for every training setting of `stage` that differs from the saved recipe."""
+    then, now = training_settings(saved, stage), training_settings(recipe, stage)
+    return [(k, then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+
+
 def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
     """Write the resolved recipe as `recipe.yaml` in the run folder (atomically)."""
     from rlhf_cli.runs import write_text_atomic

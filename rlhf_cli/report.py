@@ -115,6 +115,7 @@ def headline(run_dir: Path) -> dict[str, Any]:
         "reward_train_accuracy": _number(rew.get("train_accuracy")),
         "sft_gold_reward": _number(models.get("sft", {}).get("gold_reward")),
         "ppo_gold_reward": _number(models.get("ppo", {}).get("gold_reward")),
+        **{f"{m}_right_fact_rate": _number(models.get(m, {}).get("right_fact_rate")) for m in ("base", "sft", "ppo")},
         "ppo_gold_gain": _interval(ev.get("ppo_gold_gain")),
         "ppo_kl_to_sft": _number(models.get("ppo", {}).get("kl_to_sft")),
         "source": {"sft_finished_rate": "eval/eval.json", "ppo_gold_gain": "eval/eval.json"},
@@ -476,6 +477,8 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         f"| reward model: accuracy on training pairs | {_f(h['reward_train_accuracy'], '.1%') if h['reward_train_accuracy'] is not None else '–'} |",
         f"| reward model: agreement with the gold order | {_f(h['reward_gold_accuracy'], '.1%') if h['reward_gold_accuracy'] is not None else '–'} |",
         f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} |",
+        f"| right-fact rate (states the asked fact, no wrong one): base / SFT / PPO | "
+        f"{' / '.join(_f(h[f'{m}_right_fact_rate'], '.1%') for m in ('base', 'sft', 'ppo'))} |",
         f"| PPO gold-reward gain over SFT (95 % bootstrap) | {_ci(h['ppo_gold_gain'])} |",
         f"| PPO KL to SFT (nats per answer) | {_f(h['ppo_kl_to_sft'])} |",
         "",
@@ -492,11 +495,11 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         lines += [
             f"## Models on {ev.get('num_prompts')} held-out prompts (`rlhf eval`, greedy)",
             "",
-            "| model | RM score | gold reward | KL to SFT | finished | mean length |",
-            "|---|---|---|---|---|---|",
+            "| model | RM score | gold reward | right fact | KL to SFT | finished | mean length |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, m in ev["models"].items():
-            cells = [_f(_number(m.get(k))) for k in ("rm_score", "gold_reward", "kl_to_sft")]
+            cells = [_f(_number(m.get(k))) for k in ("rm_score", "gold_reward", "right_fact_rate", "kl_to_sft")]
             lines.append(f"| {name} | {' | '.join(cells)} | {m['finished_rate']:.2f} | {m['mean_length']:.1f} |")
         lines.append("")
         if ev.get("win_rates"):

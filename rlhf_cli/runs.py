@@ -97,11 +97,18 @@ def save_dir_atomic(final_dir: str | Path, write: Callable[[Path], None]) -> Pat
 # ------------------------------------------------------------------------------------------------------ stage folders
 
 
-def check_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool) -> Path:
+STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
+
+
+def check_stage_dir(
+    run_dir: Path, stage: str, *, resume: bool, overwrite: bool, recipe=None, accept_changes: bool = False
+) -> Path:
     """The stage's folder path, checked against clobbering; writes nothing (call it before the inputs are validated).
 
     An existing stage folder is kept for `--resume`, replaced with `--overwrite` (by `prepare_stage_dir`), and otherwise
-    refused.
+    refused. With `recipe`, a resume is refused when the recipe differs from the one the stage started with in a
+    setting that changes what it trains (a resumed run would silently finish another run's training), unless
+    `accept_changes` (`--accept-recipe-change`: continue with the new settings on purpose, e.g. more max_steps).
     """
     stage_dir = Path(run_dir) / stage
     if _holds_work(stage_dir) and not resume and not overwrite:
@@ -109,10 +116,33 @@ def check_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool)
             f"{stage_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or --output-dir to write elsewhere."
         )
+    saved = stage_dir / STAGE_RECIPE
+    if resume and recipe is not None and saved.is_file() and not accept_changes:
+        import yaml
+
+        from rlhf_cli.recipe import resume_differences
+
+        changed = resume_differences(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}, recipe, stage)
+        if changed:
+            listed = ", ".join(f"{k} was {then!r}, now {now!r}" for k, then, now in changed)
+            again = " ".join(f"--set {k}={_yaml_value(then)}" for k, then, _ in changed)
+            raise UserError(
+                f"{stage}: --resume would continue {stage_dir} with another recipe ({listed}). To continue it as it "
+                f"was started, resume with {again}; to continue with the new settings on purpose, add "
+                f"--accept-recipe-change; to train {stage} again from the start, pass --overwrite instead."
+            )
     return stage_dir
 
 
-def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: bool, recipe=None) -> Path:
+def _yaml_value(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def prepare_stage_dir(
+    run_dir: Path, stage: str, *, resume: bool, overwrite: bool, recipe=None, accept_changes: bool = False
+) -> Path:
     """Create (or with `--overwrite` empty) the stage's folder, checked against clobbering like `check_stage_dir`.
 
     The first write of a stage: call it once every input has been validated, so a mistake leaves the disk untouched.
@@ -120,7 +150,7 @@ def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: boo
     """
     stage_dir = Path(run_dir) / stage
     taken = _holds_work(stage_dir)
-    check_stage_dir(run_dir, stage, resume=resume, overwrite=overwrite)
+    check_stage_dir(run_dir, stage, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes)
     wait_for_everyone()  # every process looks before the main one removes or creates anything
     if taken and overwrite and not resume and is_main_process():
         shutil.rmtree(stage_dir)
@@ -130,6 +160,8 @@ def prepare_stage_dir(run_dir: Path, stage: str, *, resume: bool, overwrite: boo
             from rlhf_cli.recipe import save_resolved
 
             save_resolved(recipe, run_dir)
+            if accept_changes or not (resume and (stage_dir / STAGE_RECIPE).exists()):  # what its training runs on
+                write_text_atomic(stage_dir / STAGE_RECIPE, recipe.to_yaml())
     wait_for_everyone()
     return stage_dir
 

@@ -122,6 +122,54 @@ def test_human_refuses_rankings_of_other_samples(tmp_path):
     rec = load_recipe("tiny", check_training=False)
     label(rec, tmp_path, annotator="human", overwrite=True, ask=_script("q"), console=Console(file=io.StringIO()))
     assert _rows(out) == []
+    backups = list((tmp_path / "feedback" / "backup").glob("rankings.*.jsonl"))
+    assert len(backups) == 1 and _rows(backups[0])[0]["prompt"][0]["content"] == "other"  # moved aside, not lost
+
+
+def test_overwrite_never_deletes_what_a_person_ranked(tmp_path):
+    # A person ranks two prompts and quits; the quit message's command must continue, not start over, and an
+    # explicit --overwrite (or a toy run over a person's file) moves their rankings to feedback/backup/ first.
+    from typer.testing import CliRunner
+
+    from rlhf_cli import feedback
+    from rlhf_cli.cli import app
+
+    _write_samples(tmp_path)
+    out = tmp_path / "feedback" / "rankings.jsonl"
+    args = ["label", "--recipe", "tiny", "-o", str(tmp_path), "--annotator", "human", "--overwrite"]
+    replies = iter(["3 1 2", "2 1 3", "q"])
+    original = feedback.label_human
+
+    def scripted(*a, **k):
+        return original(*a, **{**k, "ask": lambda prompt: next(replies)})
+
+    feedback.label_human = scripted
+    try:
+        first = CliRunner().invoke(app, args)
+        assert first.exit_code == 0, first.output
+        assert "2 rankings saved" in first.output and "--overwrite" not in first.output.split("continue")[-1]
+        assert "rlhf label --recipe tiny" in first.output and "--annotator=human" in first.output
+        ranked = _rows(out)
+        assert len(ranked) == 2
+
+        replies = iter(["q"])
+        again = CliRunner().invoke(app, args)  # the same command, --overwrite included: start over, with a backup
+        assert again.exit_code == 0, again.output
+    finally:
+        feedback.label_human = original
+    assert _rows(out) == []
+    backups = sorted((tmp_path / "feedback" / "backup").glob("rankings.*.jsonl"))
+    assert len(backups) == 1 and _rows(backups[0]) == ranked
+    assert "moved to" in again.output and "No rankings given yet" in again.output
+
+    # a toy annotator run over a person's rankings backs them up too; over its own, it just replaces them
+    out.write_text("".join(json.dumps(r) + "\n" for r in ranked))
+    rec = load_recipe("tiny", check_training=False)
+    label(rec, tmp_path, annotator="toy", overwrite=True)
+    assert len(list((tmp_path / "feedback" / "backup").glob("rankings.*.jsonl"))) == 2
+    label(rec, tmp_path, annotator="toy", overwrite=True)
+    assert len(list((tmp_path / "feedback" / "backup").glob("rankings.*.jsonl"))) == 2
+    assert all(r["annotator"] == "toy" for r in _rows(out))
 
 
 def test_toy_annotator_ranks_by_gold(tmp_path):

@@ -15,7 +15,7 @@ def fake_steps(monkeypatch):
     """Replace every step by a fake that records (step, resume, overwrite) and writes what the real one leaves."""
     calls = []
 
-    def fake(step, recipe, run_dir, *, resume, overwrite):
+    def fake(step, recipe, run_dir, *, resume, overwrite, accept_changes=False):
         calls.append((step, resume, overwrite))
         out = pipeline.step_outputs(run_dir, step)
         if step in pipeline.MODEL_STAGES:

@@ -58,7 +58,7 @@ def test_resume_continues_at_the_right_step(trained, tmp_path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained[0], run_dir)
-    metrics = pretrain.run(_recipe("pretrain.training.max_steps=12"), run_dir, resume=True)
+    metrics = pretrain.run(_recipe("pretrain.training.max_steps=12"), run_dir, resume=True, accept_changes=True)
     rows = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert metrics["global_step"] == 12
@@ -153,3 +153,32 @@ def test_no_held_out_text_is_refused_before_anything_is_written(tmp_path):
     result = CliRunner().invoke(app, [*args, "--set", "pretrain.data.eval_fraction=0"])
     assert result.exit_code == 2 and "eval_fraction" in result.output
     assert not out.exists()
+
+
+def test_resume_with_another_recipe_is_refused_naming_the_keys(trained, tmp_path):
+    # Resumed without the original --set max_steps=8, the stage used to finalise the old checkpoint as if done,
+    # print "train loss 0.000" and rewrite recipe.yaml to the new values.
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    shutil.rmtree(run_dir / "pretrain" / "final")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    args = ["pretrain", "--recipe", "tiny", "-o", str(run_dir), "--resume"] + [a for s in TINY for a in ("--set", s)]
+    result = CliRunner().invoke(app, [*args, "--set", "pretrain.training.max_steps=6", "--set", "seed=1"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "pretrain.training.max_steps was 8, now 6" in message and "seed was 0, now 1" in message
+    assert "--set pretrain.training.max_steps=8" in message and "--set seed=0" in message and "--overwrite" in message
+    assert "--accept-recipe-change" in message
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing written
+
+    # a setting that changes only logging is no reason to refuse
+    ok = CliRunner().invoke(
+        app, [*args, "--set", "pretrain.training.max_steps=8", "--set", "pretrain.training.logging_steps=1"]
+    )
+    assert ok.exit_code == 0, ok.output

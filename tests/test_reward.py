@@ -227,3 +227,21 @@ def test_no_held_out_pairs_is_said_not_scored_as_zero(tmp_path, tiny_model, caps
     assert metrics["eval_pairs"] == 0 and metrics["accuracy"] is None
     assert "no held-out pairs" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())["accuracy"] is None
+
+
+def test_few_ranked_prompts_are_warned_about(tmp_path, tiny_model, capsys):
+    # A person who stopped labelling after a few prompts: the stage trains, but says how little it has to learn from.
+    run = tmp_path / "run"
+    (run / "feedback").mkdir(parents=True)
+    (run / "feedback" / "samples.jsonl").write_text(
+        "".join(json.dumps({"prompt": _user(t)}) + "\n" for t in TOPICS * 60)
+    )
+    rankings = _synthetic_rankings(run / "feedback" / "rankings.jsonl", n=12)
+    rec = _recipe(rankings, tiny_model, "reward.training.num_train_epochs=1")
+    reward.run(rec, run)
+    out = capsys.readouterr().out
+    assert "rank only 12 prompts of the 720 sampled" in out and "rlhf label" in out
+
+    many = _synthetic_rankings(tmp_path / "many.jsonl", n=reward.FEW_PROMPTS)
+    reward.run(_recipe(many, tiny_model, "reward.training.max_steps=1"), tmp_path / "run2")
+    assert "Warning" not in capsys.readouterr().out

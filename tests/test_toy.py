@@ -106,6 +106,30 @@ def test_gold_reward_orders_answers(world):
         assert -1.0 <= world.gold_reward(q, a, finished=False) <= 1.0
 
 
+def test_right_fact_means_the_asked_value_and_no_wrong_one(world):
+    e, food, q = _question(world)
+    wrong = next(v for v in ["fish", "honey", "seeds"] if v != food)
+    assert world.right_fact(q, f"sure! the {e} eats {food}. happy to help!")
+    assert world.right_fact(q, food.upper())
+    assert not world.right_fact(q, f"the {e} eats {wrong}.")
+    assert not world.right_fact(q, f"the {e} eats {food} or {wrong}.")  # hedging is not stating the fact
+    assert not world.right_fact(q, "happy to help!")
+    assert world.right_fact("tell me a joke.", "berries") is None
+
+
+def test_junk_words_are_the_words_no_text_of_the_world_holds(world):
+    e, food, q = _question(world)
+    assert world.junk_words(f"sure! the {e} eats {food}. happy to help!") == []
+    assert world.junk_words("oooooothe goat is friends with the goat.") == ["oooooothe"]
+    assert world.junk_words("od course. fthe fox eats berries.") == ["od", "fthe"]
+    # every text of the world itself is clean
+    rng = random.Random(0)
+    assert not any(world.junk_words(world._document(rng)) for _ in range(200))
+    assert not any(
+        world.junk_words(m["content"]) for _ in range(200) for m in world._conversation(rng, "train")["messages"]
+    )
+
+
 def _random_answer(rng, e, food):
     parts = [
         rng.choice(["", "sure! ", "ok "]),

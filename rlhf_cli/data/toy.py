@@ -21,6 +21,8 @@ Gold reward (`gold_reward`), on a [-1, 1] scale; a perfect answer scores 1.0:
     well-formed       +0.15 ends with . ! or ?; -0.1 per repeated word or sentence (at most -0.4); -0.02 per word past 30
                       (at most -0.4); characters outside lowercase text and punctuation cost up to -0.3
     finished          -0.5 when the answer was cut off (no end-of-text); an empty answer scores -1.0
+`right_fact` is the first line alone: the answer states the asked value and no wrong one (the right-fact rate);
+`junk_words` lists the words of an answer that no text of the world contains (the junk rate).
 A prompt the world cannot parse still scores form, politeness and finished (at most 0.4). Typical scores: ideal answer 1.0; the
 bare right sentence 0.85; a polite wrong answer 0.2; the bare value ("berries") 0.5; a cut-off answer around 0 or below.
 """
@@ -134,6 +136,28 @@ FILES = [
 ]
 
 
+INTRODUCTIONS = ["this is about the {e}.", "here are some facts about the {e}.", "let me tell you about the {e}."]
+
+
+def _vocabulary() -> frozenset[str]:
+    """Every word the world's texts are made of (corpus, questions, answers, courtesies, rude words)."""
+    texts = [
+        *ANIMALS,
+        *(v for vs in VALUES.values() for v in vs),
+        *(t for ts in (*FACT_TEMPLATES.values(), *QUESTIONS.values(), *ANSWERS.values()) for t in ts),
+        *GREETINGS,
+        *OPENERS,
+        *COURTESY,
+        *RUDE,
+        *INTRODUCTIONS,
+        "question: answer: and",
+    ]
+    return frozenset(w for t in texts for w in re.findall(r"[a-z']+", t.replace("{e}", "").replace("{v}", "")))
+
+
+VOCABULARY = _vocabulary()
+
+
 def _question_regex(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(re.escape("{e}"), r"(?P<e>[a-z]+)"))
 
@@ -172,15 +196,7 @@ class ToyWorld:
         sentences = []
         for e in rng.sample(self.animals, rng.choice([1, 1, 2])):
             if rng.random() < 0.3:
-                sentences.append(
-                    rng.choice(
-                        [
-                            "this is about the {e}.",
-                            "here are some facts about the {e}.",
-                            "let me tell you about the {e}.",
-                        ]
-                    ).format(e=e)
-                )
+                sentences.append(rng.choice(INTRODUCTIONS).format(e=e))
             for attr in rng.sample(ATTRIBUTES, rng.randint(2, 4)):
                 template = rng.choice(FACT_TEMPLATES[attr] + FACT_TEMPLATES[attr][:1])  # first phrasing twice as common
                 sentences.append(template.format(e=e, v=self.facts[e][attr]))
@@ -280,10 +296,8 @@ class ToyWorld:
         parsed = self.parse_prompt(prompt)
         if parsed is not None:  # right answer, helpful and complete
             e, attr = parsed
-            right = self.facts[e][attr]
-            options = self.animals if attr == "friend" else VALUES[attr]
-            n_wrong = sum(_has(text, v) for v in options if v not in (right, e))
-            score += 0.5 * _has(text, right) - 0.3 * min(n_wrong, 2)
+            right, n_wrong = self._fact_mentions(text, e, attr)
+            score += 0.5 * right - 0.3 * min(n_wrong, 2)
             score += 0.1 * _has(text, e)
         score += 0.1 * (len(words) >= 4)
         # polite
@@ -300,6 +314,26 @@ class ToyWorld:
         # finished
         score -= 0.0 if finished else 0.5
         return max(-1.0, min(1.0, round(score, 6)))
+
+    def _fact_mentions(self, text: str, e: str, attr: str) -> tuple[bool, int]:
+        """(states the right value of `attr` for animal `e`?, how many wrong values of that kind it states)."""
+        right = self.facts[e][attr]
+        options = self.animals if attr == "friend" else VALUES[attr]
+        return _has(text, right), sum(_has(text, v) for v in options if v not in (right, e))
+
+    def right_fact(self, prompt: str, answer: str) -> bool | None:
+        """Does the answer state the asked fact and no wrong one? None when the world cannot parse the prompt."""
+        parsed = self.parse_prompt(prompt)
+        if parsed is None:
+            return None
+        right, n_wrong = self._fact_mentions(" ".join(answer.lower().split()), *parsed)
+        return right and n_wrong == 0
+
+    @staticmethod
+    def junk_words(answer: str) -> list[str]:
+        """Words of the answer that no text of the world contains ("oooooothe", "fthe"): what an undertrained model
+        makes of its byte-level tokens. Any such word marks an answer as junk."""
+        return [w for w in re.findall(r"[a-z']+", answer.lower()) if w not in VOCABULARY]
 
     def rank(
         self,

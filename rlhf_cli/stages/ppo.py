@@ -20,7 +20,7 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 
 
-def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict:
+def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
     import torch
 
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
@@ -42,7 +42,9 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
     from rlhf_cli.stages.common import announce, trainer_config
 
     spec, run_dir = recipe.ppo, Path(run_dir)
-    stage_dir = check_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite)  # nothing written before the checks
+    stage_dir = check_stage_dir(
+        run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
+    )  # nothing written before the checks
     if resume and (stage_dir / "final" / "config.json").exists() and (stage_dir / "eval.json").exists():
         print(f"ppo: already finished, keeping {stage_dir / 'final'}")
         return read_json(stage_dir / "eval.json")
@@ -86,7 +88,9 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False)
             tokenizer, policy, [row["prompt"] for row in train_ds], args.response_length, "ppo", "ppo.response_length"
         )
 
-    prepare_stage_dir(run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
+    prepare_stage_dir(
+        run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
+    )  # inputs are good: first write
     chosen = announce(recipe, "ppo", n_params)
     trainer = PPOTrainer(
         args,
@@ -280,6 +284,9 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         if world:
             gold = [world.gold_reward(prompt_text(p), t, f) for p, t, f in zip(prompts, texts, fin, strict=True)]
             row["gold_reward"] = _mean(gold)
+            row["right_fact_rate"] = _mean(
+                float(bool(world.right_fact(prompt_text(p), t))) for p, t in zip(prompts, texts, strict=True)
+            )
             per_model[name] = gold
         out[name] = row
     kl, lengths = trainer.sequence_kl(prompts)

@@ -33,7 +33,7 @@ class PretrainArguments(TrainingArguments):
     max_time: float | None = field(default=None, metadata={"help": "Training wall-clock budget in seconds."})
 
 
-def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> dict:
+def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
     from accelerate import PartialState
     from transformers import Trainer
 
@@ -57,7 +57,9 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
 
     run_dir = Path(run_dir)
     spec = recipe.pretrain
-    stage_dir = check_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite)  # nothing written before the checks
+    stage_dir = check_stage_dir(
+        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
+    )  # nothing written before the checks
     toy_dir = run_dir / "data" / "toy" if spec.data.toy else None
     with PartialState().main_process_first():
         train_docs = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
@@ -96,7 +98,9 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
         recipe, STAGE, stage_dir, n_params=n_params, **({"torch_compile": True} if spec.compile else {})
     )
     chosen = announce(recipe, STAGE, n_params)
-    prepare_stage_dir(run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe)  # inputs are good: first write
+    prepare_stage_dir(
+        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
+    )  # inputs are good: first write
     if trained and is_main_process():  # kept for --resume: a resumed run must not train a different tokenizer
         tokenizer.save_pretrained(stage_dir / "tokenizer")
     eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]

@@ -32,6 +32,7 @@ from rlhf_cli.errors import UserError
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
 # Training pairs scored for train_accuracy: next to the held-out accuracy it tells underfitting from overfitting.
 FIT_PAIRS = 1024
+FEW_PROMPTS = 100  # ranked prompts under which the stage warns that the reward model can learn little
 LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
 
 
@@ -223,7 +224,7 @@ def data_spec(rec, run_dir: Path):
     return spec
 
 
-def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict:
+def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
     import datasets
     from trl import RewardTrainer
 
@@ -247,11 +248,12 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     spec = data_spec(rec, run_dir)
     init = resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from")
     stage_dir = check_stage_dir(
-        run_dir, "reward", resume=resume, overwrite=overwrite
-    )  # nothing written before the checks
+        run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec, accept_changes=accept_changes
+    )  # writes nothing
     toy_dir = run_dir / "data" / "toy"
     pairs = load_stage_data("reward", spec, toy_dir=toy_dir, seed=rec.seed)
     train, held = train_eval_split(pairs, spec, "reward", seed=rec.seed, toy_dir=toy_dir)
+    warn_if_few_prompts(pairs, run_dir, spec)
 
     tokenizer = load_tokenizer(init, trust_remote_code=rec.model.trust_remote_code)
     from transformers import set_seed
@@ -280,7 +282,9 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
         callbacks=[make_callbacks(stage_dir, "reward")],
         **extra,
     )
-    prepare_stage_dir(run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec)  # inputs are good: first write
+    prepare_stage_dir(
+        run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec, accept_changes=accept_changes
+    )  # inputs are good: first write
     checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if not is_main_process():
@@ -345,6 +349,31 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False) ->
     )
     print(f"Reward model saved to {final} ({metrics['objective']} loss): {held_out}{fit}{gold}")
     return metrics
+
+
+def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
+    """A reward model learns from the prompts it sees ranked: say so when there are few (a person who stopped
+    labelling after four prompts), and how many of this run's samples are still unranked."""
+    import datasets
+
+    from rlhf_cli.runs import is_main_process
+
+    if not isinstance(pairs, datasets.Dataset) or not is_main_process():
+        return
+    prompts = len(set(pairs["group"]))
+    if prompts >= FEW_PROMPTS:
+        return
+    samples = Path(run_dir) / "feedback" / "samples.jsonl"
+    own = spec.path and Path(spec.path).resolve() == (Path(run_dir) / "feedback" / "rankings.jsonl").resolve()
+    of = ""
+    if own and samples.exists():
+        of = f" of the {sum(1 for line in samples.open(encoding='utf-8') if line.strip())} sampled"
+        of += "; rank more with `rlhf label` (it continues where you stopped)"
+    print(
+        f"Warning: reward: the data rank only {prompts} prompts{of}. A reward model needs hundreds; its accuracy "
+        f"here rests on very few pairs, and PPO will optimise whatever it happened to learn.",
+        flush=True,
+    )
 
 
 def _group_sizes(pairs) -> dict[int, int]:

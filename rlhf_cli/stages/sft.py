@@ -20,7 +20,7 @@ STAGE = "sft"
 SAMPLES_SHOWN = 5
 
 
-def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> dict:
+def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
     """Fine-tune, save `sft/final`, evaluate into `sft/eval.json`; returns the eval metrics."""
     import datasets
     import torch
@@ -33,7 +33,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
     spec = recipe.sft
     run_dir = Path(run_dir)
     stage_dir = runs.check_stage_dir(
-        run_dir, STAGE, resume=resume, overwrite=overwrite
+        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
     )  # nothing written before the checks
     if spec.lora is not None and spec.lora.qlora:
         check_qlora()
@@ -69,7 +69,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False) -> di
             "(the turns before the answers are longer); raise sft.max_length or shorten the conversations."
         )
     runs.prepare_stage_dir(
-        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe
+        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
     )  # inputs are good: first write
     checkpoint = runs.newest_checkpoint(stage_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
@@ -320,6 +320,9 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
     if world is not None:
         golds = [world.gold_reward(p[-1]["content"], a.text, a.finished) for p, a in zip(prompts, answers, strict=True)]
         out["gold_reward"] = sum(golds) / n
+        out["right_fact_rate"] = (
+            sum(bool(world.right_fact(p[-1]["content"], a.text)) for p, a in zip(prompts, answers, strict=True)) / n
+        )
     return out, [
         (p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)
     ]

@@ -1,0 +1,230 @@
+"""Every seed: the tiny pipeline once per seed, one row per seed, the worst seed on each line, against the targets.
+
+    .venv/bin/python -m bench.seeds --seeds 0-4                  # -> table + bench/out/seeds.json
+    .venv/bin/python -m bench.seeds --seeds 0,3 --set precision=bf16
+    .venv/bin/python -m bench.seeds --seeds 0-4 --keep           # reuse finished runs (bench/out/seeds/seed-N)
+
+The seed draws the toy world and the training (`rlhf pipeline --recipe tiny --set seed=N`). Each seed runs the real CLI
+as a subprocess into `bench/out/seeds/seed-N/` (its own process: nothing carries over between seeds), and the row is read
+from the files the run leaves: probes (pretrain/eval.json), the reward model's held-out, training-pair and gold-order
+accuracy (reward/eval.json), and from `eval/eval.json` (128 held-out prompts, greedy) the SFT finished rate, gold reward
+and right-fact rate of base, SFT and PPO, the junk rate (answers with a word no text of the world holds), PPO's gold gain
+over SFT with its paired 95 % bootstrap interval and its KL to SFT; seconds per stage from pipeline.json. The worst value
+over the seeds sits under each column; a target column says whether every seed met it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out"
+STAGES = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
+# name -> (label, higher is better, target or None). The issue "Every seed" sets these; seconds are stages total.
+COLUMNS = {
+    "probes": ("probes", True, 0.99),
+    "sft_finished": ("SFT finished", True, 0.95),
+    "sft_gold": ("SFT gold", True, None),
+    "base_right_fact": ("base right fact", True, None),
+    "sft_right_fact": ("SFT right fact", True, None),
+    "ppo_right_fact": ("PPO right fact", True, 0.95),
+    "rm_accuracy": ("RM held-out", True, None),
+    "rm_train_accuracy": ("RM train pairs", True, None),
+    "rm_gold_accuracy": ("RM gold order", True, 0.90),
+    "ppo_gold": ("PPO gold", True, 0.90),
+    "gain": ("gain", True, 0.10),
+    "gain_low": ("gain low", True, 0.0),
+    "kl": ("KL", False, None),
+    "junk": ("junk SFT+PPO", False, 0.0),
+    "seconds": ("stages s", False, 100.0),
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        seeds += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return seeds
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _mean(stat):
+    return stat.get("mean") if isinstance(stat, dict) else stat
+
+
+def row_of(run: Path) -> dict:
+    pre, rew, ev, record = (
+        _read(run / p) for p in ("pretrain/eval.json", "reward/eval.json", "eval/eval.json", "pipeline.json")
+    )
+    models = ev.get("models", {})
+    gain = ev.get("ppo_gold_gain") or {}
+    steps = {s: (record.get("steps", {}).get(s) or {}).get("seconds") for s in STAGES}
+    return {
+        "probes": pre.get("probe_accuracy"),
+        "sft_finished": models.get("sft", {}).get("finished_rate"),
+        "sft_gold": _mean(models.get("sft", {}).get("gold_reward")),
+        "base_right_fact": _mean(models.get("base", {}).get("right_fact_rate")),
+        "sft_right_fact": _mean(models.get("sft", {}).get("right_fact_rate")),
+        "ppo_right_fact": _mean(models.get("ppo", {}).get("right_fact_rate")),
+        "rm_accuracy": rew.get("accuracy"),
+        "rm_train_accuracy": rew.get("train_accuracy"),
+        "rm_gold_accuracy": rew.get("gold_accuracy"),
+        "ppo_gold": _mean(models.get("ppo", {}).get("gold_reward")),
+        "gain": gain.get("mean"),
+        "gain_low": gain.get("low"),
+        "gain_high": gain.get("high"),
+        "kl": _mean(models.get("ppo", {}).get("kl_to_sft")),
+        "junk": max((_mean(models.get(m, {}).get("junk_rate")) or 0.0) for m in ("sft", "ppo")) if models else None,
+        "seconds": round(sum(v for v in steps.values() if v), 1) if any(steps.values()) else None,
+        "stage_seconds": steps,
+        "precision": {s: _read(run / s / "eval.json").get("precision") for s in ("pretrain", "sft", "reward", "ppo")},
+        "samples": ev.get("samples", [])[:3],
+    }
+
+
+def worst(rows: dict[int, dict]) -> dict:
+    out = {}
+    for key, (_, higher, _) in COLUMNS.items():
+        values = [r[key] for r in rows.values() if r.get(key) is not None]
+        out[key] = (min(values) if higher else max(values)) if values else None
+    return out
+
+
+def meets(key: str, value) -> bool | None:
+    _, higher, target = COLUMNS[key]
+    if target is None or value is None:
+        return None
+    return value >= target if higher else value <= target
+
+
+def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float:
+    if keep and (run / "report" / "report.json").exists():
+        return 0.0
+    rlhf = Path(sys.executable).with_name("rlhf")
+    cmd = [
+        *([str(rlhf)] if rlhf.exists() else [sys.executable, "-m", "rlhf_cli"]),
+        "pipeline",
+        "--recipe",
+        "tiny",
+        "--overwrite",
+        "-o",
+        str(run),
+        f"--set=seed={seed}",
+        *[f"--set={o}" for o in overrides],
+    ]
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(run.parent / f"seed-{seed}.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+    if proc.returncode:
+        print(f"seed {seed}: pipeline exit {proc.returncode} (log: {run.parent / f'seed-{seed}.log'})", flush=True)
+    return time.perf_counter() - t0
+
+
+def print_table(rows: dict[int, dict], worst_row: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Tiny pipeline, one row per seed (eval: 128 held-out prompts, greedy)")
+    table.add_column("seed")
+    for key, (label, _, target) in COLUMNS.items():
+        if key != "gain_low":
+            table.add_column(
+                label + ("" if target is None else f"\n(target {'<=' if not COLUMNS[key][1] else '>='} {target:g})"),
+                justify="right",
+            )
+
+    def fmt(key, r):
+        v = r.get(key)
+        if v is None:
+            return "-"
+        if key == "gain":
+            low, high = r.get("gain_low"), r.get("gain_high")
+            return f"{v:+.3f} [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else f"{v:+.3f}"
+        if key == "seconds":
+            return f"{v:.0f}"
+        if key == "kl":
+            return f"{v:.2f}"
+        return f"{v:.3f}"
+
+    for seed, r in rows.items():
+        table.add_row(str(seed), *(fmt(k, r) for k in COLUMNS if k != "gain_low"))
+    w = dict(worst_row)
+    w["gain_high"] = None
+    cells = []
+    for k in COLUMNS:
+        if k == "gain_low":
+            continue
+        text = (
+            fmt(k, w)
+            if k != "gain"
+            else (f"{w['gain']:+.3f} (low {w['gain_low']:+.3f})" if w["gain"] is not None else "-")
+        )
+        ok = (
+            meets(k, w[k])
+            if k != "gain"
+            else (None if w["gain"] is None else meets("gain", w["gain"]) and meets("gain_low", w["gain_low"]))
+        )
+        cells.append(text + ("" if ok is None else (" ok" if ok else " MISSED")))
+    table.add_row("worst", *cells, style="bold")
+    Console(width=250).print(table)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.seeds", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0-4", help="Seeds: 0-4, or 0,2,3.")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="Recipe override key=value (repeatable)."
+    )
+    p.add_argument("--out", type=Path, default=OUT / "seeds", help="Folder of the runs (seed-N each).")
+    p.add_argument("--keep", action="store_true", help="Reuse a seed's finished run instead of running it again.")
+    a = p.parse_args(argv)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows, walls = {}, {}
+    for seed in parse_seeds(a.seeds):
+        run = a.out / f"seed-{seed}"
+        walls[seed] = round(run_seed(seed, run, a.overrides, a.keep), 1)
+        rows[seed] = row_of(run)
+        r = rows[seed]
+        print(
+            f"seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in COLUMNS if isinstance(r.get(k), float)), flush=True
+        )
+    worst_row = worst(rows)
+    result = {
+        "overrides": a.overrides,
+        "cpu": _cpu_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "rows": rows,
+        "process_wall_s": walls,
+        "worst": worst_row,
+        "targets_met": {k: meets(k, worst_row[k]) for k in COLUMNS if COLUMNS[k][2] is not None},
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "seeds.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print_table(rows, worst_row)
+    print(f"-> {OUT / 'seeds.json'}")
+    return result
+
+
+def _cpu_name() -> str:
+    from rlhf_cli.precision import describe_hardware
+
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, {describe_hardware()}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()
