@@ -294,6 +294,9 @@ def pipeline(
 ):
     """The main job: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report, in one run folder.
 
+    Exit code 3: every step finished, but a target of the recipe (`targets:`) was missed or a red flag was raised;
+    the summary lists each.
+
     Example: `rlhf pipeline` (the embedded tiny recipe), or `rlhf pipeline --recipe tiny --resume`
     """
     from rlhf_cli.pipeline import run_pipeline
@@ -302,7 +305,13 @@ def pipeline(
     run_dir = rec.run_dir(output_dir)
     if dry_run:
         return _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or 'all'}")
-    run_pipeline(rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change)
+    from rlhf_cli.pipeline import TARGETS_MISSED
+
+    record = run_pipeline(
+        rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change
+    )
+    if record.get("targets_missed") or record.get("red_flags"):
+        raise typer.Exit(TARGETS_MISSED)
 
 
 @app.command()

@@ -2,9 +2,12 @@
 
 One chat template for the whole project, so SFT, sampling, PPO and chat format conversations the same way:
 
-    <|user|>What does the fox eat?<|assistant|>the fox eats berries.<|endoftext|>
+    <|user|> What does the fox eat?<|assistant|> the fox eats berries.<|endoftext|>
 
-The assistant turn sits inside `{% generation %}` so TRL's `assistant_only_loss` can mask everything else.
+The assistant turn sits inside `{% generation %}` so TRL's `assistant_only_loss` can mask everything else. Each turn's
+text starts with a space, which the model writes itself: a byte-level BPE tokenizer spells a word after a space
+("Ġgood", the token pre-training saw thousands of times) differently from a word glued to the role marker ("g" "ood",
+rare pieces). Without it the tiny model's SFT answers began with junk ("ood question!") on held-out phrasings.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ SPECIAL_TOKENS = [PAD, EOS, *ROLE_TOKENS.values()]
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|endoftext|>{% endgeneration %}"
+    "<|assistant|>{% generation %} {{ message['content'] }}<|endoftext|>{% endgeneration %}"
     "{%- else -%}"
-    "{{ '<|' + message['role'] + '|>' }}{{ message['content'] }}"
+    "{{ '<|' + message['role'] + '|> ' }}{{ message['content'] }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"

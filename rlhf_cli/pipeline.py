@@ -20,6 +20,7 @@ from pathlib import Path
 from rlhf_cli.errors import UserError, is_input_error
 
 STEPS = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
+TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was missed or a red flag raised
 MODEL_STAGES = ("pretrain", "sft", "reward", "ppo")
 
 
@@ -192,13 +193,17 @@ def run_pipeline(
             save_resolved(recipe, run_dir)
             write_json_atomic(record_path, record)
 
-    from rlhf_cli.report import step_headline
+    from rlhf_cli.report import assess, step_headline
 
     for step, entry in record["steps"].items():
         entry["headline"] = step_headline(run_dir, step)
     record["total_seconds"] = round(time.time() - start, 2)
     report = run_dir / "report" / "report.md"
     record["report"] = str(report) if report.exists() else None
+    verdict = assess(run_dir)
+    # The steps that ran decide: a missed target of a stage this call did not reach is not a finding.
+    record["targets_missed"] = verdict["missed"] if set(steps) >= {"eval"} else []
+    record["red_flags"] = verdict["red_flags"] if set(steps) >= {"eval"} else []
     if is_main_process():
         write_json_atomic(record_path, record)
         _print_summary(console, record)
@@ -226,6 +231,12 @@ def _print_summary(console, record: dict) -> None:
     console.print(f"Total {record['total_seconds']:.1f} s. Timings: {Path(record['run_dir']) / 'pipeline.json'}")
     if record.get("report"):
         console.print(f"[bold]Report: {record['report']}[/]")
+    for missed in record.get("targets_missed", []):
+        console.print(f"[bold red]Target missed:[/] {missed}")
+    for flag in record.get("red_flags", []):
+        console.print(f"[bold red]Red flag:[/] {flag}")
+    if record.get("targets_missed") or record.get("red_flags"):
+        console.print(f"[bold red]Finished, targets missed[/] (exit code {TARGETS_MISSED}).")
 
 
 def load_record(run_dir: str | Path) -> dict | None:

@@ -175,6 +175,21 @@ class EvalSpec(Section):
     max_new_tokens: int = Field(48, gt=0)
 
 
+class TargetsSpec(Section):
+    """What a run of this recipe should reach; `rlhf pipeline` checks them and exits 3 when one is missed. Each is a
+    headline number of the report (`report.json["headline"]`): at least this, except `junk_rate` (at most)."""
+
+    base_probe_accuracy: float | None = None
+    sft_finished_rate: float | None = None
+    reward_accuracy: float | None = None
+    reward_gold_accuracy: float | None = None
+    ppo_gold_reward: float | None = None
+    ppo_right_fact_rate: float | None = None
+    ppo_gold_gain: float | None = None  # the mean gain over SFT
+    ppo_gold_gain_low: float | None = None  # the low end of its 95 % interval
+    junk_rate: float | None = None  # the largest share of SFT and PPO answers holding a word the toy world lacks
+
+
 class Recipe(Section):
     name: str = "run"
     description: str | None = None
@@ -189,6 +204,7 @@ class Recipe(Section):
     reward: RewardSpec = Field(default_factory=RewardSpec)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    targets: TargetsSpec = Field(default_factory=TargetsSpec)
 
     def run_dir(self, output_dir: str | Path | None = None) -> Path:
         """Where this run writes: `--output-dir`, else the recipe's `output_dir`, else `runs/<name>`."""

@@ -20,8 +20,7 @@ from typing import Any
 from rlhf_cli.errors import UserError
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
-# Targets of the tiny recipe (issue "the main job"): shown in the report as checks, never enforced.
-TARGETS = {"sft_finished_rate": 0.9, "reward_accuracy": 0.75}
+AT_MOST = {"junk_rate"}  # targets that are ceilings; every other target is a floor
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -116,6 +115,9 @@ def headline(run_dir: Path) -> dict[str, Any]:
         "sft_gold_reward": _number(models.get("sft", {}).get("gold_reward")),
         "ppo_gold_reward": _number(models.get("ppo", {}).get("gold_reward")),
         **{f"{m}_right_fact_rate": _number(models.get(m, {}).get("right_fact_rate")) for m in ("base", "sft", "ppo")},
+        "junk_rate": max(
+            (v for m in ("sft", "ppo") if (v := _number(models.get(m, {}).get("junk_rate"))) is not None), default=None
+        ),
         "ppo_gold_gain": _interval(ev.get("ppo_gold_gain")),
         "ppo_kl_to_sft": _number(models.get("ppo", {}).get("kl_to_sft")),
         "source": {"sft_finished_rate": "eval/eval.json", "ppo_gold_gain": "eval/eval.json"},
@@ -136,22 +138,61 @@ def headline(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def checks(head: dict) -> dict[str, bool | None]:
-    """The tiny recipe's targets, each True/False (None when the number is missing)."""
-    gain = head.get("ppo_gold_gain")
-    return {
-        "sft_finished_rate >= 0.9": None if head["sft_finished_rate"] is None else head["sft_finished_rate"] >= 0.9,
-        # On the toy world the gold order is the truth (the simulated raters' labels carry noise by design, so no model
-        # can match them much above ~0.85): the reward issue's target is agreement with the gold order.
-        "reward_accuracy >= 0.75": None if _reward_target(head) is None else _reward_target(head) >= 0.75,
-        "ppo gold gain interval above zero": None if gain is None else gain["low"] > 0,
-    }
+def checks(head: dict, targets: dict | None) -> dict[str, dict]:
+    """The recipe's `targets:` against the headline: {"name >= target": {"value", "target", "met"}}; met is None when
+    the run lacks the number (a stage not run, or no gold reward off the toy world)."""
+    out = {}
+    for key, target in (targets or {}).items():
+        if target is None:
+            continue
+        value = head.get("ppo_gold_gain") if key.startswith("ppo_gold_gain") else head.get(key)
+        if isinstance(value, dict):
+            value = value.get("low" if key.endswith("_low") else "mean")
+        op = "<=" if key in AT_MOST else ">="
+        met = None if value is None else (value <= target if op == "<=" else value >= target)
+        out[f"{key} {op} {target:g}"] = {"value": value, "target": target, "met": met}
+    return out
 
 
-def _reward_target(head: dict) -> float | None:
-    """The reward-model accuracy the 0.75 target is about: the gold order where there is one, else the labels."""
-    gold = head.get("reward_gold_accuracy")
-    return gold if gold is not None else head.get("reward_accuracy")
+def red_flags(run_dir: Path) -> list[str]:
+    """Signs that a run's numbers mislead, whatever its targets: a reward model that disagrees with the gold reward
+    about which model is better, a reward model no better than chance."""
+    ev = _read_json(Path(run_dir) / "eval" / "eval.json")
+    rew = _read_json(Path(run_dir) / "reward" / "eval.json")
+    flags = []
+    wins = ev.get("win_rates", {})
+    for pair, (better, worse) in (("sft_vs_base", ("SFT", "base")), ("ppo_vs_sft", ("PPO", "SFT"))):
+        rm, gold = (_number((wins.get(pair) or {}).get(j)) for j in ("reward_model", "gold"))
+        if rm is not None and gold is not None and (rm - 0.5) * (gold - 0.5) < 0 and abs(rm - gold) > 0.2:
+            flags.append(
+                f"the reward model and the gold reward disagree about {better} against {worse}: the reward model "
+                f"prefers {better if rm > 0.5 else worse} ({better} wins {rm:.0%}), the gold reward "
+                f"{better if gold > 0.5 else worse} ({gold:.0%}) - it rewards something other than what raters want"
+            )
+    if rew.get("accuracy_low") is not None and rew["accuracy_low"] <= 0.5 and rew.get("eval_pairs", 0) >= 20:
+        flags.append(
+            f"the reward model is no better than chance on held-out pairs (accuracy {rew['accuracy']:.3f}, "
+            f"95 % interval from {rew['accuracy_low']:.3f})"
+        )
+    return flags
+
+
+def assess(run_dir: Path) -> dict:
+    """{"checks", "missed", "red_flags"} of a run, against the targets of the recipe it saved (recipe.yaml)."""
+    import yaml
+
+    saved = Path(run_dir) / "recipe.yaml"
+    try:
+        targets = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("targets") if saved.exists() else None
+    except yaml.YAMLError:
+        targets = None
+    result = checks(headline(run_dir), targets)
+    missed = [
+        f"{name} (got {c['value']:.3f})" if c["met"] is False else f"{name} (not measured)"
+        for name, c in result.items()
+        if c["met"] is not True
+    ]
+    return {"checks": result, "missed": missed, "red_flags": red_flags(run_dir)}
 
 
 def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
@@ -186,12 +227,15 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
             return {"name": "ppo_win_rate_gold", "value": None, "text": ""}
         text = f"PPO beats SFT (gold) {wins['mean']:.0%}" + ("" if kl is None else f", KL {kl:.3f}")
         return {"name": "ppo_win_rate_gold", "value": wins["mean"], "text": text}
-    gain = head["ppo_gold_gain"]
-    if step == "ppo":
-        gain = _interval(find_metric(_read_json(run_dir / "ppo" / "eval.json"), *GOLD_GAIN)) or gain
+    # PPO's gain as the report gives it: from `rlhf eval` (eval.num_prompts) where it ran, else the stage's own check
+    ev, own = _read_json(run_dir / "eval" / "eval.json"), _read_json(run_dir / "ppo" / "eval.json")
+    gain, n = _interval(ev.get("ppo_gold_gain")), ev.get("num_prompts")
+    if gain is None:
+        gain, n = _interval(find_metric(own, *GOLD_GAIN)), own.get("num_prompts")
     if gain is None:
         return {"name": "gold_gain", "value": None, "text": ""}
     text = f"gold reward {gain['mean']:+.3f} vs SFT [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    text += f" on {n} held-out prompts" if n else ""
     return {"name": "gold_gain", "value": gain["mean"], "text": text}
 
 
@@ -434,10 +478,13 @@ def build_report(run_dir: str | Path) -> Path:
     }
     plots = {k: v.name for k, v in plots.items() if v is not None}
     head = headline(run_dir)
+    verdict = assess(run_dir)
     report = {
         "run_dir": str(run_dir),
         "headline": head,
-        "checks": checks(head),
+        "checks": verdict["checks"],
+        "targets_missed": verdict["missed"],
+        "red_flags": verdict["red_flags"],
         "stages": {s: e for s, e in stage_evals.items() if e},
         "eval": {k: v for k, v in ev.items() if k != "per_prompt"},
         "timings": {s: e.get("seconds") for s, e in pipeline.get("steps", {}).items()},
@@ -483,11 +530,17 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         f"| PPO KL to SFT (nats per answer) | {_f(h['ppo_kl_to_sft'])} |",
         "",
     ]
-    lines += [
-        "Checks (the tiny recipe's targets): "
-        + ", ".join(f"{k}: {'yes' if v else 'no' if v is not None else 'n/a'}" for k, v in report["checks"].items()),
-        "",
-    ]
+    if report["checks"]:
+        lines += [
+            "Targets (the recipe's `targets:`): "
+            + ", ".join(
+                f"{k}: {'met' if c['met'] else 'MISSED' if c['met'] is False else 'not measured'}"
+                for k, c in report["checks"].items()
+            ),
+            "",
+        ]
+    if report["red_flags"]:
+        lines += ["**Red flags:**", "", *(f"- {flag}" for flag in report["red_flags"]), ""]
     if report["timings"]:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {s} | {_f(t, '.1f')} |" for s, t in report["timings"].items()] + [""]

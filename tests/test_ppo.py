@@ -119,7 +119,9 @@ def test_ppo_stage_outputs_then_resume_after_a_kill(skeleton, tmp_path):
     # SIGKILL after checkpoint-1: what a killed run leaves is the checkpoint, no final/ and no eval.json.
     shutil.rmtree(stage / "final")
     (stage / "eval.json").unlink()
-    metrics = ppo.run(recipe("ppo.training.max_steps=3", "ppo.training.save_steps=1"), run, resume=True)
+    metrics = ppo.run(
+        recipe("ppo.training.max_steps=3", "ppo.training.save_steps=1"), run, resume=True, accept_changes=True
+    )
     assert metrics["episodes"] == 12 and metrics["steps"] == 3  # same count as an unbroken 3-step run
     assert [r["step"] for r in rows(stage / "metrics.jsonl")] == [1, 2, 2, 3]  # continued from step 1
     state = json.loads((stage / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())

@@ -109,7 +109,7 @@ def test_dry_run_plans_the_precision_of_the_tiny_model(monkeypatch, tmp_path):
 def _pipeline(run, extra):
     args = ["pipeline", "--recipe", "tiny", "-o", str(run)] + [a for s in TINY + extra for a in ("--set", s)]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 3), result.output  # 3: finished, a target missed (a shrunk model misses them)
     return result.output
 
 

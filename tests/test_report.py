@@ -148,7 +148,7 @@ def test_report_has_markdown_json_plots_and_the_headline_numbers(fake_run):
     gain = h["ppo_gold_gain"]
     assert gain["low"] < gain["mean"] < gain["high"] and gain["low"] > 0
     assert h["ppo_gold_reward"] > h["sft_gold_reward"]
-    assert report["checks"]["ppo gold gain interval above zero"] is True
+    assert report["checks"] == {}  # a run with no recipe.yaml has no targets to miss
     assert report["timings"] == {"pretrain": 80.0, "ppo": 60.0}
     assert set(report["plots"]) == {"loss_curves", "reward_accuracy", "ppo_training", "models", "answers"}
     for name in report["plots"].values():
@@ -184,12 +184,37 @@ def test_empty_folder_is_a_user_error(tmp_path):
         build_report(tmp_path)
 
 
-def test_reward_target_is_the_gold_order_on_the_toy_world_and_the_labels_elsewhere():
-    from rlhf_cli.report import checks
+def test_targets_come_from_the_recipe_and_say_what_was_missed(fake_run):
+    from rlhf_cli.report import assess
 
-    base = {"sft_finished_rate": 1.0, "ppo_gold_gain": None}
-    # noisy labels 0.70, gold order 0.77: the toy world's target is about the gold order
-    assert checks({**base, "reward_accuracy": 0.70, "reward_gold_accuracy": 0.77})["reward_accuracy >= 0.75"] is True
-    assert checks({**base, "reward_accuracy": 0.80, "reward_gold_accuracy": 0.70})["reward_accuracy >= 0.75"] is False
-    # no gold reward (real data): the held-out label accuracy
-    assert checks({**base, "reward_accuracy": 0.70, "reward_gold_accuracy": None})["reward_accuracy >= 0.75"] is False
+    (fake_run / "recipe.yaml").write_text(
+        "targets: {reward_gold_accuracy: 0.9, ppo_gold_gain_low: 0.0, sft_finished_rate: 0.95, junk_rate: 0.0}\n"
+    )
+    verdict = assess(fake_run)
+    met = {name: c["met"] for name, c in verdict["checks"].items()}
+    assert met == {
+        "reward_gold_accuracy >= 0.9": False,  # 0.86 in the fake run
+        "ppo_gold_gain_low >= 0": True,
+        "sft_finished_rate >= 0.95": True,
+        "junk_rate <= 0": None,  # the fake eval has no junk rate: not measured, so not met
+    }
+    assert verdict["missed"] == ["reward_gold_accuracy >= 0.9 (got 0.860)", "junk_rate <= 0 (not measured)"]
+    build_report(fake_run)
+    md = (fake_run / "report" / "report.md").read_text()
+    assert "reward_gold_accuracy >= 0.9: MISSED" in md and "ppo_gold_gain_low >= 0: met" in md
+
+
+def test_a_reward_model_that_prefers_the_worse_model_is_a_red_flag(tmp_path):
+    from rlhf_cli.report import red_flags
+
+    _json(
+        tmp_path / "eval" / "eval.json",
+        {"win_rates": {"sft_vs_base": {"reward_model": {"mean": 0.15}, "gold": {"mean": 0.78}}}},
+    )
+    (flag,) = red_flags(tmp_path)
+    assert "prefers base" in flag and "the gold reward SFT" in flag
+    _json(
+        tmp_path / "eval" / "eval.json",
+        {"win_rates": {"sft_vs_base": {"reward_model": {"mean": 0.6}, "gold": {"mean": 0.78}}}},
+    )
+    assert red_flags(tmp_path) == []

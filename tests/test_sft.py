@@ -148,8 +148,9 @@ def test_assistant_only_loss_masks_user_turns(tmp_path, base_dir):
     trainer, tok = _trainer(tmp_path, base_dir)
     full, kept = _masked_text(trainer, tok)
     assert "<|user|>" in full and "what does the fox eat?" in full
-    # Only the two answers and their end-of-text tokens carry loss: no user text, no role markers.
-    assert kept == "the fox eats berries.<|endoftext|>the fox lives in the forest.<|endoftext|>"
+    # Only the two answers (each with the leading space the model writes) and their end-of-text tokens carry loss: no
+    # user text, no role markers.
+    assert kept == " the fox eats berries.<|endoftext|> the fox lives in the forest.<|endoftext|>"
 
 
 def test_full_sequence_loss_option_keeps_every_token(tmp_path, base_dir):
@@ -163,7 +164,7 @@ def test_assistant_only_loss_with_packing(tmp_path, base_dir):
     assert len(trainer.train_dataset) == 1  # the four conversations packed into one row
     full, kept = _masked_text(trainer, tok)
     assert full.count("what does the fox eat?") == 4 and "what does the fox eat?" not in kept
-    assert kept.count("the fox eats berries.<|endoftext|>the fox lives in the forest.<|endoftext|>") == 4
+    assert kept.count(" the fox eats berries.<|endoftext|> the fox lives in the forest.<|endoftext|>") == 4
 
 
 def test_truncation_is_counted(tmp_path, base_dir):

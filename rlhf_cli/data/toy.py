@@ -87,30 +87,43 @@ FACT_TEMPLATES = {
         "the {e} and the {v} are friends.",
     ],
 }
-# User questions per attribute; the last phrasing is held out for the eval splits.
+# User questions per attribute; the last phrasing is held out for the eval splits. The training phrasings mix
+# questions with indirect questions and requests that end in "." (as the held-out one does), and each attribute's key
+# phrase appears in a training phrasing ("the colour of the", "the {e} eats", "where", "the friend of the"): with only
+# "?"-questions, and no training question that said "eats", SFT models answered the held-out "tell me what the fox
+# eats." with the fox's friend on most seeds, and sometimes named the wrong animal. "tell me ..." is never seen before
+# the evaluation.
 QUESTIONS = {
     "colour": [
         "what colour is the {e}?",
         "what is the colour of the {e}?",
         "which colour does the {e} have?",
+        "i wonder what colour the {e} is.",
+        "please say the colour of the {e}.",
         "tell me the colour of the {e}.",
     ],
     "food": [
         "what does the {e} eat?",
-        "what food does the {e} like?",
+        "what food is it that the {e} eats?",
         "what is the favourite food of the {e}?",
+        "i wonder what the {e} eats.",
+        "please say what food the {e} likes.",
         "tell me what the {e} eats.",
     ],
     "home": [
         "where does the {e} live?",
         "where is the home of the {e}?",
         "in which place does the {e} live?",
+        "i wonder where the {e} lives.",
+        "please say where the home of the {e} is.",
         "tell me where the {e} lives.",
     ],
     "friend": [
         "who is the best friend of the {e}?",
         "who is the {e} friends with?",
         "which animal is the friend of the {e}?",
+        "i wonder who the {e} plays with.",
+        "please say who the friend of the {e} is.",
         "tell me who the friend of the {e} is.",
     ],
 }
