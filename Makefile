@@ -19,10 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(PY) -m pip install -q "torch>=2.6,<2.15"; \
+	  $(PY) -m pip install -q "torch>=2.13,<2.14"; \
 	else \
 	  $(PY) -m pip install -q torch==2.13.0 || \
-	  $(PY) -m pip install -q "torch>=2.6,<2.15" --index-url https://download.pytorch.org/whl/cpu; \
+	  $(PY) -m pip install -q "torch>=2.13,<2.14" --index-url https://download.pytorch.org/whl/cpu; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@

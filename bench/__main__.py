@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["bench.pretrain", "bench.sft", "bench.pipeline", "bench.ppo"]  # pipeline before ppo: ppo reuses its run
+# pipeline before ppo: ppo reuses its run
+BENCHMARKS = ["bench.precision", "bench.pretrain", "bench.sft", "bench.pipeline", "bench.ppo", "bench.seeds"]
 
 
 def main(argv: list[str] | None = None) -> None:

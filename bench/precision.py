@@ -63,12 +63,20 @@ def time_generate(model, batch: int, new_tokens: int, bf16: bool, repeats: int =
     import torch
 
     ids = torch.randint(5, model.config.vocab_size, (batch, 12))
+    mask = torch.ones_like(ids)
     model.eval()
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model.generate(input_ids=ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
         if i >= 1:
             times.append(time.perf_counter() - t0)
     model.train()

@@ -51,6 +51,11 @@ def test_toy_files_is_idempotent(tmp_path):
     assert paths["sft_train.jsonl"].stat().st_mtime_ns == mtime
     toy_files(tmp_path, seed=2)
     assert json.loads(paths["world.json"].read_text())["seed"] == 2
+    # files an older version of the world wrote (other questions, another corpus) are made again, not reused
+    world = json.loads(paths["world.json"].read_text())
+    paths["world.json"].write_text(json.dumps({**world, "version": "older"}))
+    toy_files(tmp_path, seed=2)
+    assert json.loads(paths["world.json"].read_text())["version"] == world["version"]
 
 
 def test_splits(tmp_path, world):

@@ -280,7 +280,8 @@ class ToyWorld:
             paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
         paths["world.json"] = out / "world.json"
         paths["world.json"].write_text(
-            json.dumps({"seed": self.seed, "facts": self.facts}, indent=2) + "\n", encoding="utf-8"
+            json.dumps({"seed": self.seed, "version": world_version(), "facts": self.facts}, indent=2) + "\n",
+            encoding="utf-8",
         )
         return paths
 
@@ -371,13 +372,36 @@ class ToyWorld:
         return re.match(rf"{re.escape(answer.lower())}\b", completion.strip().lower()) is not None
 
 
+def world_version() -> str:
+    """A fingerprint of everything the world's data sets are made from: files written by another version are stale."""
+    import hashlib
+
+    tables = [
+        ANIMALS,
+        VALUES,
+        FACT_TEMPLATES,
+        QUESTIONS,
+        ANSWERS,
+        GREETINGS,
+        OPENERS,
+        COURTESY,
+        INTRODUCTIONS,
+        N_ANIMALS,
+    ]
+    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def toy_files(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-    """The toy world's files in out_dir, written by ToyWorld(seed).write unless they are there already for this seed."""
+    """The toy world's files in out_dir, written by ToyWorld(seed).write unless they are there already for this seed
+    and this version of the world."""
     out = Path(out_dir)
     paths = {name: out / name for name in FILES}
     try:
+        saved = json.loads(paths["world.json"].read_text()) if paths["world.json"].is_file() else {}
         current = (
-            all(p.is_file() for p in paths.values()) and json.loads(paths["world.json"].read_text())["seed"] == seed
+            all(p.is_file() for p in paths.values())
+            and saved.get("seed") == seed
+            and saved.get("version") == world_version()
         )
     except (OSError, ValueError, KeyError):
         current = False
