@@ -6,7 +6,7 @@
 
 The rule (`precision: auto`, the default), from `python -m bench.precision`:
 - a CUDA GPU with bf16 (Ampere or newer): bf16;
-- a CPU with AMX / AVX-512 BF16 (Intel Sapphire Rapids and newer): bf16 for models of at least BF16_MIN_PARAMS
+- a CPU with AMX or AVX-512 BF16 (Intel Sapphire Rapids and newer, AMD Zen 4 and newer): bf16 for models of at least BF16_MIN_PARAMS
   parameters, fp32 below (a ~1M-parameter model's steps are too small for the AMX units to pay for the casts);
 - any other CPU (AMD EPYC with AVX2, older Intel, Apple): fp32 (bf16 matrix products run ~100x slower there).
 `precision: bf16` or `fp32` in the recipe sets it for the whole run; a stage's `training.bf16` overrides its training.
@@ -19,8 +19,9 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-# From `python -m bench.precision` on a 2-core Xeon (Sapphire Rapids, AMX): bf16 training steps were slower than fp32 up
-# to ~1M parameters and faster from ~3M (hidden 192: 1.3x, hidden 256: 2x); the crossover lies between.
+# From `python -m bench.precision` on a 2-core Xeon (Sapphire Rapids, AMX) and a 2-core EPYC (Zen 4, AVX-512 BF16, no
+# AMX): bf16 training steps were slower than fp32 at 0.33M parameters, even at ~1M, and faster from 2.2M (1.26x / 1.16x)
+# up to 13.7M (1.59x / 1.75x); the crossover lies between.
 BF16_MIN_PARAMS = 2_000_000
 
 
