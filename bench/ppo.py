@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Gold reward on held-out prompts: the SFT model, then every trained policy, with the same code.
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.evaluate import bootstrap_ci
+    from rlhf_cli.stats import bootstrap_ci
 
     world = ToyWorld(a.seed)
     prompts = [

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.generation import generate
 
 HELP = "Type a message; /reset clears the history, /quit (or Ctrl-D) exits."
 
@@ -93,23 +94,20 @@ def reply(
     stops = [tokenizer.eos_token_id, *_token_ids(tokenizer, ["<|user|>"])]
     # An answer never holds padding or another role's marker (an undertrained model sometimes emits them).
     suppress = [tokenizer.pad_token_id, *_token_ids(tokenizer, ["<|system|>", "<|assistant|>"])]
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        if temperature > 0
-        else {"do_sample": False}
-    )
     model.eval()
     with torch.no_grad(), precisions.inference(model, precision):
-        out = model.generate(
-            input_ids=enc["input_ids"].to(device),
-            attention_mask=enc["attention_mask"].to(device),
+        out = generate(
+            model,
+            enc["input_ids"].to(device),
+            enc["attention_mask"].to(device),
             max_new_tokens=max_new_tokens,
-            min_new_tokens=1,  # never an empty turn
+            temperature=temperature,
+            top_p=top_p,
             eos_token_id=stops,
-            suppress_tokens=suppress,
             pad_token_id=tokenizer.pad_token_id,
+            min_new_tokens=1,  # never an empty turn
+            suppress_tokens=suppress,
             streamer=Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
-            **sampling,
         )
     new = out[0, enc["input_ids"].shape[1] :].tolist()
     new = [t for t in new if t not in stops and t != tokenizer.pad_token_id]

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
 
 SAMPLE = 2000  # examples tokenized for the histogram / texts for a stand-in tokenizer
 GIB = 1024**3
@@ -77,10 +78,8 @@ def _data_jobs(recipe, run_dir: Path) -> list[tuple[str, str, Any, str]]:
         jobs.append(("feedback rankings", "reward", DataSpec(path=annotator), "feedback.annotator"))
     if recipe.reward.data is not None:
         jobs.append(("reward", "reward", recipe.reward.data, ""))
-    elif (run_dir / "feedback" / "rankings.jsonl").exists():
-        jobs.append(
-            ("reward", "reward", DataSpec(path=str(run_dir / "feedback" / "rankings.jsonl")), "this run's feedback")
-        )
+    elif RunLayout(run_dir).rankings.exists():
+        jobs.append(("reward", "reward", DataSpec(path=str(RunLayout(run_dir).rankings)), "this run's feedback"))
     else:
         jobs.append(("reward", "reward", None, "made by `rlhf label` (the feedback stage) before the reward stage"))
     jobs.append(("ppo", "ppo", recipe.ppo.data, ""))
@@ -144,7 +143,7 @@ def pick_tokenizer(recipe, run_dir: Path, data: dict, problems: list[str]):
     trained on a sample of the pre-training corpus. Returns (tokenizer or None, description)."""
     from rlhf_cli.modeling import load_tokenizer, train_tokenizer
 
-    final = run_dir / "pretrain" / "final"
+    final = RunLayout(run_dir).final("pretrain")
     candidates = [
         (recipe.tokenizer.from_, "tokenizer.from"),
         (str(final) if (final / "tokenizer_config.json").exists() else None, "this run's pretrain/final"),

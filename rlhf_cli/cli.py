@@ -204,7 +204,7 @@ def reward_inspect(
 
     Example: `rlhf reward inspect runs/tiny/reward/final --data runs/tiny/feedback/rankings.jsonl`
     """
-    from rlhf_cli.stages.reward import inspect_reward_model
+    from rlhf_cli.reward_inspect import inspect_reward_model
 
     inspect_reward_model(model_dir, data=data, out_dir=out)
 

@@ -9,155 +9,22 @@ log pi(answer) - log pi_sft(answer), summed over the answer's tokens (the k1 est
 Win rates (PPO over SFT, SFT over base) are judged by the reward model and by the gold reward, ties counting half, each
 with a 95 % bootstrap interval and a length-controlled variant (`length_controlled_win_rate`). Missing stages are skipped.
 
-The helpers here (bootstrap intervals, win rates) are shared by the report and the sweep.
+The intervals and win rates are in rlhf_cli.stats.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
+from rlhf_cli.scoring import load_reward_model, score
+from rlhf_cli.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
 
 MODELS = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}  # name in the tables -> stage folder
 PAIRS = [("ppo", "sft"), ("sft", "base")]  # (challenger, baseline)
 N_SAMPLES = 8  # answers kept in eval.json for the report's side-by-side table
-
-
-# ------------------------------------------------------------------------------------------------------ metric helpers
-
-
-def bootstrap_ci(values, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Mean of `values` with a percentile-bootstrap interval: {"mean", "low", "high", "n"}."""
-    import numpy as np
-
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    mean = float(x.mean())  # resampled means of equal values can round a hair past it: keep low <= mean <= high
-    return {"mean": mean, "low": min(float(low), mean), "high": max(float(high), mean), "n": int(x.size)}
-
-
-def paired_difference_ci(a, b, **kwargs) -> dict[str, float]:
-    """Mean of a[i] - b[i] (the same prompts) with a bootstrap interval over prompts."""
-    a, b = list(a), list(b)
-    if len(a) != len(b):
-        raise ValueError(f"paired samples differ in length ({len(a)} vs {len(b)})")
-    return bootstrap_ci([x - y for x, y in zip(a, b, strict=True)], **kwargs)
-
-
-def outcomes(a, b, tol: float = 1e-9) -> list[float]:
-    """Per pair: 1 when a beats b, 0 when b beats a, 0.5 for a tie (|a - b| <= tol)."""
-    return [0.5 if abs(x - y) <= tol else float(x > y) for x, y in zip(a, b, strict=True)]
-
-
-def win_rate(a, b, *, tol: float = 1e-9, **kwargs) -> dict[str, float]:
-    """Share of pairs a wins, ties counting half, with a bootstrap interval; also the win/tie/loss counts."""
-    out = outcomes(a, b, tol)
-    result = bootstrap_ci(out, **kwargs)
-    result.update(wins=sum(o == 1 for o in out), ties=sum(o == 0.5 for o in out), losses=sum(o == 0 for o in out))
-    return result
-
-
-def _fit_logistic(x, y, ridge: float = 1e-3, iters: int = 50):
-    """Intercept and slope of P(win) = sigmoid(t0 + t1*x) for soft labels y in [0, 1] (Newton / IRLS, tiny ridge)."""
-    import numpy as np
-
-    X = np.stack([np.ones_like(x), x], axis=1)
-    theta = np.zeros(2)
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-(X @ theta)))
-        grad = X.T @ (p - y) + ridge * theta
-        hess = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return theta
-
-
-def length_controlled_win_rate(a, b, len_a, len_b, *, tol: float = 1e-9, n_resamples: int = 500, seed: int = 0) -> dict:
-    """The win rate of a over b at equal length: a logistic regression of the outcome on the length difference.
-
-    Each pair's outcome y (1 win, 0.5 tie, 0 loss — a soft label) is regressed on x = (len_a - len_b) / sd(len_a - len_b)
-    as P(a wins) = sigmoid(t0 + t1*x), fitted by maximum likelihood; the length-controlled win rate is the prediction at
-    zero length difference, sigmoid(t0). This is the idea of AlpacaEval 2's length-controlled win rate (Dubois et al.
-    2024) reduced to the one covariate we have: a judge that only rewards length gives ~0.5, a genuine gain survives.
-    The interval re-fits the regression on bootstrap resamples of the pairs. Caveats: where the two models' lengths never
-    overlap the value extrapolates (flagged "extrapolated"); where every pair differs by the same length, length and
-    model cannot be told apart (mean None); and a quality that really costs words (a courteous closing) is partly
-    removed too.
-    """
-    import numpy as np
-
-    y = np.asarray(outcomes(a, b, tol), dtype=float)
-    diff = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
-    if y.size == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0, "length_coef": math.nan}
-    if diff.std() == 0 and diff.mean() != 0:  # every pair differs by the same length: length and model are confounded
-        note = "not identifiable: every pair differs in length by the same amount"
-        return {
-            "mean": None,
-            "low": None,
-            "high": None,
-            "n": int(y.size),
-            "length_coef": None,
-            "mean_length_diff": float(diff.mean()),
-            "note": note,
-        }
-    scale = diff.std() or 1.0
-    x = diff / scale
-
-    def fit(idx):
-        return _fit_logistic(x[idx], y[idx])
-
-    t0, t1 = fit(np.arange(y.size))
-    rng = np.random.default_rng(seed)
-    boots = [fit(rng.integers(0, y.size, y.size))[0] for _ in range(n_resamples)]
-    low, high = (1 / (1 + np.exp(-np.percentile(boots, [2.5, 97.5])))).tolist()
-    return {
-        "mean": float(1 / (1 + np.exp(-t0))),
-        "low": low,
-        "high": high,
-        "n": int(y.size),
-        "length_coef": float(t1),
-        "mean_length_diff": float(diff.mean()),
-        "extrapolated": bool(not diff.min() <= 0 <= diff.max()),  # no pair of equal length: sigmoid(t0) extrapolates
-    }
-
-
-# ------------------------------------------------------------------------------------------------------ scoring
-
-
-def score_conversations(
-    model, tokenizer, conversations: list[list[dict]], batch_size: int = 32, precision: str = "auto"
-) -> list[float]:
-    """A sequence-classification reward model's score of each whole conversation (chat-rendered, right-padded)."""
-    import torch
-
-    from rlhf_cli import precision as precisions
-
-    scores, device = [], next(model.parameters()).device
-    model.eval()
-    for start in range(0, len(conversations), batch_size):
-        rows = [
-            list(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
-            for c in conversations[start : start + batch_size]
-        ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        with torch.no_grad(), precisions.inference(model, precision):
-            scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
-    return scores
 
 
 def sample_with_ids(
@@ -167,7 +34,7 @@ def sample_with_ids(
     import torch
 
     from rlhf_cli import precision as precisions
-    from rlhf_cli.generation import cut_at_eos, left_pad, render_prompts
+    from rlhf_cli.generation import cut_at_eos, generate, left_pad, render_prompts
 
     torch.manual_seed(seed)
     model.eval()
@@ -177,14 +44,12 @@ def sample_with_ids(
         chunk = rendered[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         with torch.no_grad(), precisions.inference(model, precision):
-            gen = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+            gen = generate(
+                model,
+                ids.to(device),
+                mask.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=True,
                 temperature=1.0,
-                top_p=1.0,
-                top_k=0,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
@@ -232,7 +97,7 @@ def _resolve_recipe(run_dir: Path, recipe, overrides):
     if isinstance(recipe, Recipe):
         return recipe
     if recipe is None:
-        saved = run_dir / "recipe.yaml"
+        saved = RunLayout(run_dir).recipe
         if not saved.exists():
             raise UserError(f"{run_dir} has no recipe.yaml; pass --recipe (the recipe the run was made with).")
         recipe = str(saved)
@@ -243,7 +108,7 @@ def eval_prompts(recipe, run_dir: Path) -> list[list[dict]]:
     """The held-out PPO prompts (the toy world's prompts_eval, or the ppo data's eval split), first eval.num_prompts."""
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
 
-    spec, toy_dir = recipe.ppo.data, run_dir / "data" / "toy"
+    spec, toy_dir = recipe.ppo.data, RunLayout(run_dir).toy
     ds = load_stage_data("ppo", spec, toy_dir=toy_dir, seed=recipe.seed)
     _, held = train_eval_split(ds, spec, "ppo", seed=recipe.seed, toy_dir=toy_dir)
     return [list(p) for p in held.select(range(min(recipe.eval.num_prompts, len(held))))["prompt"]]
@@ -260,8 +125,9 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     import torch
     from rich.console import Console
 
+    from rlhf_cli.distributed import is_main_process
+    from rlhf_cli.files import write_json_atomic
     from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
-    from rlhf_cli.runs import is_main_process, write_json_atomic
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -270,9 +136,9 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     rec = _resolve_recipe(run_dir, recipe, overrides)
     torch.manual_seed(rec.seed)
     present = {
-        name: run_dir / stage / "final"
+        name: RunLayout(run_dir).final(stage)
         for name, stage in MODELS.items()
-        if (run_dir / stage / "final" / "config.json").exists()
+        if (RunLayout(run_dir).final(stage) / "config.json").exists()
     }
     if "base" not in present and rec.sft.init_from:  # no pre-training stage: the base is the model SFT started from
         present = {"base": rec.sft.init_from, **present}
@@ -294,14 +160,10 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
 
         world = ToyWorld(rec.seed)
     rm = None
-    rm_dir = run_dir / "reward" / "final"
+    rm_dir = RunLayout(run_dir).final("reward")
     if (rm_dir / "config.json").exists():
-        from transformers import AutoModelForSequenceClassification
-
-        rm = (
-            AutoModelForSequenceClassification.from_pretrained(rm_dir, use_safetensors=True).to(inference_device()),
-            load_tokenizer(str(rm_dir)),
-        )
+        rm_tokenizer = load_tokenizer(str(rm_dir))
+        rm = (load_reward_model(str(rm_dir), rm_tokenizer).to(inference_device()), rm_tokenizer)
     else:
         console.print(f"[yellow]eval: no reward model at {rm_dir}; reward-model scores are skipped[/]")
 
@@ -337,8 +199,8 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             row["right_fact"] = [float(bool(world.right_fact(t, a.text))) for t, a in zip(texts, answers, strict=True)]
             row["junk"] = [float(bool(world.junk_words(a.text))) for a in answers]
         if rm is not None:
-            convs = [[*p, {"role": "assistant", "content": a.text}] for p, a in zip(prompts, answers, strict=True)]
-            row["rm"] = score_conversations(rm[0], rm[1], convs, precision=rec.precision)
+            texts_only = [a.text for a in answers]
+            row["rm"] = score(*rm, prompts, texts_only, max_length=rec.reward.max_length, precision=rec.precision)
         per_model[name] = row
         sampled[name] = sample_with_ids(
             model, tok, prompts, max_new_tokens=rec.eval.max_new_tokens, seed=rec.seed, precision=rec.precision
@@ -383,7 +245,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     if "ppo" in per_model and "sft" in per_model and rm is not None:
         result["ppo_rm_gain"] = paired_difference_ci(per_model["ppo"]["rm"], per_model["sft"]["rm"], seed=rec.seed)
     if is_main_process():
-        path = write_json_atomic(run_dir / "eval" / "eval.json", result)
+        path = write_json_atomic(RunLayout(run_dir).eval_json("eval"), result)
         if not quiet:
             _print_tables(console, result, path)
     return result

@@ -132,8 +132,9 @@ def _card(title: str, info: dict, lineage: dict, params: int, out: Path) -> str:
 
 def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None, overwrite: bool = False) -> Path:
     """Write a clean HF folder for `model_dir` at `out` (atomically); push it to `push_to_hub` if given. Returns `out`."""
+    from rlhf_cli.files import save_dir_atomic, write_json_atomic
     from rlhf_cli.modeling import count_parameters
-    from rlhf_cli.runs import library_versions, save_dir_atomic, write_json_atomic, write_model_card
+    from rlhf_cli.runs import library_versions, write_model_card
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
 
 SAMPLES, RANKINGS, SKIPPED = "samples.jsonl", "rankings.jsonl", "skipped.jsonl"
 HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"
@@ -42,19 +43,21 @@ HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"
 def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False) -> Path:
     """K answers per prompt from the run's SFT model (or `model` / feedback.model) to feedback/samples.jsonl."""
     from rlhf_cli.data.formats import load_stage_data
+    from rlhf_cli.distributed import is_main_process, wait_for_everyone
+    from rlhf_cli.files import write_text_atomic
     from rlhf_cli.generation import check_prompts_fit, generate_answers
     from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
-    from rlhf_cli.runs import is_main_process, resolve_model_dir, wait_for_everyone, write_text_atomic
+    from rlhf_cli.runs import resolve_model_dir
 
     fb = rec.feedback
-    out = Path(run_dir) / "feedback" / SAMPLES
+    out = RunLayout(run_dir).samples
     if not is_main_process():  # several processes (accelerate launch): the main one samples, the others wait for it
         wait_for_everyone()
         return out
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to sample again (its rankings will no longer match).")
     model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "feedback.model")
-    prompts = load_stage_data("ppo", fb.data, toy_dir=Path(run_dir) / "data" / "toy", seed=rec.seed)
+    prompts = load_stage_data("ppo", fb.data, toy_dir=RunLayout(run_dir).toy, seed=rec.seed)
     if fb.num_prompts is not None:
         prompts = prompts.select(range(min(fb.num_prompts, len(prompts))))
     prompts = [row["prompt"] for row in prompts]
@@ -141,9 +144,9 @@ def label(
     """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings.
 
     Rankings a person made are never deleted: `overwrite` moves them to feedback/backup/ first (`back_up`)."""
-    from rlhf_cli.runs import is_main_process, wait_for_everyone
+    from rlhf_cli.distributed import is_main_process, wait_for_everyone
 
-    feedback = Path(run_dir) / "feedback"
+    feedback = RunLayout(run_dir).feedback
     out = feedback / RANKINGS
     if not is_main_process():  # several processes (accelerate launch): the main one labels, the others wait for it
         wait_for_everyone()
@@ -190,7 +193,7 @@ def back_up(path: Path, *, always: bool = False) -> Path | None:
 def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path:
     """The toy world's simulated annotator: gold reward plus Gaussian noise of std `noise`, seeded."""
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.runs import write_text_atomic
+    from rlhf_cli.files import write_text_atomic
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
@@ -218,8 +221,8 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path
 def copy_rankings(source: str, out: Path) -> Path:
     """A preference file made elsewhere: validated through the data layer, then copied (as JSON lines)."""
     from rlhf_cli.data.formats import load_stage_data, read_table
+    from rlhf_cli.files import write_text_atomic
     from rlhf_cli.recipe import DataSpec
-    from rlhf_cli.runs import write_text_atomic
 
     path = Path(source).expanduser()
     if not path.exists():
@@ -258,7 +261,7 @@ def _append(path: Path, row: dict) -> None:
 
 def _drop_last_action(paths: list[Path]) -> dict | None:
     """Remove the most recent ranking or skip (highest `n`) from whichever file holds it; return it."""
-    from rlhf_cli.runs import write_text_atomic
+    from rlhf_cli.files import write_text_atomic
 
     best = None
     for path in paths:

@@ -1,4 +1,5 @@
-"""Batched answer generation through the chat template — the one place sampling, evaluation and chat generate text.
+"""Batched answer generation through the chat template — the one place sampling, evaluation, PPO rollouts, chat and the
+pretrain probes generate text (`generate` is the only call of `model.generate`).
 
 Prompts are conversations (lists of {"role", "content"}); they are rendered with the tokenizer's chat template and a
 generation prompt, left-padded into batches and generated with the KV cache. An answer is cut at the first
@@ -63,6 +64,28 @@ def cut_at_eos(tokens: list[int], eos_id: int) -> tuple[list[int], bool]:
     return tokens, False
 
 
+def generate(
+    model, ids, mask, *, max_new_tokens: int, temperature: float, eos_token_id, pad_token_id, top_p=1.0, **extra
+):
+    """`model.generate` on a left-padded batch with the KV cache: sampling at `temperature` (top-k off, nucleus `top_p`)
+    or greedy at 0. `extra` passes generate's own options (num_return_sequences, streamer, suppress_tokens, ...)."""
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+        **sampling,
+        **extra,
+    )
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -96,22 +119,17 @@ def generate_answers(
     try:
         for start in range(0, len(rendered), per_batch):
             ids, mask = left_pad(rendered[start : start + per_batch], pad_id)
-            sampling = (
-                {"do_sample": True, "temperature": temperature, "top_p": top_p}
-                if temperature > 0
-                else {"do_sample": False}
-            )
             with torch.no_grad(), precisions.inference(model, precision):
-                out = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
+                out = generate(
+                    model,
+                    ids.to(device),
+                    mask.to(device),
                     max_new_tokens=max_new_tokens,
-                    num_return_sequences=num_return_sequences,
+                    temperature=temperature,
+                    top_p=top_p,
                     eos_token_id=eos_id,
                     pad_token_id=pad_id,
-                    use_cache=True,
-                    top_k=0,
-                    **sampling,
+                    num_return_sequences=num_return_sequences,
                 )
             new = out[:, ids.shape[1] :].tolist()
             for i in range(0, len(new), num_return_sequences):

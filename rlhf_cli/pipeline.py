@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
+from rlhf_cli.files import read_json, write_json_atomic
+from rlhf_cli.layout import STEPS, RunLayout
+from rlhf_cli.runs import Interrupted, no_trace_on_user_error
 
-STEPS = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
 TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was missed or a red flag raised
-MODEL_STAGES = ("pretrain", "sft", "reward", "ppo")
 
 
 def parse_stages(stages: str | list[str] | None) -> list[str]:
@@ -42,76 +46,75 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
     return [s for s in STEPS if s in names]
 
 
-def step_outputs(run_dir: Path, step: str) -> Path:
-    """The folder or file whose presence means `step` has produced something."""
-    return {
-        "sample": run_dir / "feedback" / "samples.jsonl",
-        "label": run_dir / "feedback" / "rankings.jsonl",
-        "eval": run_dir / "eval" / "eval.json",
-        "report": run_dir / "report" / "report.json",
-    }.get(step, run_dir / step)
-
-
-def is_finished(run_dir: Path, step: str, annotator: str | None = None) -> bool:
-    """Whether `step`'s output exists and is complete.
-
-    A model stage: final/ with config.json (written atomically). Samples and toy/file labels: the file (written
-    atomically). Human labels are never taken as finished: the labelling screen itself continues where the person
-    stopped and returns at once when nothing is left to rank.
-    """
-    run_dir = Path(run_dir)
-    if step in MODEL_STAGES:
-        return (run_dir / step / "final" / "config.json").exists()
-    if step == "label" and annotator == "human":
-        return False
-    return step_outputs(run_dir, step).is_file()
-
-
-def _started(run_dir: Path, step: str) -> bool:
-    out = step_outputs(run_dir, step)
-    return out.is_file() or (out.is_dir() and any(out.iterdir()))
-
-
-def _run_step(
-    step: str, recipe, run_dir: Path, *, resume: bool, overwrite: bool, accept_changes: bool = False
-) -> dict | None:
-    """Run one step; returns the stage's metrics where it gives any."""
-    if step in MODEL_STAGES:
+def _model_stage(name: str) -> Callable[..., Any]:
+    def run(recipe, run_dir: Path, **flags):
         import importlib
 
-        return importlib.import_module(f"rlhf_cli.stages.{step}").run(
-            recipe, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept_changes
-        )
-    if step == "sample":
-        from rlhf_cli.feedback import sample
+        return importlib.import_module(f"rlhf_cli.stages.{name}").run(recipe, run_dir, **flags)
 
-        return sample(recipe, run_dir, overwrite=overwrite)
-    if step == "label":
-        from rlhf_cli.feedback import label, labelling_progress
-        from rlhf_cli.runs import Interrupted
+    return run
 
-        # a partly labelled file is continued (the human screen resumes) unless --overwrite (which backs it up)
-        again = f"rlhf pipeline --recipe {run_dir / 'recipe.yaml'} --output-dir {run_dir} --resume"
-        out = label(recipe, run_dir, overwrite=overwrite, continue_with=again)
-        if recipe.feedback.annotator == "human":
-            done, total = labelling_progress(run_dir / "feedback")
-            if done < total:  # the person stopped: the reward model must not train on a part of the rankings
-                raise Interrupted(f"label: {done} of {total} prompts ranked so far ({out}); continue with: {again}")
-        return out
-    # eval and report summarise the run: under several processes (accelerate launch) the main one writes, the others wait
-    from rlhf_cli.runs import is_main_process, wait_for_everyone
 
-    result = None
-    if is_main_process() and step == "eval":
-        from rlhf_cli.evaluate import evaluate_run
+def _sample(recipe, run_dir: Path, *, overwrite: bool, **_):
+    from rlhf_cli.feedback import sample
 
-        result = evaluate_run(run_dir, recipe=recipe)
-    elif is_main_process():
-        from rlhf_cli.report import build_report
+    return sample(recipe, run_dir, overwrite=overwrite)
 
-        result = {"report": str(build_report(run_dir))}
-    wait_for_everyone()
-    return result
+
+def _label(recipe, run_dir: Path, *, overwrite: bool, **_):
+    """Rank the samples; a partly labelled file is continued (the human screen resumes) unless --overwrite (which backs
+    it up). A person who stopped part-way stops the pipeline: the reward model must not train on part of the rankings."""
+    from rlhf_cli.feedback import label, labelling_progress
+
+    layout = RunLayout(run_dir)
+    again = f"rlhf pipeline --recipe {layout.recipe} --output-dir {run_dir} --resume"
+    out = label(recipe, run_dir, overwrite=overwrite, continue_with=again)
+    if recipe.feedback.annotator == "human":
+        done, total = labelling_progress(layout.feedback)
+        if done < total:
+            raise Interrupted(f"label: {done} of {total} prompts ranked so far ({out}); continue with: {again}")
+    return out
+
+
+def _on_main_process(summarise: Callable[[Path, Any], Any]) -> Callable[..., Any]:
+    """eval and report summarise the run: under several processes the main one writes, the others wait."""
+
+    def run(recipe, run_dir: Path, **_):
+        result = summarise(run_dir, recipe) if is_main_process() else None
+        wait_for_everyone()
+        return result
+
+    return run
+
+
+def _eval(run_dir: Path, recipe):
+    from rlhf_cli.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, recipe=recipe)
+
+
+def _report(run_dir: Path, recipe):
+    from rlhf_cli.report import build_report
+
+    return {"report": str(build_report(run_dir))}
+
+
+def _run_step(step: str, recipe, run_dir: Path, **flags):
+    return RUNNERS[step](recipe, run_dir, **flags)
+
+
+# Every step, in pipeline order: name -> run(recipe, run_dir, *, resume, overwrite, accept_changes). A new stage is one
+# line here (and one in layout.STEPS).
+RUNNERS: dict[str, Callable[..., Any]] = {
+    "pretrain": _model_stage("pretrain"),
+    "sft": _model_stage("sft"),
+    "sample": _sample,
+    "label": _label,
+    "reward": _model_stage("reward"),
+    "ppo": _model_stage("ppo"),
+    "eval": _on_main_process(_eval),
+    "report": _on_main_process(_report),
+}
 
 
 def run_pipeline(
@@ -137,25 +140,25 @@ def run_pipeline(
     from rich.console import Console
 
     from rlhf_cli.recipe import save_resolved
-    from rlhf_cli.runs import is_main_process, no_trace_on_user_error, read_json, wait_for_everyone, write_json_atomic
 
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     steps = parse_stages(stages)
     if resume and overwrite:
         raise UserError("--resume keeps finished stages and --overwrite replaces them: pass one of the two.")
-    existing = [s for s in steps if s not in ("eval", "report") and _started(run_dir, s)]  # those two are rewritten
+    existing = [s for s in steps if s not in ("eval", "report") and layout.started(s)]  # those two are rewritten
     if existing and not (resume or overwrite):
         raise UserError(
             f"{run_dir} already has {', '.join(existing)}; pass --resume to keep finished stages and run the rest, "
             f"--overwrite to replace them, or --output-dir to write elsewhere."
         )
     console = Console(quiet=not is_main_process())  # several processes: one prints
-    record_path = run_dir / "pipeline.json"
+    record_path = layout.pipeline_record
     record = {"recipe": recipe.name, "run_dir": str(run_dir), "steps": {}}
     if resume and record_path.exists():
         old = read_json(record_path)
         record["steps"] = old.get("steps", {})
-        saved = run_dir / "recipe.yaml"
+        saved = layout.recipe
         if saved.exists() and saved.read_text(encoding="utf-8") != recipe.to_yaml():
             console.print(
                 "[yellow]The recipe differs from the one this run started with; finished stages keep "
@@ -166,8 +169,8 @@ def run_pipeline(
 
     start = time.time()
     for step in steps:
-        if resume and is_finished(run_dir, step, recipe.feedback.annotator):
-            console.print(f"[dim]{step}: finished already, kept ({step_outputs(run_dir, step)})[/]")
+        if resume and layout.finished(step, recipe.feedback.annotator):
+            console.print(f"[dim]{step}: finished already, kept ({layout.output(step)})[/]")
             record["steps"].setdefault(step, {})["status"] = "kept"
             continue
         console.rule(f"[bold]{step}")
@@ -179,8 +182,6 @@ def run_pipeline(
                 _run_step(step, recipe, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept_changes)
             wait_for_everyone()  # several processes: the next step reads what the main process just saved
         except BaseException as err:
-            from rlhf_cli.runs import Interrupted
-
             stopped = isinstance(err, (Interrupted, KeyboardInterrupt))
             entry.update(status="interrupted" if stopped else "failed", seconds=round(time.time() - t0, 2))
             # An input error wrote nothing; record it only in a run that holds something already.
@@ -198,7 +199,7 @@ def run_pipeline(
     for step, entry in record["steps"].items():
         entry["headline"] = step_headline(run_dir, step)
     record["total_seconds"] = round(time.time() - start, 2)
-    report = run_dir / "report" / "report.md"
+    report = layout.report_md
     record["report"] = str(report) if report.exists() else None
     verdict = assess(run_dir)
     # The steps that ran decide: a missed target of a stage this call did not reach is not a finding.
@@ -240,5 +241,5 @@ def _print_summary(console, record: dict) -> None:
 
 
 def load_record(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / "pipeline.json"
+    path = RunLayout(run_dir).pipeline_record
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

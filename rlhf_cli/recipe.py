@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -333,25 +334,6 @@ def _describe(err: dict) -> str:
     return f"'{key}': {err['msg']} (got {value!r})"
 
 
-def _trainer_config_class(stage: str):
-    """The config class a stage's `training:` block is handed to."""
-    if stage == "pretrain":
-        from rlhf_cli.stages.pretrain import PretrainArguments  # TrainingArguments + max_time
-
-        return PretrainArguments
-    if stage == "sft":
-        from trl import SFTConfig
-
-        return SFTConfig
-    if stage == "reward":
-        from trl import RewardConfig
-
-        return RewardConfig
-    from rlhf_cli.ppo.config import PPOConfig
-
-    return PPOConfig
-
-
 def check_training_keys(data: dict[str, Any]) -> list[str]:
     """Problems with each stage's `training:` keys (in the raw recipe mapping), checked against its trainer config class."""
     problems = []
@@ -360,7 +342,9 @@ def check_training_keys(data: dict[str, Any]) -> list[str]:
         training = section.get("training") or {}
         if not isinstance(training, dict) or not training:
             continue
-        cls = _trainer_config_class(stage)
+        from rlhf_cli.trainer_configs import config_class  # imports transformers: not at the top
+
+        cls = config_class(stage)
         valid = [f.name for f in dataclasses.fields(cls) if f.init]
         for key in training:
             if key not in valid:
@@ -444,6 +428,6 @@ def resume_differences(saved: dict, recipe: Recipe, stage: str) -> list[tuple[st
 
 def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
     """Write the resolved recipe as `recipe.yaml` in the run folder (atomically)."""
-    from rlhf_cli.runs import write_text_atomic
+    from rlhf_cli.files import write_text_atomic
 
-    return write_text_atomic(Path(run_dir) / "recipe.yaml", recipe.to_yaml())
+    return write_text_atomic(RunLayout(run_dir).recipe, recipe.to_yaml())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
 AT_MOST = {"junk_rate"}  # targets that are ceilings; every other target is a floor
@@ -45,21 +46,6 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def find_metric(data: Any, *names: str):
-    """The first of `names` found as a key in `data` (a top-level key first, then nested dicts, depth first)."""
-    if not isinstance(data, dict):
-        return None
-    for name in names:
-        if name in data and data[name] is not None:
-            return data[name]
-    for value in data.values():
-        if isinstance(value, dict):
-            found = find_metric(value, *names)
-            if found is not None:
-                return found
-    return None
-
-
 def _number(value) -> float | None:
     """A metric as a float: a plain number, or the 'mean' of a {mean, low, high} dict."""
     if isinstance(value, dict):
@@ -69,48 +55,27 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def _low_high(data: dict, key: str) -> dict | None:
-    """{mean, low, high} from flat keys `key`, `key_low`, `key_high` (how the reward stage writes its interval)."""
-    if all(isinstance(data.get(k), (int, float)) for k in (key, f"{key}_low", f"{key}_high")):
-        return {"mean": data[key], "low": data[f"{key}_low"], "high": data[f"{key}_high"]}
-    return None
-
-
 def _interval(value) -> dict | None:
-    """{mean, low, high} from {mean, low, high} or {mean, ci95: [low, high]} (how the PPO stage writes its gain)."""
+    """The {mean, low, high} of an interval as every stage writes it ({mean, low, high, n}); None for anything else."""
     if isinstance(value, dict) and {"mean", "low", "high"} <= set(value):
         return {k: value[k] for k in ("mean", "low", "high")}
-    if (
-        isinstance(value, dict)
-        and "mean" in value
-        and isinstance(value.get("ci95"), (list, tuple))
-        and len(value["ci95"]) == 2
-    ):
-        return {"mean": value["mean"], "low": value["ci95"][0], "high": value["ci95"][1]}
     return None
-
-
-# Headline keys, in the order they are looked for in each file.
-BPB = ("bits_per_byte", "eval_bits_per_byte", "bpb")
-FINISHED = ("finished_rate", "finished_share", "sft_finished_rate", "eos_rate")
-ACCURACY = ("accuracy", "eval_accuracy", "pairwise_accuracy")
-GOLD_GAIN = ("gold_gain", "gold_reward_gain", "ppo_gold_gain")
 
 
 def headline(run_dir: Path) -> dict[str, Any]:
     """The numbers that say whether the recipe worked (None where the run lacks them)."""
     run_dir = Path(run_dir)
-    pre, sft, rew, ppo = (_read_json(run_dir / s / "eval.json") for s in STAGES)
-    ev = _read_json(run_dir / "eval" / "eval.json")
+    pre, sft, rew, ppo = (_read_json(RunLayout(run_dir).eval_json(s)) for s in STAGES)
+    ev = _read_json(RunLayout(run_dir).eval_json("eval"))
     models = ev.get("models", {})
     out: dict[str, Any] = {
-        "base_bits_per_byte": _number(find_metric(pre, *BPB)),
+        "base_bits_per_byte": _number(pre.get("bits_per_byte")),
         "untrained_bits_per_byte": _number(pre.get("untrained_bits_per_byte")),
         "base_probe_accuracy": _number(pre.get("probe_accuracy")),
         "sft_finished_rate": _number(models.get("sft", {}).get("finished_rate")),
-        "reward_accuracy": _number(find_metric(rew, *ACCURACY)),
-        "reward_accuracy_interval": _low_high(rew, "accuracy"),
-        "reward_gold_accuracy": _number(find_metric(rew, "gold_accuracy", "gold_agreement")),
+        "reward_accuracy": _number(rew.get("accuracy")),
+        "reward_accuracy_interval": _interval(rew.get("accuracy")),
+        "reward_gold_accuracy": _number(rew.get("gold_accuracy")),
         "reward_train_accuracy": _number(rew.get("train_accuracy")),
         "sft_gold_reward": _number(models.get("sft", {}).get("gold_reward")),
         "ppo_gold_reward": _number(models.get("ppo", {}).get("gold_reward")),
@@ -123,10 +88,10 @@ def headline(run_dir: Path) -> dict[str, Any]:
         "source": {"sft_finished_rate": "eval/eval.json", "ppo_gold_gain": "eval/eval.json"},
     }
     if out["sft_finished_rate"] is None:  # no `rlhf eval` yet: the stages' own evaluations
-        out["sft_finished_rate"] = _number(find_metric(sft, *FINISHED))
+        out["sft_finished_rate"] = _number(sft.get("finished_rate"))
         out["source"]["sft_finished_rate"] = "sft/eval.json"
     if out["ppo_gold_gain"] is None:
-        out["ppo_gold_gain"] = _interval(find_metric(ppo, *GOLD_GAIN))
+        out["ppo_gold_gain"] = _interval(ppo.get("gold_gain"))
         out["source"]["ppo_gold_gain"] = "ppo/eval.json"
     for key in ("sft_gold_reward", "ppo_gold_reward"):  # the PPO stage's own side-by-side: {"sft": {...}, "ppo": {...}}
         if out[key] is None:
@@ -157,8 +122,8 @@ def checks(head: dict, targets: dict | None) -> dict[str, dict]:
 def red_flags(run_dir: Path) -> list[str]:
     """Signs that a run's numbers mislead, whatever its targets: a reward model that disagrees with the gold reward
     about which model is better, a reward model no better than chance."""
-    ev = _read_json(Path(run_dir) / "eval" / "eval.json")
-    rew = _read_json(Path(run_dir) / "reward" / "eval.json")
+    ev = _read_json(RunLayout(run_dir).eval_json("eval"))
+    rew = _read_json(RunLayout(run_dir).eval_json("reward"))
     flags = []
     wins = ev.get("win_rates", {})
     for pair, (better, worse) in (("sft_vs_base", ("SFT", "base")), ("ppo_vs_sft", ("PPO", "SFT"))):
@@ -169,10 +134,11 @@ def red_flags(run_dir: Path) -> list[str]:
                 f"prefers {better if rm > 0.5 else worse} ({better} wins {rm:.0%}), the gold reward "
                 f"{better if gold > 0.5 else worse} ({gold:.0%}) - it rewards something other than what raters want"
             )
-    if rew.get("accuracy_low") is not None and rew["accuracy_low"] <= 0.5 and rew.get("eval_pairs", 0) >= 20:
+    acc = rew.get("accuracy")
+    if isinstance(acc, dict) and acc["low"] <= 0.5 and acc.get("n", 0) >= 20:
         flags.append(
-            f"the reward model is no better than chance on held-out pairs (accuracy {rew['accuracy']:.3f}, "
-            f"95 % interval from {rew['accuracy_low']:.3f})"
+            f"the reward model is no better than chance on held-out pairs (accuracy {acc['mean']:.3f}, "
+            f"95 % interval from {acc['low']:.3f})"
         )
     return flags
 
@@ -181,7 +147,7 @@ def assess(run_dir: Path) -> dict:
     """{"checks", "missed", "red_flags"} of a run, against the targets of the recipe it saved (recipe.yaml)."""
     import yaml
 
-    saved = Path(run_dir) / "recipe.yaml"
+    saved = RunLayout(run_dir).recipe
     try:
         targets = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("targets") if saved.exists() else None
     except yaml.YAMLError:
@@ -199,21 +165,21 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
     """One step's headline metric for the pipeline's summary table: {"name", "value", "text"}."""
     run_dir = Path(run_dir)
     if step in ("sample", "label"):
-        path = run_dir / "feedback" / ("samples.jsonl" if step == "sample" else "rankings.jsonl")
+        path = RunLayout(run_dir).output(step)
         n = len(read_metrics(path))
         return {"name": "rows", "value": n, "text": f"{n} {'prompts sampled' if step == 'sample' else 'rankings'}"}
     if step == "report":
         return {
             "name": "report",
-            "value": str(run_dir / "report" / "report.md"),
-            "text": str(run_dir / "report" / "report.md"),
+            "value": str(RunLayout(run_dir).report_md),
+            "text": str(RunLayout(run_dir).report_md),
         }
     head = headline(run_dir)
     if step == "pretrain":
         v = head["base_bits_per_byte"]
         return {"name": "bits_per_byte", "value": v, "text": "" if v is None else f"held-out bits/byte {v:.3f}"}
     if step == "sft":
-        v = _number(find_metric(_read_json(run_dir / "sft" / "eval.json"), *FINISHED))
+        v = _number(_read_json(RunLayout(run_dir).eval_json("sft")).get("finished_rate"))
         return {"name": "finished_rate", "value": v, "text": "" if v is None else f"finished answers {v:.1%}"}
     if step == "reward":
         v, gold = head["reward_accuracy"], head["reward_gold_accuracy"]
@@ -228,10 +194,10 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
         text = f"PPO beats SFT (gold) {wins['mean']:.0%}" + ("" if kl is None else f", KL {kl:.3f}")
         return {"name": "ppo_win_rate_gold", "value": wins["mean"], "text": text}
     # PPO's gain as the report gives it: from `rlhf eval` (eval.num_prompts) where it ran, else the stage's own check
-    ev, own = _read_json(run_dir / "eval" / "eval.json"), _read_json(run_dir / "ppo" / "eval.json")
+    ev, own = _read_json(RunLayout(run_dir).eval_json("eval")), _read_json(RunLayout(run_dir).eval_json("ppo"))
     gain, n = _interval(ev.get("ppo_gold_gain")), ev.get("num_prompts")
     if gain is None:
-        gain, n = _interval(find_metric(own, *GOLD_GAIN)), own.get("num_prompts")
+        gain, n = _interval(own.get("gold_gain")), own.get("num_prompts")
     if gain is None:
         return {"name": "gold_gain", "value": None, "text": ""}
     text = f"gold reward {gain['mean']:+.3f} vs SFT [{gain['low']:+.3f}, {gain['high']:+.3f}]"
@@ -302,7 +268,7 @@ def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Pa
     ):
         v = _number(reward_eval.get(key))
         if v is not None:
-            ci = _low_high(reward_eval, key) or {"low": v, "high": v}
+            ci = _interval(reward_eval.get(key)) or {"low": v, "high": v}
             bars[label] = (v, max(0.0, v - ci["low"]), max(0.0, ci["high"] - v), colour)
     curve_key = next((k for k in ("eval_accuracy", "accuracy") if len(_series(reward_metrics, k)[0]) >= 2), None)
     if not bars and curve_key is None:
@@ -453,16 +419,16 @@ def build_report(run_dir: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    from rlhf_cli.runs import write_json_atomic, write_text_atomic
+    from rlhf_cli.files import write_json_atomic, write_text_atomic
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run folder; give the folder `rlhf pipeline` wrote (runs/<name>).")
-    out = run_dir / "report"
+    out = RunLayout(run_dir).report_dir
     metrics = {s: read_metrics(run_dir / s / "metrics.jsonl") for s in STAGES}
-    stage_evals = {s: _read_json(run_dir / s / "eval.json") for s in STAGES}
-    ev = _read_json(run_dir / "eval" / "eval.json")
-    pipeline = _read_json(run_dir / "pipeline.json")
+    stage_evals = {s: _read_json(RunLayout(run_dir).eval_json(s)) for s in STAGES}
+    ev = _read_json(RunLayout(run_dir).eval_json("eval"))
+    pipeline = _read_json(RunLayout(run_dir).pipeline_record)
     if not any(metrics.values()) and not any(stage_evals.values()) and not ev:
         raise UserError(
             f"{run_dir} has no stage output to report on (no <stage>/metrics.jsonl or eval.json); run `rlhf pipeline` first."

@@ -14,14 +14,13 @@ import shutil
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlhf_cli.distributed import any_process, is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
-
-FINAL = "final"
+from rlhf_cli.files import write_json_atomic, write_text_atomic
+from rlhf_cli.layout import STAGE_RECIPE, RunLayout
 
 
 class Interrupted(Exception):
@@ -30,74 +29,7 @@ class Interrupted(Exception):
     exit_code = 130
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def wait_for_everyone() -> None:
-    """A barrier across the processes of `accelerate launch` / `torchrun`; nothing in a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-
-
-# ------------------------------------------------------------------------------------------------------ atomic writes
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary name beside `path`, then rename it into place: a crash leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def save_dir_atomic(final_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)`, then rename the finished folder to `final_dir`.
-
-    A crash while writing leaves the previous `final_dir` (if any) untouched; the old folder is removed only once the
-    new one is complete.
-    """
-    final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final_dir, old)
-        os.replace(tmp, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final_dir)
-    return final_dir
-
-
 # ------------------------------------------------------------------------------------------------------ stage folders
-
-
-STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
 
 
 def check_stage_dir(
@@ -173,7 +105,7 @@ def no_trace_on_user_error(run_dir: Path):
     them (the empty `checkpoints/` a Trainer makes when it is built) and then a new run folder left empty. Never a file
     a stage wrote: those come after the checks."""
     run_dir = Path(run_dir)
-    toy = run_dir / "data" / "toy"
+    toy = RunLayout(run_dir).toy
     run_existed, toy_existed = run_dir.exists(), toy.exists()
     before = set(run_dir.iterdir()) if run_dir.is_dir() else set()
     try:
@@ -205,7 +137,7 @@ def resolve_model_dir(explicit: str | None, run_dir: Path, parent_stage: str, wh
         if Path(explicit).is_dir() and not (Path(explicit) / "config.json").exists():
             raise UserError(f"{what}: {explicit} is not a model folder (it has no config.json).")
         return explicit
-    final = Path(run_dir) / parent_stage / FINAL
+    final = RunLayout(run_dir).final(parent_stage)
     if not (final / "config.json").exists():
         raise UserError(
             f"{what}: {final} does not exist — run `rlhf {parent_stage}` for this run first, or set init_from to a model."
@@ -265,6 +197,37 @@ def write_model_card(final_dir: Path, *, title: str, body: str) -> None:
 # ------------------------------------------------------------------------------------------------------ Trainer callbacks
 
 
+class StopOnSignal:
+    """Ctrl-C / SIGTERM while training: the first sets `requested` (the loop saves a checkpoint at the end of its `what`
+    and stops); a second exits at once. Every training loop (the Trainer stages' callback, PPO) uses this one."""
+
+    def __init__(self, what: str = "step"):
+        self.what, self.requested, self._old = what, False, {}
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            print("\nInterrupted again: exiting now without saving.", file=sys.stderr)
+            os._exit(130)
+        self.requested = True
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this {self.what}, then stopping "
+            "(press Ctrl-C again to exit at once).",
+            file=sys.stderr,
+        )
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self.handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 def make_callbacks(stage_dir: Path, stage: str):
     """The callbacks every Trainer-based stage uses: metrics.jsonl + progress line, NaN guard, signal handling."""
     from transformers import TrainerCallback
@@ -272,36 +235,23 @@ def make_callbacks(stage_dir: Path, stage: str):
     class RunCallback(TrainerCallback):
         def __init__(self):
             self.metrics_path = Path(stage_dir) / "metrics.jsonl"
-            self.interrupted = False
+            self.signals = StopOnSignal("step")
             self._start = None
-            self._old_handlers: dict = {}
-            self._hits = 0
             self.step_ends: list[float] = []  # perf_counter at each optimizer step's end (steady_seconds_per_step)
 
-        # Signals: the handler only sets a flag; the loop saves a checkpoint at the end of the step and stops.
+        @property
+        def interrupted(self) -> bool:
+            return self.signals.requested
+
         def _handle(self, signum, frame):
-            self._hits += 1
-            if self._hits > 1:
-                print("\nInterrupted again: exiting now without saving.", file=sys.stderr)
-                os._exit(130)
-            self.interrupted = True
-            print(
-                f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
-                "(press Ctrl-C again to exit at once).",
-                file=sys.stderr,
-            )
+            self.signals.handle(signum, frame)
 
         def on_train_begin(self, args, state, control, **kw):
             self._start = time.time()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    self._old_handlers[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread
-                    pass
+            self.signals.install()
 
         def on_train_end(self, args, state, control, **kw):
-            for sig, old in self._old_handlers.items():
-                signal.signal(sig, old)
+            self.signals.restore()
             if self.interrupted:  # the checkpoint of the interrupted step is saved: stop the stage here (exit 130)
                 raise Interrupted(
                     f"{stage}: checkpoint saved under {Path(stage_dir) / 'checkpoints'}; continue with --resume."
@@ -309,7 +259,7 @@ def make_callbacks(stage_dir: Path, stage: str):
 
         def on_step_end(self, args, state, control, model=None, **kw):
             self.step_ends.append(time.perf_counter())
-            self.interrupted = any_process(self.interrupted, args.device)  # every rank stops at the same step
+            self.signals.requested = any_process(self.interrupted, args.device)  # every rank stops at the same step
             if self.interrupted:
                 control.should_save = True
                 control.should_training_stop = True
@@ -348,20 +298,6 @@ def steady_seconds_per_step(step_ends: list[float]) -> float | None:
         return None
     times = step_ends[warmup_steps_skipped(len(step_ends)) :]
     return (times[-1] - times[0]) / (len(times) - 1)
-
-
-def any_process(flag: bool, device=None) -> bool:
-    """`flag` or-ed over the processes of a distributed run (a signal may reach the ranks at different steps; a rank
-    that stopped alone would leave the others waiting in a collective); `flag` itself in a single process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    import torch
-
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 class NonFiniteLoss(UserError):

@@ -18,14 +18,13 @@ import os
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
 
 PREREQUISITES = "pretrain,sft,sample,label,reward"
 
 
 def _point_metrics(ppo_eval: dict) -> dict:
     """KL, gold reward and RM score of the PPO policy (and the SFT reference) from a ppo/eval.json."""
-    from rlhf_cli.report import _interval
-
     ppo, sft = ppo_eval.get("ppo", {}), ppo_eval.get("sft", {})
     return {
         "kl": ppo.get("kl_to_reference"),
@@ -33,7 +32,7 @@ def _point_metrics(ppo_eval: dict) -> dict:
         "rm_score": ppo.get("rm_score"),
         "length": ppo.get("length"),
         "finished_rate": ppo.get("finished_rate"),
-        "gold_gain": _interval(ppo_eval.get("gold_gain")),
+        "gold_gain": ppo_eval.get("gold_gain"),  # {mean, low, high, n}
         "sft_gold_reward": sft.get("gold_reward"),
         "sft_rm_score": sft.get("rm_score"),
     }
@@ -61,9 +60,9 @@ def run_sweep(
     """
     from rich.console import Console
 
-    from rlhf_cli.pipeline import is_finished, run_pipeline
+    from rlhf_cli.files import read_json, write_json_atomic
+    from rlhf_cli.pipeline import run_pipeline
     from rlhf_cli.recipe import load_recipe, save_resolved
-    from rlhf_cli.runs import read_json, write_json_atomic
     from rlhf_cli.stages import ppo
 
     run_dir = Path(run_dir)
@@ -76,7 +75,7 @@ def run_sweep(
     if not values:
         raise UserError("--values is empty; give comma-separated values, for example --values 0,0.01,0.05,0.2.")
     console = Console()
-    if not all(is_finished(run_dir, s) for s in ("sft", "reward")):
+    if not all(RunLayout(run_dir).finished(s) for s in ("sft", "reward")):
         console.print(f"[bold]sweep:[/] {run_dir} has no finished sft/reward models yet; running {PREREQUISITES} first")
         run_pipeline(recipe, run_dir, stages=PREREQUISITES, resume=True)
 
@@ -97,14 +96,14 @@ def run_sweep(
             except OSError:
                 pass
         save_resolved(rec, point_dir)
-        done = is_finished(point_dir, "ppo") and (point_dir / "ppo" / "eval.json").exists()
+        done = RunLayout(point_dir).finished("ppo") and RunLayout(point_dir).eval_json("ppo").exists()
         console.rule(f"[bold]sweep {param}={value}" + (" (finished: kept)" if done and not overwrite else ""))
         if overwrite or not done:
             ppo.run(rec, point_dir, resume=not overwrite, overwrite=overwrite)
         point = {
             "value": value,
             "run_dir": str(point_dir),
-            **_point_metrics(read_json(point_dir / "ppo" / "eval.json")),
+            **_point_metrics(read_json(RunLayout(point_dir).eval_json("ppo"))),
         }
         points.append(point)
         record = {

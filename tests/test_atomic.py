@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rlhf_cli import runs
+from rlhf_cli import files, runs
 from rlhf_cli.cli import app
 
 
@@ -27,7 +27,7 @@ def digest(folder):
 
 def test_save_dir_atomic_keeps_the_old_folder_on_a_crash(tmp_path):
     final = tmp_path / "final"
-    runs.save_dir_atomic(final, lambda tmp: (tmp.mkdir(), (tmp / "a.txt").write_text("old")))
+    files.save_dir_atomic(final, lambda tmp: (tmp.mkdir(), (tmp / "a.txt").write_text("old")))
     before = digest(final)
 
     def half_way(tmp):
@@ -36,18 +36,18 @@ def test_save_dir_atomic_keeps_the_old_folder_on_a_crash(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        runs.save_dir_atomic(final, half_way)
+        files.save_dir_atomic(final, half_way)
     assert digest(final) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no temporary folder left behind
-    runs.save_dir_atomic(final, lambda tmp: (tmp.mkdir(), (tmp / "b.txt").write_text("new")))
+    files.save_dir_atomic(final, lambda tmp: (tmp.mkdir(), (tmp / "b.txt").write_text("new")))
     assert digest(final).keys() == {"b.txt"}  # a completed save replaces the folder whole
 
 
 def test_write_json_atomic_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
-    path = runs.write_json_atomic(tmp_path / "eval.json", {"loss": 1.0})
+    path = files.write_json_atomic(tmp_path / "eval.json", {"loss": 1.0})
     monkeypatch.setattr(runs.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
-        runs.write_json_atomic(path, {"loss": 2.0})
+        files.write_json_atomic(path, {"loss": 2.0})
     assert json.loads(path.read_text()) == {"loss": 1.0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
 

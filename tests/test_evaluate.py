@@ -8,34 +8,35 @@ import pytest
 import torch
 
 from rlhf_cli import evaluate as ev
+from rlhf_cli import stats
 
 
 def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
     rng = np.random.default_rng(1)
-    cis = [ev.bootstrap_ci(rng.exponential(1.0, size=80), n_resamples=1000, seed=i) for i in range(300)]
+    cis = [stats.bootstrap_ci(rng.exponential(1.0, size=80), n_resamples=1000, seed=i) for i in range(300)]
     coverage = sum(c["low"] < 1.0 < c["high"] for c in cis) / len(cis)
     assert 0.88 <= coverage <= 0.99
     widths = [c["high"] - c["low"] for c in cis]
     assert 0.3 < np.mean(widths) < 0.6  # about 2 * 1.96 * 1 / sqrt(80) = 0.44
     x = rng.normal(size=10)
-    assert ev.bootstrap_ci(x)["mean"] == pytest.approx(x.mean())
+    assert stats.bootstrap_ci(x)["mean"] == pytest.approx(x.mean())
 
 
 def test_paired_difference_interval_excludes_zero_for_a_real_gain():
     rng = np.random.default_rng(2)
     base = rng.normal(0, 1, size=200)
     better = base + 0.3 + rng.normal(0, 0.2, size=200)  # large shared noise, small paired gain
-    ci = ev.paired_difference_ci(better, base)
+    ci = stats.paired_difference_ci(better, base)
     assert 0 < ci["low"] < 0.3 < ci["high"]
     with pytest.raises(ValueError):
-        ev.paired_difference_ci([1, 2], [1])
+        stats.paired_difference_ci([1, 2], [1])
 
 
 def test_win_rate_counts_ties_half():
-    w = ev.win_rate([1, 2, 3, 3], [0, 2, 4, 1])
+    w = stats.win_rate([1, 2, 3, 3], [0, 2, 4, 1])
     assert w["mean"] == pytest.approx(0.625)
     assert (w["wins"], w["ties"], w["losses"]) == (2, 1, 1)
-    assert ev.win_rate([1.0] * 5, [1.0] * 5)["mean"] == 0.5
+    assert stats.win_rate([1.0] * 5, [1.0] * 5)["mean"] == 0.5
 
 
 def _pairs(n, quality_gain, seed=0):
@@ -50,8 +51,8 @@ def _pairs(n, quality_gain, seed=0):
 
 def test_length_controlled_win_rate_removes_a_pure_length_effect():
     sa, sb, la, lb = _pairs(600, quality_gain=0.0)
-    raw = ev.win_rate(sa, sb)["mean"]
-    lc = ev.length_controlled_win_rate(sa, sb, la, lb, n_resamples=100)
+    raw = stats.win_rate(sa, sb)["mean"]
+    lc = stats.length_controlled_win_rate(sa, sb, la, lb, n_resamples=100)
     assert raw > 0.8  # the judge loves length
     assert abs(lc["mean"] - 0.5) < 0.08
     assert lc["low"] < 0.5 < lc["high"]
@@ -60,14 +61,14 @@ def test_length_controlled_win_rate_removes_a_pure_length_effect():
 
 def test_length_controlled_win_rate_keeps_a_real_gain():
     sa, sb, la, lb = _pairs(600, quality_gain=0.7)
-    lc = ev.length_controlled_win_rate(sa, sb, la, lb, n_resamples=100)
+    lc = stats.length_controlled_win_rate(sa, sb, la, lb, n_resamples=100)
     assert lc["low"] > 0.7
 
 
 def test_length_controlled_equals_plain_when_lengths_are_equal():
     a, b = [1, 0, 1, 1, 0.5], [0, 1, 0, 0, 0.5]
-    lc = ev.length_controlled_win_rate(a, b, [5] * 5, [5] * 5, n_resamples=20)
-    assert lc["mean"] == pytest.approx(ev.win_rate(a, b)["mean"], abs=1e-3)
+    lc = stats.length_controlled_win_rate(a, b, [5] * 5, [5] * 5, n_resamples=20)
+    assert lc["mean"] == pytest.approx(stats.win_rate(a, b)["mean"], abs=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ a run of tiny models
@@ -139,19 +140,19 @@ def test_evaluate_run_skips_missing_stages(tiny_run, tmp_path, capsys):
 
 
 def test_length_controlled_win_rate_is_undefined_when_length_and_model_are_confounded():
-    lc = ev.length_controlled_win_rate([1.0] * 6, [0.0] * 6, [10] * 6, [0] * 6, n_resamples=10)
+    lc = stats.length_controlled_win_rate([1.0] * 6, [0.0] * 6, [10] * 6, [0] * 6, n_resamples=10)
     assert lc["mean"] is None and "not identifiable" in lc["note"]
     sa, sb, la, lb = _pairs(200, 0.0)
-    assert ev.length_controlled_win_rate(sa, sb, [x + 100 for x in la], lb, n_resamples=10)["extrapolated"] is True
+    assert stats.length_controlled_win_rate(sa, sb, [x + 100 for x in la], lb, n_resamples=10)["extrapolated"] is True
 
 
 @pytest.mark.parametrize("k,n", [(6, 6), (0, 6), (3, 6), (1, 1), (720, 720)])
 def test_intervals_hold_their_own_estimate(k, n):
     # Wilson's upper end for 6 of 6 came out as 0.9999999999999999 < 1.0: the report's error bar went negative and
     # matplotlib refused the whole report ("'yerr' must not contain negative values").
-    from rlhf_cli.stages.reward import wilson
+    from rlhf_cli.stats import wilson
 
     low, high = wilson(k, n)
     assert low <= k / n <= high
-    ci = ev.bootstrap_ci([k / n] * n)
+    ci = stats.bootstrap_ci([k / n] * n)
     assert ci["low"] <= ci["mean"] <= ci["high"]

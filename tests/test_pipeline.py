@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from rlhf_cli import pipeline
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import MODEL_STAGES, RunLayout
 from rlhf_cli.recipe import load_recipe
 
 
@@ -17,11 +18,19 @@ def fake_steps(monkeypatch):
 
     def fake(step, recipe, run_dir, *, resume, overwrite, accept_changes=False):
         calls.append((step, resume, overwrite))
-        out = pipeline.step_outputs(run_dir, step)
-        if step in pipeline.MODEL_STAGES:
+        out = RunLayout(run_dir).output(step)
+        if step in MODEL_STAGES:
             (out / "final").mkdir(parents=True, exist_ok=True)
             (out / "final" / "config.json").write_text("{}")
-            (out / "eval.json").write_text(json.dumps({"bits_per_byte": 1.25, "finished_share": 0.97, "accuracy": 0.8}))
+            (out / "eval.json").write_text(
+                json.dumps(
+                    {
+                        "bits_per_byte": 1.25,
+                        "finished_rate": 0.97,
+                        "accuracy": {"mean": 0.8, "low": 0.7, "high": 0.9, "n": 100},
+                    }
+                )
+            )
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("{}\n")
@@ -154,7 +163,7 @@ def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, mon
                 {
                     "ppo": {"kl_to_reference": kl, "rm_score": 0.3 * kl, "gold_reward": 0.8 + 0.05 * kl - 0.01 * kl**2},
                     "sft": {"rm_score": 0.0, "gold_reward": 0.8},
-                    "gold_gain": {"mean": 0.01, "ci95": [0.0, 0.02]},
+                    "gold_gain": {"mean": 0.01, "low": 0.0, "high": 0.02, "n": 64},
                 }
             )
         )

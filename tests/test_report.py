@@ -6,6 +6,7 @@ import random
 import pytest
 
 from rlhf_cli import evaluate as ev
+from rlhf_cli import stats
 from rlhf_cli.errors import UserError
 from rlhf_cli.report import build_report, headline
 
@@ -52,7 +53,7 @@ def fake_run(tmp_path):
     )
     _json(
         run / "sft" / "eval.json",
-        {"eval_loss": 0.4, "eval_prompts": 64, "finished_share": 0.97, "gold_reward": 0.8, "base_gold_reward": -0.4},
+        {"eval_loss": 0.4, "eval_prompts": 64, "finished_rate": 0.97, "gold_reward": 0.8, "base_gold_reward": -0.4},
     )
     _jsonl(
         run / "reward" / "metrics.jsonl",
@@ -62,15 +63,11 @@ def fake_run(tmp_path):
     _json(
         run / "reward" / "eval.json",
         {
-            "accuracy": 0.83,
-            "accuracy_low": 0.78,
-            "accuracy_high": 0.87,
+            "accuracy": {"mean": 0.83, "low": 0.78, "high": 0.87, "n": 300},
             "eval_pairs": 300,
             "mean_margin": 1.2,
-            "gold_accuracy": 0.86,
-            "train_accuracy": 0.91,
-            "train_accuracy_low": 0.89,
-            "train_accuracy_high": 0.93,
+            "gold_accuracy": {"mean": 0.86, "low": 0.82, "high": 0.89, "n": 500},
+            "train_accuracy": {"mean": 0.91, "low": 0.89, "high": 0.93, "n": 1024},
             "objective": "kwise",
         },
     )
@@ -97,7 +94,7 @@ def fake_run(tmp_path):
             "num_prompts": 128,
             "ppo": {"rm_score": 1.0, "gold_reward": 0.9, "kl_to_reference": 2.0},
             "sft": {"rm_score": 0.2, "gold_reward": 0.8},
-            "gold_gain": {"mean": 0.1, "ci95": [0.05, 0.15]},
+            "gold_gain": {"mean": 0.1, "low": 0.05, "high": 0.15, "n": 128},
         },
     )
     # `rlhf eval`: built with the same helpers evaluate_run uses, so the shapes cannot drift
@@ -122,7 +119,7 @@ def fake_run(tmp_path):
             "sft_vs_base": ev._compare(per["sft"], per["base"]),
         },
         "samples": [{"prompt": "tell me what the fox eats.", **{k: v["answers"][0] for k, v in per.items()}}] * 3,
-        "ppo_gold_gain": ev.paired_difference_ci(per["ppo"]["gold"], per["sft"]["gold"]),
+        "ppo_gold_gain": stats.paired_difference_ci(per["ppo"]["gold"], per["sft"]["gold"]),
     }
     _json(run / "eval" / "eval.json", eval_json)
     _json(
@@ -162,7 +159,7 @@ def test_stage_eval_files_are_the_fallback_without_rlhf_eval(fake_run):
     (fake_run / "eval" / "eval.json").unlink()
     h = headline(fake_run)
     assert h["sft_finished_rate"] == 0.97  # sft/eval.json
-    assert h["ppo_gold_gain"] == {"mean": 0.1, "low": 0.05, "high": 0.15}  # ppo/eval.json's ci95
+    assert h["ppo_gold_gain"] == {"mean": 0.1, "low": 0.05, "high": 0.15}  # ppo/eval.json's interval
     assert (h["sft_gold_reward"], h["ppo_gold_reward"]) == (0.8, 0.9)
     build_report(fake_run)
     report = json.loads((fake_run / "report" / "report.json").read_text())

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlhf_cli import reward_inspect, scoring, stats
 from rlhf_cli.data.formats import expand_rankings
 from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import ModelSpec, load_recipe
@@ -70,7 +71,7 @@ def test_kwise_batch_holds_a_prompts_comparisons_in_order(tiny_model):
         (1, 3),
         (2, 3),
     ]
-    assert first["response_ids"][2] == reward.encode(tok, _user("tell me about cats"), "c")
+    assert first["response_ids"][2] == scoring.encode(tok, _user("tell me about cats"), "c")
     assert first["response_ids"][2][-1] == tok.eos_token_id  # the whole answer, end-of-text included
 
 
@@ -132,9 +133,9 @@ def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
 
     metrics = reward.run(rec, tmp_path / "run")
     assert metrics["objective"] == "kwise" and metrics["eval_pairs"] == len(held)
-    assert metrics["accuracy"] >= 0.8 and metrics["mean_margin"] > 0
+    assert metrics["accuracy"]["mean"] >= 0.8 and metrics["mean_margin"] > 0
     # The fit on training pairs is measured too (easy data: learnt there as well), on every pair of this small set.
-    assert metrics["train_accuracy"] >= 0.8 and metrics["train_accuracy_pairs"] == len(train)
+    assert metrics["train_accuracy"]["mean"] >= 0.8 and metrics["train_accuracy"]["n"] == len(train)
     saved = json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"]
     losses = [
@@ -150,7 +151,7 @@ def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
     model = AutoModelForSequenceClassification.from_pretrained(final)
     tok = load_tokenizer(str(final))
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
-    good, bad = reward.score(
+    good, bad = scoring.score(
         model, tok, [_user("tell me about rain 99")] * 2, ["rain is quite good", "rain is quite bad"]
     )
     assert good > bad
@@ -173,14 +174,16 @@ def test_hh_transcripts_pairwise_and_inspect_flags_length(tmp_path, tiny_model):
     data = tmp_path / "hh.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     metrics = reward.run(_recipe(data, tiny_model), tmp_path / "run")
-    assert metrics["objective"] == "pairwise" and metrics["accuracy"] >= 0.8
+    assert metrics["objective"] == "pairwise" and metrics["accuracy"]["mean"] >= 0.8
     assert "gold_accuracy" not in metrics  # not the toy world's own feedback
 
     final = tmp_path / "run" / "reward" / "final"
     train_stats = json.loads((final / "reward_stats.json").read_text())
-    report = reward.inspect_reward_model(final, out_dir=tmp_path / "inspect")  # default data: its held-out prompts
+    report = reward_inspect.inspect_reward_model(
+        final, out_dir=tmp_path / "inspect"
+    )  # default data: its held-out prompts
     assert report["length_alarm"] and report["length_correlation"] > 0.5 and report["prefers_longer"] > 0.8
-    assert report["pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["accuracy"]) < 1e-9
+    assert report["pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["accuracy"]["mean"]) < 1e-9
     assert report["accuracy_low"] <= report["accuracy"] <= report["accuracy_high"]
     assert (tmp_path / "inspect" / "scores.png").stat().st_size > 1000
     assert json.loads((tmp_path / "inspect" / "inspect.json").read_text())["length_alarm"] is True
@@ -195,20 +198,20 @@ def test_inspect_scores_length_alarm_with_stub_scores():
     ]
     n_tokens = {t: len(t.split()) for r in pairs for t in (r["chosen"], r["rejected"])}
     by_length = [float(n_tokens[r["chosen"]]) for r in pairs], [float(n_tokens[r["rejected"]]) for r in pairs]
-    report = reward.inspect_scores(pairs, *by_length, n_tokens)
+    report = reward_inspect.inspect_scores(pairs, *by_length, n_tokens)
     assert report["length_alarm"] and report["length_correlation"] > 0.99 and report["prefers_longer"] == 1.0
     assert (
         report["by_length"]["chosen longer"]["accuracy"] == 1.0
         and report["by_length"]["chosen shorter"]["accuracy"] == 0.0
     )
-    fair = reward.inspect_scores(pairs, [1.0 + 0.01 * i for i in range(40)], [0.0] * 40, n_tokens)
+    fair = reward_inspect.inspect_scores(pairs, [1.0 + 0.01 * i for i in range(40)], [0.0] * 40, n_tokens)
     assert not fair["length_alarm"] and fair["accuracy"] == 1.0
 
 
 def test_wilson_interval():
-    low, high = reward.wilson(80, 100)
+    low, high = stats.wilson(80, 100)
     assert 0.70 < low < 0.72 and 0.86 < high < 0.88
-    assert reward.wilson(0, 0) == (0.0, 1.0)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
 
 
 def test_inspect_without_data_on_a_policy_model_names_the_problem(tmp_path):
@@ -217,7 +220,7 @@ def test_inspect_without_data_on_a_policy_model_names_the_problem(tmp_path):
     (policy / "config.json").write_text("{}")
     (policy / "lineage.json").write_text(json.dumps({"stage": "sft", "data": {"seed": 0}}))
     with pytest.raises(UserError, match="not a reward model"):
-        reward.inspect_reward_model(policy)
+        reward_inspect.inspect_reward_model(policy)
 
 
 def test_no_held_out_pairs_is_said_not_scored_as_zero(tmp_path, tiny_model, capsys):

@@ -98,7 +98,7 @@ def test_each_format_trains_and_final_answers_through_the_chat_template(tmp_path
     final = tmp_path / "run" / "sft" / "final"
     saved = json.loads((tmp_path / "run" / "sft" / "eval.json").read_text())
     assert saved["train_steps"] == 3 and math.isfinite(saved["eval_loss"]) and saved["eval_prompts"] == 4
-    assert 0.0 <= saved["finished_share"] <= 1.0 and metrics["train_examples"] == 12
+    assert 0.0 <= saved["finished_rate"] <= 1.0 and metrics["train_examples"] == 12
     assert (final / "lineage.json").exists() and (final / "README.md").exists()
     assert _weights_changed(base_dir, final)
     tok = load_tokenizer(str(final))

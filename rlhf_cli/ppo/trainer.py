@@ -17,8 +17,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +25,10 @@ from torch import nn
 
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text  # the user's side, as the annotator and the gold reward read it
-from rlhf_cli.generation import left_pad, render_prompts
+from rlhf_cli.generation import generate, left_pad, render_prompts
 from rlhf_cli.ppo import core
 from rlhf_cli.ppo.config import PPOConfig
+from rlhf_cli.runs import Interrupted, StopOnSignal
 
 # ------------------------------------------------------------------------------------------------------ rewards
 
@@ -84,7 +83,7 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts, answers, finished) -> torch.Tensor:
-        from rlhf_cli.stages.reward import score  # the reward stage's own rendering: the same text it was trained on
+        from rlhf_cli.scoring import score  # the reward stage's own rendering: the same text it was trained on
 
         raw = score(
             self.model,
@@ -225,7 +224,7 @@ class PPOTrainer:
                 fn.model = self._prepare_frozen(fn.model)
         self.ptx_blocks = ptx_blocks
         self.step, self.episode = 0, 0
-        self._interrupted = False
+        self.signals = StopOnSignal("PPO step")
 
     def _prepare_frozen(self, model):
         if model is None:
@@ -274,11 +273,6 @@ class PPOTrainer:
         tok, args = self.tokenizer, self.args
         queries, qmask = left_pad(render_prompts(tok, prompts), tok.pad_token_id)
         queries, qmask = queries.to(self.accelerator.device), qmask.to(self.accelerator.device)
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": args.top_p, "top_k": 0}
-            if temperature > 0
-            else {"do_sample": False}
-        )
         chunks = []
         # Under the training precision, like every forward of the step (the policy's own forward is autocast by
         # accelerate's wrapper; generate and the reference bypass it).
@@ -287,14 +281,15 @@ class PPOTrainer:
             policy.eval()
             for i in range(0, len(prompts), args.local_rollout_forward_batch_size):
                 sl = slice(i, i + args.local_rollout_forward_batch_size)
-                out = policy.generate(
-                    input_ids=queries[sl],
-                    attention_mask=qmask[sl],
+                out = generate(
+                    policy,
+                    queries[sl],
+                    qmask[sl],
                     max_new_tokens=args.response_length,
+                    temperature=temperature,
+                    top_p=args.top_p,
                     eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id,
-                    use_cache=True,
-                    **sampling,
                 )
                 resp = out[:, queries.shape[1] :]
                 chunks.append(
@@ -478,7 +473,7 @@ class PPOTrainer:
         if resume_from_checkpoint:
             self.load_checkpoint(resume_from_checkpoint)
         self._ptx_cursor = self.step * self.args.num_ppo_epochs * self.local_batch_size
-        old = self._install_signal_handlers()
+        self.signals.install()
         start, first_step, last = time.time(), self.step, {}
         try:
             while self.step < self.num_steps:
@@ -486,39 +481,18 @@ class PPOTrainer:
                 self.step += 1
                 last = {"step": self.step, "episode": self.episode, **metrics}
                 self._log(last, start, first_step)
-                if self._interrupted:
+                if self.signals.requested:
                     acc.set_trigger()
                 if acc.check_trigger():
                     path = self.save_checkpoint()
-                    raise _interrupted(path)
+                    raise Interrupted(f"Checkpoint saved at {path}; continue with --resume.")
                 if self.args.save_steps and self.step % int(self.args.save_steps) == 0 and self.step < self.num_steps:
                     self.save_checkpoint()
         finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+            self.signals.restore()
         if self.args.report_to and [r for r in self.args.report_to if r != "none"]:
             acc.end_training()
         return last
-
-    def _install_signal_handlers(self) -> dict:
-        def handle(signum, frame):
-            if self._interrupted:
-                print("\nInterrupted again: exiting now without saving.", file=sys.stderr)
-                os._exit(130)
-            self._interrupted = True
-            print(
-                f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this PPO step, then stopping "
-                "(press Ctrl-C again to exit at once).",
-                file=sys.stderr,
-            )
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handle)
-            except ValueError:  # not the main thread
-                pass
-        return old
 
     def _log(self, row: dict, start: float, first_step: int) -> None:
         self.accelerator.log(row, step=self.step)
@@ -607,9 +581,3 @@ class PPOTrainer:
         if acc.is_main_process:
             policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
             self.policy.save_pretrained(output_dir, state_dict=policy_state)
-
-
-def _interrupted(path: Path):
-    from rlhf_cli.runs import Interrupted
-
-    return Interrupted(f"Checkpoint saved at {path}; continue with --resume.")

@@ -56,7 +56,7 @@ def stage_precision(recipe, stage: str, n_params: int | None):
 def announce(recipe, stage: str, n_params: int | None) -> dict[str, str]:
     """The stage's first line: the model size and the precision it trains in, and why (main process only); returns
     the precision as eval.json records it."""
-    from rlhf_cli.runs import is_main_process
+    from rlhf_cli.distributed import is_main_process
 
     chosen = stage_precision(recipe, stage, n_params)
     if is_main_process():
@@ -97,9 +97,9 @@ def trainer_config(recipe, stage: str, stage_dir: Path, *, n_params: int | None 
 
     `n_params`: the size of the model the stage trains, which the precision rule reads (rlhf_cli.precision).
     """
-    from rlhf_cli.recipe import _trainer_config_class
+    from rlhf_cli.trainer_configs import config_class
 
-    cls = _trainer_config_class(stage)
+    cls = config_class(stage)
     kwargs = {**training_kwargs(recipe, stage, stage_dir, n_params), **extra}
     check_report_to(stage, kwargs.get("report_to"))
     try:

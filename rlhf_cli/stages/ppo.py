@@ -14,57 +14,44 @@ Policy and reference from `<run>/sft/final` (`ppo.policy_from`), reward model fr
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
+from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
+from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.driver import Job, stage_runner
+
+STAGE = "ppo"
 
 
-def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
+def setup(ctx) -> Job:
+    """Prompts, policy, reference, reward sources, value model and the PPO trainer, every input checked; the driver
+    (rlhf_cli.stages.driver) does the rest: `ppo/final`, `ppo/eval.json`."""
     import torch
+    from transformers import set_seed
 
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
     from rlhf_cli.generation import check_prompts_fit
     from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
     from rlhf_cli.ppo.trainer import PPOTrainer
-    from rlhf_cli.runs import (
-        check_stage_dir,
-        is_main_process,
-        newest_checkpoint,
-        prepare_stage_dir,
-        read_json,
-        resolve_model_dir,
-        save_dir_atomic,
-        write_json_atomic,
-        write_lineage,
-        write_model_card,
-    )
-    from rlhf_cli.stages.common import announce, trainer_config
 
-    spec, run_dir = recipe.ppo, Path(run_dir)
-    stage_dir = check_stage_dir(
-        run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
-    )  # nothing written before the checks
-    if resume and (stage_dir / "final" / "config.json").exists() and (stage_dir / "eval.json").exists():
-        print(f"ppo: already finished, keeping {stage_dir / 'final'}")
-        return read_json(stage_dir / "eval.json")
+    recipe, spec, run_dir, stage_dir = ctx.recipe, ctx.recipe.ppo, ctx.layout.root, ctx.stage_dir
     trust = recipe.model.trust_remote_code
 
     # Data: training prompts, and held-out prompts for the evaluation.
-    toy_dir = run_dir / "data" / "toy"
-    data = load_stage_data("ppo", spec.data, toy_dir=toy_dir, seed=recipe.seed)
-    train_ds, eval_ds = train_eval_split(data, spec.data, "ppo", seed=recipe.seed, toy_dir=toy_dir)
+    toy_dir = ctx.layout.toy
+    data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
+    train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
     eval_prompts = [row["prompt"] for row in eval_ds.select(range(min(spec.eval_prompts, len(eval_ds))))]
 
     # Models: policy + reference (SFT), reward sources, value model.
     policy_dir = resolve_model_dir(spec.policy_from, run_dir, "sft", "ppo.policy_from")
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
-    from transformers import set_seed
-
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     policy = load_causal_lm(policy_dir, trust_remote_code=trust)
     n_params = count_parameters(policy)
-    args = trainer_config(recipe, "ppo", stage_dir, n_params=n_params)
+    args = trainer_config(recipe, STAGE, stage_dir, n_params=n_params)
     ref_model = None if spec.lora else load_causal_lm(policy_dir, trust_remote_code=trust)
     if spec.lora:
         from peft import LoraConfig, get_peft_model
@@ -81,17 +68,13 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
             ),
         )
     reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
+    reward_names = [getattr(f, "name", "?") for f, _ in reward_funcs]
     value_model, value_dir = _value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
     ptx_blocks = _ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
     if hasattr(train_ds, "__len__"):  # a streamed data set is not read ahead
         check_prompts_fit(
             tokenizer, policy, [row["prompt"] for row in train_ds], args.response_length, "ppo", "ppo.response_length"
         )
-
-    prepare_stage_dir(
-        run_dir, "ppo", resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
-    )  # inputs are good: first write
-    chosen = announce(recipe, "ppo", n_params)
     trainer = PPOTrainer(
         args,
         tokenizer,
@@ -101,57 +84,46 @@ def run(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
         reward_funcs,
         train_ds,
         ptx_blocks=ptx_blocks,
-        metrics_path=stage_dir / "metrics.jsonl",
+        metrics_path=ctx.layout.metrics(STAGE),
     )
-    ckpt = newest_checkpoint(Path(args.output_dir)) if resume else None
-    if is_main_process():
+
+    def started() -> None:
         print(
             f"ppo: {trainer.num_steps} steps x {trainer.batch_size} episodes, policy {policy_dir}, value {value_dir}, "
-            f"rewards {[getattr(f, 'name', '?') for f, _ in reward_funcs]} -> {stage_dir}",
+            f"rewards {reward_names} -> {stage_dir}",
             flush=True,
         )
-    last = trainer.train(resume_from_checkpoint=ckpt)
 
-    # The final policy: a plain causal-LM folder with tokenizer, model card and lineage.
-    def write_rest(tmp: Path) -> None:
+    def evaluate(last, _checkpoint) -> dict:
+        """The PPO policy next to the SFT model on held-out prompts (main process)."""
+        metrics = {
+            "episodes": trainer.episode,
+            "steps": trainer.step,
+            "kl_coef": trainer.kl_ctl.value,
+            "train_last_step": last,
+        }
+        if trainer.accelerator.is_main_process and eval_prompts:
+            with torch.no_grad():
+                metrics.update(_evaluate(recipe, trainer, eval_prompts, toy_dir))
+        return metrics
+
+    def write_final(tmp: Path, metrics: dict, staging: Path) -> None:
+        """A plain causal-LM folder (the weights every process gathered into `staging`), tokenizer, card, lineage."""
+        shutil.copytree(staging, tmp, dirs_exist_ok=True)
         tokenizer.save_pretrained(tmp)
         write_model_card(
             tmp,
             title=f"{recipe.name}: PPO policy",
             body=f"PPO with a KL penalty (beta {trainer.kl_ctl.value:.4g}, {trainer.episode} episodes) from "
-            f"`{policy_dir}`, rewards: {[getattr(f, 'name', '?') for f, _ in reward_funcs]}.\n\n"
-            f"Made with `rlhf ppo` (rlhf-cli).",
+            f"`{policy_dir}`, rewards: {reward_names}.\n\nMade with `rlhf ppo` (rlhf-cli).",
         )
-        write_lineage(
-            tmp,
-            stage="ppo",
-            parents={"policy": policy_dir, "value": value_dir, **reward_dirs},
-            data=spec.data.model_dump(),
-            recipe=recipe,
-        )
+        parents = {"policy": policy_dir, "value": value_dir, **reward_dirs}
+        write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
 
-    final = stage_dir / "final"
-    with tempfile.TemporaryDirectory() as staging:  # every process takes part in gathering sharded weights
-        trainer.save_model(staging)
-        if trainer.accelerator.is_main_process:
-            save_dir_atomic(final, lambda tmp: (shutil.copytree(staging, tmp), write_rest(tmp)))
-    trainer.accelerator.wait_for_everyone()
+    return Job(trainer, n_params, evaluate, write_final, _summary, prepared=started, export=trainer.save_model)
 
-    metrics = {
-        "episodes": trainer.episode,
-        "steps": trainer.step,
-        "kl_coef": trainer.kl_ctl.value,
-        "train_last_step": last,
-        **chosen,
-    }
-    if trainer.accelerator.is_main_process and eval_prompts:
-        with torch.no_grad():
-            metrics.update(_evaluate(recipe, trainer, eval_prompts, toy_dir))
-    if trainer.accelerator.is_main_process:
-        write_json_atomic(stage_dir / "eval.json", metrics)
-        _summary(final, metrics)
-    trainer.accelerator.wait_for_everyone()
-    return metrics
+
+run = stage_runner(STAGE, setup)
 
 
 # ------------------------------------------------------------------------------------------------------ sources
@@ -184,10 +156,10 @@ def _reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
 
 
 def _reward_model(path: str, recipe, trust: bool, precision: str):
+    from rlhf_cli.files import read_json
     from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.ppo.trainer import RewardModelScorer
-    from rlhf_cli.runs import read_json
-    from rlhf_cli.stages.reward import load_reward_model
+    from rlhf_cli.scoring import load_reward_model
 
     tok = load_tokenizer(path, trust_remote_code=trust)
     model = load_reward_model(path, tok, trust_remote_code=trust)
@@ -234,7 +206,7 @@ def _ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: 
 
     from rlhf_cli.data.formats import load_stage_data
 
-    ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=run_dir / "data" / "toy", seed=recipe.seed)
+    ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=RunLayout(run_dir).toy, seed=recipe.seed)
     block = min(block, recipe.pretrain.block_size)
     ids: list[int] = []
     for row in ds:
@@ -297,7 +269,7 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         from rlhf_cli.evaluate import paired_difference_ci
 
         gain = paired_difference_ci(per_model["ppo"], per_model["sft"], seed=recipe.seed)
-        out["gold_gain"] = {"mean": round(gain["mean"], 6), "ci95": [round(gain["low"], 6), round(gain["high"], 6)]}
+        out["gold_gain"] = {k: round(v, 6) if k != "n" else v for k, v in gain.items()}
     out["examples"] = [
         {"prompt": prompt_text(p), "sft": s.text, "ppo": q.text}
         for p, s, q in list(zip(prompts, sft_answers, ppo_answers, strict=True))[:5]
@@ -340,7 +312,7 @@ def _summary(final: Path, m: dict) -> None:
     console.print(table)
     if "gold_gain" in m:
         g = m["gold_gain"]
-        console.print(f"gold gain PPO-SFT {g['mean']:+.3f} (95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f})")
+        console.print(f"gold gain PPO-SFT {g['mean']:+.3f} (95% CI {g['low']:+.3f} .. {g['high']:+.3f})")
     ex = Table(title="answers side by side", show_lines=True)
     for col in ("prompt", "sft", "ppo"):
         ex.add_column(col, overflow="fold")

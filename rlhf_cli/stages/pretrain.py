@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
+from rlhf_cli import runs
 from rlhf_cli.errors import UserError
+from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.driver import Job, stage_runner
+from rlhf_cli.trainer_configs import PretrainArguments  # noqa: F401 - where checkpoints' pickled training args find it
 
 STAGE = "pretrain"
 TOKENIZER_TEXTS = 200_000  # documents the tokenizer is trained on (the head of a big corpus is enough)
@@ -26,41 +29,16 @@ EVAL_BLOCKS = 256  # held-out blocks evaluated at most
 UNTRAINED_BLOCKS = 8  # blocks the freshly initialised model is scored on, for comparison
 
 
-@dataclass
-class PretrainArguments(TrainingArguments):
-    """TrainingArguments plus `max_time`: stop cleanly after this many seconds of training, then evaluate and save."""
-
-    max_time: float | None = field(default=None, metadata={"help": "Training wall-clock budget in seconds."})
-
-
-def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
+def setup(ctx) -> Job:
+    """Tokenizer, model and packed blocks, every input checked; the driver (rlhf_cli.stages.driver) does the rest."""
     from accelerate import PartialState
     from transformers import Trainer
 
     from rlhf_cli.data import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import build_model, count_parameters, flops_per_token, load_causal_lm, measure_matmul_peak
-    from rlhf_cli.runs import (
-        FINAL,
-        Interrupted,
-        check_stage_dir,
-        is_main_process,
-        make_callbacks,
-        newest_checkpoint,
-        prepare_stage_dir,
-        save_dir_atomic,
-        steady_seconds_per_step,
-        write_json_atomic,
-        write_lineage,
-        write_model_card,
-    )
-    from rlhf_cli.stages.common import announce, trainer_config
+    from rlhf_cli.modeling import build_model, count_parameters, load_causal_lm
 
-    run_dir = Path(run_dir)
-    spec = recipe.pretrain
-    stage_dir = check_stage_dir(
-        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
-    )  # nothing written before the checks
-    toy_dir = run_dir / "data" / "toy" if spec.data.toy else None
+    recipe, spec, stage_dir = ctx.recipe, ctx.recipe.pretrain, ctx.stage_dir
+    toy_dir = ctx.layout.toy if spec.data.toy else None
     with PartialState().main_process_first():
         train_docs = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
         train_docs, eval_docs = train_eval_split(train_docs, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
@@ -69,7 +47,7 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accep
                 "pretrain has no held-out text to measure bits per byte on: set pretrain.data.eval_fraction above 0 "
                 "(e.g. 0.05) or pretrain.data.eval_path to a held-out file."
             )
-        tokenizer, trained = _tokenizer(recipe, stage_dir, train_docs, resume)
+        tokenizer, trained = _tokenizer(recipe, stage_dir, train_docs, ctx.resume)
 
     # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
     if spec.init_from:
@@ -97,17 +75,10 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accep
     args = trainer_config(
         recipe, STAGE, stage_dir, n_params=n_params, **({"torch_compile": True} if spec.compile else {})
     )
-    chosen = announce(recipe, STAGE, n_params)
-    prepare_stage_dir(
-        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
-    )  # inputs are good: first write
-    if trained and is_main_process():  # kept for --resume: a resumed run must not train a different tokenizer
-        tokenizer.save_pretrained(stage_dir / "tokenizer")
     eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]
     model.to(args.device)  # the Trainer would move it anyway; the untrained baseline is scored where training runs
     untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS]) if not spec.init_from else None
-
-    callback = make_callbacks(stage_dir, STAGE)
+    callback = runs.make_callbacks(stage_dir, STAGE)
     trainer = Trainer(
         model=model,
         args=args,
@@ -116,72 +87,69 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accep
         eval_dataset=eval_blocks.select(range(len(eval_ids))),
         callbacks=[callback, TimeBudget(args.max_time)],
     )
-    checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
-    if resume and checkpoint is None and is_main_process():
-        print(f"No checkpoint under {stage_dir / 'checkpoints'}: starting from step 0.")
-    step0 = _step_of(checkpoint)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if callback.interrupted:
-        raise Interrupted(f"Checkpoint saved under {stage_dir / 'checkpoints'}; continue with --resume.")
 
-    # Evaluation: held-out loss, perplexity, bits per byte; speed and MFU of the training just done.
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    metrics = evaluate_lm(model, tokenizer, eval_ids)
-    tokens_per_step = (
-        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * spec.block_size
-    )
-    runtime = output.metrics.get("train_runtime") or float("nan")
-    overall_tokens_per_s = (trainer.state.global_step - step0) * tokens_per_step / runtime
-    # Speed and MFU are the steady state: the first steps hold torch.compile's tracing and warm-up, which can take
-    # longer than a short run's training (GPT-2 124M on an H100: 90 s of 108).
-    per_step = steady_seconds_per_step(callback.step_ends)
-    tokens_per_s = tokens_per_step / per_step if per_step else overall_tokens_per_s
-    dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
-    peak = measure_matmul_peak(dtype)
-    flops = flops_per_token(model.config, matmul_parameters(model), spec.block_size)
-    metrics.update(
-        {
-            "untrained_bits_per_byte": untrained["bits_per_byte"] if untrained else None,
-            "train_loss": output.metrics.get("train_loss"),
-            "global_step": trainer.state.global_step,
-            "train_runtime_s": runtime,
-            "tokens_per_s": tokens_per_s,
-            "tokens_per_s_overall": overall_tokens_per_s,
-            "flops_per_token": flops,
-            "mfu": tokens_per_s * flops / args.world_size / peak,
-            "matmul_peak_flops": peak,
-            "dtype": dtype,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "block_size": spec.block_size,
-            **chosen,
-        }
-    )
-    if spec.data.toy and spec.probes:
-        metrics["probe_accuracy"] = probe_accuracy(model, tokenizer, toy_dir / "probes_eval.jsonl")
+    def keep_tokenizer():  # kept for --resume: a resumed run must not train a different tokenizer
+        if trained:
+            tokenizer.save_pretrained(stage_dir / "tokenizer")
 
-    if is_main_process():
+    def evaluate(output, checkpoint) -> dict:
+        """Held-out loss, perplexity, bits per byte; speed and MFU of the training just done; the toy world's probes."""
+        from rlhf_cli.modeling import flops_per_token, measure_matmul_peak
 
-        def write(tmp: Path):
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_lineage(
-                tmp,
-                stage=STAGE,
-                parents={"model": spec.init_from or "scratch"},
-                data=spec.data.model_dump(),
-                recipe=recipe,
-            )
-            write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=_card(recipe, metrics))
-
-        final = save_dir_atomic(stage_dir / FINAL, write)
-        write_json_atomic(stage_dir / "eval.json", metrics)
-        probes = f", probes {metrics['probe_accuracy']:.0%}" if "probe_accuracy" in metrics else ""
-        print(
-            f"Base model saved to {final}\n  held-out loss {metrics['loss']:.3f}, bits/byte {metrics['bits_per_byte']:.3f}"
-            f" (untrained {metrics['untrained_bits_per_byte'] or float('nan'):.3f}){probes}, {tokens_per_s:,.0f} tokens/s,"
-            f" MFU {metrics['mfu']:.1%} of a measured {peak / 1e9:.0f} GFLOP/s {dtype} peak"
+        trained_model = trainer.accelerator.unwrap_model(trainer.model)
+        metrics = evaluate_lm(trained_model, tokenizer, eval_ids)
+        tokens_per_step = (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * spec.block_size
         )
-    return metrics
+        runtime = output.metrics.get("train_runtime") or float("nan")
+        overall_tokens_per_s = (trainer.state.global_step - _step_of(checkpoint)) * tokens_per_step / runtime
+        # Speed and MFU are the steady state: the first steps hold torch.compile's tracing and warm-up, which can take
+        # longer than a short run's training (GPT-2 124M on an H100: 90 s of 108).
+        per_step = runs.steady_seconds_per_step(callback.step_ends)
+        tokens_per_s = tokens_per_step / per_step if per_step else overall_tokens_per_s
+        dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+        peak = measure_matmul_peak(dtype)
+        flops = flops_per_token(trained_model.config, matmul_parameters(trained_model), spec.block_size)
+        metrics.update(
+            {
+                "untrained_bits_per_byte": untrained["bits_per_byte"] if untrained else None,
+                "train_loss": output.metrics.get("train_loss"),
+                "global_step": trainer.state.global_step,
+                "train_runtime_s": runtime,
+                "tokens_per_s": tokens_per_s,
+                "tokens_per_s_overall": overall_tokens_per_s,
+                "flops_per_token": flops,
+                "mfu": tokens_per_s * flops / args.world_size / peak,
+                "matmul_peak_flops": peak,
+                "dtype": dtype,
+                "parameters": sum(p.numel() for p in trained_model.parameters()),
+                "block_size": spec.block_size,
+            }
+        )
+        if spec.data.toy and spec.probes:
+            metrics["probe_accuracy"] = probe_accuracy(trained_model, tokenizer, toy_dir / "probes_eval.jsonl")
+        return metrics
+
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        parents = {"model": spec.init_from or "scratch"}
+        runs.write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
+        runs.write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=_card(recipe, metrics))
+
+    return Job(trainer, n_params, evaluate, write_final, _summary, prepared=keep_tokenizer)
+
+
+run = stage_runner(STAGE, setup)
+
+
+def _summary(final: Path, m: dict) -> None:
+    probes = f", probes {m['probe_accuracy']:.0%}" if "probe_accuracy" in m else ""
+    print(
+        f"Base model saved to {final}\n  held-out loss {m['loss']:.3f}, bits/byte {m['bits_per_byte']:.3f}"
+        f" (untrained {m['untrained_bits_per_byte'] or float('nan'):.3f}){probes}, {m['tokens_per_s']:,.0f} tokens/s,"
+        f" MFU {m['mfu']:.1%} of a measured {m['matmul_peak_flops'] / 1e9:.0f} GFLOP/s {m['dtype']} peak"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ tokenizer, data
@@ -317,7 +285,7 @@ def probe_accuracy(model, tokenizer, probes_path: Path, max_new_tokens: int = 4,
     import torch
 
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.generation import left_pad
+    from rlhf_cli.generation import generate, left_pad
 
     probes = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     device = next(model.parameters()).device
@@ -328,13 +296,14 @@ def probe_accuracy(model, tokenizer, probes_path: Path, max_new_tokens: int = 4,
         rows = [[tokenizer.eos_token_id, *tokenizer(p["prefix"], add_special_tokens=False)["input_ids"]] for p in batch]
         ids, mask = left_pad(rows, tokenizer.pad_token_id)
         with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+            out = generate(
+                model,
+                ids.to(device),
+                mask.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
+                temperature=0.0,
                 eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
             )
         for p, new in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
             completion = tokenizer.decode(new, skip_special_tokens=True)

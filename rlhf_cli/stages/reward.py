@@ -23,80 +23,22 @@ the gold reward's order on the held-out prompts' sampled answers), reward/metric
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
+from rlhf_cli import distributed, files, runs
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
+from rlhf_cli.scoring import encode, load_reward_model, pair_metrics, score, score_stats
+from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.driver import Job, stage_runner
+from rlhf_cli.stats import proportion
 
-STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
+STAGE = "reward"
 # Training pairs scored for train_accuracy: next to the held-out accuracy it tells underfitting from overfitting.
 FIT_PAIRS = 1024
 FEW_PROMPTS = 100  # ranked prompts under which the stage warns that the reward model can learn little
 LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
-
-
-# ------------------------------------------------------------------------------------------------------ rendering, scoring
-
-
-def encode(tokenizer, prompt: list[dict], answer: str, max_length: int | None = None) -> list[int]:
-    """Token ids of prompt + answer through the chat template (answer's end-of-text included), kept from the right."""
-    messages = [*prompt, {"role": "assistant", "content": answer}]
-    ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-    return ids[-max_length:] if max_length else ids  # the score is read at the end; cut the oldest context
-
-
-def score(
-    model,
-    tokenizer,
-    prompts: list[list[dict]],
-    answers: list[str],
-    *,
-    max_length: int | None = None,
-    batch_size: int = 64,
-    precision: str = "auto",
-) -> list[float]:
-    """The reward model's score of each (prompt, answer), batched (longest first, right padding); `precision` is the
-    recipe's setting (rlhf_cli.precision)."""
-    import torch
-    from trl.trainer.utils import pad
-
-    from rlhf_cli import precision as precisions
-
-    rows = [encode(tokenizer, p, a, max_length) for p, a in zip(prompts, answers, strict=True)]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    out = [0.0] * len(rows)
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()
-    with torch.no_grad(), precisions.inference(model, precision):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            seqs = [torch.tensor(rows[i]) for i in idx]
-            ids = pad(seqs, padding_value=tokenizer.pad_token_id, padding_side="right")
-            mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right")
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
-            for i, value in zip(idx, logits.float().tolist(), strict=True):
-                out[i] = value
-    model.train(was_training)
-    return out
-
-
-def load_reward_model(ref: str, tokenizer, *, trust_remote_code: bool = False):
-    """A sequence-classification model with one output (a fresh head when `ref` is a causal LM), pad id set."""
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    try:
-        with suppress_seqcls_warning():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                ref, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
-            )
-    except (OSError, ValueError) as err:
-        raise UserError(f"Cannot load a reward model from '{ref}': {str(err).splitlines()[0]}") from None
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
-    return model
 
 
 # ------------------------------------------------------------------------------------------------------ the K-wise trainer
@@ -214,7 +156,7 @@ def data_spec(rec, run_dir: Path):
 
     spec = rec.reward.data
     if spec is None or (spec.toy and not spec.path and not spec.hub):
-        rankings = Path(run_dir) / "feedback" / "rankings.jsonl"
+        rankings = RunLayout(run_dir).rankings
         if not rankings.exists():
             raise UserError(
                 f"{rankings} does not exist; run `rlhf sample` and `rlhf label` first, or set reward.data.path."
@@ -224,40 +166,25 @@ def data_spec(rec, run_dir: Path):
     return spec
 
 
-def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
+def setup(ctx) -> Job:
+    """Rankings, tokenizer, the SFT model with a scalar head, and the (K-wise) RewardTrainer, every input checked; the
+    driver (rlhf_cli.stages.driver) does the rest: `reward/final`, `reward/eval.json`."""
     import datasets
+    from transformers import set_seed
     from trl import RewardTrainer
 
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
     from rlhf_cli.modeling import count_parameters, load_tokenizer
-    from rlhf_cli.runs import (
-        check_stage_dir,
-        is_main_process,
-        make_callbacks,
-        newest_checkpoint,
-        prepare_stage_dir,
-        resolve_model_dir,
-        save_dir_atomic,
-        write_json_atomic,
-        write_lineage,
-        write_model_card,
-    )
-    from rlhf_cli.stages.common import announce, trainer_config
 
-    rc, run_dir = rec.reward, Path(run_dir)
+    rec, rc, run_dir, stage_dir = ctx.recipe, ctx.recipe.reward, ctx.layout.root, ctx.stage_dir
     spec = data_spec(rec, run_dir)
-    init = resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from")
-    stage_dir = check_stage_dir(
-        run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec, accept_changes=accept_changes
-    )  # writes nothing
-    toy_dir = run_dir / "data" / "toy"
-    pairs = load_stage_data("reward", spec, toy_dir=toy_dir, seed=rec.seed)
-    train, held = train_eval_split(pairs, spec, "reward", seed=rec.seed, toy_dir=toy_dir)
+    init = runs.resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from")
+    toy_dir = ctx.layout.toy
+    pairs = load_stage_data(STAGE, spec, toy_dir=toy_dir, seed=rec.seed)
+    train, held = train_eval_split(pairs, spec, STAGE, seed=rec.seed, toy_dir=toy_dir)
     warn_if_few_prompts(pairs, run_dir, spec)
 
     tokenizer = load_tokenizer(init, trust_remote_code=rec.model.trust_remote_code)
-    from transformers import set_seed
-
     set_seed(rec.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     model = load_reward_model(init, tokenizer, trust_remote_code=rec.model.trust_remote_code)
     streaming = not isinstance(train, datasets.Dataset)
@@ -270,85 +197,80 @@ def run(rec, run_dir: Path, *, resume: bool = False, overwrite: bool = False, ac
         cls, extra = RewardTrainer, {}
     n_params = count_parameters(model)
     config = trainer_config(
-        rec, "reward", stage_dir, n_params=n_params, max_length=rc.max_length, prediction_loss_only=True
+        rec, STAGE, stage_dir, n_params=n_params, max_length=rc.max_length, prediction_loss_only=True
     )
-    chosen = announce(rec, "reward", n_params)
     trainer = cls(
         model=model,
         args=config,
         train_dataset=train_ds,
         eval_dataset=eval_ds if len(eval_ds) else None,
         processing_class=tokenizer,
-        callbacks=[make_callbacks(stage_dir, "reward")],
+        callbacks=[runs.make_callbacks(stage_dir, STAGE)],
         **extra,
     )
-    prepare_stage_dir(
-        run_dir, "reward", resume=resume, overwrite=overwrite, recipe=rec, accept_changes=accept_changes
-    )  # inputs are good: first write
-    checkpoint = newest_checkpoint(stage_dir / "checkpoints") if resume else None
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if not is_main_process():
-        return {}
+    stats = {}  # score mean/std over the training answers: reward_stats.json, for PPO to normalise with
 
-    model = trainer.model
-    metrics = {
-        "objective": "kwise" if kwise else "pairwise",
-        "train_pairs": len(train) if not streaming else None,
-        "eval_pairs": len(held),
-        **chosen,
-        **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision),
-    }
-    if not streaming:
-        picked = random.Random(0).sample(range(len(train)), min(FIT_PAIRS, len(train)))
-        fit_pairs = [train[i] for i in sorted(picked)]  # rows, not a Dataset: no indices file in the datasets cache
-        fit = pair_metrics(model, tokenizer, fit_pairs, rc.max_length, rec.precision)
-        metrics.update({f"train_{k}": fit[k] for k in ("accuracy", "accuracy_low", "accuracy_high")})
-        metrics["train_accuracy_pairs"] = len(fit_pairs)
-    metrics.update(gold_agreement(rec, run_dir, spec, model, tokenizer, {r["group"] for r in held}))
-    stats = score_stats(model, tokenizer, train, rc.max_length, source="training answers", precision=rec.precision)
-    if metrics["eval_pairs"]:
-        held_out = (
-            f"held-out accuracy {metrics['accuracy']:.3f} [{metrics['accuracy_low']:.3f}, "
-            f"{metrics['accuracy_high']:.3f}] on {metrics['eval_pairs']} pairs"
+    def evaluate(_output, _checkpoint) -> dict:
+        """Held-out and training-pair accuracy, agreement with the gold order (toy world), score statistics."""
+        if not distributed.is_main_process():
+            return {}
+        model = trainer.model
+        metrics = {
+            "objective": "kwise" if kwise else "pairwise",
+            "train_pairs": len(train) if not streaming else None,
+            "eval_pairs": len(held),
+            **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision),
+        }
+        if not streaming:
+            picked = random.Random(0).sample(range(len(train)), min(FIT_PAIRS, len(train)))
+            fit_pairs = [train[i] for i in sorted(picked)]  # rows, not a Dataset: no indices file in the datasets cache
+            fit = pair_metrics(model, tokenizer, fit_pairs, rc.max_length, rec.precision)
+            metrics["train_accuracy"] = fit["accuracy"]
+        metrics.update(gold_agreement(rec, run_dir, spec, model, tokenizer, {r["group"] for r in held}))
+        stats.update(
+            score_stats(model, tokenizer, train, rc.max_length, source="training answers", precision=rec.precision)
         )
-    else:  # not 0 % on 0 pairs: nothing was measured
-        metrics.update(accuracy=None, accuracy_low=None, accuracy_high=None, mean_margin=None)
-        held_out = (
-            "no held-out pairs (the data has a single prompt, or reward.data.eval_fraction is 0; "
-            "set reward.data.eval_path to measure accuracy)"
-        )
+        if not metrics["eval_pairs"]:  # not 0 % on 0 pairs: nothing was measured
+            metrics.update(accuracy=None, mean_margin=None)
+        return metrics
 
-    def write(tmp: Path):
-        model.save_pretrained(tmp)
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "reward_stats.json", stats)
-        write_lineage(
-            tmp,
-            stage="reward",
-            parents={"init": init},
-            recipe=rec,
-            data={"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]},
-        )
-        write_model_card(
+        files.write_json_atomic(tmp / "reward_stats.json", stats)
+        data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
+        runs.write_lineage(tmp, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
+        runs.write_model_card(
             tmp,
             title=f"{rec.name}: reward model",
             body=(
-                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on `{spec.path or spec.hub}`.\n\n"
-                f"Pairwise accuracy: {held_out}. "
-                f"Scores over the training answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json)."
+                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on "
+                f"`{spec.path or spec.hub}`.\n\nPairwise accuracy: {_held_out_text(metrics)}. Scores over the training "
+                f"answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json)."
             ),
         )
 
-    final = save_dir_atomic(stage_dir / "final", write)
-    write_json_atomic(stage_dir / "eval.json", metrics)
-    gold = f", gold-order agreement {metrics['gold_accuracy']:.3f}" if "gold_accuracy" in metrics else ""
-    fit = (
-        f" ({metrics['train_accuracy']:.3f} on {metrics['train_accuracy_pairs']} training pairs)"
-        if "train_accuracy" in metrics
-        else ""
+    return Job(trainer, n_params, evaluate, write_final, _summary)
+
+
+run = stage_runner(STAGE, setup)
+
+
+def _held_out_text(m: dict) -> str:
+    if m["eval_pairs"]:
+        a = m["accuracy"]
+        return f"held-out accuracy {a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}] on {a['n']} pairs"
+    return (
+        "no held-out pairs (the data has a single prompt, or reward.data.eval_fraction is 0; "
+        "set reward.data.eval_path to measure accuracy)"
     )
-    print(f"Reward model saved to {final} ({metrics['objective']} loss): {held_out}{fit}{gold}")
-    return metrics
+
+
+def _summary(final: Path, m: dict) -> None:
+    gold = f", gold-order agreement {m['gold_accuracy']['mean']:.3f}" if "gold_accuracy" in m else ""
+    fit = m.get("train_accuracy")
+    fit = f" ({fit['mean']:.3f} on {fit['n']} training pairs)" if fit else ""
+    print(f"Reward model saved to {final} ({m['objective']} loss): {_held_out_text(m)}{fit}{gold}")
 
 
 def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
@@ -356,15 +278,13 @@ def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
     labelling after four prompts), and how many of this run's samples are still unranked."""
     import datasets
 
-    from rlhf_cli.runs import is_main_process
-
-    if not isinstance(pairs, datasets.Dataset) or not is_main_process():
+    if not isinstance(pairs, datasets.Dataset) or not distributed.is_main_process():
         return
     prompts = len(set(pairs["group"]))
     if prompts >= FEW_PROMPTS:
         return
-    samples = Path(run_dir) / "feedback" / "samples.jsonl"
-    own = spec.path and Path(spec.path).resolve() == (Path(run_dir) / "feedback" / "rankings.jsonl").resolve()
+    samples = RunLayout(run_dir).samples
+    own = spec.path and Path(spec.path).resolve() == (RunLayout(run_dir).rankings).resolve()
     of = ""
     if own and samples.exists():
         of = f" of the {sum(1 for line in samples.open(encoding='utf-8') if line.strip())} sampled"
@@ -396,59 +316,14 @@ def _tokenize_pairs(pairs, tokenizer, max_length: int, use_margin: bool):
 # ------------------------------------------------------------------------------------------------------ evaluation
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p, denom = k / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / denom, z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding must not leave p outside
-
-
-def score_pairs(model, tokenizer, pairs, max_length: int, precision: str = "auto") -> tuple[list[float], list[float]]:
-    """Scores of each pair's chosen and rejected answer (each distinct (prompt, answer) scored once)."""
-    import json
-
-    keys = {}
-    for row in pairs:
-        for text in (row["chosen"], row["rejected"]):
-            keys.setdefault((json.dumps(row["prompt"]), text), (row["prompt"], text))
-    values = score(
-        model,
-        tokenizer,
-        [p for p, _ in keys.values()],
-        [a for _, a in keys.values()],
-        max_length=max_length,
-        precision=precision,
-    )
-    table = dict(zip(keys, values, strict=True))
-    chosen = [table[(json.dumps(r["prompt"]), r["chosen"])] for r in pairs]
-    rejected = [table[(json.dumps(r["prompt"]), r["rejected"])] for r in pairs]
-    return chosen, rejected
-
-
-def pair_metrics(model, tokenizer, pairs, max_length: int, precision: str = "auto") -> dict:
-    """Pairwise accuracy (with a 95 % Wilson interval) and mean margin r_chosen - r_rejected on `pairs`."""
-    pairs = [r for r in pairs if r["chosen"] != r["rejected"]]
-    chosen, rejected = score_pairs(model, tokenizer, pairs, max_length, precision)
-    right = sum(c > r for c, r in zip(chosen, rejected, strict=True))
-    low, high = wilson(right, len(pairs))
-    return {
-        "accuracy": right / max(1, len(pairs)),
-        "accuracy_low": low,
-        "accuracy_high": high,
-        "mean_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(pairs)),
-    }
-
-
 def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[int]) -> dict:
     """On the toy world: how often the reward model orders two held-out sampled answers as the gold reward does."""
     from rlhf_cli.data.formats import group_id
     from rlhf_cli.data.toy import ToyWorld
     from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
 
-    samples_path = Path(run_dir) / "feedback" / "samples.jsonl"
-    own = spec.path and Path(spec.path).resolve() == (Path(run_dir) / "feedback" / "rankings.jsonl").resolve()
+    samples_path = RunLayout(run_dir).samples
+    own = spec.path and Path(spec.path).resolve() == (RunLayout(run_dir).rankings).resolve()
     if not (own and rec.feedback.data.toy and samples_path.exists()):
         return {}
     world = ToyWorld(rec.seed)
@@ -475,220 +350,4 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
                 if gold[i] != gold[j]:
                     total += 1
                     right += (gold[i] > gold[j]) == (rm[i] > rm[j])
-    low, high = wilson(right, total)
-    return {
-        "gold_accuracy": right / max(1, total),
-        "gold_accuracy_low": low,
-        "gold_accuracy_high": high,
-        "gold_pairs": total,
-    }
-
-
-def score_stats(
-    model, tokenizer, pairs, max_length: int, *, source: str, limit: int = STATS_ANSWERS, precision: str = "auto"
-) -> dict:
-    """Mean and standard deviation of the scores of (up to `limit`) distinct answers in `pairs`."""
-    import json
-    import statistics
-
-    seen = {}
-    for row in pairs:
-        for text in (row["chosen"], row["rejected"]):
-            seen.setdefault((json.dumps(row["prompt"]), text), (row["prompt"], text))
-    items = list(seen.values())
-    random.Random(0).shuffle(items)
-    items = items[:limit]
-    values = score(
-        model, tokenizer, [p for p, _ in items], [a for _, a in items], max_length=max_length, precision=precision
-    )
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values) if len(values) > 1 else 1.0,
-        "n": len(values),
-        "source": source,
-    }
-
-
-# ------------------------------------------------------------------------------------------------------ rlhf reward inspect
-
-
-def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> dict:
-    """Is this reward model any good? Accuracy with a 95 % interval, by margin and length bucket, score histograms,
-    the correlation of score with answer length (a length-hacking alarm), score mean/std saved next to the model.
-
-    `data`: any reward format; default the held-out part of the data the model was trained on (from its lineage.json).
-    Writes <out_dir>/inspect.json and scores.png (default out_dir: MODEL_DIR/../inspect). Returns the report.
-    """
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import inference_device, load_tokenizer
-    from rlhf_cli.recipe import DataSpec
-    from rlhf_cli.runs import read_json, write_json_atomic
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise UserError(f"{model_dir} is not a model folder (no config.json); give a reward model's final/ folder.")
-    if data is None:
-        lineage = model_dir / "lineage.json"
-        if not lineage.exists():
-            raise UserError(f"{model_dir} has no lineage.json telling what it was trained on; pass --data FILE.")
-        info = read_json(lineage).get("data") or {}
-        if read_json(lineage).get("stage") != "reward" or "spec" not in info:
-            raise UserError(
-                f"{model_dir} is not a reward model trained by `rlhf reward`; pass --data FILE to score it."
-            )
-        spec = DataSpec(**info["spec"])
-        if spec.path and not Path(spec.path).exists():
-            raise UserError(f"{spec.path} (the data {model_dir} was trained on) is gone; pass --data FILE.")
-        pairs = load_stage_data("reward", spec, seed=info["seed"])
-        pairs = train_eval_split(pairs, spec, "reward", seed=info["seed"])[1]
-        source = f"{spec.path or spec.hub} (held-out prompts)"
-    else:
-        pairs, source = load_stage_data("reward", DataSpec(path=data)), data
-    tokenizer = load_tokenizer(str(model_dir))
-    model = load_reward_model(str(model_dir), tokenizer).to(inference_device())
-    pairs = [r for r in pairs if r["chosen"] != r["rejected"]]
-    chosen, rejected = score_pairs(model, tokenizer, pairs, max_length=None)
-    n_tokens = {}
-    for row in pairs:
-        for text in (row["chosen"], row["rejected"]):
-            n_tokens.setdefault(text, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    report = inspect_scores(pairs, chosen, rejected, n_tokens)
-    report["data"] = source
-
-    out = Path(out_dir) if out_dir else model_dir.parent / "inspect"
-    out.mkdir(parents=True, exist_ok=True)
-    report["histogram"] = str(_histogram(chosen, rejected, out / "scores.png"))
-    stats_path = model_dir / "reward_stats.json"  # the training-time stats stay what PPO normalises with
-    stats = read_json(stats_path) if stats_path.exists() else {**report["scores"], "source": source}
-    stats["inspect"] = {**report["scores"], "source": source}
-    write_json_atomic(stats_path, stats)
-    write_json_atomic(out / "inspect.json", report)
-    _print_report(report, out)
-    return report
-
-
-def inspect_scores(pairs: list[dict], chosen: list[float], rejected: list[float], n_tokens: dict[str, int]) -> dict:
-    """The inspect report from scores: accuracy and interval, buckets, score spread, length correlation and alarm."""
-    import statistics
-
-    right = [c > r for c, r in zip(chosen, rejected, strict=True)]
-    low, high = wilson(sum(right), len(right))
-
-    def bucket(names: list[str]) -> dict:
-        table = {}
-        for name, ok in zip(names, right, strict=True):
-            table.setdefault(name, []).append(ok)
-        return {name: {"pairs": len(v), "accuracy": sum(v) / len(v)} for name, v in sorted(table.items())}
-
-    margins = [r["margin"] for r in pairs]
-    if any(m != 0 for m in margins):  # the data's own margins (score differences)
-        cuts, by = _tertiles([abs(m) for m in margins]), "data margin"
-        margin_names = [_bucket_name(abs(m), cuts) for m in margins]
-    else:  # no margins in the data: how accuracy grows with the model's own confidence |r_chosen - r_rejected|
-        gaps = [abs(c - r) for c, r in zip(chosen, rejected, strict=True)]
-        cuts, by = _tertiles(gaps), "reward-model score gap"
-        margin_names = [_bucket_name(g, cuts) for g in gaps]
-    diffs = [n_tokens[r["chosen"]] - n_tokens[r["rejected"]] for r in pairs]
-    length_names = ["chosen shorter" if d < 0 else "same length" if d == 0 else "chosen longer" for d in diffs]
-
-    answers = {}
-    for row, c, r in zip(pairs, chosen, rejected, strict=True):
-        answers[(str(row["prompt"]), row["chosen"])] = (c, n_tokens[row["chosen"]])
-        answers[(str(row["prompt"]), row["rejected"])] = (r, n_tokens[row["rejected"]])
-    scores, lengths = [s for s, _ in answers.values()], [n for _, n in answers.values()]
-    corr = _pearson(scores, lengths)
-    longer = [(c > r) == (d > 0) for c, r, d in zip(chosen, rejected, diffs, strict=True) if d != 0]
-    return {
-        "pairs": len(pairs),
-        "accuracy": sum(right) / max(1, len(right)),
-        "accuracy_low": low,
-        "accuracy_high": high,
-        "by_margin": {"by": by, "buckets": bucket(margin_names)},
-        "by_length": bucket(length_names),
-        "scores": {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores), "n": len(scores)},
-        "chosen_mean": statistics.fmean(chosen),
-        "rejected_mean": statistics.fmean(rejected),
-        "length_correlation": corr,
-        "prefers_longer": sum(longer) / max(1, len(longer)),
-        "chosen_longer_in_data": sum(d > 0 for d in diffs) / max(1, sum(d != 0 for d in diffs)),
-        "length_alarm": abs(corr) >= LENGTH_ALARM,
-    }
-
-
-def _tertiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 3], ordered[2 * len(ordered) // 3]
-
-
-def _bucket_name(value: float, cuts: tuple[float, float]) -> str:
-    return (
-        f"1 low (< {cuts[0]:.3g})"
-        if value < cuts[0]
-        else f"2 mid (< {cuts[1]:.3g})"
-        if value < cuts[1]
-        else f"3 high (>= {cuts[1]:.3g})"
-    )
-
-
-def _pearson(xs: list[float], ys: list[float]) -> float:
-    import statistics
-
-    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
-        return 0.0
-    return statistics.correlation(xs, ys)
-
-
-def _histogram(chosen: list[float], rejected: list[float], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = 30 if len(chosen) > 60 else 12
-    ax.hist(chosen, bins=bins, alpha=0.6, label="chosen")
-    ax.hist(rejected, bins=bins, alpha=0.6, label="rejected")
-    ax.set_xlabel("reward-model score")
-    ax.set_ylabel("answers")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _print_report(report: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(
-        f"Reward model on {report['pairs']} pairs of {report['data']}: accuracy {report['accuracy']:.3f} "
-        f"(95 % interval {report['accuracy_low']:.3f}-{report['accuracy_high']:.3f})"
-    )
-    for title, buckets in (
-        (f"by {report['by_margin']['by']}", report["by_margin"]["buckets"]),
-        ("by length", report["by_length"]),
-    ):
-        table = Table(title=f"accuracy {title}")
-        table.add_column("bucket")
-        table.add_column("pairs", justify="right")
-        table.add_column("accuracy", justify="right")
-        for name, row in buckets.items():
-            table.add_row(name, str(row["pairs"]), f"{row['accuracy']:.3f}")
-        console.print(table)
-    s = report["scores"]
-    console.print(
-        f"scores: mean {s['mean']:.3f}, std {s['std']:.3f} over {s['n']} answers; chosen mean "
-        f"{report['chosen_mean']:.3f}, rejected mean {report['rejected_mean']:.3f}"
-    )
-    console.print(
-        f"correlation of score with answer length: {report['length_correlation']:+.2f}; prefers the longer "
-        f"answer in {report['prefers_longer']:.0%} of pairs (the data: {report['chosen_longer_in_data']:.0%})"
-    )
-    if report["length_alarm"]:
-        console.print(
-            f"[bold red]Length-hacking alarm[/bold red]: |correlation| >= {LENGTH_ALARM}; this reward model "
-            "may reward length itself, and PPO will learn to write longer answers rather than better ones."
-        )
-    console.print(f"Report: {out / 'inspect.json'}, histogram: {report['histogram']}")
+    return {"gold_accuracy": proportion(right, total)}

@@ -14,42 +14,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf_cli import distributed, runs
 from rlhf_cli.errors import UserError
+from rlhf_cli.stages.driver import Job, stage_runner
 
 STAGE = "sft"
 SAMPLES_SHOWN = 5
 
 
-def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accept_changes: bool = False) -> dict:
-    """Fine-tune, save `sft/final`, evaluate into `sft/eval.json`; returns the eval metrics."""
+def setup(ctx) -> Job:
+    """Model, tokenizer, conversations and SFTTrainer, every input checked; the driver (rlhf_cli.stages.driver) does
+    the rest: `sft/final`, `sft/eval.json`."""
     import datasets
     import torch
+    from transformers import set_seed
 
-    from rlhf_cli import runs
     from rlhf_cli.data.formats import load_stage_data, train_eval_split
     from rlhf_cli.modeling import count_parameters, load_tokenizer
-    from rlhf_cli.stages.common import announce
 
-    spec = recipe.sft
-    run_dir = Path(run_dir)
-    stage_dir = runs.check_stage_dir(
-        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
-    )  # nothing written before the checks
+    recipe, spec, stage_dir = ctx.recipe, ctx.recipe.sft, ctx.stage_dir
     if spec.lora is not None and spec.lora.qlora:
         check_qlora()
-    init = runs.resolve_model_dir(spec.init_from, run_dir, "pretrain", "sft")
+    init = runs.resolve_model_dir(spec.init_from, ctx.layout.root, "pretrain", "sft")
     trust = recipe.model.trust_remote_code
 
     # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
     tokenizer = load_tokenizer(init, trust_remote_code=trust)
-    from transformers import set_seed
-
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     model = load_model(init, spec, trust)
     added = resize_for_tokenizer(model, tokenizer)
 
     # Data: any SFT format, normalised to {"messages"}; the toy world's files live in the run folder.
-    toy_dir = run_dir / "data" / "toy"
+    toy_dir = ctx.layout.toy
     data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
     train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
     truncated, counted = count_truncated(tokenizer, train_ds, spec.max_length)
@@ -59,55 +55,45 @@ def run(recipe, run_dir, *, resume: bool = False, overwrite: bool = False, accep
             "tokens and will be cut (raise sft.max_length to keep them whole)."
         )
 
-    callback = runs.make_callbacks(stage_dir, STAGE)
-    trainer = make_trainer(recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callback])
-    chosen = announce(recipe, STAGE, count_parameters(model))
+    trainer = make_trainer(
+        recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [runs.make_callbacks(stage_dir, STAGE)]
+    )
     if isinstance(trainer.train_dataset, datasets.Dataset) and len(trainer.train_dataset) == 0:
         # TRL drops conversations whose assistant turns truncation cut off entirely; torch would fail on an empty set
         raise UserError(
             f"sft: no training conversation keeps an assistant token within sft.max_length={spec.max_length} tokens "
             "(the turns before the answers are longer); raise sft.max_length or shorten the conversations."
         )
-    runs.prepare_stage_dir(
-        run_dir, STAGE, resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes
-    )  # inputs are good: first write
-    checkpoint = runs.newest_checkpoint(stage_dir / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        print(f"sft: no complete checkpoint in {stage_dir / 'checkpoints'}; starting from the beginning.")
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if callback.interrupted:
-        raise runs.Interrupted(
-            f"sft: interrupted; checkpoint saved under {stage_dir / 'checkpoints'}. Resume with --resume."
-        )
-    metrics = {
-        "train_loss": result.training_loss,
-        "train_steps": result.global_step,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-        "truncated_examples": truncated,
-        "train_examples": counted,
-        **chosen,
-    }
-    if len(eval_ds):
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    trained = {}  # the model to save: LoRA merged into a plain model unless the recipe keeps the adapter separate
 
-    # Save: LoRA is merged into a plain model unless the recipe keeps the adapter separate.
-    model = trainer.model
-    merged = spec.lora is not None and spec.lora.merge
-    if merged:
-        model = model.merge_and_unload()
-    final = stage_dir / runs.FINAL
-    if runs.is_main_process():
-        save_final(final, model, tokenizer, recipe, init, spec, metrics)
+    def evaluate(result, _checkpoint) -> dict:
+        metrics = {
+            "train_loss": result.training_loss,
+            "train_steps": result.global_step,
+            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+            "truncated_examples": truncated,
+            "train_examples": counted,
+        }
+        if len(eval_ds):
+            metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        model = trainer.model
+        trained["model"] = model.merge_and_unload() if spec.lora is not None and spec.lora.merge else model
+        if (
+            distributed.is_main_process()
+        ):  # generation on held-out prompts: the main process writes eval.json and prints
+            trained["model"].eval()
+            with torch.no_grad():
+                metrics.update(evaluate_answers(recipe, trained["model"], tokenizer, eval_ds, toy_dir, init, trust))
+            metrics["model_dir"] = str(ctx.layout.final(STAGE))
+        return metrics
 
-    # Evaluate generation on held-out prompts (main process only: it writes eval.json and prints the table).
-    if runs.is_main_process():
-        model.eval()
-        with torch.no_grad():
-            metrics.update(evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir, init, trust))
-        metrics["model_dir"] = str(final)
-        runs.write_json_atomic(stage_dir / "eval.json", metrics)
-        print_summary(final, metrics)
-    return metrics
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        write_model_folder(tmp, trained["model"], tokenizer, recipe, init, spec, metrics)
+
+    return Job(trainer, count_parameters(model), evaluate, write_final, print_summary)
+
+
+run = stage_runner(STAGE, setup)
 
 
 # ------------------------------------------------------------------------------------------------------ model set-up
@@ -241,30 +227,24 @@ def count_truncated(tokenizer, dataset, max_length: int) -> tuple[int, int]:
     return sum(n > max_length for n in lengths), len(lengths)
 
 
-def save_final(final: Path, model, tokenizer, recipe, init: str, spec, metrics: dict) -> None:
+def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, metrics: dict) -> None:
     """`sft/final`: the model (or the LoRA adapter), the tokenizer with its chat template, lineage and a model card."""
-    from rlhf_cli import runs
-
     adapter = spec.lora is not None and not spec.lora.merge
     if adapter:  # the adapter must find its base model from any working directory
         model.peft_config["default"].base_model_name_or_path = (
             str(Path(init).resolve()) if Path(init).exists() else init
         )
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
-        kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
-        body = (
-            f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
-            f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
-            + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
-            + "\n\nPrompts use the saved chat template: `<|user|>question<|assistant|>` and the model answers."
-        )
-        runs.write_model_card(tmp, title=f"{recipe.name} — SFT model", body=body)
-
-    runs.save_dir_atomic(final, write)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
+    kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
+    body = (
+        f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
+        f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
+        + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
+        + "\n\nPrompts use the saved chat template: `<|user|>question<|assistant|>` and the model answers."
+    )
+    runs.write_model_card(tmp, title=f"{recipe.name} — SFT model", body=body)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -312,8 +292,8 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
     ]
     n = max(len(answers), 1)
     out = {
-        "finished_share": sum(a.finished for a in answers) / n,
-        "well_formed_share": sum(well_formed(a) for a in answers) / n,
+        "finished_rate": sum(a.finished for a in answers) / n,
+        "well_formed_rate": sum(well_formed(a) for a in answers) / n,
         "mean_answer_tokens": sum(a.num_tokens for a in answers) / n,
     }
     golds = None
@@ -373,8 +353,8 @@ def print_summary(final: Path, m: dict) -> None:
     parts = [f"train loss {m['train_loss']:.3f}"]
     if "eval_loss" in m:
         parts.append(f"held-out loss {m['eval_loss']:.3f}")
-    if "finished_share" in m:
-        parts.append(f"finished {m['finished_share']:.0%}, well-formed {m['well_formed_share']:.0%}")
+    if "finished_rate" in m:
+        parts.append(f"finished {m['finished_rate']:.0%}, well-formed {m['well_formed_rate']:.0%}")
     if "gold_reward" in m:
         parts.append(f"gold reward {m['gold_reward']:+.3f} (base {m['base_gold_reward']:+.3f})")
     print(f"sft: saved {final} — " + "; ".join(parts))

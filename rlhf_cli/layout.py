@@ -1,0 +1,118 @@
+"""The run folder: every path a run holds, and when a step counts as finished — in one place.
+
+<run>/recipe.yaml            the resolved recipe (rewritten as stages run)
+<run>/pipeline.json          `rlhf pipeline`'s record: each step's status, seconds and headline
+<run>/data/toy/              the toy world's files (a run's own world: its seed draws it)
+<run>/<stage>/               pretrain, sft, reward, ppo: recipe.yaml (what the stage trains on), checkpoints/,
+                             metrics.jsonl, eval.json, and final/ (written atomically: its presence means complete)
+<run>/feedback/              samples.jsonl (sample), rankings.jsonl (label), skipped.jsonl, backup/
+<run>/eval/eval.json         `rlhf eval`
+<run>/report/                report.json, report.md and the plots
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STEPS = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
+MODEL_STAGES = ("pretrain", "sft", "reward", "ppo")
+FINAL = "final"
+STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder. `RunLayout(run_dir).final("sft")` is `<run>/sft/final`."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # the run
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def pipeline_record(self) -> Path:
+        return self.root / "pipeline.json"
+
+    @property
+    def toy(self) -> Path:
+        return self.root / "data" / "toy"
+
+    # model stages
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    def final(self, name: str) -> Path:
+        return self.root / name / FINAL
+
+    def checkpoints(self, name: str) -> Path:
+        return self.root / name / "checkpoints"
+
+    def eval_json(self, name: str) -> Path:
+        return self.root / name / "eval.json"
+
+    def metrics(self, name: str) -> Path:
+        return self.root / name / "metrics.jsonl"
+
+    def stage_recipe(self, name: str) -> Path:
+        return self.root / name / STAGE_RECIPE
+
+    # feedback, eval, report
+    @property
+    def feedback(self) -> Path:
+        return self.root / "feedback"
+
+    @property
+    def samples(self) -> Path:
+        return self.feedback / "samples.jsonl"
+
+    @property
+    def rankings(self) -> Path:
+        return self.feedback / "rankings.jsonl"
+
+    @property
+    def skipped(self) -> Path:
+        return self.feedback / "skipped.jsonl"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_json(self) -> Path:
+        return self.report_dir / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.report_dir / "report.md"
+
+    def output(self, step: str) -> Path:
+        """The folder or file whose presence means `step` has produced something."""
+        return {
+            "sample": self.samples,
+            "label": self.rankings,
+            "eval": self.eval_json("eval"),
+            "report": self.report_json,
+        }.get(step, self.stage(step))
+
+    def started(self, step: str) -> bool:
+        out = self.output(step)
+        return out.is_file() or (out.is_dir() and any(out.iterdir()))
+
+    def finished(self, step: str, annotator: str | None = None) -> bool:
+        """Whether `step`'s output exists and is complete.
+
+        A model stage: final/ with config.json (written atomically). Samples and toy/file labels: the file (written
+        atomically). Human labels are never taken as finished: the labelling screen itself continues where the person
+        stopped and returns at once when nothing is left to rank.
+        """
+        if step in MODEL_STAGES:
+            return (self.final(step) / "config.json").exists()
+        if step == "label" and annotator == "human":
+            return False
+        return self.output(step).is_file()

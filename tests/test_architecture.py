@@ -1,0 +1,90 @@
+"""The package's import graph, imports inside functions included: no cycle, and no module imports one of a higher layer.
+
+The layers, lowest first (docs/architecture.md draws them). A module may import its own layer and the ones below.
+"""
+
+import ast
+from pathlib import Path
+
+import rlhf_cli
+
+LAYERS = [
+    # leaves: no rlhf_cli import but one another
+    ["errors", "layout", "stats", "precision", "files", "distributed", "data.toy", "ppo.core", "ppo.config"],
+    # models, data, recipes, the one generation and one scoring path
+    ["data.formats", "data", "modeling", "generation", "scoring", "trainer_configs", "recipe"],
+    # run folders, checkpoints, callbacks; samples and rankings
+    ["runs", "feedback"],
+    # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
+    ["stages.common", "stages.driver", "ppo.trainer", "evaluate"],
+    # stages and the commands built on one stage or one run
+    ["stages.pretrain", "stages.sft", "stages.reward", "stages.ppo", "reward_inspect", "report", "export", "chat", "check"],
+    # many stages
+    ["pipeline", "sweep"],
+    ["cli", "__main__"],
+]
+PACKAGES = {"", "stages", "ppo"}  # empty __init__ files
+
+
+def _graph() -> dict[str, set[str]]:
+    root = Path(rlhf_cli.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        modules[name.removesuffix(".__init__").removesuffix("__init__")] = path
+
+    def resolve(name: str) -> str | None:
+        name = name.removeprefix("rlhf_cli").lstrip(".")
+        while name not in modules:
+            if "." not in name:
+                return None if name else ""
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    edges = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            for target in targets:
+                if target.startswith("rlhf_cli"):
+                    resolved = resolve(target)
+                    if resolved is not None and resolved != name and resolved not in PACKAGES:
+                        found.add(resolved)
+        edges[name] = found
+    return edges
+
+
+def test_every_module_has_a_layer():
+    layered = {m for layer in LAYERS for m in layer}
+    assert set(_graph()) - PACKAGES == layered
+
+
+def test_no_module_imports_a_higher_layer():
+    level = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    upward = [f"{m} -> {t}" for m, ts in _graph().items() for t in ts if m in level and level[t] > level[m]]
+    assert upward == []
+
+
+def test_no_import_cycle():
+    edges = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
