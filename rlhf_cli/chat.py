@@ -17,7 +17,7 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 from rlhf_cli.generation import generate
 
-HELP = "Type a message; /reset clears the history, /quit (or Ctrl-D) exits."
+HELP = "Type a message; /reset clears the history, /help shows this, /quit (or Ctrl-D) exits."
 
 
 def load_chat_model(model_dir: str):
@@ -119,17 +119,17 @@ def _token_ids(tokenizer, tokens: list[str]) -> list[int]:
     return [vocab[t] for t in tokens if t in vocab]
 
 
-def _fit_context(model, tokenizer, messages: list[dict], max_new_tokens: int) -> list[dict]:
-    """Drop the oldest exchanges until the prompt and the answer fit the model's context."""
+def _fit_context(model, tokenizer, messages: list[dict], max_new_tokens: int, prefix: list[dict] = ()) -> list[dict]:
+    """Drop the oldest exchanges until `prefix` (the system message) + the prompt and the answer fit the context."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or getattr(
         getattr(model, "config", None), "n_positions", None
     )
     if not limit:
         return messages
     while len(messages) > 1:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
+        ids = tokenizer.apply_chat_template(
+            [*prefix, *messages], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         if len(ids) + max_new_tokens <= limit:
             break
         messages = messages[2:] if len(messages) > 2 else messages[1:]
@@ -143,10 +143,12 @@ def chat(
     top_p: float = 0.95,
     max_new_tokens: int = 128,
     precision: str = "auto",
+    system: str | None = None,
     *,
     ask: Callable[[str], str] = input,
 ) -> list[dict]:
-    """Chat with a model; returns the conversation. With `prompt`, print only its answer and return.
+    """Chat with a model; returns the conversation. With `prompt`, print only its answer and return. `system`: a
+    system message before every conversation (kept when the history is cleared or cut to fit the context).
 
     `ask` reads one user line (raises EOFError at the end of input); tests pass scripted input here.
     """
@@ -161,8 +163,9 @@ def chat(
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    first = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
-        messages = [{"role": "user", "content": prompt}]
+        messages = [*first, {"role": "user", "content": prompt}]
         answer = reply(model, tokenizer, messages, write=write, **settings)
         write("\n")
         return [*messages, {"role": "assistant", "content": answer}]
@@ -180,6 +183,9 @@ def chat(
             continue
         if text in ("/quit", "/exit"):
             break
+        if text == "/help":
+            print(HELP, file=sys.stderr)
+            continue
         if text == "/reset":
             history = []
             print("(history cleared)", file=sys.stderr)
@@ -188,9 +194,9 @@ def chat(
             print(f"Unknown command {text}. {HELP}", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
-        history = _fit_context(model, tokenizer, history, max_new_tokens)
+        history = _fit_context(model, tokenizer, history, max_new_tokens, prefix=first)
         write("bot> ")
-        answer = reply(model, tokenizer, history, write=write, **settings)
+        answer = reply(model, tokenizer, [*first, *history], write=write, **settings)
         write("\n")
         history.append({"role": "assistant", "content": answer})
     return history

@@ -292,10 +292,15 @@ def _config(ref: str | None, fallback, what: str, recipe, problems: list[str]):
         return fallback
     from transformers import AutoConfig
 
+    from rlhf_cli import hub
+    from rlhf_cli.modeling import load_error
+
+    if not Path(ref).expanduser().exists():
+        hub.offline_unless_reachable()
     try:
         return AutoConfig.from_pretrained(ref, trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError) as err:
-        problems.append(f"{what}: cannot read a model config from '{ref}': {str(err).splitlines()[0]}")
+        problems.append(f"{what}: {load_error('a model config', ref, err)}")
         return None
 
 

@@ -20,9 +20,36 @@ from rlhf_cli.errors import UserError
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not sys.stderr.isatty():  # progress bars only on a terminal: in a log file every redraw is a line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+# `rlhf --help` lists the commands in the order of the recipe, then the tools (typer would put the sub-apps last).
+COMMAND_ORDER = (
+    "pipeline", "pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report",
+    "chat", "sweep", "check", "export", "recipe", "data", "env",
+)  # fmt: skip
+
+
+class _InPipelineOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+
+
+def _no_type_on_flags(self, ctx):
+    """typer 0.29 shows `<bool>` after every plain flag (--resume <bool>), as if it took a value: show nothing."""
+    return None if self.is_flag and self.metavar is None else _option_type(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _no_type_on_flags
 
 app = typer.Typer(
     name="rlhf",
+    cls=_InPipelineOrder,
     help="The whole ChatGPT training recipe from one YAML recipe: pretrain -> sft -> sample/label -> reward -> ppo.\n\n"
     "Start with `rlhf pipeline` (the tiny recipe on the toy world, minutes on a laptop CPU).",
     no_args_is_help=True,
@@ -54,6 +81,18 @@ OutOpt = Annotated[
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint / keep finished work.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace this stage's existing folder.")]
+OverwriteSamplesOpt = Annotated[bool, typer.Option("--overwrite", help="Replace feedback/samples.jsonl.")]
+OverwriteRankingsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Rank again from the start; rankings a person made are moved to feedback/backup/, not deleted.",
+    ),
+]
+OverwritePointsOpt = Annotated[bool, typer.Option("--overwrite", help="Train the sweep's finished points again.")]
+OverwriteRunOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the chosen stages' outputs (a person's rankings are backed up).")
+]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and the plan; train nothing.")]
 AcceptOpt = Annotated[
     bool,
@@ -233,7 +272,7 @@ def sample(
     recipe: RecipeOpt = "tiny",
     set_: SetOpt = None,
     output_dir: OutOpt = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: OverwriteSamplesOpt = False,
     model: Annotated[
         str | None, typer.Option("--model", help="Model to sample from (default: the run's sft/final).")
     ] = None,
@@ -256,7 +295,7 @@ def label(
     recipe: RecipeOpt = "tiny",
     set_: SetOpt = None,
     output_dir: OutOpt = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: OverwriteRankingsOpt = False,
     annotator: Annotated[
         str | None, typer.Option("--annotator", help="human | toy | a rankings file (default: the recipe's).")
     ] = None,
@@ -285,7 +324,7 @@ def pipeline(
     set_: SetOpt = None,
     output_dir: OutOpt = None,
     resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
+    overwrite: OverwriteRunOpt = False,
     dry_run: DryRunOpt = False,
     stages: Annotated[
         str | None, typer.Option("--stages", help="Comma-separated subset, e.g. sft,sample,label,reward.")
@@ -294,8 +333,9 @@ def pipeline(
 ):
     """The main job: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report, in one run folder.
 
-    Exit code 3: every step finished, but a target of the recipe (`targets:`) was missed or a red flag was raised;
-    the summary lists each.
+    Exit code 3: every step finished, but a target of the recipe (`targets:`) was missed or a red flag was raised (the
+    reward model and the gold reward disagree about PPO against SFT, or the reward model is at chance); the summary
+    lists each, and the cautions (findings that do not fail the run).
 
     Example: `rlhf pipeline` (the embedded tiny recipe), or `rlhf pipeline --recipe tiny --resume`
     """
@@ -327,8 +367,11 @@ def chat(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where it is faster for this model here; see `rlhf env`), bf16 or fp32.")
     ] = "auto",
+    system: Annotated[
+        str | None, typer.Option("--system", help="A system message before the conversation (e.g. a persona).")
+    ] = None,
 ):
-    """Talk to any stage's model through its chat template (history kept; /reset, /quit).
+    """Talk to any stage's model through its chat template (history kept; /reset, /help, /quit).
 
     Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the owl eat?"`
     """
@@ -341,6 +384,7 @@ def chat(
         top_p=top_p,
         max_new_tokens=max_new_tokens,
         precision=precision,
+        system=system,
     )
 
 
@@ -383,9 +427,12 @@ def sweep(
     output_dir: OutOpt = None,
     param: Annotated[str, typer.Option("--param", help="Recipe key to vary, e.g. ppo.kl_coef.")] = "ppo.kl_coef",
     values: Annotated[str, typer.Option("--values", help="Comma-separated values.")] = "0,0.01,0.05,0.2",
-    overwrite: OverwriteOpt = False,
+    overwrite: OverwritePointsOpt = False,
 ):
     """PPO once per value from the same reward model; plots gold reward and RM score against KL (Goodhart).
+
+    Runs the stages it needs (pretrain ... reward) first, keeping those already finished in the run folder; each point
+    trains into `<run>/sweep/<param>=<value>/`, and finished points are kept on the next call (--overwrite redoes them).
 
     Example: `rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2`
     """

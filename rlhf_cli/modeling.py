@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from rlhf_cli import hub
 from rlhf_cli.errors import UserError
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
@@ -99,6 +100,18 @@ def check_model_ref(ref: str, *, needs: tuple[str, ...] = ("config.json",)) -> N
             )
     elif path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:  # a hub id is at most owner/name
         raise UserError(f"{ref} does not exist (or is a file); point to a model folder saved with save_pretrained.")
+    else:
+        hub.offline_unless_reachable()
+
+
+def load_error(what: str, ref: str, err: Exception) -> str:
+    """One sentence for a model that would not load; offline, what to do instead."""
+    if hub.reachable() is False and not Path(ref).expanduser().exists():
+        return (
+            f"Cannot load {what} from '{ref}': it is not in the local Hugging Face cache and the hub cannot be reached "
+            "from here; give a local model folder, or download it once where there is a network (HF_HOME's cache)."
+        )
+    return f"Cannot load {what} from '{ref}': {str(err).splitlines()[0]}"
 
 
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
@@ -109,7 +122,7 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"Cannot load a tokenizer from '{ref}': {str(err).splitlines()[0]}") from None
+        raise UserError(load_error("a tokenizer", ref, err)) from None
     return ensure_chat_ready(tok)
 
 
@@ -189,9 +202,9 @@ def load_causal_lm(ref: str, *, trust_remote_code: bool = False, dtype=None):
             raise UserError(
                 f"{ref} needs custom code from its repository; set model.trust_remote_code: true in the recipe if you trust it."
             ) from None
-        raise UserError(f"Cannot load a causal language model from '{ref}': {str(err).splitlines()[0]}") from None
+        raise UserError(load_error("a causal language model", ref, err)) from None
     except OSError as err:
-        raise UserError(f"Cannot load a causal language model from '{ref}': {str(err).splitlines()[0]}") from None
+        raise UserError(load_error("a causal language model", ref, err)) from None
 
 
 def count_parameters(model) -> int:

@@ -205,6 +205,7 @@ def run_pipeline(
     # The steps that ran decide: a missed target of a stage this call did not reach is not a finding.
     record["targets_missed"] = verdict["missed"] if set(steps) >= {"eval"} else []
     record["red_flags"] = verdict["red_flags"] if set(steps) >= {"eval"} else []
+    record["cautions"] = verdict["cautions"] if set(steps) >= {"eval"} else []
     if is_main_process():
         write_json_atomic(record_path, record)
         _print_summary(console, record)
@@ -234,6 +235,8 @@ def _print_summary(console, record: dict) -> None:
         console.print(f"[bold]Report: {record['report']}[/]")
     for missed in record.get("targets_missed", []):
         console.print(f"[bold red]Target missed:[/] {missed}")
+    for note in record.get("cautions", []):
+        console.print(f"[bold yellow]Caution:[/] {note}")
     for flag in record.get("red_flags", []):
         console.print(f"[bold red]Red flag:[/] {flag}")
     if record.get("targets_missed") or record.get("red_flags"):

@@ -229,6 +229,15 @@ def builtin_path(name: str) -> Path:
     return BUILTIN_DIR / f"{name}.yaml"
 
 
+def _yaml_problem(err) -> str:
+    """What is wrong and where, as an editor counts (line and column from 1): 'line 3, column 12: expected ...'."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "") + "."
+
+
 def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
     """The raw mapping of a built-in name or a YAML path."""
     path = Path(recipe)
@@ -242,8 +251,10 @@ def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"Recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"Recipe {path} is not UTF-8 text ({err.reason} at byte {err.start}).") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"Recipe {path} is not valid YAML: {_yaml_problem(err)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -119,21 +119,27 @@ def checks(head: dict, targets: dict | None) -> dict[str, dict]:
     return out
 
 
+def _disagreement(ev: dict, pair: str, better: str, worse: str) -> str | None:
+    """The reward model and the gold reward preferring different models of `pair`, by more than 20 points."""
+    rm, gold = (_number((ev.get("win_rates", {}).get(pair) or {}).get(j)) for j in ("reward_model", "gold"))
+    if rm is None or gold is None or (rm - 0.5) * (gold - 0.5) >= 0 or abs(rm - gold) <= 0.2:
+        return None
+    return (
+        f"the reward model and the gold reward disagree about {better} against {worse}: the reward model prefers "
+        f"{better if rm > 0.5 else worse} ({better} wins {rm:.0%}), the gold reward {better if gold > 0.5 else worse} "
+        f"({gold:.0%})"
+    )
+
+
 def red_flags(run_dir: Path) -> list[str]:
-    """Signs that a run's numbers mislead, whatever its targets: a reward model that disagrees with the gold reward
-    about which model is better, a reward model no better than chance."""
+    """Signs that a run's result misleads, whatever its targets (`rlhf pipeline` exits 3): the reward model and the
+    gold reward disagree about PPO against SFT (the comparison PPO optimised), or the reward model is no better than
+    chance."""
     ev = _read_json(RunLayout(run_dir).eval_json("eval"))
     rew = _read_json(RunLayout(run_dir).eval_json("reward"))
     flags = []
-    wins = ev.get("win_rates", {})
-    for pair, (better, worse) in (("sft_vs_base", ("SFT", "base")), ("ppo_vs_sft", ("PPO", "SFT"))):
-        rm, gold = (_number((wins.get(pair) or {}).get(j)) for j in ("reward_model", "gold"))
-        if rm is not None and gold is not None and (rm - 0.5) * (gold - 0.5) < 0 and abs(rm - gold) > 0.2:
-            flags.append(
-                f"the reward model and the gold reward disagree about {better} against {worse}: the reward model "
-                f"prefers {better if rm > 0.5 else worse} ({better} wins {rm:.0%}), the gold reward "
-                f"{better if gold > 0.5 else worse} ({gold:.0%}) - it rewards something other than what raters want"
-            )
+    if found := _disagreement(ev, "ppo_vs_sft", "PPO", "SFT"):
+        flags.append(f"{found} - PPO optimised something other than what raters want")
     acc = rew.get("accuracy")
     if isinstance(acc, dict) and acc["low"] <= 0.5 and acc.get("n", 0) >= 20:
         flags.append(
@@ -143,8 +149,20 @@ def red_flags(run_dir: Path) -> list[str]:
     return flags
 
 
+def cautions(run_dir: Path) -> list[str]:
+    """Findings to read before trusting the reward model further (listed; not a failed run): it disagrees with the gold
+    reward about SFT against base - answers from another model than the one whose samples it was trained on."""
+    ev = _read_json(RunLayout(run_dir).eval_json("eval"))
+    if found := _disagreement(ev, "sft_vs_base", "SFT", "base"):
+        return [
+            f"{found}: off the SFT model's answers, on which it was trained, the reward model does not judge as "
+            "the raters do (optimising against it from the base model would mislead)"
+        ]
+    return []
+
+
 def assess(run_dir: Path) -> dict:
-    """{"checks", "missed", "red_flags"} of a run, against the targets of the recipe it saved (recipe.yaml)."""
+    """{"checks", "missed", "red_flags", "cautions"} of a run, against the targets of the recipe it saved (recipe.yaml)."""
     import yaml
 
     saved = RunLayout(run_dir).recipe
@@ -158,7 +176,7 @@ def assess(run_dir: Path) -> dict:
         for name, c in result.items()
         if c["met"] is not True
     ]
-    return {"checks": result, "missed": missed, "red_flags": red_flags(run_dir)}
+    return {"checks": result, "missed": missed, "red_flags": red_flags(run_dir), "cautions": cautions(run_dir)}
 
 
 def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
@@ -451,6 +469,7 @@ def build_report(run_dir: str | Path) -> Path:
         "checks": verdict["checks"],
         "targets_missed": verdict["missed"],
         "red_flags": verdict["red_flags"],
+        "cautions": verdict["cautions"],
         "stages": {s: e for s, e in stage_evals.items() if e},
         "eval": {k: v for k, v in ev.items() if k != "per_prompt"},
         "timings": {s: e.get("seconds") for s, e in pipeline.get("steps", {}).items()},
@@ -507,6 +526,8 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         ]
     if report["red_flags"]:
         lines += ["**Red flags:**", "", *(f"- {flag}" for flag in report["red_flags"]), ""]
+    if report["cautions"]:
+        lines += ["**Cautions:**", "", *(f"- {note}" for note in report["cautions"]), ""]
     if report["timings"]:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {s} | {_f(t, '.1f')} |" for s, t in report["timings"].items()] + [""]

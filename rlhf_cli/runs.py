@@ -140,7 +140,8 @@ def resolve_model_dir(explicit: str | None, run_dir: Path, parent_stage: str, wh
     final = RunLayout(run_dir).final(parent_stage)
     if not (final / "config.json").exists():
         raise UserError(
-            f"{what}: {final} does not exist — run `rlhf {parent_stage}` for this run first, or set init_from to a model."
+            f"{what.split('.')[0]}: {final} does not exist — run `rlhf {parent_stage}` for this run first, or set {what} "
+            "to a model folder or hub id."
         )
     return str(final)
 
@@ -283,8 +284,53 @@ def make_callbacks(stage_dir: Path, stage: str):
             }
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, default=float) + "\n")
+            every = print_every(args.logging_steps, state.max_steps)
+            if "train_runtime" in logs or any(k.startswith("eval_") for k in logs) or state.global_step % every == 0:
+                print(log_line(stage, state.global_step, state.max_steps, logs, row["time"]), flush=True)
 
     return RunCallback()
+
+
+LOG_LINES = 20  # training log lines a stage prints at most (metrics.jsonl keeps every logging step)
+LOGGED = (  # key in the Trainer's logs -> label, format
+    ("loss", "loss", ".4f"),
+    ("eval_loss", "held-out loss", ".4f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("eval_accuracy", "held-out accuracy", ".3f"),
+    ("grad_norm", "grad norm", ".3g"),
+    ("learning_rate", "lr", ".2e"),
+)
+
+
+def print_every(logging_steps, max_steps: int) -> int:
+    """Print every n-th step, a multiple of the logging interval, so that a stage prints at most LOG_LINES lines."""
+    import math
+
+    logging_steps = max(1, int(logging_steps if logging_steps and logging_steps >= 1 else 1))
+    return logging_steps * max(1, math.ceil(max(max_steps, 1) / (LOG_LINES * logging_steps)))
+
+
+def log_line(stage: str, step: int, max_steps: int, logs: dict, seconds: float) -> str:
+    """One formatted line per printed log: 'sft 40/150 | loss 0.4123 | grad norm 1.2 | lr 2.9e-03 | 6 s'."""
+    if "train_runtime" in logs:
+        loss = logs.get("train_loss")
+        return f"{stage}: {step} steps in {float(logs['train_runtime']):.1f} s" + (
+            f", mean training loss {float(loss):.4f}" if loss is not None else ""
+        )
+    parts = [f"{stage} {step}/{max_steps}"]
+    parts += [f"{label} {float(logs[key]):{fmt}}" for key, label, fmt in LOGGED if logs.get(key) is not None]
+    return " | ".join([*parts, f"{seconds:.0f} s"])
+
+
+def quiet_trainer_logs(trainer) -> None:
+    """transformers prints every log as a raw dict (PrinterCallback without a progress bar, the bar's own write with
+    one); the stage's callback prints one formatted line instead (log_line)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback):
+            callback.on_log = lambda *args, **kwargs: None
 
 
 def warmup_steps_skipped(steps: int) -> int:

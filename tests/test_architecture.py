@@ -10,7 +10,7 @@ import rlhf_cli
 
 LAYERS = [
     # leaves: no rlhf_cli import but one another
-    ["errors", "layout", "stats", "precision", "files", "distributed", "data.toy", "ppo.core", "ppo.config"],
+    ["errors", "hub", "layout", "stats", "precision", "files", "distributed", "data.toy", "ppo.core", "ppo.config"],
     # models, data, recipes, the one generation and one scoring path
     ["data.formats", "data", "modeling", "generation", "scoring", "trainer_configs", "recipe"],
     # run folders, checkpoints, callbacks; samples and rankings
@@ -18,7 +18,17 @@ LAYERS = [
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
     ["stages.common", "stages.driver", "ppo.trainer", "evaluate"],
     # stages and the commands built on one stage or one run
-    ["stages.pretrain", "stages.sft", "stages.reward", "stages.ppo", "reward_inspect", "report", "export", "chat", "check"],
+    [
+        "stages.pretrain",
+        "stages.sft",
+        "stages.reward",
+        "stages.ppo",
+        "reward_inspect",
+        "report",
+        "export",
+        "chat",
+        "check",
+    ],
     # many stages
     ["pipeline", "sweep"],
     ["cli", "__main__"],

@@ -189,3 +189,19 @@ def test_second_ctrl_c_exits_at_once(tmp_path, monkeypatch):
     assert cb.interrupted and exits == []
     cb._handle(signal.SIGINT, None)
     assert exits == [130]
+
+
+def test_a_stage_logs_one_formatted_line_per_printed_step(recipe_file):
+    """No raw {'loss': ...} dicts and no progress bar in a log; one line per printed step, at most runs.LOG_LINES."""
+    result = pretrain(recipe_file, "pretrain.training.max_steps=60")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("pretrain ") and "/60 |" in line]
+    assert 10 <= len(lines) <= runs.LOG_LINES, result.output
+    assert lines[0].startswith("pretrain 3/60 | loss ") and "| grad norm " in lines[0] and "| lr " in lines[0]
+    assert "{'loss'" not in result.output and "it/s]" not in result.output
+    assert "pretrain: 60 steps in " in result.output  # the end of training, once
+
+
+def test_print_every_keeps_a_stage_to_a_screen():
+    assert runs.print_every(10, 800) == 40 and runs.print_every(1, 15) == 1 and runs.print_every(10, 50) == 10
+    assert runs.print_every(0, 100) == 5  # logging_steps 0 or a fraction: every step is logged, print every 5th

@@ -157,7 +157,9 @@ def test_recipe_not_a_mapping(work):
 
 def test_recipe_not_yaml(work):
     (work / "broken.yaml").write_text("pretrain: {data: [\n")
-    assert_refused(work, ["pretrain", "--recipe", "broken.yaml"], "not valid YAML")
+    assert_refused(work, ["pretrain", "--recipe", "broken.yaml"], "not valid YAML", "line 2, column 1")
+    (work / "indented.yaml").write_text("name: x\n  seed: 3\n")  # where an editor shows it: line 2, column 7
+    assert_refused(work, ["pretrain", "--recipe", "indented.yaml"], "line 2, column 7: mapping values are not allowed")
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -270,7 +272,8 @@ def test_init_from_missing_path(work):
 
 
 def test_init_from_stage_not_run(work):
-    assert_refused(work, ["sft", *R], "rlhf pretrain")
+    assert_refused(work, ["sft", *R], "rlhf pretrain", "set sft.init_from to a model")
+    assert_refused(work, ["ppo", *R], "rlhf sft", "set ppo.policy_from to a model")  # the key that names it
 
 
 def test_reward_before_sft(work):

@@ -97,6 +97,23 @@ def test_interactive_keeps_history_resets_and_quits(models, monkeypatch):
     assert [m["content"] for m in history if m["role"] == "user"] == ["hello"]
 
 
+def test_system_message_leads_every_turn_and_help_answers(models, monkeypatch, capsys):
+    seen = []
+    real_reply = chat_mod.reply
+
+    def spy(model, tokenizer, messages, **kw):
+        seen.append(copy.deepcopy(messages))
+        return real_reply(model, tokenizer, messages, **kw)
+
+    monkeypatch.setattr(chat_mod, "reply", spy)
+    script = iter(["/help", "hi", "/reset", "hello", "/quit"])
+    chat_mod.chat(str(models["base"]), max_new_tokens=4, system="be brief", ask=lambda _: next(script))
+    system = {"role": "system", "content": "be brief"}
+    assert seen[0] == [system, {"role": "user", "content": "hi"}]
+    assert seen[1] == [system, {"role": "user", "content": "hello"}]  # /reset keeps the system message
+    assert "/reset clears the history" in capsys.readouterr().err  # /help printed the commands, no model call
+
+
 def test_interactive_cli_ends_at_eof(models):
     result = CliRunner().invoke(app, ["chat", str(models["base"]), "--max-new-tokens", "4"], input="hi\n")
     assert result.exit_code == 0, result.output

@@ -201,17 +201,22 @@ def test_targets_come_from_the_recipe_and_say_what_was_missed(fake_run):
     assert "reward_gold_accuracy >= 0.9: MISSED" in md and "ppo_gold_gain_low >= 0: met" in md
 
 
-def test_a_reward_model_that_prefers_the_worse_model_is_a_red_flag(tmp_path):
-    from rlhf_cli.report import red_flags
+def test_a_reward_model_that_prefers_the_worse_model_is_flagged(tmp_path):
+    """About PPO against SFT (what PPO optimised): a red flag (exit 3). About SFT against base (answers unlike the
+    ones it was trained on): a caution, listed but not a failed run."""
+    from rlhf_cli.report import cautions, red_flags
 
-    _json(
-        tmp_path / "eval" / "eval.json",
-        {"win_rates": {"sft_vs_base": {"reward_model": {"mean": 0.15}, "gold": {"mean": 0.78}}}},
-    )
+    def wins(pair, rm, gold):
+        _json(
+            tmp_path / "eval" / "eval.json",
+            {"win_rates": {pair: {"reward_model": {"mean": rm}, "gold": {"mean": gold}}}},
+        )
+
+    wins("ppo_vs_sft", 0.9, 0.2)
     (flag,) = red_flags(tmp_path)
-    assert "prefers base" in flag and "the gold reward SFT" in flag
-    _json(
-        tmp_path / "eval" / "eval.json",
-        {"win_rates": {"sft_vs_base": {"reward_model": {"mean": 0.6}, "gold": {"mean": 0.78}}}},
-    )
-    assert red_flags(tmp_path) == []
+    assert "prefers PPO" in flag and "the gold reward SFT" in flag and cautions(tmp_path) == []
+    wins("sft_vs_base", 0.15, 0.78)
+    (note,) = cautions(tmp_path)
+    assert "prefers base" in note and "the gold reward SFT" in note and red_flags(tmp_path) == []
+    wins("sft_vs_base", 0.6, 0.78)
+    assert red_flags(tmp_path) == [] and cautions(tmp_path) == []

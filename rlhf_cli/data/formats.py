@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf_cli import hub as hf_hub
 from rlhf_cli.errors import UserError
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -85,6 +86,7 @@ def read_table(path=None, hub=None, config=None, split="train", streaming=False)
         raise UserError("Give exactly one data source: data.path (a local file or folder) or data.hub (a hub id).")
     if hub is not None:
         try:
+            hf_hub.offline_unless_reachable()
             ds = datasets.load_dataset(hub, config, split=split, streaming=streaming)
         except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError, ConnectionError) as e:
             raise UserError(

@@ -525,7 +525,8 @@ class PPOTrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        with _without_shared_tensor_note():
+            acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {
@@ -581,3 +582,21 @@ class PPOTrainer:
         if acc.is_main_process:
             policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
             self.policy.save_pretrained(output_dir, state_dict=policy_state)
+
+
+@contextlib.contextmanager
+def _without_shared_tensor_note():
+    """accelerate notes on every checkpoint that the tied embedding / output head was saved once ("Removed shared
+    tensor"); they are tied again on load, so the note is noise in every PPO log."""
+    import logging
+
+    logger = logging.getLogger("accelerate.utils.other")
+
+    def keep(record) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from rlhf_cli.errors import UserError
 
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
-# TRL's configs default to bf16=True and gradient_checkpointing=True: set both explicitly.
+# TRL's configs default to bf16=True and gradient checkpointing on: set both explicitly.
 _FINE_TUNING = {  # SFT and the reward model: one epoch, warm-up then cosine, no gradient checkpointing
     "warmup_steps": 0.05,
     "lr_scheduler_type": "cosine",
@@ -17,7 +18,7 @@ _FINE_TUNING = {  # SFT and the reward model: one epoch, warm-up then cosine, no
     "logging_steps": 10,
     "save_steps": 100,
     "save_total_limit": 2,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,  # transformers 5's name (gradient_checkpointing warns on every config)
 }
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {
@@ -81,12 +82,19 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
         "output_dir": str(Path(stage_dir) / "checkpoints"),
         "seed": recipe.seed,
         "report_to": "none",
-        "disable_tqdm": False,
+        "disable_tqdm": not sys.stderr.isatty(),  # a bar on a terminal; in a log, the stage's own lines only
         "save_strategy": "steps",
         "dataloader_num_workers": 0,
     }
     section = getattr(recipe, stage)
     kwargs.update(section.training)
+    renamed = {
+        "gradient_checkpointing": "activation_checkpointing",
+        "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+    }
+    for old, new in renamed.items():  # transformers 5 renamed them; the old names still work in a recipe, unwarned
+        if old in section.training:
+            kwargs[new] = kwargs.pop(old)
     if stage == "ppo":
         kwargs.update(section.algorithm_settings())
     return kwargs

@@ -78,6 +78,8 @@ def run_stage(
         return files.read_json(layout.eval_json(name))
 
     job = setup(StageContext(recipe, layout, stage_dir, resume))
+    if hasattr(job.trainer, "callback_handler"):  # a transformers Trainer: one formatted line per log, not a dict
+        runs.quiet_trainer_logs(job.trainer)
     chosen = announce(recipe, name, job.n_params)
     runs.prepare_stage_dir(layout.root, name, **folder)  # inputs are good: first write
     if job.prepared and distributed.is_main_process():
