@@ -12,7 +12,7 @@ LAYERS = [
     # leaves: no rlhf_cli import but one another
     ["errors", "hub", "layout", "stats", "precision", "files", "distributed", "data.toy", "ppo.core", "ppo.config"],
     # models, data, recipes, the one generation and one scoring path
-    ["data.formats", "data", "modeling", "generation", "scoring", "trainer_configs", "recipe"],
+    ["data.formats", "data", "modeling", "generation", "scoring", "trainer_configs", "recipe", "lm_eval", "kwise"],
     # run folders, checkpoints, callbacks; samples and rankings
     ["runs", "feedback"],
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from rlhf_cli import lm_eval
 from rlhf_cli.recipe import load_recipe
 from rlhf_cli.stages import pretrain
 
@@ -67,7 +68,7 @@ def test_resume_continues_at_the_right_step(trained, tmp_path):
 
 def test_bits_per_byte_by_hand():
     # 10 tokens at uniform probability over 256 outcomes: 10 * ln(256) nats = 80 bits over 20 bytes -> 4 bits per byte.
-    assert math.isclose(pretrain.bits_per_byte(10 * math.log(256), 20), 4.0)
+    assert math.isclose(lm_eval.bits_per_byte(10 * math.log(256), 20), 4.0)
 
 
 def test_target_bytes_count_exactly_the_scored_text():
@@ -83,9 +84,9 @@ def test_target_bytes_count_exactly_the_scored_text():
     expected = len("héllo wörldfox".encode()) - len(
         first.encode()
     )  # the first token is context, not scored; EOS is 0 bytes
-    lengths = pretrain.token_byte_lengths(tok)
-    assert pretrain.target_bytes(tok, [ids], lengths) == expected
-    assert pretrain.target_bytes(tok, [ids], None) == expected
+    lengths = lm_eval.token_byte_lengths(tok)
+    assert lm_eval.target_bytes(tok, [ids], lengths) == expected
+    assert lm_eval.target_bytes(tok, [ids], None) == expected
 
 
 def test_pack_puts_eos_between_documents():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf_cli import reward_inspect, scoring, stats
+from rlhf_cli import kwise, reward_inspect, scoring, stats
 from rlhf_cli.data.formats import expand_rankings
 from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import ModelSpec, load_recipe
@@ -59,7 +59,7 @@ def test_kwise_batch_holds_a_prompts_comparisons_in_order(tiny_model):
         {"prompt": _user("tell me about cats"), "responses": ["a", "b", "c", "d"]},
         {"prompt": _user("tell me about dogs"), "responses": ["x", "y"]},
     ]
-    grouped = reward.group_pairs(expand_rankings(rankings), tok, max_length=64)
+    grouped = kwise.group_pairs(expand_rankings(rankings), tok, max_length=64)
     assert len(grouped) == 2  # one batch element per prompt
     first = grouped[0]
     assert len(first["response_ids"]) == 4  # each answer tokenized once
@@ -83,18 +83,18 @@ def test_kwise_loss_is_mean_pairwise_loss(tiny_model):
         {"prompt": _user("tell me about cats"), "responses": ["a", "b", "c"]},
         {"prompt": _user("tell me about dogs"), "responses": ["x", "y"]},
     ]
-    grouped = reward.group_pairs(expand_rankings(rankings), tok, max_length=64)
+    grouped = kwise.group_pairs(expand_rankings(rankings), tok, max_length=64)
     # The collator flattens both prompts' answers: [a, b, c, x, y]; comparisons index into that.
-    batch = reward.KWiseCollator(tok.pad_token_id)([grouped[0], grouped[1]])
+    batch = kwise.KWiseCollator(tok.pad_token_id)([grouped[0], grouped[1]])
     assert batch["input_ids"].shape[0] == 5
     assert batch["chosen_index"].tolist() == [0, 0, 1, 3] and batch["rejected_index"].tolist() == [1, 2, 2, 4]
     rewards = torch.tensor([2.0, 0.5, -1.0, 0.3, 0.9])
-    loss, _ = reward.kwise_loss(rewards, batch["chosen_index"], batch["rejected_index"], batch["pair_weight"])
+    loss, _ = kwise.kwise_loss(rewards, batch["chosen_index"], batch["rejected_index"], batch["pair_weight"])
     nll = lambda a, b: -F.logsigmoid(torch.tensor(a - b))  # noqa: E731
     by_hand = ((nll(2.0, 0.5) + nll(2.0, -1.0) + nll(0.5, -1.0)) / 3 + nll(0.3, 0.9)) / 2
     assert torch.allclose(loss, by_hand)
     margin = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    with_margin, _ = reward.kwise_loss(
+    with_margin, _ = kwise.kwise_loss(
         rewards, batch["chosen_index"], batch["rejected_index"], batch["pair_weight"], margin
     )
     assert torch.allclose(with_margin, ((nll(1.0, 0.5) + nll(2.0, -1.0) + nll(0.5, -1.0)) / 3 + nll(0.3, 0.9)) / 2)
