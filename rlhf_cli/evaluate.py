@@ -232,10 +232,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         "skipped": [m.split(" ")[0] for m in missing],
         "models": summary,
         "win_rates": wins,
-        "samples": [
-            {"prompt": texts[i], **{name: per_model[name]["answers"][i] for name in per_model}}
-            for i in range(min(N_SAMPLES, len(prompts)))
-        ],
+        "samples": [_sample_row(texts[i], i, per_model, world) for i in range(min(N_SAMPLES, len(prompts)))],
         "per_prompt": {name: {k: v for k, v in row.items() if k != "model"} for name, row in per_model.items()},
     }
     if "ppo" in per_model and "sft" in per_model and world is not None:
@@ -249,6 +246,17 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         if not quiet:
             _print_tables(console, result, path)
     return result
+
+
+def _sample_row(prompt: str, i: int, per_model: dict, world) -> dict:
+    """One prompt's answers for the report's side-by-side table: each model's answer and, on the toy world, its gold
+    reward and the fact the prompt asks for."""
+    row = {"prompt": prompt, **{name: per_model[name]["answers"][i] for name in per_model}}
+    if world is not None:
+        asked = world.parse_prompt(prompt)
+        row["right_answer"] = world.facts[asked[0]][asked[1]] if asked else None
+        row.update({f"{name}_gold": per_model[name]["gold"][i] for name in per_model})
+    return row
 
 
 def _summarise(row: dict) -> dict:

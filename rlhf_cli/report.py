@@ -253,6 +253,7 @@ def _loss_keys(rows: list[dict]) -> list[str]:
 
 def plot_losses(metrics: dict[str, list[dict]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     stages = [s for s in STAGES if _loss_keys(metrics.get(s, []))]
     if not stages:
@@ -262,8 +263,12 @@ def plot_losses(metrics: dict[str, list[dict]], path: Path) -> Path | None:
         for key in _loss_keys(metrics[stage])[:4]:
             xs, ys = _series(metrics[stage], key)
             ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, ms=3, label=key)
+        if stage == "reward":  # -log sigmoid(0): a reward model that scores every answer alike
+            ax.axhline(math.log(2), color="grey", ls="--", lw=1, label="chance (ln 2)")
         ax.set_title(f"{stage}: loss")
         ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per token)" if stage in ("pretrain", "sft") else "loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Loss curves of every stage")
@@ -303,10 +308,10 @@ def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Pa
             capsize=6,
             color=[b[3] for b in bars.values()],
         )
-        for i, v in enumerate(values):
-            ax.text(i + 0.05, v + 0.01, f"{v:.2f}", ha="left", va="bottom")
+        for i, b in enumerate(bars.values()):  # above the error bar's cap, not on it
+            ax.text(i, b[0] + b[2] + 0.02, f"{b[0]:.2f}", ha="center", va="bottom")
         ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
-        ax.set_ylim(0, 1.08)
+        ax.set_ylim(0, 1.12)
         ax.set_ylabel("pairwise accuracy")
         ax.set_title("Reward model: pairwise accuracy (95 % interval)")
         ax.legend(fontsize=8, loc="lower right")
@@ -316,7 +321,8 @@ def plot_reward_accuracy(reward_eval: dict, reward_metrics: list[dict], path: Pa
         ax.axhline(0.5, color="grey", ls="--", lw=1)
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("step")
-        ax.set_title(f"Reward model: {curve_key} during training")
+        ax.set_ylabel("pairwise accuracy (batch)")
+        ax.set_title("Reward model: accuracy during training")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -343,23 +349,26 @@ def plot_ppo(ppo_metrics: list[dict], path: Path) -> Path | None:
     gold_key = _pick(keys, (r"gold", r"gold_reward", r".*gold.*"))
     if reward_key is None and kl_key is None:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
     ax = axes[0]
     if reward_key:
-        ax.plot(*_series(ppo_metrics, reward_key), color="tab:blue", label=f"{reward_key} (reward model)")
+        ax.plot(*_series(ppo_metrics, reward_key), color="tab:blue", marker="o", ms=3, label="reward-model score")
     if gold_key:
-        ax.plot(*_series(ppo_metrics, gold_key), color="tab:green", label=f"{gold_key} (gold)")
-    ax.set_title("PPO: reward over training")
-    ax.set_xlabel("PPO step")
+        ax.plot(*_series(ppo_metrics, gold_key), color="tab:green", marker="o", ms=3, label="gold reward")
+    ax.set_title("PPO: reward of the rollouts")
+    ax.set_ylabel("mean score of the batch's answers")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     ax = axes[1]
     if kl_key:
-        ax.plot(*_series(ppo_metrics, kl_key), color="tab:red")
-        ax.set_ylabel(kl_key)
+        ax.plot(*_series(ppo_metrics, kl_key), color="tab:red", marker="o", ms=3)
+        ax.set_ylabel("KL to SFT (nats per answer)")
     ax.set_title("PPO: KL to the SFT reference")
-    ax.set_xlabel("PPO step")
-    ax.grid(alpha=0.3)
+    for ax in axes:
+        ax.set_xlabel("PPO step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -386,9 +395,14 @@ def plot_models(models: dict, path: Path) -> Path | None:
             [max(0.0, models[n][key]["high"] - m) for n, m in zip(names, means, strict=True)],
         ]
         ax.bar(names, means, yerr=err, capsize=5, color=["tab:grey", "tab:blue", "tab:orange"][: len(names)])
-        for i, m in enumerate(means):
-            ax.text(i, m, f" {m:.3f}", ha="left", va="bottom", fontsize=8)
+        span = max(max(means), 0) - min(min(means), 0) or 1.0
+        for i, m in enumerate(means):  # beyond the error bar's cap: above a positive bar, below a negative one
+            up = m >= 0
+            y = m + err[1][i] + 0.03 * span if up else m - err[0][i] - 0.03 * span
+            ax.text(i, y, f"{m:.3f}", ha="center", va="bottom" if up else "top", fontsize=8)
+        ax.margins(y=0.15)
         ax.axhline(0, color="black", lw=0.8)
+        ax.set_ylabel(title)
         ax.set_title(f"Held-out {title}")
     fig.suptitle("Base, SFT and PPO on the same prompts (greedy, 95 % interval)")
     fig.tight_layout()
@@ -404,13 +418,20 @@ def plot_answers(samples: list[dict], path: Path, n: int = 5) -> Path | None:
     if not samples:
         return None
     names = [k for k in ("base", "sft", "ppo") if k in samples[0]]
+    toy = "right_answer" in samples[0]
 
     def clean(text: str) -> str:  # an untrained model's bytes can be control characters no font draws
         return "".join(ch if ch.isprintable() else "?" for ch in text) or "(empty)"
 
-    cells = [
-        [textwrap.fill(clean(r["prompt"]), 28)] + [textwrap.fill(clean(r[k]), 34) for k in names] for r in samples[:n]
-    ]
+    def answer(r: dict, k: str) -> str:
+        gold = r.get(f"{k}_gold")
+        return textwrap.fill(clean(r[k]), 34) + (f"\n[gold {gold:+.2f}]" if gold is not None else "")
+
+    def prompt(r: dict) -> str:
+        right = f"\n(right answer: {r['right_answer']})" if toy and r.get("right_answer") else ""
+        return textwrap.fill(clean(r["prompt"]), 28) + right
+
+    cells = [[prompt(r)] + [answer(r, k) for k in names] for r in samples[:n]]
     heights = [max(c.count("\n") + 1 for c in row) for row in cells]
     total = sum(heights) + 1
     fig, ax = plt.subplots(figsize=(3.3 * (len(names) + 1), 0.7 + 0.22 * total))
@@ -422,7 +443,8 @@ def plot_answers(samples: list[dict], path: Path, n: int = 5) -> Path | None:
         cell.set_height((heights[row - 1] if row else 1) / total)
         if row == 0:
             cell.set_text_props(weight="bold")
-    ax.set_title("The same held-out prompts answered by " + ", ".join(names) + " (greedy)", fontsize=11)
+    scored = " with each answer's gold reward" if toy else ""
+    ax.set_title("The same held-out prompts answered by " + ", ".join(names) + f" (greedy){scored}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -578,7 +600,9 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
             "|---|" + "---|" * len(names),
         ]
         for s in ev["samples"]:
-            cells = [s["prompt"], *(s[k] for k in names)]
+            right = f" (right answer: {s['right_answer']})" if s.get("right_answer") else ""
+            gold = {k: f" [gold {s[k + '_gold']:+.2f}]" if s.get(k + "_gold") is not None else "" for k in names}
+            cells = [s["prompt"] + right, *(s[k] + gold[k] for k in names)]
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") or "(empty)" for c in cells) + " |")
         lines.append("")
     for stage in STAGES:

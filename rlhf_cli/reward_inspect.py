@@ -131,7 +131,8 @@ def _histogram(chosen: list[float], rejected: list[float], path: Path) -> Path:
     ax.hist(chosen, bins=bins, alpha=0.6, label="chosen")
     ax.hist(rejected, bins=bins, alpha=0.6, label="rejected")
     ax.set_xlabel("reward-model score")
-    ax.set_ylabel("answers")
+    ax.set_ylabel("pairs")  # an answer ranked against several others counts once per pair
+    ax.set_title(f"Scores of the chosen and rejected answer of {len(chosen)} pairs", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -171,10 +171,14 @@ def plot_sweep(record: dict, path: Path) -> Path:
         fontsize=10,
     )
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.12)  # room for the labels of the points at the edges
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower right", fontsize=8)
+    # below the axes: inside, it covered the points (the largest-KL one sits in a corner)
+    ax.legend(
+        lines, [ln.get_label() for ln in lines], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

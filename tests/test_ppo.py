@@ -103,8 +103,10 @@ def test_ppo_stage_outputs_then_resume_after_a_kill(skeleton, tmp_path):
         "answer/eos_share",
         "episodes_per_s",
         "beta",
+        "objective/gold",  # the toy world's gold reward of the rollouts, monitored (not rewarded)
     ):
         assert key in log[-1], key
+    assert all(-1.0 <= r["objective/gold"] <= 1.0 for r in log)
     model = AutoModelForCausalLM.from_pretrained(stage / "final")  # a plain causal LM
     assert model.config.vocab_size > 0
     assert (stage / "final" / "lineage.json").exists() and (stage / "final" / "README.md").exists()

@@ -150,6 +150,8 @@ class PPOTrainer:
         train_dataset: rows {"prompt": messages}.
         ptx_blocks: optional LongTensor (n, block) of pre-training text for PPO-ptx (`ptx_coef` > 0).
         metrics_path: where the main process appends one JSON line per step.
+        monitors: {name: f(prompts, answers, finished) -> list of floats}, logged as `objective/<name>` each step
+            and never rewarded (the toy world's gold reward: what the reward model stands in for).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class PPOTrainer:
         train_dataset,
         ptx_blocks: torch.Tensor | None = None,
         metrics_path: str | Path | None = None,
+        monitors: dict | None = None,
     ):
         from accelerate import Accelerator
         from transformers import get_scheduler
@@ -171,6 +174,7 @@ class PPOTrainer:
         self.args, self.tokenizer = args, processing_class
         self.prompts = [row["prompt"] for row in train_dataset]
         self.reward_funcs = reward_funcs
+        self.monitors = monitors or {}
         self.metrics_path = Path(metrics_path) if metrics_path else None
         report_to = [r for r in (args.report_to or []) if r != "none"]
         self.accelerator = acc = Accelerator(
@@ -433,6 +437,10 @@ class PPOTrainer:
             "objective/kl": kl_seq.mean(),
             "objective/non_score_reward": (-beta * kl_seq).mean(),
             "objective/rlhf_reward": (scores - beta * kl_seq).mean(),
+            **{
+                f"objective/{name}": torch.tensor(fn(prompts, texts, finished.tolist()), dtype=torch.float).mean()
+                for name, fn in self.monitors.items()
+            },
             "answer/length": maskf.sum(1).mean(),
             "answer/eos_share": finished.float().mean(),
             **{
@@ -506,8 +514,9 @@ class PPOTrainer:
         ):
             done = self.step - first_step
             eta = (time.time() - start) / done * (self.num_steps - self.step)
+            gold = f" | gold {row['objective/gold']:+.3f}" if "objective/gold" in row else ""
             print(
-                f"ppo {self.step}/{self.num_steps} | score {row['objective/rm_score']:+.3f} | kl {row['objective/kl']:.3f} "
+                f"ppo {self.step}/{self.num_steps} | score {row['objective/rm_score']:+.3f}{gold} | kl {row['objective/kl']:.3f} "
                 f"| beta {row['beta']:.3g} | pg {row.get('loss/pg_loss', 0):+.3f} | vf {row.get('loss/vf_loss', 0):.3f} "
                 f"| len {row['answer/length']:.1f} | eos {row['answer/eos_share']:.2f} | {row['episodes_per_s']:.1f} ep/s "
                 f"| eta {eta:.0f}s",

@@ -85,6 +85,7 @@ def setup(ctx) -> Job:
         train_ds,
         ptx_blocks=ptx_blocks,
         metrics_path=ctx.layout.metrics(STAGE),
+        monitors=_gold_monitor(recipe),
     )
 
     def started() -> None:
@@ -275,6 +276,22 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         for p, s, q in list(zip(prompts, sft_answers, ppo_answers, strict=True))[:5]
     ]
     return out
+
+
+def _gold_monitor(recipe) -> dict:
+    """On the toy world, the gold reward of each step's rollouts, logged beside the reward model's score (not trained
+    on): the report draws both, so a reward model being gamed shows as the two curves parting."""
+    if not recipe.ppo.data.toy:
+        return {}
+    from rlhf_cli.data.toy import ToyWorld
+    from rlhf_cli.feedback import prompt_text
+
+    world = ToyWorld(recipe.seed)
+
+    def gold(prompts, answers, finished):
+        return [world.gold_reward(prompt_text(p), a, f) for p, a, f in zip(prompts, answers, finished, strict=True)]
+
+    return {"gold": gold}
 
 
 def torch_bool(values):
