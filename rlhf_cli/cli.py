@@ -20,6 +20,8 @@ from rlhf_cli.errors import UserError
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not sys.stdout.isatty():  # piped or logged, rich would squeeze every table to 80 columns
+    os.environ.setdefault("COLUMNS", "140")
 if not sys.stderr.isatty():  # progress bars only on a terminal: in a log file every redraw is a line
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -147,12 +149,13 @@ def _load(recipe: str, overrides: list[str] | None):
     return load_recipe(recipe, overrides)
 
 
-def _dry_run(rec, run_dir: Path, plan: str):
+def _dry_run(rec, run_dir: Path, plan: str, stages: list[str]):
+    """The resolved recipe, then the plan: the steps that would run and the trainer config each training step builds."""
     typer.echo(rec.to_yaml())
-    typer.echo(f"# plan: {plan}\n# run folder: {run_dir}")
+    typer.echo(f"# plan: {plan}\n# steps: {', '.join(stages)}\n# run folder: {run_dir}")
     from rlhf_cli.stages.common import build_trainer_configs
 
-    for stage, cfg in build_trainer_configs(rec, run_dir).items():
+    for stage, cfg in build_trainer_configs(rec, run_dir, stages).items():
         typer.echo(f"# {stage}: {type(cfg).__name__} builds (max_steps={cfg.max_steps}, lr={cfg.learning_rate})")
 
 
@@ -162,7 +165,7 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
     rec = _load(rec_name, overrides)
     run_dir = rec.run_dir(output_dir)
     if dry_run:
-        return _dry_run(rec, run_dir, f"rlhf {stage}")
+        return _dry_run(rec, run_dir, f"rlhf {stage}", [stage])
     from rlhf_cli.runs import no_trace_on_user_error
 
     # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
@@ -344,7 +347,10 @@ def pipeline(
     rec = _load(recipe, set_)
     run_dir = rec.run_dir(output_dir)
     if dry_run:
-        return _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or 'all'}")
+        from rlhf_cli.pipeline import parse_stages
+
+        steps = parse_stages(stages if stages is not None else rec.stages)
+        return _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or ','.join(steps)}", steps)
     from rlhf_cli.pipeline import TARGETS_MISSED
 
     record = run_pipeline(

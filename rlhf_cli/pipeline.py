@@ -143,7 +143,7 @@ def run_pipeline(
 
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
-    steps = parse_stages(stages)
+    steps = parse_stages(stages if stages is not None else recipe.stages)
     if resume and overwrite:
         raise UserError("--resume keeps finished stages and --overwrite replaces them: pass one of the two.")
     existing = [s for s in steps if s not in ("eval", "report") and layout.started(s)]  # those two are rewritten

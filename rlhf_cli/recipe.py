@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_cli.errors import UserError
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import STEPS, RunLayout
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -197,6 +197,8 @@ class Recipe(Section):
     seed: int = 0
     output_dir: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # rlhf_cli.precision: the rule behind auto
+    # The steps `rlhf pipeline` runs for this recipe, in pipeline order (None: all of them); --stages overrides it.
+    stages: list[Literal[STEPS]] | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)

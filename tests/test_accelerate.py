@@ -99,11 +99,15 @@ def test_gpu_recipe_documents_itself_and_validates(name):
 @pytest.mark.parametrize("name", GPU_RECIPES)
 def test_gpu_recipe_dry_run_builds_every_trainer_config_offline(name, tmp_path, no_network):
     runner = CliRunner()
-    for command in ("pretrain", "sft", "reward", "ppo", "pipeline"):
+    for command in ("pretrain", "sft", "reward", "ppo"):  # a stage's dry run builds its own trainer config
         result = runner.invoke(app, [command, "--recipe", name, "--dry-run", "-o", str(tmp_path / "run")])
         assert result.exit_code == 0, f"{command}: {result.output}"
-        for stage in ("pretrain", "sft", "reward", "ppo"):
-            assert f"# {stage}: " in result.output and "builds" in result.output
+        assert f"# {command}: " in result.output and "builds" in result.output
+    result = runner.invoke(app, ["pipeline", "--recipe", name, "--dry-run", "-o", str(tmp_path / "run")])
+    planned = [s for s in load_recipe(name).stages if s in ("pretrain", "sft", "reward", "ppo")]
+    assert result.exit_code == 0 and planned, result.output
+    assert all(f"# {stage}: " in result.output for stage in planned)  # the steps this recipe runs, no others
+    assert not any(f"# {s}: " in result.output for s in {"pretrain", "sft", "reward", "ppo"} - set(planned))
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 

@@ -57,7 +57,11 @@ def test_recipe_show_misspelt_key_exits_2_naming_the_key():
 def test_stage_dry_run_builds_trainer_configs(tmp_path):
     result = runner.invoke(app, ["pretrain", "--dry-run", "-o", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
+    assert "PretrainArguments builds" in result.output and "PPOConfig" not in result.output  # only its own stage
+    result = runner.invoke(app, ["pipeline", "--dry-run", "-o", str(tmp_path / "run")])
     assert "PretrainArguments builds" in result.output and "PPOConfig builds" in result.output
+    result = runner.invoke(app, ["pipeline", "--recipe", "qwen-0.5b-rlhf", "--dry-run", "-o", str(tmp_path / "run")])
+    assert "# steps: sft, reward, ppo, eval, report" in result.output and "PretrainArguments" not in result.output
     assert not (tmp_path / "run").exists()
 
 

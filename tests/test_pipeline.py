@@ -52,6 +52,18 @@ def test_runs_every_step_in_order_and_records_timings(tmp_path, fake_steps):
     assert record["total_seconds"] >= 0
 
 
+def test_a_recipe_names_the_steps_it_runs(tmp_path, fake_steps):
+    rec = load_recipe("tiny", ["stages=[report, sft, reward]"], check_training=False)
+    pipeline.run_pipeline(rec, tmp_path / "run")
+    assert [c[0] for c in fake_steps] == ["sft", "reward", "report"]  # in pipeline order
+    fake_steps.clear()
+    pipeline.run_pipeline(rec, tmp_path / "other", stages="ppo")  # --stages wins
+    assert [c[0] for c in fake_steps] == ["ppo"]
+    assert load_recipe("qwen-0.5b-rlhf", check_training=False).stages == ["sft", "reward", "ppo", "eval", "report"]
+    with pytest.raises(UserError, match="stages"):
+        load_recipe("tiny", ["stages=[sft, rm]"], check_training=False)
+
+
 def test_resume_skips_finished_stages_and_resumes_the_unfinished_one(tmp_path, fake_steps):
     run = tmp_path / "run"
     for stage in ("pretrain", "sft"):

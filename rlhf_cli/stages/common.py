@@ -175,12 +175,13 @@ def planned_parameters(recipe, stage: str) -> int | None:
     return estimate_parameters(recipe.model, recipe.tokenizer.train.vocab_size)
 
 
-def build_trainer_configs(recipe, run_dir: Path) -> dict[str, Any]:
-    """Every stage's trainer config, built without training (for `--dry-run` and `rlhf check`)."""
+def build_trainer_configs(recipe, run_dir: Path, stages=("pretrain", "sft", "reward", "ppo")) -> dict[str, Any]:
+    """The trainer config of each training stage among `stages`, built without training (`--dry-run`, `rlhf check`)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         return {
             stage: trainer_config(recipe, stage, Path(tmp) / stage, n_params=planned_parameters(recipe, stage))
             for stage in ("pretrain", "sft", "reward", "ppo")
+            if stage in stages
         }
