@@ -302,10 +302,14 @@ def label(
     annotator: Annotated[
         str | None, typer.Option("--annotator", help="human | toy | a rankings file (default: the recipe's).")
     ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="A person: stop after this many prompts in this sitting.")
+    ] = None,
 ):
     """Rank the samples best to worst: a person in the terminal, the toy world's simulated annotator, or a file.
 
-    Example: `rlhf label --recipe tiny --annotator human` (skip, undo, quit; starting again resumes)
+    Example: `rlhf label --recipe tiny --annotator human --limit 50` (skip, undo, quit, revisit the skipped ones at the
+    end; starting again resumes)
     """
     from rlhf_cli.feedback import label as do_label
     from rlhf_cli.runs import no_trace_on_user_error
@@ -316,7 +320,12 @@ def label(
     again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator or rec.feedback.annotator}"]
     with no_trace_on_user_error(rec.run_dir(output_dir)):
         do_label(
-            rec, rec.run_dir(output_dir), annotator=annotator, overwrite=overwrite, continue_with=shlex.join(again)
+            rec,
+            rec.run_dir(output_dir),
+            annotator=annotator,
+            overwrite=overwrite,
+            continue_with=shlex.join(again),
+            limit=limit,
         )
 
 

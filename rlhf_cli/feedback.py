@@ -140,8 +140,10 @@ def label(
     ask: Callable[[str], str] | None = None,
     console=None,
     continue_with: str = "rlhf label --annotator human",
+    limit: int | None = None,
 ) -> Path:
-    """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings.
+    """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings; a person
+    stops after `limit` prompts (ranked or skipped) in this session.
 
     Rankings a person made are never deleted: `overwrite` moves them to feedback/backup/ first (`back_up`)."""
     from rlhf_cli.distributed import is_main_process, wait_for_everyone
@@ -151,19 +153,19 @@ def label(
     if not is_main_process():  # several processes (accelerate launch): the main one labels, the others wait for it
         wait_for_everyone()
         return out
-    path = _label_main(rec, feedback, out, annotator, overwrite, ask, console, continue_with)
+    path = _label_main(rec, feedback, out, annotator, overwrite, ask, console, continue_with, limit)
     wait_for_everyone()
     return path
 
 
-def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console, continue_with) -> Path:
+def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console, continue_with, limit) -> Path:
     who = annotator or rec.feedback.annotator
     if who == "human":
         if overwrite:  # start over, but what a person ranked is moved aside, never deleted
             read_samples(feedback / SAMPLES)  # a missing samples file is refused before anything moves
             for name in (RANKINGS, SKIPPED):
                 back_up(feedback / name, always=True)
-        return label_human(feedback / SAMPLES, out, ask=ask, console=console, continue_with=continue_with)
+        return label_human(feedback / SAMPLES, out, ask=ask, console=console, continue_with=continue_with, limit=limit)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
     if who == "toy":
@@ -317,12 +319,17 @@ def label_human(
     ask: Callable[[str], str] | None = None,
     console=None,
     continue_with: str = "rlhf label --annotator human",
+    limit: int | None = None,
 ) -> Path:
     """The terminal screen: show each prompt and its answers, take a full ranking, skip, undo or quit; resumable.
+    When every prompt is done, the skipped ones can be revisited (r). On a terminal each prompt is drawn on a clean
+    screen. `limit`: stop after this many prompts ranked or skipped in this session (a sitting of a set length).
 
     `continue_with` is the command the quit message offers to carry on (never one with --overwrite, which starts over).
     """
     from rich.console import Console
+
+    from rlhf_cli.files import write_text_atomic
 
     console = console or Console()
     ask = ask or console.input
@@ -342,19 +349,29 @@ def label_human(
     if done:
         console.print(f"Resuming: {len(rankings)} ranked, {len(skipped)} skipped, {len(todo) - len(done)} to go.")
     console.print(HELP)
-    message, acted = "", False
+    message, acted, this_session = "", False, 0
     while True:
         pending = [i for i in todo if i not in done]
+        if limit is not None and this_session >= limit and pending:
+            console.print(
+                f"{this_session} prompts this session (--limit {limit}); {len(pending)} to go. "
+                f"To continue: {continue_with}"
+            )
+            break
         if not pending and not acted:  # nothing left from the start (e.g. `rlhf pipeline --resume`): return at once
             console.print(f"All {len(todo)} prompts are ranked or skipped ({out}).")
             break
         if pending:
             index = pending[0]
             row, keep = samples[index], unique_answers(samples[index])
+            if console.is_terminal:  # redraw, do not scroll: one prompt on the screen at a time
+                console.clear()
             _show(console, row, keep, f"{len(done) + 1} of {len(todo)}")
             question = f"ranking [1-{len(keep)}] / s / u / q: "
-        else:  # the last answer can still be taken back
-            question = f"All {len(todo)} prompts done. u = undo the last, Enter = finish: "
+        else:  # the last answer can still be taken back, the skipped prompts revisited
+            n_skipped = len(_read_jsonl(skipped_path))
+            back = f"r = rank the {n_skipped} skipped, " if n_skipped else ""
+            question = f"All {len(todo)} prompts done. {back}u = undo the last, Enter = finish: "
         if message:
             console.print(f"[yellow]{message}[/yellow]")
         try:
@@ -371,6 +388,11 @@ def label_human(
                 message = f"Undone: prompt {undone['sample'] + 1} will be asked again."
                 todo.remove(undone["sample"])
                 todo.insert(0, undone["sample"])  # ask it next
+        elif not pending and reply in ("r", "revisit") and _read_jsonl(skipped_path):
+            revisit = {r["sample"] for r in _read_jsonl(skipped_path)}
+            write_text_atomic(skipped_path, "")
+            done -= revisit
+            message = f"{len(revisit)} skipped prompts to rank."
         elif not pending or reply in ("q", "quit"):
             saved = len(_read_jsonl(out))
             where = f"{saved} rankings saved in {out}" if saved else "No rankings given yet"
@@ -380,6 +402,7 @@ def label_human(
             _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})
             done.add(index)
             action += 1
+            this_session += 1
         else:
             try:
                 order = parse_ranking(reply, len(keep))
@@ -398,4 +421,5 @@ def label_human(
             )
             done.add(index)
             action += 1
+            this_session += 1
     return out

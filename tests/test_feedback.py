@@ -110,6 +110,32 @@ def test_human_screen_rank_skip_undo_quit_resume(tmp_path):
     assert pairs[3]["chosen"] == "a1" and pairs[3]["rejected"] == "b1"
 
 
+def test_human_screen_revisits_skipped_prompts_and_stops_at_a_limit(tmp_path):
+    samples = _write_samples(tmp_path)
+    out = tmp_path / "feedback" / "rankings.jsonl"
+    skipped = out.with_name("skipped.jsonl")
+    asked = []
+
+    def script(*replies):
+        it = iter(replies)
+
+        def ask(prompt):
+            asked.append(prompt)
+            return next(it)
+
+        return ask
+
+    # --limit 1: one prompt this sitting, then stop with the way back in
+    screen = io.StringIO()
+    label_human(samples, out, ask=script("s"), console=Console(file=screen, width=200), limit=1, continue_with="AGAIN")
+    assert [r["sample"] for r in _rows(skipped)] == [0] and "--limit 1" in screen.getvalue() and "AGAIN" in screen.getvalue()
+    # the rest, then r: the skipped prompt comes back and is ranked; nothing is left skipped
+    label_human(samples, out, ask=script("1 2 3", "2 1", "r", "3 2 1", ""), console=Console(file=io.StringIO()))
+    assert "r = rank the 1 skipped" in asked[3]
+    assert [r["sample"] for r in _rows(out)] == [1, 2, 0] and _rows(skipped) == []
+    assert _rows(out)[2]["responses"] == ["c0", "b0", "a0"]
+
+
 def test_human_refuses_rankings_of_other_samples(tmp_path):
     samples = _write_samples(tmp_path)
     out = tmp_path / "feedback" / "rankings.jsonl"
