@@ -14,15 +14,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.generation import generate
+from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 
 HELP = "Type a message; /reset clears the history, /help shows this, /quit (or Ctrl-D) exits."
 
 
 def load_chat_model(model_dir: str):
     """(model, tokenizer) for a causal-LM folder, a LoRA adapter folder or a hub id; UserError for anything else."""
-    from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 
     path = Path(model_dir)
     if path.exists() and not path.is_dir():
@@ -78,8 +79,6 @@ def reply(
     """Generate the assistant's next turn for `messages`, calling `write` with each piece of text as it is decoded."""
     import torch
     from transformers import TextStreamer
-
-    from rlhf_cli import precision as precisions
 
     class Streamer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False):

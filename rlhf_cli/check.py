@@ -20,8 +20,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rlhf_cli import hub
+from rlhf_cli.data.formats import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import load_error, load_tokenizer, model_config, train_tokenizer
+from rlhf_cli.recipe import DataSpec
+from rlhf_cli.stages.common import build_trainer_configs, trainer_config
 
 SAMPLE = 2000  # examples tokenized for the histogram / texts for a stand-in tokenizer
 GIB = 1024**3
@@ -66,7 +71,6 @@ def check_recipe(recipe, run_dir: Path, console: Console | None = None) -> dict[
 
 def _data_jobs(recipe, run_dir: Path) -> list[tuple[str, str, Any, str]]:
     """(label, data-layer stage, spec or None, note) for every data set the recipe names."""
-    from rlhf_cli.recipe import DataSpec
 
     jobs = [
         ("pretrain", "pretrain", recipe.pretrain.data, ""),
@@ -95,7 +99,6 @@ def _source(spec) -> str:
 
 def check_data(recipe, run_dir: Path, toy_dir: Path, problems: list[str], console: Console) -> dict[str, dict]:
     """Read, normalise and split every data set; a table of row counts; each failure added to `problems`."""
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
 
     table = Table(title="Data sets (read and validated through the data layer)", title_justify="left")
     for col, just in (
@@ -141,7 +144,6 @@ def _head(ds, n: int) -> list[dict]:
 def pick_tokenizer(recipe, run_dir: Path, data: dict, problems: list[str]):
     """The tokenizer the run will use: tokenizer.from, this run's pretrain/final, an init_from model's, else a stand-in
     trained on a sample of the pre-training corpus. Returns (tokenizer or None, description)."""
-    from rlhf_cli.modeling import load_tokenizer, train_tokenizer
 
     final = RunLayout(run_dir).final("pretrain")
     candidates = [
@@ -251,7 +253,6 @@ def length_histogram(recipe, tokenizer, train, console: Console, bins: int = 10)
 
 def trainer_configs(recipe, run_dir: Path, problems: list[str], console: Console) -> dict[str, Any]:
     """Every stage's trainer config (defaults < recipe), built as training would build it."""
-    from rlhf_cli.stages.common import build_trainer_configs, trainer_config
 
     try:
         configs = build_trainer_configs(recipe, run_dir)
@@ -291,9 +292,6 @@ def _config(ref: str | None, fallback, what: str, recipe, problems: list[str]):
     if not ref:
         return fallback
     from transformers import AutoConfig
-
-    from rlhf_cli import hub
-    from rlhf_cli.modeling import load_error
 
     if not Path(ref).expanduser().exists():
         hub.offline_unless_reachable()
@@ -367,7 +365,6 @@ def memory_estimates(
     recipe, run_dir: Path, tokenizer, configs: dict, data: dict, problems: list[str], console: Console
 ):
     """Parameters and a training-memory estimate for each stage (PPO: policy, reference, reward and value models)."""
-    from rlhf_cli.modeling import model_config
 
     try:
         own = model_config(recipe.model, tokenizer)

@@ -17,8 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rlhf_cli import precision as precisions
+from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
+from rlhf_cli.feedback import prompt_text
+from rlhf_cli.files import write_json_atomic
+from rlhf_cli.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.recipe import Recipe, load_recipe
 from rlhf_cli.scoring import load_reward_model, score
 from rlhf_cli.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
 
@@ -32,9 +41,6 @@ def sample_with_ids(
 ):
     """Sampled answers (temperature 1) as (prompt ids, answer ids incl. end-of-text when finished) pairs."""
     import torch
-
-    from rlhf_cli import precision as precisions
-    from rlhf_cli.generation import cut_at_eos, generate, left_pad, render_prompts
 
     torch.manual_seed(seed)
     model.eval()
@@ -63,8 +69,6 @@ def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32, precision
     """Sum of log p(answer token | context) over each answer's tokens."""
     import torch
 
-    from rlhf_cli import precision as precisions
-
     totals, device = [], next(model.parameters()).device
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
@@ -92,7 +96,6 @@ def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32, precision
 
 
 def _resolve_recipe(run_dir: Path, recipe, overrides):
-    from rlhf_cli.recipe import Recipe, load_recipe
 
     if isinstance(recipe, Recipe):
         return recipe
@@ -106,7 +109,6 @@ def _resolve_recipe(run_dir: Path, recipe, overrides):
 
 def eval_prompts(recipe, run_dir: Path) -> list[list[dict]]:
     """The held-out PPO prompts (the toy world's prompts_eval, or the ppo data's eval split), first eval.num_prompts."""
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
 
     spec, toy_dir = recipe.ppo.data, RunLayout(run_dir).toy
     ds = load_stage_data("ppo", spec, toy_dir=toy_dir, seed=recipe.seed)
@@ -124,10 +126,6 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     """
     import torch
     from rich.console import Console
-
-    from rlhf_cli.distributed import is_main_process
-    from rlhf_cli.files import write_json_atomic
-    from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -151,13 +149,10 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         )
 
     prompts = eval_prompts(rec, run_dir)
-    from rlhf_cli.feedback import prompt_text
 
     texts = [prompt_text(p) for p in prompts]  # the user's side, as the gold reward and the annotator read it
     world = None
     if rec.ppo.data.toy:
-        from rlhf_cli.data.toy import ToyWorld
-
         world = ToyWorld(rec.seed)
     rm = None
     rm_dir = RunLayout(run_dir).final("reward")
@@ -166,8 +161,6 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         rm = (load_reward_model(str(rm_dir), rm_tokenizer).to(inference_device()), rm_tokenizer)
     else:
         console.print(f"[yellow]eval: no reward model at {rm_dir}; reward-model scores are skipped[/]")
-
-    from rlhf_cli.generation import generate_answers
 
     per_model: dict[str, dict[str, Any]] = {}
     sampled: dict[str, list] = {}

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.files import save_dir_atomic, write_json_atomic
+from rlhf_cli.modeling import check_model_ref, count_parameters, load_tokenizer
+from rlhf_cli.runs import library_versions, write_model_card
 
 
 def _read_json(path: Path) -> dict:
@@ -26,8 +29,6 @@ def _read_json(path: Path) -> dict:
 def load_for_export(model_dir: str):
     """(model, tokenizer, info): an adapter merged into its base, or the model as it is; info says which."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from rlhf_cli.modeling import load_tokenizer
 
     path = Path(model_dir)
     if path.exists() and not path.is_dir():
@@ -69,8 +70,6 @@ def load_for_export(model_dir: str):
 
 def _is_classifier(ref: str) -> bool:
     from transformers import AutoConfig
-
-    from rlhf_cli.modeling import check_model_ref
 
     check_model_ref(ref, needs=("config.json", "adapter_config.json"))
     try:
@@ -132,9 +131,6 @@ def _card(title: str, info: dict, lineage: dict, params: int, out: Path) -> str:
 
 def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None, overwrite: bool = False) -> Path:
     """Write a clean HF folder for `model_dir` at `out` (atomically); push it to `push_to_hub` if given. Returns `out`."""
-    from rlhf_cli.files import save_dir_atomic, write_json_atomic
-    from rlhf_cli.modeling import count_parameters
-    from rlhf_cli.runs import library_versions, write_model_card
 
     out = Path(out)
     if out.exists() and not overwrite:

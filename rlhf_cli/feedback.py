@@ -30,8 +30,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rlhf_cli.data.formats import load_stage_data, read_table
+from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError
+from rlhf_cli.files import write_text_atomic
+from rlhf_cli.generation import check_prompts_fit, generate_answers
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.recipe import DataSpec
+from rlhf_cli.runs import resolve_model_dir
 
 SAMPLES, RANKINGS, SKIPPED = "samples.jsonl", "rankings.jsonl", "skipped.jsonl"
 HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"
@@ -42,12 +50,6 @@ HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"
 
 def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False) -> Path:
     """K answers per prompt from the run's SFT model (or `model` / feedback.model) to feedback/samples.jsonl."""
-    from rlhf_cli.data.formats import load_stage_data
-    from rlhf_cli.distributed import is_main_process, wait_for_everyone
-    from rlhf_cli.files import write_text_atomic
-    from rlhf_cli.generation import check_prompts_fit, generate_answers
-    from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
-    from rlhf_cli.runs import resolve_model_dir
 
     fb = rec.feedback
     out = RunLayout(run_dir).samples
@@ -146,7 +148,6 @@ def label(
     stops after `limit` prompts (ranked or skipped) in this session.
 
     Rankings a person made are never deleted: `overwrite` moves them to feedback/backup/ first (`back_up`)."""
-    from rlhf_cli.distributed import is_main_process, wait_for_everyone
 
     feedback = RunLayout(run_dir).feedback
     out = feedback / RANKINGS
@@ -194,8 +195,6 @@ def back_up(path: Path, *, always: bool = False) -> Path | None:
 
 def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path:
     """The toy world's simulated annotator: gold reward plus Gaussian noise of std `noise`, seeded."""
-    from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.files import write_text_atomic
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
@@ -222,9 +221,6 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path
 
 def copy_rankings(source: str, out: Path) -> Path:
     """A preference file made elsewhere: validated through the data layer, then copied (as JSON lines)."""
-    from rlhf_cli.data.formats import load_stage_data, read_table
-    from rlhf_cli.files import write_text_atomic
-    from rlhf_cli.recipe import DataSpec
 
     path = Path(source).expanduser()
     if not path.exists():
@@ -263,7 +259,6 @@ def _append(path: Path, row: dict) -> None:
 
 def _drop_last_action(paths: list[Path]) -> dict | None:
     """Remove the most recent ranking or skip (highest `n`) from whichever file holds it; return it."""
-    from rlhf_cli.files import write_text_atomic
 
     best = None
     for path in paths:
@@ -328,8 +323,6 @@ def label_human(
     `continue_with` is the command the quit message offers to carry on (never one with --overwrite, which starts over).
     """
     from rich.console import Console
-
-    from rlhf_cli.files import write_text_atomic
 
     console = console or Console()
     ask = ask or console.input

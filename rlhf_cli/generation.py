@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf_cli import precision as precisions
+from rlhf_cli.errors import UserError
+
 
 @dataclass
 class Answer:
@@ -29,7 +32,6 @@ def render_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
 
 def check_prompts_fit(tokenizer, model, prompts: list[list[dict]], new_tokens: int, stage: str, setting: str) -> None:
     """A UserError when a rendered prompt plus `new_tokens` generated tokens exceeds the model's context."""
-    from rlhf_cli.errors import UserError
 
     config = getattr(model, "config", None)
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -103,8 +105,6 @@ def generate_answers(
     """`num_return_sequences` answers for each prompt (temperature 0 = greedy), batched, with an optional progress bar;
     `precision` is the recipe's setting (rlhf_cli.precision)."""
     import torch
-
-    from rlhf_cli import precision as precisions
 
     if seed is not None:
         torch.manual_seed(seed)

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.generation import generate, left_pad
 
 
@@ -82,8 +83,6 @@ def evaluate_lm(model, tokenizer, blocks: list[list[int]], batch_size: int = 16)
 def probe_accuracy(model, tokenizer, probes_path: Path, max_new_tokens: int = 4, batch_size: int = 96) -> float:
     """Share of the toy world's completion probes ("the fox eats" -> "berries") the model continues right, greedily."""
     import torch
-
-    from rlhf_cli.data.toy import ToyWorld
 
     probes = [json.loads(line) for line in Path(probes_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     device = next(model.parameters()).device

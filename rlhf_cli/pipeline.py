@@ -21,8 +21,12 @@ from typing import Any
 
 from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
+from rlhf_cli.evaluate import evaluate_run
+from rlhf_cli.feedback import label, labelling_progress, sample
 from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.layout import STEPS, RunLayout
+from rlhf_cli.recipe import save_resolved
+from rlhf_cli.report import assess, build_report, step_headline
 from rlhf_cli.runs import Interrupted, no_trace_on_user_error
 
 TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was missed or a red flag raised
@@ -56,7 +60,6 @@ def _model_stage(name: str) -> Callable[..., Any]:
 
 
 def _sample(recipe, run_dir: Path, *, overwrite: bool, **_):
-    from rlhf_cli.feedback import sample
 
     return sample(recipe, run_dir, overwrite=overwrite)
 
@@ -64,7 +67,6 @@ def _sample(recipe, run_dir: Path, *, overwrite: bool, **_):
 def _label(recipe, run_dir: Path, *, overwrite: bool, **_):
     """Rank the samples; a partly labelled file is continued (the human screen resumes) unless --overwrite (which backs
     it up). A person who stopped part-way stops the pipeline: the reward model must not train on part of the rankings."""
-    from rlhf_cli.feedback import label, labelling_progress
 
     layout = RunLayout(run_dir)
     again = f"rlhf pipeline --recipe {layout.recipe} --output-dir {run_dir} --resume"
@@ -88,13 +90,11 @@ def _on_main_process(summarise: Callable[[Path, Any], Any]) -> Callable[..., Any
 
 
 def _eval(run_dir: Path, recipe):
-    from rlhf_cli.evaluate import evaluate_run
 
     return evaluate_run(run_dir, recipe=recipe)
 
 
 def _report(run_dir: Path, recipe):
-    from rlhf_cli.report import build_report
 
     return {"report": str(build_report(run_dir))}
 
@@ -138,8 +138,6 @@ def run_pipeline(
         UserError: an unknown stage name, or existing outputs without --resume/--overwrite.
     """
     from rich.console import Console
-
-    from rlhf_cli.recipe import save_resolved
 
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
@@ -193,8 +191,6 @@ def run_pipeline(
         if is_main_process():
             save_resolved(recipe, run_dir)
             write_json_atomic(record_path, record)
-
-    from rlhf_cli.report import assess, step_headline
 
     for step, entry in record["steps"].items():
         entry["headline"] = step_headline(run_dir, step)

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.files import write_text_atomic
 from rlhf_cli.layout import STEPS, RunLayout
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
@@ -441,6 +442,5 @@ def resume_differences(saved: dict, recipe: Recipe, stage: str) -> list[tuple[st
 
 def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
     """Write the resolved recipe as `recipe.yaml` in the run folder (atomically)."""
-    from rlhf_cli.files import write_text_atomic
 
     return write_text_atomic(RunLayout(run_dir).recipe, recipe.to_yaml())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.files import write_json_atomic, write_text_atomic
 from rlhf_cli.layout import RunLayout
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -459,7 +460,6 @@ def build_report(run_dir: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    from rlhf_cli.files import write_json_atomic, write_text_atomic
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_cli import files
+from rlhf_cli.data.formats import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
+from rlhf_cli.files import read_json
+from rlhf_cli.modeling import inference_device, load_tokenizer
+from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import load_reward_model, score_pairs
 from rlhf_cli.stats import bucket_name, pearson, tertiles, wilson
 
@@ -24,10 +28,6 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     `data`: any reward format; default the held-out part of the data the model was trained on (from its lineage.json).
     Writes <out_dir>/inspect.json and scores.png (default out_dir: MODEL_DIR/../inspect). Returns the report.
     """
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.files import read_json
-    from rlhf_cli.modeling import inference_device, load_tokenizer
-    from rlhf_cli.recipe import DataSpec
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():

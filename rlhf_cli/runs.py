@@ -21,6 +21,7 @@ from rlhf_cli.distributed import any_process, is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.files import write_json_atomic, write_text_atomic
 from rlhf_cli.layout import STAGE_RECIPE, RunLayout
+from rlhf_cli.recipe import resume_differences, save_resolved
 
 
 class Interrupted(Exception):
@@ -51,8 +52,6 @@ def check_stage_dir(
     saved = stage_dir / STAGE_RECIPE
     if resume and recipe is not None and saved.is_file() and not accept_changes:
         import yaml
-
-        from rlhf_cli.recipe import resume_differences
 
         changed = resume_differences(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}, recipe, stage)
         if changed:
@@ -89,8 +88,6 @@ def prepare_stage_dir(
     if is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
         if recipe is not None:
-            from rlhf_cli.recipe import save_resolved
-
             save_resolved(recipe, run_dir)
             if accept_changes or not (resume and (stage_dir / STAGE_RECIPE).exists()):  # what its training runs on
                 write_text_atomic(stage_dir / STAGE_RECIPE, recipe.to_yaml())

@@ -8,6 +8,7 @@ import json
 import random
 import statistics
 
+from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.stats import proportion
 
@@ -35,8 +36,6 @@ def score(
     recipe's setting (rlhf_cli.precision)."""
     import torch
     from trl.trainer.utils import pad
-
-    from rlhf_cli import precision as precisions
 
     rows = [encode(tokenizer, p, a, max_length) for p, a in zip(prompts, answers, strict=True)]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))

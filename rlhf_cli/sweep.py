@@ -18,7 +18,11 @@ import os
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
+from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.pipeline import run_pipeline
+from rlhf_cli.recipe import load_recipe, save_resolved
+from rlhf_cli.stages import ppo
 
 PREREQUISITES = "pretrain,sft,sample,label,reward"
 
@@ -59,11 +63,6 @@ def run_sweep(
         overwrite: redo points already finished.
     """
     from rich.console import Console
-
-    from rlhf_cli.files import read_json, write_json_atomic
-    from rlhf_cli.pipeline import run_pipeline
-    from rlhf_cli.recipe import load_recipe, save_resolved
-    from rlhf_cli.stages import ppo
 
     run_dir = Path(run_dir)
     values = [v.strip() for v in values if v.strip()]

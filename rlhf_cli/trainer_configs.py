@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from rlhf_cli.ppo.config import PPOConfig
+
 
 @dataclass
 class PretrainArguments(TrainingArguments):
@@ -28,6 +30,5 @@ def config_class(stage: str):
         from trl import RewardConfig
 
         return RewardConfig
-    from rlhf_cli.ppo.config import PPOConfig
 
     return PPOConfig

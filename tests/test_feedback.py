@@ -128,7 +128,11 @@ def test_human_screen_revisits_skipped_prompts_and_stops_at_a_limit(tmp_path):
     # --limit 1: one prompt this sitting, then stop with the way back in
     screen = io.StringIO()
     label_human(samples, out, ask=script("s"), console=Console(file=screen, width=200), limit=1, continue_with="AGAIN")
-    assert [r["sample"] for r in _rows(skipped)] == [0] and "--limit 1" in screen.getvalue() and "AGAIN" in screen.getvalue()
+    assert (
+        [r["sample"] for r in _rows(skipped)] == [0]
+        and "--limit 1" in screen.getvalue()
+        and "AGAIN" in screen.getvalue()
+    )
     # the rest, then r: the skipped prompt comes back and is ranked; nothing is left skipped
     label_human(samples, out, ask=script("1 2 3", "2 1", "r", "3 2 1", ""), console=Console(file=io.StringIO()))
     assert "r = rank the 1 skipped" in asked[3]

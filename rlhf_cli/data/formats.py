@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli import hub as hf_hub
+from rlhf_cli.data.toy import toy_files
 from rlhf_cli.errors import UserError
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -570,7 +571,6 @@ def _toy_path(stage: str, part: str, toy_dir: Path | None, seed: int) -> Path:
         )
     if toy_dir is None:
         raise ValueError("toy_dir is required when data.toy is true")
-    from rlhf_cli.data.toy import toy_files
 
     files, key = toy_files(Path(toy_dir), seed), f"{TOY_KEYS[stage]}_{part}"
     return Path(files[key] if key in files else files[f"{key}.jsonl"])  # keys with or without the suffix

@@ -28,7 +28,8 @@ from rlhf_cli.feedback import prompt_text  # the user's side, as the annotator a
 from rlhf_cli.generation import generate, left_pad, render_prompts
 from rlhf_cli.ppo import core
 from rlhf_cli.ppo.config import PPOConfig
-from rlhf_cli.runs import Interrupted, StopOnSignal
+from rlhf_cli.runs import Interrupted, NonFiniteLoss, StopOnSignal
+from rlhf_cli.scoring import score
 
 # ------------------------------------------------------------------------------------------------------ rewards
 
@@ -83,7 +84,6 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts, answers, finished) -> torch.Tensor:
-        from rlhf_cli.scoring import score  # the reward stage's own rendering: the same text it was trained on
 
         raw = score(
             self.model,
@@ -406,8 +406,6 @@ class PPOTrainer:
                     if ptx_loss is not None:
                         loss = loss + args.ptx_coef * ptx_loss
                     if not torch.isfinite(loss):
-                        from rlhf_cli.runs import NonFiniteLoss
-
                         raise NonFiniteLoss("ppo", self.step + 1, float(loss))
                     acc.backward(loss)
                     if acc.sync_gradients and args.max_grad_norm:

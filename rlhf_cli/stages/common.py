@@ -6,7 +6,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlhf_cli import precision
+from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
+from rlhf_cli.modeling import estimate_parameters
+from rlhf_cli.precision import gpu_available
+from rlhf_cli.runs import nan_guard_args
 
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
 # TRL's configs default to bf16=True and gradient checkpointing on: set both explicitly.
@@ -49,7 +54,6 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def stage_precision(recipe, stage: str, n_params: int | None):
     """The precision the stage trains in, and why: its `training.bf16`, else the recipe's `precision:` rule."""
-    from rlhf_cli import precision
 
     return precision.for_training(n_params, recipe.precision, getattr(recipe, stage).training)
 
@@ -57,7 +61,6 @@ def stage_precision(recipe, stage: str, n_params: int | None):
 def announce(recipe, stage: str, n_params: int | None) -> dict[str, str]:
     """The stage's first line: the model size and the precision it trains in, and why (main process only); returns
     the precision as eval.json records it."""
-    from rlhf_cli.distributed import is_main_process
 
     chosen = stage_precision(recipe, stage, n_params)
     if is_main_process():
@@ -68,8 +71,6 @@ def announce(recipe, stage: str, n_params: int | None) -> dict[str, str]:
 
 def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = None) -> dict[str, Any]:
     """Keyword arguments for the stage's trainer config: defaults < precision < recipe `training:`."""
-    from rlhf_cli.precision import gpu_available
-    from rlhf_cli.runs import nan_guard_args
 
     kwargs = {
         **TRAINING_DEFAULTS[stage],
@@ -161,7 +162,6 @@ def check_report_to(stage: str, report_to) -> None:
 def planned_parameters(recipe, stage: str) -> int | None:
     """The size of the model `stage` will train when it descends from this run's fresh model (None: it loads a model
     named by the recipe, whose size is known only once it loads)."""
-    from rlhf_cli.modeling import estimate_parameters
 
     starts = {
         "pretrain": recipe.pretrain.init_from,

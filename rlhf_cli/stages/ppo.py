@@ -16,11 +16,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.errors import UserError
+from rlhf_cli.feedback import prompt_text
+from rlhf_cli.files import read_json
+from rlhf_cli.generation import check_prompts_fit, generate_answers
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
 from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
+from rlhf_cli.scoring import load_reward_model
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
+from rlhf_cli.stats import paired_difference_ci
 
 STAGE = "ppo"
 
@@ -31,9 +39,6 @@ def setup(ctx) -> Job:
     import torch
     from transformers import set_seed
 
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.generation import check_prompts_fit
-    from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
     from rlhf_cli.ppo.trainer import PPOTrainer
 
     recipe, spec, run_dir, stage_dir = ctx.recipe, ctx.recipe.ppo, ctx.layout.root, ctx.stage_dir
@@ -133,7 +138,6 @@ run = stage_runner(STAGE, setup)
 def _reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
     """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage."""
     from rlhf_cli.ppo.trainer import FunctionReward, load_function
-    from rlhf_cli.runs import resolve_model_dir
 
     spec = recipe.ppo
     terms = spec.rewards
@@ -157,10 +161,7 @@ def _reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
 
 
 def _reward_model(path: str, recipe, trust: bool, precision: str):
-    from rlhf_cli.files import read_json
-    from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.ppo.trainer import RewardModelScorer
-    from rlhf_cli.scoring import load_reward_model
 
     tok = load_tokenizer(path, trust_remote_code=trust)
     model = load_reward_model(path, tok, trust_remote_code=trust)
@@ -181,8 +182,6 @@ def _value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: boo
     """The value model: `ppo.value_from`, else the (first) reward model when it shares the policy's tokenizer, else the
     policy with a fresh scalar head. Values are read per token of the policy's answers, so the tokenizers must match."""
     from transformers import AutoModelForSequenceClassification
-
-    from rlhf_cli.modeling import load_tokenizer
 
     path = spec.value_from or next(iter(reward_dirs.values()), None)
     if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
@@ -205,8 +204,6 @@ def _ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: 
     """PPO-ptx data: the pretrain corpus as token blocks."""
     import torch
 
-    from rlhf_cli.data.formats import load_stage_data
-
     ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=RunLayout(run_dir).toy, seed=recipe.seed)
     block = min(block, recipe.pretrain.block_size)
     ids: list[int] = []
@@ -226,9 +223,6 @@ def _ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: 
 def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict:
     """The PPO policy next to the SFT model on held-out prompts: greedy answers scored by the reward and (toy world)
     the gold reward, with a paired 95 % bootstrap interval of the gain; KL to the reference on sampled answers."""
-    from rlhf_cli.generation import generate_answers
-    from rlhf_cli.ppo.trainer import prompt_text
-
     tok, args = trainer.tokenizer, trainer.args
     gen = {
         "max_new_tokens": args.response_length,
@@ -241,8 +235,6 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         sft_answers = [a[0] for a in generate_answers(ref, tok, prompts, **gen, progress="eval sft")]
     world = None
     if recipe.ppo.data.toy:
-        from rlhf_cli.data.toy import ToyWorld
-
         world = ToyWorld(recipe.seed)
     out: dict = {"num_prompts": len(prompts)}
     per_model = {}
@@ -267,8 +259,6 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
     out["ppo"]["sampled_length"] = _mean(lengths)
     out["rm_score_gain"] = out["ppo"]["rm_score"] - out["sft"]["rm_score"]
     if world:
-        from rlhf_cli.evaluate import paired_difference_ci
-
         gain = paired_difference_ci(per_model["ppo"], per_model["sft"], seed=recipe.seed)
         out["gold_gain"] = {k: round(v, 6) if k != "n" else v for k, v in gain.items()}
     out["examples"] = [
@@ -283,8 +273,6 @@ def _gold_monitor(recipe) -> dict:
     on): the report draws both, so a reward model being gamed shows as the two curves parting."""
     if not recipe.ppo.data.toy:
         return {}
-    from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.feedback import prompt_text
 
     world = ToyWorld(recipe.seed)
 

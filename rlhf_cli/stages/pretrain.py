@@ -16,8 +16,18 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from rlhf_cli import runs
+from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.lm_eval import evaluate_lm, matmul_parameters, probe_accuracy
+from rlhf_cli.modeling import (
+    build_model,
+    count_parameters,
+    flops_per_token,
+    load_causal_lm,
+    load_tokenizer,
+    measure_matmul_peak,
+    train_tokenizer,
+)
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.trainer_configs import PretrainArguments  # noqa: F401 - where checkpoints' pickled training args find it
@@ -32,9 +42,6 @@ def setup(ctx) -> Job:
     """Tokenizer, model and packed blocks, every input checked; the driver (rlhf_cli.stages.driver) does the rest."""
     from accelerate import PartialState
     from transformers import Trainer
-
-    from rlhf_cli.data import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import build_model, count_parameters, load_causal_lm
 
     recipe, spec, stage_dir = ctx.recipe, ctx.recipe.pretrain, ctx.stage_dir
     toy_dir = ctx.layout.toy if spec.data.toy else None
@@ -93,7 +100,6 @@ def setup(ctx) -> Job:
 
     def evaluate(output, checkpoint) -> dict:
         """Held-out loss, perplexity, bits per byte; speed and MFU of the training just done; the toy world's probes."""
-        from rlhf_cli.modeling import flops_per_token, measure_matmul_peak
 
         trained_model = trainer.accelerator.unwrap_model(trainer.model)
         metrics = evaluate_lm(trained_model, tokenizer, eval_ids)
@@ -157,7 +163,6 @@ def _summary(final: Path, m: dict) -> None:
 def _tokenizer(recipe, stage_dir: Path, train_docs, resume: bool):
     """(tokenizer, trained here?): `tokenizer.from`, else init_from's, else on --resume the one this stage saved, else one
     trained on the corpus (the caller saves it in the stage folder once the inputs are validated)."""
-    from rlhf_cli.modeling import load_tokenizer, train_tokenizer
 
     ref = recipe.tokenizer.from_ or recipe.pretrain.init_from
     if ref:

@@ -27,9 +27,14 @@ import random
 from pathlib import Path
 
 from rlhf_cli import distributed, files, runs
+from rlhf_cli.data.formats import group_id, load_stage_data, train_eval_split
+from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.errors import UserError
+from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
 from rlhf_cli.kwise import group_pairs, kwise_trainer_class
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import count_parameters, load_tokenizer
+from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import encode, load_reward_model, pair_metrics, score, score_stats
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
@@ -47,7 +52,6 @@ LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns
 
 def data_spec(rec, run_dir: Path):
     """reward.data, or (unset / toy) this run's feedback/rankings.jsonl."""
-    from rlhf_cli.recipe import DataSpec
 
     spec = rec.reward.data
     if spec is None or (spec.toy and not spec.path and not spec.hub):
@@ -67,9 +71,6 @@ def setup(ctx) -> Job:
     import datasets
     from transformers import set_seed
     from trl import RewardTrainer
-
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import count_parameters, load_tokenizer
 
     rec, rc, run_dir, stage_dir = ctx.recipe, ctx.recipe.reward, ctx.layout.root, ctx.stage_dir
     spec = data_spec(rec, run_dir)
@@ -213,9 +214,6 @@ def _tokenize_pairs(pairs, tokenizer, max_length: int, use_margin: bool):
 
 def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[int]) -> dict:
     """On the toy world: how often the reward model orders two held-out sampled answers as the gold reward does."""
-    from rlhf_cli.data.formats import group_id
-    from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
 
     samples_path = RunLayout(run_dir).samples
     own = spec.path and Path(spec.path).resolve() == (RunLayout(run_dir).rankings).resolve()

@@ -15,7 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_cli import distributed, runs
+from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data.toy import ToyWorld, toy_files
 from rlhf_cli.errors import UserError
+from rlhf_cli.generation import generate_answers
+from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 
 STAGE = "sft"
@@ -28,9 +33,6 @@ def setup(ctx) -> Job:
     import datasets
     import torch
     from transformers import set_seed
-
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import count_parameters, load_tokenizer
 
     recipe, spec, stage_dir = ctx.recipe, ctx.recipe.sft, ctx.stage_dir
     if spec.lora is not None and spec.lora.qlora:
@@ -116,7 +118,6 @@ def check_qlora() -> None:
 
 def load_model(init: str, spec, trust: bool):
     """The starting model; 4-bit NF4 weights for QLoRA, prepared for k-bit training."""
-    from rlhf_cli.modeling import load_causal_lm
 
     if spec.lora is None or not spec.lora.qlora:
         return load_causal_lm(init, trust_remote_code=trust)
@@ -149,9 +150,6 @@ def resize_for_tokenizer(model, tokenizer) -> list[int]:
 def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, added_tokens=(), callbacks=()):
     """TRL's SFTTrainer with the recipe's SFTConfig: assistant-only loss, max_length, packing, optimiser, LoRA."""
     from trl import SFTTrainer
-
-    from rlhf_cli.modeling import count_parameters
-    from rlhf_cli.stages.common import trainer_config
 
     spec = recipe.sft
     n_params = count_parameters(model)
@@ -256,8 +254,6 @@ def held_out_prompts(recipe, eval_ds, toy_dir: Path) -> list[list[dict]]:
 
     n = recipe.sft.eval_prompts
     if recipe.sft.data.toy:
-        from rlhf_cli.data.toy import toy_files
-
         lines = Path(toy_files(toy_dir, recipe.seed)["prompts_eval.jsonl"]).read_text(encoding="utf-8").splitlines()
         return [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in lines[:n]]
     prompts = []
@@ -276,7 +272,6 @@ def well_formed(answer) -> bool:
 
 def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]:
     """Greedy answers to `prompts` and their metrics (finished share, well-formed share, mean gold reward)."""
-    from rlhf_cli.generation import generate_answers
 
     answers = [
         group[0]
@@ -310,15 +305,12 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
 
 def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str, trust: bool) -> dict:
     """Answer metrics for the SFT model and, on the toy world, the base model's gold reward on the same prompts."""
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
 
     prompts = held_out_prompts(recipe, eval_ds, toy_dir)
     if not prompts:
         return {}
     world = None
     if recipe.sft.data.toy:
-        from rlhf_cli.data.toy import ToyWorld
-
         world = ToyWorld(recipe.seed)
     sft_metrics, samples = score_answers(recipe, model, tokenizer, prompts, world)
     out = {"eval_prompts": len(prompts), **sft_metrics}
