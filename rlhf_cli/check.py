@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rlhf_cli import hub
-from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import load_error, load_tokenizer, model_config, train_tokenizer

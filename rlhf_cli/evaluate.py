@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli import precision as precisions
-from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError

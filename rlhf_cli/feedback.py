@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rlhf_cli.data.formats import load_stage_data, read_table
+from rlhf_cli.data import load_stage_data, read_table
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError

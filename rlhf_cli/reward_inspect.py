@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_cli import files
-from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
 from rlhf_cli.modeling import inference_device, load_tokenizer

@@ -12,11 +12,23 @@ LAYERS = [
     # leaves: no rlhf_cli import but one another
     ["errors", "hub", "layout", "stats", "precision", "files", "distributed", "data.toy", "ppo.core", "ppo.config"],
     # models, data, recipes, the one generation and one scoring path
-    ["data.formats", "data", "modeling", "generation", "scoring", "trainer_configs", "recipe", "lm_eval", "kwise"],
+    [
+        "data.read",
+        "data.formats",
+        "data.stage_data",
+        "data",
+        "modeling",
+        "generation",
+        "scoring",
+        "trainer_configs",
+        "recipe",
+        "lm_eval",
+        "kwise",
+    ],
     # run folders, checkpoints, callbacks; samples and rankings
-    ["runs", "feedback"],
+    ["runs", "feedback", "answers"],
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
-    ["stages.common", "stages.driver", "ppo.trainer", "evaluate"],
+    ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluate"],
     # stages and the commands built on one stage or one run
     [
         "stages.pretrain",

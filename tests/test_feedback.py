@@ -102,7 +102,7 @@ def test_human_screen_rank_skip_undo_quit_resume(tmp_path):
     assert _rows(fresh) == []
 
     # The file the screen leaves is read by the reward stage's data layer as it is.
-    from rlhf_cli.data.formats import load_stage_data
+    from rlhf_cli.data import load_stage_data
     from rlhf_cli.recipe import DataSpec
 
     pairs = load_stage_data("reward", DataSpec(path=str(out)))

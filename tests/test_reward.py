@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_cli import kwise, reward_inspect, scoring, stats
-from rlhf_cli.data.formats import expand_rankings
+from rlhf_cli.data import expand_rankings
 from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import ModelSpec, load_recipe
 from rlhf_cli.stages import reward
@@ -120,7 +120,7 @@ def _synthetic_rankings(path, n=48):
 def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_cli.data.formats import load_stage_data, train_eval_split
+    from rlhf_cli.data import load_stage_data, train_eval_split
     from rlhf_cli.modeling import load_tokenizer
 
     data = _synthetic_rankings(tmp_path / "rankings.jsonl")

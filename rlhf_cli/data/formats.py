@@ -22,6 +22,8 @@ Accepted formats, detected from the first row's columns in this order (`data.for
     ppo       prompt             prompt: string or messages
     ppo       messages, sharegpt, alpaca: an SFT row; the prompt is the history before its last assistant turn
 
+Reading is in `data/read.py`, the stages' data and their train/eval splits in `data/stage_data.py`.
+
 Tables (`read_table`): a `.txt` file (one row per blank-line-separated block), a folder of `.txt` files (one row per file),
 `.jsonl` / `.json` / `.parquet` / `.csv`, a `save_to_disk` folder, any other folder `datasets.load_dataset` reads, hub ids.
 
@@ -34,19 +36,13 @@ Rules worth knowing:
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
-import math
-import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from rlhf_cli import hub as hf_hub
-from rlhf_cli.data.toy import toy_files
 from rlhf_cli.errors import UserError
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -58,155 +54,10 @@ SHAREGPT_ROLES = {
     "model": "assistant",
     "system": "system",
 }  # fmt: skip
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
-STREAMING_EVAL_ROWS = 256  # eval rows taken from the head of a streamed set without max_examples
-TOY_KEYS = {"pretrain": "pretrain", "sft": "sft", "ppo": "prompts"}
-_SPEC_FIELDS = {
-    "toy": False, "path": None, "hub": None, "config": None, "split": "train", "streaming": False, "format": None,
-    "text_column": None, "eval_path": None, "eval_split": None, "eval_fraction": 0.05, "max_examples": None,
-}  # fmt: skip
 
 
 class BadRow(ValueError):
     """One row does not fit the format it was detected as; the caller adds the file and row index."""
-
-
-# ---------------------------------------------------------------------------------------------------------- reading
-
-
-def read_table(path=None, hub=None, config=None, split="train", streaming=False):
-    """Raw rows from a local path or a hub id, as a `datasets.Dataset` (or `IterableDataset` when streaming).
-
-    Raises UserError for a missing path, a non-UTF-8 text file, an unreadable file, a missing split, or no rows
-    (a streamed set is checked for emptiness by `load_stage_data`, not here).
-    """
-    import datasets
-
-    if (path is None) == (hub is None):
-        raise UserError("Give exactly one data source: data.path (a local file or folder) or data.hub (a hub id).")
-    if hub is not None:
-        try:
-            hf_hub.offline_unless_reachable()
-            ds = datasets.load_dataset(hub, config, split=split, streaming=streaming)
-        except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError, ConnectionError) as e:
-            raise UserError(
-                f"Could not load {hub!r} (config {config!r}, split {split!r}): {_cause(e)}. "
-                "Check the hub id, data.config and data.split; offline, only local paths and cached sets load."
-            ) from e
-        return ds if streaming else _not_empty(ds, hub)
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"Data path not found: {p}. Check data.path (a relative path is from the current directory).")
-    if p.is_dir():
-        ds = _read_folder(p, split, streaming)
-    elif p.suffix.lower() == ".txt":
-        _no_split(p, split)
-        ds = datasets.Dataset.from_dict({"text": _txt_blocks(_read_utf8(p))})
-    elif p.suffix.lower() in BUILDERS:
-        _check_text_file(p)
-        ds = _load(p, BUILDERS[p.suffix.lower()], data_files=str(p), split=split, streaming=streaming)
-    else:
-        raise UserError(f"{p}: unknown file type {p.suffix!r}; use .txt, .jsonl, .json, .parquet, .csv or a folder.")
-    if streaming and isinstance(ds, datasets.Dataset):
-        return _not_empty(ds, str(p)).to_iterable_dataset()
-    return ds if streaming else _not_empty(ds, str(p))
-
-
-def _read_folder(p: Path, split: str, streaming: bool):
-    import datasets
-
-    if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
-        saved = datasets.load_from_disk(str(p))
-        if isinstance(saved, datasets.DatasetDict):
-            if split not in saved:
-                raise UserError(f"{p} has no split {split!r}; its splits are {sorted(saved)}. Set data.split.")
-            return saved[split]
-        _no_split(p, split)
-        return saved
-    files = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.parts))
-    tables = [f for f in files if f.suffix.lower() in BUILDERS]
-    if tables:
-        for f in tables:
-            _check_text_file(f)
-        return _load(p, None, split=split, streaming=streaming)
-    txts = [f for f in files if f.suffix.lower() == ".txt"]
-    if not txts:
-        raise UserError(f"{p} holds no .txt, .jsonl, .json, .parquet or .csv files and is not a save_to_disk folder.")
-    _no_split(p, split)
-    texts = [t.strip() for t in (_read_utf8(f) for f in txts)]
-    return datasets.Dataset.from_dict({"text": [t for t in texts if t]})
-
-
-def _load(p: Path, builder: str | None, **kwargs):
-    import datasets
-
-    try:
-        return datasets.load_dataset(builder or str(p), **kwargs)
-    except (datasets.exceptions.DatasetsError, ValueError, StopIteration) as e:
-        raise UserError(f"Could not read {p}: {_cause(e)}. Check that it is valid {builder or 'data'}.") from e
-
-
-def _cause(e: BaseException) -> str:
-    while e.__cause__ is not None:
-        e = e.__cause__
-    return str(e) or type(e).__name__
-
-
-def _no_split(p: Path, split: str) -> None:
-    if split != "train":
-        raise UserError(f"{p} has no splits (asked for {split!r}); use data.eval_path for a separate eval file.")
-
-
-def _not_empty(ds, source: str):
-    if len(ds) == 0:
-        raise UserError(f"{source} holds no rows; point the recipe at a data set with data in it.")
-    return ds
-
-
-def _utf8_error(p: Path, e: UnicodeDecodeError, offset: int = 0) -> UserError:
-    return UserError(
-        f"{p} is not UTF-8 text (bad byte at offset {offset + e.start}); convert it, for example "
-        f"`iconv -f latin1 -t utf-8 {p} > {p.with_suffix('.utf8' + p.suffix).name}`."
-    )
-
-
-def _read_utf8(p: Path) -> str:
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise _utf8_error(p, e) from None
-    if not text.strip():
-        raise UserError(f"{p} is empty; point the recipe at a file with data in it.")
-    return text
-
-
-def _check_text_file(p: Path) -> None:
-    """UTF-8 and not empty, without holding the file in memory (datasets would read Latin-1 JSON silently)."""
-    if p.stat().st_size == 0:
-        raise UserError(f"{p} is empty; point the recipe at a file with data in it.")
-    if p.suffix.lower() not in TEXT_SUFFIXES:
-        return
-    decoder, offset, blank = codecs.getincrementaldecoder("utf-8")(), 0, True
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            try:
-                blank = blank and not decoder.decode(chunk).strip()
-            except UnicodeDecodeError as e:
-                raise _utf8_error(p, e, offset) from None
-            offset += len(chunk)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as e:
-        raise _utf8_error(p, e, offset) from None
-    if blank:
-        raise UserError(f"{p} is empty; point the recipe at a file with data in it.")
-
-
-def _txt_blocks(text: str) -> list[str]:
-    blocks = (b.strip() for b in re.split(r"\n[ \t\r\f\v]*\n", text))
-    return [b for b in blocks if b]
 
 
 # ------------------------------------------------------------------------------------------------- message helpers
@@ -452,7 +303,7 @@ def _formats(stage: str, row: dict, text_column: str | None) -> list[Format]:
     return [Format("text", f"a text column ({text_column or '/'.join(TEXT_COLUMNS)}) or .txt", (column,), _pretrain_text(column))]  # fmt: skip
 
 
-def _features(stage: str):
+def stage_features(stage: str):
     import datasets
 
     messages = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
@@ -508,7 +359,7 @@ def normalise(ds, stage: str, source: str, format: str | None = None, text_colum
         raise _reject(source, stage, 0, columns, what, formats)
 
     def convert_batch(batch: dict, indices: list[int]) -> dict:
-        out: dict[str, list] = {name: [] for name in _features(stage)}
+        out: dict[str, list] = {name: [] for name in stage_features(stage)}
         for k, index in enumerate(indices):
             row = {c: values[k] for c, values in batch.items()}
             try:
@@ -522,7 +373,7 @@ def normalise(ds, stage: str, source: str, format: str | None = None, text_colum
                     out[name].append(r[name])
         return out
 
-    kwargs = {"batched": True, "with_indices": True, "remove_columns": columns, "features": _features(stage)}
+    kwargs = {"batched": True, "with_indices": True, "remove_columns": columns, "features": stage_features(stage)}
     if hasattr(ds, "__len__"):
         kwargs["desc"] = f"{stage} data ({fmt.name})"
     return ds.map(convert_batch, **kwargs)
@@ -552,163 +403,5 @@ def expand_rankings(rows: Iterable[dict]):
     except ImportError:  # pragma: no cover - datasets is a dependency
         return pairs
     if isinstance(rows, datasets.Dataset):
-        return datasets.Dataset.from_list(pairs, features=_features("reward"))
+        return datasets.Dataset.from_list(pairs, features=stage_features("reward"))
     return pairs
-
-
-# ----------------------------------------------------------------------------------------------------- stage data
-
-
-def _get(spec, name: str):
-    return getattr(spec, name, _SPEC_FIELDS[name])
-
-
-def _toy_path(stage: str, part: str, toy_dir: Path | None, seed: int) -> Path:
-    if stage not in TOY_KEYS:
-        raise UserError(
-            "Reward data for the toy world comes from the feedback stage's rankings: run `rlhf label` "
-            "(or `rlhf pipeline`) first, or set reward.data.path."
-        )
-    if toy_dir is None:
-        raise ValueError("toy_dir is required when data.toy is true")
-
-    files, key = toy_files(Path(toy_dir), seed), f"{TOY_KEYS[stage]}_{part}"
-    return Path(files[key] if key in files else files[f"{key}.jsonl"])  # keys with or without the suffix
-
-
-def load_stage_data(stage: str, spec, toy_dir: Path | None = None, seed: int = 0):
-    """`stage`'s training rows from a data spec, in the stage's normal form.
-
-    A `datasets.Dataset`, or an `IterableDataset` when `spec.streaming` (hub or local). `spec.max_examples` cuts the
-    raw rows (before a ranking becomes pairs). With `spec.toy` (pretrain, sft, ppo) the rows come from the toy world's
-    train files under `toy_dir`, generated from `seed`.
-    """
-    if _get(spec, "toy") and not (stage == "reward" and (_get(spec, "path") or _get(spec, "hub"))):
-        return _normalised(stage, spec, path=_toy_path(stage, "train", toy_dir, seed), toy=True)
-    return _normalised(stage, spec, path=_get(spec, "path"), hub=_get(spec, "hub"), split=_get(spec, "split"))
-
-
-def _normalised(stage, spec, path=None, hub=None, split="train", toy=False, streaming=None, limit="spec"):
-    streaming = (_get(spec, "streaming") and not toy) if streaming is None else streaming
-    ds = read_table(path=path, hub=hub, config=None if toy else _get(spec, "config"), split=split, streaming=streaming)
-    limit = _get(spec, "max_examples") if limit == "spec" else limit
-    if limit is not None:
-        ds = ds.take(limit) if streaming else ds.select(range(min(limit, len(ds))))
-    source = str(path) if hub is None else f"{hub} (split {split})"
-    fmt = None if toy else _get(spec, "format")
-    out = normalise(ds, stage, source, format=fmt, text_column=None if toy else _get(spec, "text_column"))
-    return out if streaming else _not_empty(out, source)
-
-
-def _n_eval(n: int, fraction: float) -> int:
-    """Held-out count: a fraction, at least 1 when there are 2 or more, never all."""
-    if n < 2 or fraction <= 0:
-        return 0
-    return min(n - 1, max(1, round(n * fraction)))
-
-
-def train_eval_split(ds, spec, stage: str, seed: int = 0, toy_dir: Path | None = None):
-    """(train, eval) for `stage`: eval from the toy world, `spec.eval_path`, `spec.eval_split`, else a fraction of `ds`.
-
-    The fraction (`spec.eval_fraction`) is the tail for pretrain (of the characters when there are fewer than
-    1/fraction documents, so one long file keeps a held-out tail), a seeded random draw for sft/ppo, and whole prompt
-    groups for reward (one prompt's pairs never straddle train and eval). At least one eval row (group, for reward)
-    when there are two or more. A streamed `ds` gives its head as eval (materialised; ceil-fraction of max_examples,
-    else STREAMING_EVAL_ROWS rows) and the rest as train. Eval is always a `datasets.Dataset`.
-    """
-    import datasets
-
-    streaming = not isinstance(ds, datasets.Dataset)
-    if _get(spec, "toy") and stage in TOY_KEYS:
-        return ds, _normalised(stage, spec, path=_toy_path(stage, "eval", toy_dir, seed), toy=True, limit=None)
-    eval_rows = _stream_eval_rows(spec)
-    if _get(spec, "eval_path") or _get(spec, "eval_split"):
-        if _get(spec, "eval_path"):
-            where = {"path": _get(spec, "eval_path")}
-        else:
-            where = {"path": _get(spec, "path"), "hub": _get(spec, "hub"), "split": _get(spec, "eval_split")}
-        eval_ds = _normalised(stage, spec, **where, limit=eval_rows if streaming else None)
-        return ds, _materialise(eval_ds, stage) if streaming else eval_ds
-    fraction = _get(spec, "eval_fraction")
-    if streaming:
-        return _stream_split(ds, stage, eval_rows if fraction > 0 else 0)
-
-    n = len(ds)
-    if stage == "pretrain":
-        if 0 < n * fraction < 1:  # fewer documents than one held-out row (a novel in one file): cut the text's tail
-            return _text_tail_split(ds, fraction)
-        k = _n_eval(n, fraction)
-        return ds.select(range(n - k)), ds.select(
-            list(range(n - k, n))
-        )  # a list: datasets refuses an empty range at the end
-    rng = random.Random(seed)
-    if stage == "reward":
-        groups = list(ds["group"]) if "group" in ds.column_names else list(range(n))
-        distinct = sorted(set(groups))
-        rng.shuffle(distinct)
-        held = set(distinct[: _n_eval(len(distinct), fraction)])
-        eval_idx = [i for i, g in enumerate(groups) if g in held]
-    else:
-        order = list(range(n))
-        rng.shuffle(order)
-        eval_idx = sorted(order[: _n_eval(n, fraction)])
-    held_rows = set(eval_idx)
-    return ds.select([i for i in range(n) if i not in held_rows]), ds.select(eval_idx)
-
-
-def _text_tail_split(ds, fraction: float):
-    """Pretrain documents -> (train, eval) with the last `fraction` of the characters held out, the document at the
-    boundary cut at a whitespace: a corpus of one or a few documents still has a held-out tail."""
-    import datasets
-
-    texts = list(ds["text"])
-    need = math.ceil(sum(len(t) for t in texts) * fraction)
-    held: list[str] = []
-    while texts and need > 0:
-        last = texts.pop()
-        if len(last) <= need:
-            held.insert(0, last)
-            need -= len(last)
-            continue
-        cut = len(last) - need
-        space = last.rfind(" ", 0, cut + 1)  # start the held-out part at a word, not mid-word
-        cut = space if space > 0 else cut
-        texts.append(last[:cut].rstrip())
-        held.insert(0, last[cut:].lstrip())
-        need = 0
-    features = _features("pretrain")
-    return (
-        datasets.Dataset.from_dict({"text": [t for t in texts if t]}, features=features),
-        datasets.Dataset.from_dict({"text": [t for t in held if t]}, features=features),
-    )
-
-
-def _stream_eval_rows(spec) -> int:
-    limit = _get(spec, "max_examples")
-    if not limit:
-        return STREAMING_EVAL_ROWS
-    return max(1, _n_eval(limit, _get(spec, "eval_fraction")))
-
-
-def _materialise(ds, stage: str, limit: int | None = None):
-    import datasets
-
-    rows = list(ds if limit is None else ds.take(limit))
-    return datasets.Dataset.from_list(rows, features=_features(stage))
-
-
-def _stream_split(ds, stage: str, k: int):
-    import datasets
-
-    head, last_group = [], None
-    for row in ds:
-        if len(head) >= k and (stage != "reward" or row["group"] != last_group):
-            break
-        head.append(row)
-        last_group = row.get("group")
-    eval_ds = datasets.Dataset.from_list(head, features=_features(stage))
-    train = ds.skip(len(head))
-    if stage == "reward" and head:
-        held = {r["group"] for r in head}
-        train = train.filter(lambda row: row["group"] not in held)
-    return train, eval_ds

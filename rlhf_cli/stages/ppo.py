@@ -16,16 +16,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text
-from rlhf_cli.files import read_json
 from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.ppo import sources
 from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
-from rlhf_cli.scoring import load_reward_model
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stats import paired_difference_ci
@@ -72,10 +69,10 @@ def setup(ctx) -> Job:
                 task_type="CAUSAL_LM",
             ),
         )
-    reward_funcs, reward_dirs = _reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
+    reward_funcs, reward_dirs = sources.reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
     reward_names = [getattr(f, "name", "?") for f, _ in reward_funcs]
-    value_model, value_dir = _value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
-    ptx_blocks = _ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
+    value_model, value_dir = sources.value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
+    ptx_blocks = sources.ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
     if hasattr(train_ds, "__len__"):  # a streamed data set is not read ahead
         check_prompts_fit(
             tokenizer, policy, [row["prompt"] for row in train_ds], args.response_length, "ppo", "ppo.response_length"
@@ -130,91 +127,6 @@ def setup(ctx) -> Job:
 
 
 run = stage_runner(STAGE, setup)
-
-
-# ------------------------------------------------------------------------------------------------------ sources
-
-
-def _reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
-    """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage."""
-    from rlhf_cli.ppo.trainer import FunctionReward, load_function
-
-    spec = recipe.ppo
-    terms = spec.rewards
-    if terms is None:
-        default = resolve_model_dir(spec.reward_from, run_dir, "reward", "ppo.reward_from")
-        terms = [type("T", (), {"model": default, "function": None, "weight": 1.0})()]
-    funcs, dirs = [], {}
-    for i, term in enumerate(terms):
-        if bool(term.model) == bool(term.function):
-            raise UserError(
-                f"ppo.rewards[{i}] must name exactly one of model (a reward model folder) or function "
-                f"(module:function)."
-            )
-        if term.function:
-            funcs.append((FunctionReward(load_function(term.function), name=term.function), term.weight))
-        else:
-            path = resolve_model_dir(term.model, run_dir, "reward", f"ppo.rewards[{i}].model")
-            funcs.append((_reward_model(path, recipe, trust, precision), term.weight))
-            dirs[f"reward_{i}" if i else "reward"] = path
-    return funcs, dirs
-
-
-def _reward_model(path: str, recipe, trust: bool, precision: str):
-    from rlhf_cli.ppo.trainer import RewardModelScorer
-
-    tok = load_tokenizer(path, trust_remote_code=trust)
-    model = load_reward_model(path, tok, trust_remote_code=trust)
-    stats_path = Path(path) / "reward_stats.json"
-    stats = read_json(stats_path) if stats_path.exists() else {}
-    return RewardModelScorer(
-        model,
-        tok,
-        mean=float(stats.get("mean", 0.0)),
-        std=float(stats.get("std", 1.0)),
-        max_length=recipe.reward.max_length,
-        name=Path(path).parent.name + "/" + Path(path).name,
-        precision=precision,  # PPO's training precision: the rewards of the rollout it trains on
-    )
-
-
-def _value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool):
-    """The value model: `ppo.value_from`, else the (first) reward model when it shares the policy's tokenizer, else the
-    policy with a fresh scalar head. Values are read per token of the policy's answers, so the tokenizers must match."""
-    from transformers import AutoModelForSequenceClassification
-
-    path = spec.value_from or next(iter(reward_dirs.values()), None)
-    if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
-        if spec.value_from:
-            raise UserError(
-                f"ppo.value_from {path} has a different tokenizer from the policy's ({policy_dir}); the value "
-                "model reads the policy's tokens, so give a model that shares its tokenizer (or the SFT model)."
-            )
-        print(f"ppo: the reward model {path} has its own tokenizer; the value model starts from the policy instead.")
-        path = None
-    path = path or policy_dir
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, trust_remote_code=trust, use_safetensors=True
-    )
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, path
-
-
-def _ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: int = 4096):
-    """PPO-ptx data: the pretrain corpus as token blocks."""
-    import torch
-
-    ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=RunLayout(run_dir).toy, seed=recipe.seed)
-    block = min(block, recipe.pretrain.block_size)
-    ids: list[int] = []
-    for row in ds:
-        ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(ids) >= block * max_blocks:
-            break
-    n = len(ids) // block
-    if n == 0:
-        raise UserError("PPO-ptx: the pretrain corpus is shorter than one block; add text or set ppo.ptx_coef: 0.")
-    return torch.tensor(ids[: n * block]).view(n, block)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation

@@ -27,7 +27,7 @@ import random
 from pathlib import Path
 
 from rlhf_cli import distributed, files, runs
-from rlhf_cli.data.formats import group_id, load_stage_data, train_eval_split
+from rlhf_cli.data import group_id, load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text, read_samples, unique_answers

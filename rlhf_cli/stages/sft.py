@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_cli import distributed, runs
-from rlhf_cli.data.formats import load_stage_data, train_eval_split
+from rlhf_cli.answers import print_samples, score_answers
+from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld, toy_files
 from rlhf_cli.errors import UserError
-from rlhf_cli.generation import generate_answers
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
@@ -265,44 +265,6 @@ def held_out_prompts(recipe, eval_ds, toy_dir: Path) -> list[list[dict]]:
     return prompts
 
 
-def well_formed(answer) -> bool:
-    """Finished (ended with end-of-text), not empty, and ends a sentence."""
-    return answer.finished and bool(answer.text) and answer.text.rstrip()[-1:] in ".!?\"')"
-
-
-def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]:
-    """Greedy answers to `prompts` and their metrics (finished share, well-formed share, mean gold reward)."""
-
-    answers = [
-        group[0]
-        for group in generate_answers(
-            model,
-            tokenizer,
-            prompts,
-            temperature=0.0,
-            max_new_tokens=recipe.eval.max_new_tokens,
-            progress="answering",
-            precision=recipe.precision,
-        )
-    ]
-    n = max(len(answers), 1)
-    out = {
-        "finished_rate": sum(a.finished for a in answers) / n,
-        "well_formed_rate": sum(well_formed(a) for a in answers) / n,
-        "mean_answer_tokens": sum(a.num_tokens for a in answers) / n,
-    }
-    golds = None
-    if world is not None:
-        golds = [world.gold_reward(p[-1]["content"], a.text, a.finished) for p, a in zip(prompts, answers, strict=True)]
-        out["gold_reward"] = sum(golds) / n
-        out["right_fact_rate"] = (
-            sum(bool(world.right_fact(p[-1]["content"], a.text)) for p, a in zip(prompts, answers, strict=True)) / n
-        )
-    return out, [
-        (p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)
-    ]
-
-
 def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str, trust: bool) -> dict:
     """Answer metrics for the SFT model and, on the toy world, the base model's gold reward on the same prompts."""
 
@@ -323,22 +285,6 @@ def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str
         out["gold_reward_gain"] = out["gold_reward"] - out["base_gold_reward"]
     print_samples(samples[:SAMPLES_SHOWN])
     return out
-
-
-def print_samples(samples) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="SFT model: sample answers to held-out prompts (greedy)", show_lines=True)
-    table.add_column("prompt", max_width=40)
-    table.add_column("answer", max_width=60)
-    table.add_column("finished")
-    if samples and samples[0][2] is not None:
-        table.add_column("gold")
-    for prompt, answer, gold in samples:
-        row = [prompt, answer.text or "(empty)", "yes" if answer.finished else "no"]
-        table.add_row(*row, *([f"{gold:+.2f}"] if gold is not None else []))
-    Console().print(table)
 
 
 def print_summary(final: Path, m: dict) -> None:

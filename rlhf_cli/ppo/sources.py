@@ -1,0 +1,96 @@
+"""What PPO trains against, from the recipe: the reward sources (`ppo.rewards`: reward models, normalised by their
+`reward_stats.json`, and Python functions, weighted), the value model, and PPO-ptx's pre-training blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_cli.data import load_stage_data
+from rlhf_cli.errors import UserError
+from rlhf_cli.files import read_json
+from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import load_tokenizer
+from rlhf_cli.runs import resolve_model_dir
+from rlhf_cli.scoring import load_reward_model
+
+
+def reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
+    """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage."""
+    from rlhf_cli.ppo.trainer import FunctionReward, load_function
+
+    spec = recipe.ppo
+    terms = spec.rewards
+    if terms is None:
+        default = resolve_model_dir(spec.reward_from, run_dir, "reward", "ppo.reward_from")
+        terms = [type("T", (), {"model": default, "function": None, "weight": 1.0})()]
+    funcs, dirs = [], {}
+    for i, term in enumerate(terms):
+        if bool(term.model) == bool(term.function):
+            raise UserError(
+                f"ppo.rewards[{i}] must name exactly one of model (a reward model folder) or function "
+                f"(module:function)."
+            )
+        if term.function:
+            funcs.append((FunctionReward(load_function(term.function), name=term.function), term.weight))
+        else:
+            path = resolve_model_dir(term.model, run_dir, "reward", f"ppo.rewards[{i}].model")
+            funcs.append((reward_model_scorer(path, recipe, trust, precision), term.weight))
+            dirs[f"reward_{i}" if i else "reward"] = path
+    return funcs, dirs
+
+
+def reward_model_scorer(path: str, recipe, trust: bool, precision: str):
+    from rlhf_cli.ppo.trainer import RewardModelScorer
+
+    tok = load_tokenizer(path, trust_remote_code=trust)
+    model = load_reward_model(path, tok, trust_remote_code=trust)
+    stats_path = Path(path) / "reward_stats.json"
+    stats = read_json(stats_path) if stats_path.exists() else {}
+    return RewardModelScorer(
+        model,
+        tok,
+        mean=float(stats.get("mean", 0.0)),
+        std=float(stats.get("std", 1.0)),
+        max_length=recipe.reward.max_length,
+        name=Path(path).parent.name + "/" + Path(path).name,
+        precision=precision,  # PPO's training precision: the rewards of the rollout it trains on
+    )
+
+
+def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool):
+    """The value model: `ppo.value_from`, else the (first) reward model when it shares the policy's tokenizer, else the
+    policy with a fresh scalar head. Values are read per token of the policy's answers, so the tokenizers must match."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = spec.value_from or next(iter(reward_dirs.values()), None)
+    if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
+        if spec.value_from:
+            raise UserError(
+                f"ppo.value_from {path} has a different tokenizer from the policy's ({policy_dir}); the value "
+                "model reads the policy's tokens, so give a model that shares its tokenizer (or the SFT model)."
+            )
+        print(f"ppo: the reward model {path} has its own tokenizer; the value model starts from the policy instead.")
+        path = None
+    path = path or policy_dir
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, trust_remote_code=trust, use_safetensors=True
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, path
+
+
+def ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: int = 4096):
+    """PPO-ptx data: the pretrain corpus as token blocks."""
+    import torch
+
+    ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=RunLayout(run_dir).toy, seed=recipe.seed)
+    block = min(block, recipe.pretrain.block_size)
+    ids: list[int] = []
+    for row in ds:
+        ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) >= block * max_blocks:
+            break
+    n = len(ids) // block
+    if n == 0:
+        raise UserError("PPO-ptx: the pretrain corpus is shorter than one block; add text or set ppo.ptx_coef: 0.")
+    return torch.tensor(ids[: n * block]).view(n, block)
