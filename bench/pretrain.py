@@ -76,11 +76,11 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
         TrainingArguments,
     )
 
+    from rlhf_cli.callbacks import steady_seconds_per_step
     from rlhf_cli.data import load_stage_data
     from rlhf_cli.data.toy import toy_files
     from rlhf_cli.modeling import load_tokenizer
     from rlhf_cli.recipe import DataSpec
-    from rlhf_cli.runs import steady_seconds_per_step
 
     toy_files(work / "ours" / "data" / "toy", 0)
     tok = load_tokenizer(str(work / "ours" / "pretrain" / "tokenizer"))  # the same tokenizer ours trained
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{x['steady_tokens_per_s']:8.0f} steady",
                     flush=True,
                 )
+    from rlhf_cli.callbacks import warmup_steps_skipped
     from rlhf_cli.modeling import measure_matmul_peak
-    from rlhf_cli.runs import warmup_steps_skipped
 
     def median(side: str, key: str) -> float:
         return statistics.median(x[key] for x in results[side])

@@ -26,7 +26,7 @@ LAYERS = [
         "kwise",
     ],
     # run folders, checkpoints, callbacks; samples and rankings
-    ["runs", "feedback", "answers"],
+    ["runs", "callbacks", "feedback", "answers"],
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
     ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluate"],
     # stages and the commands built on one stage or one run

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rlhf_cli import files, runs
+from rlhf_cli import callbacks, files, runs
 from rlhf_cli.cli import app
 
 
@@ -45,7 +45,7 @@ def test_save_dir_atomic_keeps_the_old_folder_on_a_crash(tmp_path):
 
 def test_write_json_atomic_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     path = files.write_json_atomic(tmp_path / "eval.json", {"loss": 1.0})
-    monkeypatch.setattr(runs.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(callbacks.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         files.write_json_atomic(path, {"loss": 2.0})
     assert json.loads(path.read_text()) == {"loss": 1.0}
@@ -155,7 +155,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(recipe_file, m
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_130(recipe_file, monkeypatch):
-    make = runs.make_callbacks
+    make = callbacks.make_callbacks
 
     def make_callbacks(stage_dir, stage):
         cb = make(stage_dir, stage)
@@ -170,7 +170,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(recipe_file, monkeypatch):
         cb.on_step_end = on_step_end
         return cb
 
-    monkeypatch.setattr(runs, "make_callbacks", make_callbacks)
+    monkeypatch.setattr(callbacks, "make_callbacks", make_callbacks)
     old = signal.getsignal(signal.SIGTERM)
     result = pretrain(recipe_file, "pretrain.training.save_steps=100")
     assert result.exit_code == 130, result.output
@@ -182,9 +182,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(recipe_file, monkeypatch):
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path, monkeypatch):
-    cb = runs.make_callbacks(tmp_path, "pretrain")
+    cb = callbacks.make_callbacks(tmp_path, "pretrain")
     exits = []
-    monkeypatch.setattr(runs.os, "_exit", exits.append)
+    monkeypatch.setattr(callbacks.os, "_exit", exits.append)
     cb._handle(signal.SIGINT, None)
     assert cb.interrupted and exits == []
     cb._handle(signal.SIGINT, None)
@@ -192,16 +192,20 @@ def test_second_ctrl_c_exits_at_once(tmp_path, monkeypatch):
 
 
 def test_a_stage_logs_one_formatted_line_per_printed_step(recipe_file):
-    """No raw {'loss': ...} dicts and no progress bar in a log; one line per printed step, at most runs.LOG_LINES."""
+    """No raw {'loss': ...} dicts and no progress bar in a log; one line per printed step, at most callbacks.LOG_LINES."""
     result = pretrain(recipe_file, "pretrain.training.max_steps=60")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("pretrain ") and "/60 |" in line]
-    assert 10 <= len(lines) <= runs.LOG_LINES, result.output
+    assert 10 <= len(lines) <= callbacks.LOG_LINES, result.output
     assert lines[0].startswith("pretrain 3/60 | loss ") and "| grad norm " in lines[0] and "| lr " in lines[0]
     assert "{'loss'" not in result.output and "it/s]" not in result.output
     assert "pretrain: 60 steps in " in result.output  # the end of training, once
 
 
 def test_print_every_keeps_a_stage_to_a_screen():
-    assert runs.print_every(10, 800) == 40 and runs.print_every(1, 15) == 1 and runs.print_every(10, 50) == 10
-    assert runs.print_every(0, 100) == 5  # logging_steps 0 or a fraction: every step is logged, print every 5th
+    assert (
+        callbacks.print_every(10, 800) == 40
+        and callbacks.print_every(1, 15) == 1
+        and callbacks.print_every(10, 50) == 10
+    )
+    assert callbacks.print_every(0, 100) == 5  # logging_steps 0 or a fraction: every step is logged, print every 5th

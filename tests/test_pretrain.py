@@ -120,7 +120,7 @@ def test_existing_stage_refused_without_overwrite(trained):
 
 
 def test_steady_speed_leaves_out_the_warm_up_steps():
-    from rlhf_cli.runs import steady_seconds_per_step
+    from rlhf_cli.callbacks import steady_seconds_per_step
 
     ends = [0.0, 60.0] + [60.0 + 0.5 * i for i in range(1, 19)]  # a 60 s compile in step 1, then 0.5 s a step
     assert steady_seconds_per_step(ends) == 0.5

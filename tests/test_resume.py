@@ -31,9 +31,9 @@ TOL = 1e-5
 # the step's log line), i.e. after checkpoint-2 and before checkpoint-4.
 CHILD = """
 import os, signal, sys
-from rlhf_cli import runs
+from rlhf_cli import callbacks
 kill_at = int(os.environ["RLHF_TEST_KILL_AT"])
-make = runs.make_callbacks
+make = callbacks.make_callbacks
 def make_callbacks(stage_dir, stage):
     cb = make(stage_dir, stage)
     end = cb.on_step_end
@@ -44,7 +44,7 @@ def make_callbacks(stage_dir, stage):
         return out
     cb.on_step_end = on_step_end
     return cb
-runs.make_callbacks = make_callbacks
+callbacks.make_callbacks = make_callbacks
 from rlhf_cli.ppo import trainer as ppo_trainer
 log = ppo_trainer.PPOTrainer._log
 def _log(self, row, start, first_step):

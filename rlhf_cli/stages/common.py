@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli import precision
+from rlhf_cli.callbacks import nan_guard_args
 from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import estimate_parameters
 from rlhf_cli.precision import gpu_available
-from rlhf_cli.runs import nan_guard_args
 
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
 # TRL's configs default to bf16=True and gradient checkpointing on: set both explicitly.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli import distributed, files, runs
+from rlhf_cli import callbacks, distributed, files, runs
 from rlhf_cli.layout import RunLayout
 from rlhf_cli.stages.common import announce
 
@@ -79,7 +79,7 @@ def run_stage(
 
     job = setup(StageContext(recipe, layout, stage_dir, resume))
     if hasattr(job.trainer, "callback_handler"):  # a transformers Trainer: one formatted line per log, not a dict
-        runs.quiet_trainer_logs(job.trainer)
+        callbacks.quiet_trainer_logs(job.trainer)
     chosen = announce(recipe, name, job.n_params)
     runs.prepare_stage_dir(layout.root, name, **folder)  # inputs are good: first write
     if job.prepared and distributed.is_main_process():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from rlhf_cli import runs
+from rlhf_cli import callbacks, runs
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.lm_eval import evaluate_lm, matmul_parameters, probe_accuracy
@@ -84,7 +84,7 @@ def setup(ctx) -> Job:
     eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]
     model.to(args.device)  # the Trainer would move it anyway; the untrained baseline is scored where training runs
     untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS]) if not spec.init_from else None
-    callback = runs.make_callbacks(stage_dir, STAGE)
+    callback = callbacks.make_callbacks(stage_dir, STAGE)
     trainer = Trainer(
         model=model,
         args=args,
@@ -110,7 +110,7 @@ def setup(ctx) -> Job:
         overall_tokens_per_s = (trainer.state.global_step - _step_of(checkpoint)) * tokens_per_step / runtime
         # Speed and MFU are the steady state: the first steps hold torch.compile's tracing and warm-up, which can take
         # longer than a short run's training (GPT-2 124M on an H100: 90 s of 108).
-        per_step = runs.steady_seconds_per_step(callback.step_ends)
+        per_step = callbacks.steady_seconds_per_step(callback.step_ends)
         tokens_per_s = tokens_per_step / per_step if per_step else overall_tokens_per_s
         dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
         peak = measure_matmul_peak(dtype)

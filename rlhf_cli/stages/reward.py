@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rlhf_cli import distributed, files, runs
+from rlhf_cli import callbacks, distributed, files, runs
 from rlhf_cli.data import group_id, load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.errors import UserError
@@ -101,7 +101,7 @@ def setup(ctx) -> Job:
         train_dataset=train_ds,
         eval_dataset=eval_ds if len(eval_ds) else None,
         processing_class=tokenizer,
-        callbacks=[runs.make_callbacks(stage_dir, STAGE)],
+        callbacks=[callbacks.make_callbacks(stage_dir, STAGE)],
         **extra,
     )
     stats = {}  # score mean/std over the training answers: reward_stats.json, for PPO to normalise with

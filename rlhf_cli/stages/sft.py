@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import distributed, runs
+from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import print_samples, score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld, toy_files
@@ -58,7 +58,7 @@ def setup(ctx) -> Job:
         )
 
     trainer = make_trainer(
-        recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [runs.make_callbacks(stage_dir, STAGE)]
+        recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callbacks.make_callbacks(stage_dir, STAGE)]
     )
     if isinstance(trainer.train_dataset, datasets.Dataset) and len(trainer.train_dataset) == 0:
         # TRL drops conversations whose assistant turns truncation cut off entirely; torch would fail on an empty set
