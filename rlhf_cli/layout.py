@@ -104,6 +104,10 @@ class RunLayout:
         out = self.output(step)
         return out.is_file() or (out.is_dir() and any(out.iterdir()))
 
+    def missing_up_to(self, step: str) -> list[str]:
+        """The steps of the pipeline up to and including `step` that have not finished in this run, in order."""
+        return [s for s in STEPS[: STEPS.index(step) + 1] if not self.finished(s)]
+
     def finished(self, step: str, annotator: str | None = None) -> bool:
         """Whether `step`'s output exists and is complete.
 

@@ -121,21 +121,34 @@ def _holds_work(stage_dir: Path) -> bool:
     return any(p.name != "checkpoints" or not p.is_dir() or any(p.iterdir()) for p in stage_dir.iterdir())
 
 
-def resolve_model_dir(explicit: str | None, run_dir: Path, parent_stage: str, what: str) -> str:
-    """A stage's starting model: `init_from` (a local path or hub id) or the parent stage's `final/` in this run."""
+def resolve_model_dir(
+    explicit: str | None, run_dir: Path, parent_stage: str, what: str, needs_up_to: str | None = None
+) -> str:
+    """A stage's starting model: `init_from` (a local path or hub id) or the parent stage's `final/` in this run.
+    `needs_up_to`: the last step the stage needs from this run (PPO: the reward model too), for the message that
+    names every step still to run."""
     if explicit:
         if _looks_local(explicit) and not Path(explicit).exists():
             raise UserError(f"{what}: '{explicit}' does not exist; give a model folder or a hub id (owner/name).")
         if Path(explicit).is_dir() and not (Path(explicit) / "config.json").exists():
             raise UserError(f"{what}: {explicit} is not a model folder (it has no config.json).")
         return explicit
-    final = RunLayout(run_dir).final(parent_stage)
+    layout = RunLayout(run_dir)
+    final = layout.final(parent_stage)
     if not (final / "config.json").exists():
         raise UserError(
-            f"{what.split('.')[0]}: {final} does not exist — run `rlhf {parent_stage}` for this run first, or set {what} "
-            "to a model folder or hub id."
+            f"{what.split('.')[0]}: {final} does not exist — run {run_first(layout, needs_up_to or parent_stage)} for this run "
+            f"first, or set {what} to a model folder or hub id."
         )
     return str(final)
+
+
+def run_first(layout: RunLayout, step: str) -> str:
+    """Every unfinished step up to `step`, as commands to run: '`rlhf pretrain`, then `rlhf sft` (or `rlhf pipeline
+    --stages pretrain,sft`)'. Model stages of the chain count as done when their final/ exists."""
+    missing = [s for s in layout.missing_up_to(step) if s not in ("eval", "report")] or [step]
+    commands = ", then ".join(f"`rlhf {s}`" for s in missing)
+    return commands + (f" (or `rlhf pipeline --stages {','.join(missing)}`)" if len(missing) > 1 else "")
 
 
 def _looks_local(ref: str) -> bool:

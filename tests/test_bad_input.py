@@ -274,6 +274,9 @@ def test_init_from_missing_path(work):
 def test_init_from_stage_not_run(work):
     assert_refused(work, ["sft", *R], "rlhf pretrain", "set sft.init_from to a model")
     assert_refused(work, ["ppo", *R], "rlhf sft", "set ppo.policy_from to a model")  # the key that names it
+    # every step still to run, not only the parent stage
+    assert_refused(work, ["ppo", *R], "`rlhf pretrain`, then `rlhf sft`, then `rlhf sample`, then `rlhf label`, then")
+    assert_refused(work, ["reward", *R], "rlhf pipeline --stages pretrain,sft,sample,label")
 
 
 def test_reward_before_sft(work):

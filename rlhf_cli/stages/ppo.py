@@ -48,7 +48,10 @@ def setup(ctx) -> Job:
     eval_prompts = [row["prompt"] for row in eval_ds.select(range(min(spec.eval_prompts, len(eval_ds))))]
 
     # Models: policy + reference (SFT), reward sources, value model.
-    policy_dir = resolve_model_dir(spec.policy_from, run_dir, "sft", "ppo.policy_from")
+    own_reward = spec.reward_from is None and spec.rewards is None  # this run's reward model: its stages are needed
+    policy_dir = resolve_model_dir(
+        spec.policy_from, run_dir, "sft", "ppo.policy_from", "reward" if own_reward else None
+    )
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     policy = load_causal_lm(policy_dir, trust_remote_code=trust)

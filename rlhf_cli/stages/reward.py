@@ -58,7 +58,8 @@ def data_spec(rec, run_dir: Path):
         rankings = RunLayout(run_dir).rankings
         if not rankings.exists():
             raise UserError(
-                f"{rankings} does not exist; run `rlhf sample` and `rlhf label` first, or set reward.data.path."
+                f"{rankings} does not exist; run {runs.run_first(RunLayout(run_dir), 'label')} first, or set "
+                "reward.data.path."
             )
         base = spec.model_dump() if spec is not None else {"eval_fraction": 0.1}
         spec = DataSpec(**{**base, "toy": False, "path": str(rankings)})
