@@ -28,7 +28,7 @@ if not sys.stderr.isatty():  # progress bars only on a terminal: in a log file e
 
 # `rlhf --help` lists the commands in the order of the recipe, then the tools (typer would put the sub-apps last).
 COMMAND_ORDER = (
-    "pipeline", "pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report",
+    "pipeline", "pretrain", "sft", "sample", "label", "reward", "ppo", "dpo", "eval", "report",
     "chat", "sweep", "check", "export", "recipe", "data", "env",
 )  # fmt: skip
 
@@ -267,6 +267,24 @@ def ppo(
     Example: `rlhf ppo --recipe tiny --set ppo.kl_coef=0.1`
     """
     _stage_command("ppo", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
+
+
+@app.command()
+@handled
+def dpo(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+    accept_recipe_change: AcceptOpt = False,
+):
+    """A method beside PPO: DPO on the rankings, from the SFT model, no reward model (TRL's DPOTrainer).
+
+    Example: `rlhf dpo --recipe tiny` (after `rlhf label`), or `rlhf pipeline --stages dpo,report --resume`
+    """
+    _stage_command("dpo", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
 
 @app.command()

@@ -24,7 +24,7 @@ from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.feedback import label, labelling_progress, sample
 from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.layout import STEPS, RunLayout
+from rlhf_cli.layout import DEFAULT_STEPS, STEPS, RunLayout
 from rlhf_cli.recipe import save_resolved
 from rlhf_cli.report import assess, build_report, step_headline
 from rlhf_cli.runs import Interrupted, no_trace_on_user_error
@@ -35,7 +35,7 @@ TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was mi
 def parse_stages(stages: str | list[str] | None) -> list[str]:
     """The steps to run, in pipeline order; an unknown name is a UserError listing the valid ones."""
     if stages is None:
-        return list(STEPS)
+        return list(DEFAULT_STEPS)
     names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
     unknown = [s for s in names if s not in STEPS]
     if unknown or not names:
@@ -112,6 +112,7 @@ RUNNERS: dict[str, Callable[..., Any]] = {
     "label": _label,
     "reward": _model_stage("reward"),
     "ppo": _model_stage("ppo"),
+    "dpo": _model_stage("dpo"),  # a method beside PPO: run with --stages dpo (or the recipe's stages:)
     "eval": _on_main_process(_eval),
     "report": _on_main_process(_report),
 }

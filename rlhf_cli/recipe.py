@@ -26,7 +26,7 @@ from rlhf_cli.files import write_text_atomic
 from rlhf_cli.layout import STEPS, RunLayout
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
-STAGES = ("pretrain", "sft", "reward", "ppo")
+STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")  # the sections with a `training:` block
 
 
 class Section(BaseModel):
@@ -131,6 +131,18 @@ class RewardSpec(Section):
     training: dict[str, Any] = Field(default_factory=dict)
 
 
+class DPOSpec(Section):
+    """`rlhf dpo`: Direct Preference Optimization (Rafailov et al. 2023) on the run's rankings, from the SFT model, with
+    the SFT model as the reference: a method beside PPO that needs no reward model."""
+
+    data: DataSpec | None = None  # default: this run's feedback/rankings.jsonl, expanded to (chosen, rejected) pairs
+    policy_from: str | None = None  # default: this run's sft/final (also the reference)
+    beta: float = Field(0.1, gt=0)  # the strength of the implicit KL to the reference
+    max_length: int = Field(256, gt=8)
+    eval_prompts: int = Field(64, ge=0)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
 class RewardFunctionSpec(Section):
     """One term of the PPO reward: a reward model folder or a Python function `module:function`."""
 
@@ -207,6 +219,7 @@ class Recipe(Section):
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
+    dpo: DPOSpec = Field(default_factory=DPOSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     targets: TargetsSpec = Field(default_factory=TargetsSpec)
 

@@ -30,5 +30,9 @@ def config_class(stage: str):
         from trl import RewardConfig
 
         return RewardConfig
+    if stage == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig
 
     return PPOConfig

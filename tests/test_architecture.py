@@ -35,6 +35,7 @@ LAYERS = [
         "stages.sft",
         "stages.reward",
         "stages.ppo",
+        "stages.dpo",
         "reward_inspect",
         "report",
         "export",

@@ -43,9 +43,9 @@ def fake_steps(monkeypatch):
 def test_runs_every_step_in_order_and_records_timings(tmp_path, fake_steps):
     rec = load_recipe("tiny", check_training=False)
     record = pipeline.run_pipeline(rec, tmp_path / "run")
-    assert [c[0] for c in fake_steps] == list(pipeline.STEPS)
+    assert [c[0] for c in fake_steps] == list(pipeline.DEFAULT_STEPS)  # dpo only when asked for
     saved = json.loads((tmp_path / "run" / "pipeline.json").read_text())
-    assert set(saved["steps"]) == set(pipeline.STEPS)
+    assert set(saved["steps"]) == set(pipeline.DEFAULT_STEPS)
     assert all(e["status"] == "done" and e["seconds"] >= 0 for e in saved["steps"].values())
     assert saved["steps"]["pretrain"]["headline"]["value"] == 1.25
     assert (tmp_path / "run" / "recipe.yaml").read_text() == rec.to_yaml()
@@ -141,7 +141,7 @@ def test_stage_subset_is_put_in_pipeline_order(tmp_path, fake_steps):
 def test_unknown_stage_names_list_the_valid_ones(bad):
     with pytest.raises(UserError) as err:
         pipeline.parse_stages(bad)
-    assert "pretrain,sft,sample,label,reward,ppo,eval,report" in str(err.value)
+    assert "pretrain,sft,sample,label,reward,ppo,dpo,eval,report" in str(err.value)
 
 
 def test_cli_bad_stage_exits_2_with_a_hint(tmp_path):

@@ -40,6 +40,7 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "sft": {**_FINE_TUNING, "learning_rate": 1e-3},
     "reward": {**_FINE_TUNING, "learning_rate": 5e-4},
+    "dpo": {**_FINE_TUNING, "learning_rate": 5e-5, "per_device_train_batch_size": 8},
     "ppo": {
         "learning_rate": 3e-5,
         "per_device_train_batch_size": 32,
@@ -98,6 +99,9 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
             kwargs[new] = kwargs.pop(old)
     if stage == "ppo":
         kwargs.update(section.algorithm_settings())
+    if stage == "dpo":
+        kwargs.setdefault("beta", section.beta)
+        kwargs.setdefault("max_length", section.max_length)
     return kwargs
 
 
@@ -168,20 +172,26 @@ def planned_parameters(recipe, stage: str) -> int | None:
         "sft": recipe.sft.init_from,
         "reward": recipe.reward.init_from,
         "ppo": recipe.ppo.policy_from,
+        "dpo": recipe.dpo.policy_from,
     }
-    chain = {"pretrain": ["pretrain"], "sft": ["pretrain", "sft"], "reward": ["pretrain", "sft", "reward"]}
+    chain = {
+        "pretrain": ["pretrain"],
+        "sft": ["pretrain", "sft"],
+        "reward": ["pretrain", "sft", "reward"],
+        "dpo": ["pretrain", "sft", "dpo"],
+    }
     if recipe.tokenizer.from_ or any(starts[s] for s in chain.get(stage, ["pretrain", "sft", "ppo"])):
         return None
     return estimate_parameters(recipe.model, recipe.tokenizer.train.vocab_size)
 
 
-def build_trainer_configs(recipe, run_dir: Path, stages=("pretrain", "sft", "reward", "ppo")) -> dict[str, Any]:
+def build_trainer_configs(recipe, run_dir: Path, stages=("pretrain", "sft", "reward", "ppo", "dpo")) -> dict[str, Any]:
     """The trainer config of each training stage among `stages`, built without training (`--dry-run`, `rlhf check`)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         return {
             stage: trainer_config(recipe, stage, Path(tmp) / stage, n_params=planned_parameters(recipe, stage))
-            for stage in ("pretrain", "sft", "reward", "ppo")
+            for stage in ("pretrain", "sft", "reward", "ppo", "dpo")
             if stage in stages
         }

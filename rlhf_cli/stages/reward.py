@@ -50,16 +50,15 @@ LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns
 # ------------------------------------------------------------------------------------------------------ the stage
 
 
-def data_spec(rec, run_dir: Path):
-    """reward.data, or (unset / toy) this run's feedback/rankings.jsonl."""
-
-    spec = rec.reward.data
+def data_spec(rec, run_dir: Path, section: str = "reward"):
+    """reward.data (or dpo.data), or, when unset or toy, this run's feedback/rankings.jsonl."""
+    spec = getattr(rec, section).data
     if spec is None or (spec.toy and not spec.path and not spec.hub):
         rankings = RunLayout(run_dir).rankings
         if not rankings.exists():
             raise UserError(
                 f"{rankings} does not exist; run {runs.run_first(RunLayout(run_dir), 'label')} first, or set "
-                "reward.data.path."
+                f"{section}.data.path."
             )
         base = spec.model_dump() if spec is not None else {"eval_fraction": 0.1}
         spec = DataSpec(**{**base, "toy": False, "path": str(rankings)})

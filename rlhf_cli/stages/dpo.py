@@ -1,0 +1,137 @@
+"""Direct Preference Optimization — the SFT model learns the rankings directly, without a reward model (TRL's DPOTrainer).
+
+    rlhf dpo --recipe tiny                                  # after `rlhf label --recipe tiny` (or `rlhf pipeline`)
+    rlhf dpo --recipe tiny --set dpo.beta=0.3 --overwrite
+
+DPO (Rafailov et al. 2023) maximises log σ(β·[log π/π_ref (chosen) − log π/π_ref (rejected)]) over the preference
+pairs: the policy starts from and is held near the reference (the SFT model, `dpo.policy_from`) by β. Data: the run's
+rankings expanded to pairs (`dpo.data`, as `reward.data`), split by prompt. Writes `dpo/final/` (a plain causal LM),
+`dpo/metrics.jsonl`, `dpo/checkpoints/` and `dpo/eval.json`: the DPO policy next to the SFT model on held-out prompts
+(greedy; on the toy world its gold reward and right-fact rate, and the gain with a paired 95 % bootstrap interval).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from rlhf_cli import callbacks, distributed, runs
+from rlhf_cli.answers import score_answers
+from rlhf_cli.data import load_stage_data, train_eval_split
+from rlhf_cli.data.toy import ToyWorld, toy_files
+from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.driver import Job, stage_runner
+from rlhf_cli.stages.reward import data_spec
+from rlhf_cli.stats import paired_difference_ci
+
+STAGE = "dpo"
+# TRL's DPOTrainer asks every model `is_gradient_checkpointing`, which transformers 5 renamed: noise in every log
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def setup(ctx) -> Job:
+    """Preference pairs, policy and reference (the SFT model), and TRL's DPOTrainer, every input checked; the driver
+    (rlhf_cli.stages.driver) does the rest: `dpo/final`, `dpo/eval.json`."""
+    import json
+
+    import datasets
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    recipe, spec, run_dir, stage_dir = ctx.recipe, ctx.recipe.dpo, ctx.layout.root, ctx.stage_dir
+    data = data_spec(recipe, run_dir, STAGE)
+    policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "dpo.policy_from", "label")
+    trust = recipe.model.trust_remote_code
+    pairs = load_stage_data("reward", data, toy_dir=ctx.layout.toy, seed=recipe.seed)
+    train, held = train_eval_split(pairs, data, "reward", seed=recipe.seed, toy_dir=ctx.layout.toy)
+
+    def conversational(rows):  # DPOTrainer's conversational preference format
+        return datasets.Dataset.from_list(
+            [
+                {
+                    "prompt": r["prompt"],
+                    "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": r["rejected"]}],
+                }
+                for r in rows
+                if r["chosen"] != r["rejected"]
+            ]
+        )
+
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    set_seed(recipe.seed)
+    policy = load_causal_lm(policy_dir, trust_remote_code=trust)
+    reference = load_causal_lm(policy_dir, trust_remote_code=trust)
+    n_params = count_parameters(policy)
+    args = trainer_config(recipe, STAGE, stage_dir, n_params=n_params)
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=conversational(train),
+        eval_dataset=conversational(held) if len(held) else None,
+        processing_class=tokenizer,
+        callbacks=[callbacks.make_callbacks(stage_dir, STAGE)],
+    )
+    if recipe.dpo.data is None or recipe.dpo.data.toy:  # the toy world's held-out prompts, as every stage evaluates
+        lines = Path(toy_files(ctx.layout.toy, recipe.seed)["prompts_eval.jsonl"]).read_text(encoding="utf-8")
+        prompts = [
+            [{"role": "user", "content": json.loads(x)["prompt"]}] for x in lines.splitlines()[: spec.eval_prompts]
+        ]
+    else:
+        prompts = [r["prompt"] for r in held.select(range(min(spec.eval_prompts, len(held))))]
+
+    def evaluate(output, _checkpoint) -> dict:
+        metrics = {
+            "train_loss": output.training_loss,
+            "train_steps": output.global_step,
+            "beta": args.beta,
+            "train_pairs": len(trainer.train_dataset),
+        }
+        if distributed.is_main_process() and prompts:
+            world = ToyWorld(recipe.seed) if recipe.feedback.data.toy else None
+            dpo_metrics, dpo_rows = score_answers(recipe, trainer.model, tokenizer, prompts, world)
+            sft_metrics, sft_rows = score_answers(recipe, reference, tokenizer, prompts, world)
+            metrics.update({"eval_prompts": len(prompts), "dpo": dpo_metrics, "sft": sft_metrics})
+            if world is not None:
+                gain = paired_difference_ci([g for *_, g in dpo_rows], [g for *_, g in sft_rows], seed=recipe.seed)
+                metrics["gold_gain"] = {k: round(v, 6) if k != "n" else v for k, v in gain.items()}
+            metrics["examples"] = [
+                {"prompt": p, "sft": s.text, "dpo": d.text}
+                for (p, s, _), (_, d, _) in zip(sft_rows[:5], dpo_rows[:5], strict=True)
+            ]
+        return metrics
+
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        runs.write_lineage(
+            tmp,
+            stage=STAGE,
+            parents={"policy": policy_dir, "reference": policy_dir},
+            data=data.model_dump(),
+            recipe=recipe,
+        )
+        runs.write_model_card(
+            tmp,
+            title=f"{recipe.name}: DPO policy",
+            body=f"Direct Preference Optimization (beta {args.beta}) of `{policy_dir}` on `{data.path or data.hub}` by "
+            f"`rlhf dpo` (rlhf-cli), {metrics['train_steps']} steps, the SFT model as the reference.",
+        )
+
+    return Job(trainer, n_params, evaluate, write_final, _summary)
+
+
+run = stage_runner(STAGE, setup)
+
+
+def _summary(final: Path, m: dict) -> None:
+    gold = ""
+    if "gold_gain" in m:
+        g = m["gold_gain"]
+        gold = (
+            f"; gold reward {m['dpo']['gold_reward']:+.3f} (SFT {m['sft']['gold_reward']:+.3f}, gain {g['mean']:+.3f} "
+            f"[{g['low']:+.3f}, {g['high']:+.3f}]), right facts {m['dpo']['right_fact_rate']:.0%}"
+        )
+    print(f"dpo: saved {final} — train loss {m['train_loss']:.4f} on {m['train_pairs']} pairs{gold}")
