@@ -282,7 +282,7 @@ def dpo(
 ):
     """A method beside PPO: DPO on the rankings, from the SFT model, no reward model (TRL's DPOTrainer).
 
-    Example: `rlhf dpo --recipe tiny` (after `rlhf label`), or `rlhf pipeline --stages dpo,report --resume`
+    Example: `rlhf dpo --recipe tiny` (after `rlhf label`), or `rlhf pipeline --stages dpo --resume`
     """
     _stage_command("dpo", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 

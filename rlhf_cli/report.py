@@ -212,6 +212,16 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
             return {"name": "ppo_win_rate_gold", "value": None, "text": ""}
         text = f"PPO beats SFT (gold) {wins['mean']:.0%}" + ("" if kl is None else f", KL {kl:.3f}")
         return {"name": "ppo_win_rate_gold", "value": wins["mean"], "text": text}
+    if step == "dpo":  # its own check against SFT (rlhf eval compares base, SFT and PPO)
+        own = _read_json(RunLayout(run_dir).eval_json("dpo"))
+        gain, n = _interval(own.get("gold_gain")), own.get("eval_prompts")
+        if gain is None:
+            loss = own.get("train_loss")
+            return {"name": "train_loss", "value": loss, "text": "" if loss is None else f"train loss {loss:.4f}"}
+        text = (
+            f"gold reward {gain['mean']:+.3f} vs SFT [{gain['low']:+.3f}, {gain['high']:+.3f}] on {n} held-out prompts"
+        )
+        return {"name": "gold_gain", "value": gain["mean"], "text": text}
     # PPO's gain as the report gives it: from `rlhf eval` (eval.num_prompts) where it ran, else the stage's own check
     ev, own = _read_json(RunLayout(run_dir).eval_json("eval")), _read_json(RunLayout(run_dir).eval_json("ppo"))
     gain, n = _interval(ev.get("ppo_gold_gain")), ev.get("num_prompts")
