@@ -69,10 +69,8 @@ def test_dpo_learns_the_rankings_and_saves_a_policy(run):
     assert lineage["stage"] == "dpo" and lineage["parents"]["reference"].endswith("sft/final")
     from rlhf_cli.report import step_headline
 
-    assert (
-        step_headline(run, "dpo")["text"].endswith("vs SFT ") is False
-        and "on 4 held-out prompts" in step_headline(run, "dpo")["text"]
-    )  # the pipeline's summary line: DPO's own comparison, not PPO's
+    headline = step_headline(run, "dpo")["text"]  # the pipeline's summary line: DPO's own check, not PPO's
+    assert headline.startswith("gold reward ") and "vs SFT" in headline and "on 4 held-out prompts" in headline
     # the shared lifecycle: a finished stage is kept on --resume, an existing one refused without it
     assert dpo.run(_recipe(), run, resume=True)["train_steps"] == 12
     with pytest.raises(UserError, match="already exists; pass --resume"):
