@@ -30,11 +30,15 @@ def offline_unless_reachable() -> bool:
         _reachable = False
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"))
+    if proxied or not url.hostname:  # through a proxy a direct connection proves nothing: let the hub client try
+        _reachable = True
+        return True
     try:
         port = url.port or (443 if url.scheme == "https" else 80)
         socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT).close()
         _reachable = True
-    except OSError:
+    except (OSError, ValueError):
         _reachable = False
         os.environ["HF_HUB_OFFLINE"] = "1"  # for what is imported later
         constants.HF_HUB_OFFLINE = True  # read by huggingface_hub and transformers at call time

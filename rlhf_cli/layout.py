@@ -112,12 +112,12 @@ class RunLayout:
     def finished(self, step: str, annotator: str | None = None) -> bool:
         """Whether `step`'s output exists and is complete.
 
-        A model stage: final/ with config.json (written atomically). Samples and toy/file labels: the file (written
-        atomically). Human labels are never taken as finished: the labelling screen itself continues where the person
+        A model stage: final/ with config.json (written atomically) and its eval.json (written after it). Samples and
+        toy/file labels: the file (written atomically). Human labels are never taken as finished: the labelling screen itself continues where the person
         stopped and returns at once when nothing is left to rank.
         """
         if step in MODEL_STAGES:
-            return (self.final(step) / "config.json").exists()
+            return (self.final(step) / "config.json").exists() and self.eval_json(step).exists()
         if step == "label" and annotator == "human":
             return False
         return self.output(step).is_file()

@@ -423,6 +423,12 @@ RESUME_HARMLESS = {
 }
 
 
+RENAMED_TRAINING_KEYS = {  # transformers 5's names for TrainingArguments fields (the old ones still work in a recipe)
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
 def _flat(value, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         out = {}
@@ -437,10 +443,14 @@ def training_settings(recipe: Recipe | dict, stage: str) -> dict[str, Any]:
     data = recipe.model_dump(mode="json", by_alias=True) if isinstance(recipe, Recipe) else recipe
     out = {k: data.get(k) for k in ("seed", "precision")}
     out.update(_flat({k: data.get(k) for k in ("model", "tokenizer")}))
+    section = _flat(data.get(stage) or {})
+    for old, new in RENAMED_TRAINING_KEYS.items():  # a run started under the old name resumes under the new one
+        if f"training.{old}" in section:
+            section.setdefault(f"training.{new}", section.pop(f"training.{old}"))
     out.update(
         {
             f"{stage}.{k}": v
-            for k, v in _flat(data.get(stage) or {}).items()
+            for k, v in section.items()
             if k not in RESUME_HARMLESS and not any(k == h or k.startswith(h + ".") for h in RESUME_HARMLESS)
         }
     )

@@ -15,7 +15,7 @@ from typing import Any
 from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.files import write_json_atomic, write_text_atomic
-from rlhf_cli.layout import STAGE_RECIPE, RunLayout
+from rlhf_cli.layout import STAGE_RECIPE, STEPS, RunLayout
 from rlhf_cli.recipe import resume_differences, save_resolved
 
 
@@ -122,7 +122,7 @@ def _holds_work(stage_dir: Path) -> bool:
 
 
 def resolve_model_dir(
-    explicit: str | None, run_dir: Path, parent_stage: str, what: str, needs_up_to: str | None = None
+    explicit: str | None, run_dir: Path, parent_stage: str, what: str, needs_up_to: str | None = None, recipe=None
 ) -> str:
     """A stage's starting model: `init_from` (a local path or hub id) or the parent stage's `final/` in this run.
     `needs_up_to`: the last step the stage needs from this run (PPO: the reward model too), for the message that
@@ -137,16 +137,25 @@ def resolve_model_dir(
     final = layout.final(parent_stage)
     if not (final / "config.json").exists():
         raise UserError(
-            f"{what.split('.')[0]}: {final} does not exist — run {run_first(layout, needs_up_to or parent_stage)} for this run "
+            f"{what.split('.')[0]}: {final} does not exist — run {run_first(layout, needs_up_to or parent_stage, recipe)} for this run "
             f"first, or set {what} to a model folder or hub id."
         )
     return str(final)
 
 
-def run_first(layout: RunLayout, step: str) -> str:
-    """Every unfinished step up to `step`, as commands to run: '`rlhf pretrain`, then `rlhf sft` (or `rlhf pipeline
-    --stages pretrain,sft`)'. Model stages of the chain count as done when their final/ exists."""
-    missing = [s for s in layout.missing_up_to(step) if s not in ("eval", "report")] or [step]
+def run_first(layout: RunLayout, step: str, recipe=None) -> str:
+    """Every unfinished step up to `step` that the recipe needs, as commands to run: '`rlhf pretrain`, then `rlhf sft`
+    (or `rlhf pipeline --stages pretrain,sft`)'. With `recipe`: only its `stages:`, no pretrain when SFT starts from a
+    model (`sft.init_from`), no sample/label when the reward model's rankings come from a file or the hub."""
+    skip = {"eval", "report", "dpo"}
+    if recipe is not None:
+        if recipe.stages:
+            skip |= set(STEPS) - set(recipe.stages) - {step}
+        if recipe.sft.init_from:
+            skip.add("pretrain")
+        if recipe.reward.data is not None and (recipe.reward.data.path or recipe.reward.data.hub):
+            skip |= {"sample", "label"} - {step}
+    missing = [s for s in layout.missing_up_to(step) if s not in skip] or [step]
     commands = ", then ".join(f"`rlhf {s}`" for s in missing)
     return commands + (f" (or `rlhf pipeline --stages {','.join(missing)}`)" if len(missing) > 1 else "")
 

@@ -66,9 +66,12 @@ def test_a_recipe_names_the_steps_it_runs(tmp_path, fake_steps):
 
 def test_resume_skips_finished_stages_and_resumes_the_unfinished_one(tmp_path, fake_steps):
     run = tmp_path / "run"
-    for stage in ("pretrain", "sft"):
+    for stage in ("pretrain", "sft"):  # finished: final/ and the eval.json written after it
         (run / stage / "final").mkdir(parents=True)
         (run / stage / "final" / "config.json").write_text("{}")
+        (run / stage / "eval.json").write_text("{}")
+    (run / "ppo" / "final").mkdir(parents=True)  # final/ without eval.json: a crash between the two, not finished
+    (run / "ppo" / "final" / "config.json").write_text("{}")
     (run / "feedback").mkdir()
     (run / "feedback" / "samples.jsonl").write_text("{}\n")
     (run / "reward" / "checkpoints" / "checkpoint-5").mkdir(parents=True)  # started, not finished

@@ -38,3 +38,16 @@ def test_model_paths_that_do_not_exist_or_hold_no_model_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="is not a model folder"):
         load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_the_steps_to_run_first_are_those_the_recipe_needs(tmp_path):
+    from rlhf_cli.layout import RunLayout
+    from rlhf_cli.recipe import load_recipe
+    from rlhf_cli.runs import run_first
+
+    layout = RunLayout(tmp_path / "run")
+    tiny = run_first(layout, "reward", load_recipe("tiny"))
+    assert tiny.startswith("`rlhf pretrain`, then `rlhf sft`, then `rlhf sample`, then `rlhf label`, then `rlhf reward`")
+    # SFT from a hub model, rankings from the hub, no pretrain/sample/label steps: only sft and reward are missing
+    qwen = run_first(layout, "reward", load_recipe("qwen-0.5b-rlhf", check_training=False))
+    assert qwen == "`rlhf sft`, then `rlhf reward` (or `rlhf pipeline --stages sft,reward`)"

@@ -12,6 +12,7 @@ from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import estimate_parameters
 from rlhf_cli.precision import gpu_available
+from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
 
 # Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
 # TRL's configs default to bf16=True and gradient checkpointing on: set both explicitly.
@@ -90,11 +91,10 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
     }
     section = getattr(recipe, stage)
     kwargs.update(section.training)
-    renamed = {
-        "gradient_checkpointing": "activation_checkpointing",
-        "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
-    }
-    for old, new in renamed.items():  # transformers 5 renamed them; the old names still work in a recipe, unwarned
+    for (
+        old,
+        new,
+    ) in RENAMED_TRAINING_KEYS.items():  # transformers 5 renamed them; the old names still work in a recipe, unwarned
         if old in section.training:
             kwargs[new] = kwargs.pop(old)
     if stage == "ppo":

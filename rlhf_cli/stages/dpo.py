@@ -19,6 +19,7 @@ from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld, toy_files
+from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
@@ -41,12 +42,12 @@ def setup(ctx) -> Job:
 
     recipe, spec, run_dir, stage_dir = ctx.recipe, ctx.recipe.dpo, ctx.layout.root, ctx.stage_dir
     data = data_spec(recipe, run_dir, STAGE)
-    policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "dpo.policy_from", "label")
+    policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "dpo.policy_from", "label", recipe)
     trust = recipe.model.trust_remote_code
     pairs = load_stage_data("reward", data, toy_dir=ctx.layout.toy, seed=recipe.seed)
     train, held = train_eval_split(pairs, data, "reward", seed=recipe.seed, toy_dir=ctx.layout.toy)
 
-    def conversational(rows):  # DPOTrainer's conversational preference format
+    def conversational(rows):  # DPOTrainer's conversational preference format; a pair of equal answers teaches nothing
         return datasets.Dataset.from_list(
             [
                 {
@@ -59,6 +60,12 @@ def setup(ctx) -> Job:
             ]
         )
 
+    train_pairs, held_pairs = conversational(train), conversational(held)
+    if len(train_pairs) == 0:
+        raise UserError(
+            f"dpo: {data.path or data.hub} holds no training pair of two different answers; rank more prompts."
+        )
+
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
     set_seed(recipe.seed)
     policy = load_causal_lm(policy_dir, trust_remote_code=trust)
@@ -69,18 +76,21 @@ def setup(ctx) -> Job:
         model=policy,
         ref_model=reference,
         args=args,
-        train_dataset=conversational(train),
-        eval_dataset=conversational(held) if len(held) else None,
+        train_dataset=train_pairs,
+        eval_dataset=held_pairs if len(held_pairs) else None,
         processing_class=tokenizer,
         callbacks=[callbacks.make_callbacks(stage_dir, STAGE)],
     )
-    if recipe.dpo.data is None or recipe.dpo.data.toy:  # the toy world's held-out prompts, as every stage evaluates
+    # The toy world judges only its own prompts: its rankings (dpo.data unset or toy, feedback from the toy world).
+    toy = (spec.data is None or spec.data.toy) and recipe.feedback.data.toy
+    if toy:  # the toy world's held-out prompts, as every stage evaluates
         lines = Path(toy_files(ctx.layout.toy, recipe.seed)["prompts_eval.jsonl"]).read_text(encoding="utf-8")
         prompts = [
             [{"role": "user", "content": json.loads(x)["prompt"]}] for x in lines.splitlines()[: spec.eval_prompts]
         ]
-    else:
-        prompts = [r["prompt"] for r in held.select(range(min(spec.eval_prompts, len(held))))]
+    else:  # one per held-out prompt (a ranking of K answers gives K(K-1)/2 pairs of the same prompt)
+        unique = {json.dumps(r["prompt"]): r["prompt"] for r in held}
+        prompts = list(unique.values())[: spec.eval_prompts]
 
     def evaluate(output, _checkpoint) -> dict:
         metrics = {
@@ -90,7 +100,7 @@ def setup(ctx) -> Job:
             "train_pairs": len(trainer.train_dataset),
         }
         if distributed.is_main_process() and prompts:
-            world = ToyWorld(recipe.seed) if recipe.feedback.data.toy else None
+            world = ToyWorld(recipe.seed) if toy else None
             dpo_metrics, dpo_rows = score_answers(recipe, trainer.model, tokenizer, prompts, world)
             sft_metrics, sft_rows = score_answers(recipe, reference, tokenizer, prompts, world)
             metrics.update({"eval_prompts": len(prompts), "dpo": dpo_metrics, "sft": sft_metrics})

@@ -72,7 +72,7 @@ def run_stage(
     layout = RunLayout(run_dir)
     folder = dict(resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes)
     stage_dir = runs.check_stage_dir(layout.root, name, **folder)  # nothing written before the checks
-    if resume and not accept_changes and layout.finished(name) and layout.eval_json(name).exists():
+    if resume and not accept_changes and layout.finished(name):
         if distributed.is_main_process():
             print(f"{name}: already finished, keeping {layout.final(name)}")
         return files.read_json(layout.eval_json(name))
@@ -85,7 +85,8 @@ def run_stage(
     if job.prepared and distributed.is_main_process():
         job.prepared()
     checkpoint = runs.newest_checkpoint(job.checkpoints) if resume else None
-    if resume and checkpoint is None and distributed.is_main_process():
+    started = job.checkpoints.is_dir() and any(job.checkpoints.iterdir())  # a stage not begun yet says nothing
+    if resume and checkpoint is None and started and distributed.is_main_process():
         print(f"{name}: no complete checkpoint in {job.checkpoints}; starting from the beginning.")
     output = job.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 

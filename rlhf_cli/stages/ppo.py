@@ -50,7 +50,7 @@ def setup(ctx) -> Job:
     # Models: policy + reference (SFT), reward sources, value model.
     own_reward = spec.reward_from is None and spec.rewards is None  # this run's reward model: its stages are needed
     policy_dir = resolve_model_dir(
-        spec.policy_from, run_dir, "sft", "ppo.policy_from", "reward" if own_reward else None
+        spec.policy_from, run_dir, "sft", "ppo.policy_from", "reward" if own_reward else None, recipe
     )
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed

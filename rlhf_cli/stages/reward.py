@@ -57,7 +57,7 @@ def data_spec(rec, run_dir: Path, section: str = "reward"):
         rankings = RunLayout(run_dir).rankings
         if not rankings.exists():
             raise UserError(
-                f"{rankings} does not exist; run {runs.run_first(RunLayout(run_dir), 'label')} first, or set "
+                f"{rankings} does not exist; run {runs.run_first(RunLayout(run_dir), 'label', rec)} first, or set "
                 f"{section}.data.path."
             )
         base = spec.model_dump() if spec is not None else {"eval_fraction": 0.1}
@@ -74,7 +74,7 @@ def setup(ctx) -> Job:
 
     rec, rc, run_dir, stage_dir = ctx.recipe, ctx.recipe.reward, ctx.layout.root, ctx.stage_dir
     spec = data_spec(rec, run_dir)
-    init = runs.resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from")
+    init = runs.resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from", recipe=rec)
     toy_dir = ctx.layout.toy
     pairs = load_stage_data(STAGE, spec, toy_dir=toy_dir, seed=rec.seed)
     train, held = train_eval_split(pairs, spec, STAGE, seed=rec.seed, toy_dir=toy_dir)

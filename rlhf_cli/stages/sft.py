@@ -37,7 +37,7 @@ def setup(ctx) -> Job:
     recipe, spec, stage_dir = ctx.recipe, ctx.recipe.sft, ctx.stage_dir
     if spec.lora is not None and spec.lora.qlora:
         check_qlora()
-    init = runs.resolve_model_dir(spec.init_from, ctx.layout.root, "pretrain", "sft.init_from")
+    init = runs.resolve_model_dir(spec.init_from, ctx.layout.root, "pretrain", "sft.init_from", recipe=recipe)
     trust = recipe.model.trust_remote_code
 
     # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
