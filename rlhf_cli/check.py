@@ -87,6 +87,8 @@ def _data_jobs(recipe, run_dir: Path) -> list[tuple[str, str, Any, str]]:
     else:
         jobs.append(("reward", "reward", None, "made by `rlhf label` (the feedback stage) before the reward stage"))
     jobs.append(("ppo", "ppo", recipe.ppo.data, ""))
+    if recipe.dpo.data is not None and (recipe.dpo.data.path or recipe.dpo.data.hub):  # else: the run's rankings
+        jobs.append(("dpo", "reward", recipe.dpo.data, ""))
     return jobs
 
 

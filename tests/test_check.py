@@ -68,10 +68,11 @@ def test_broken_data_lists_every_reason(tmp_path):
         f"sft: {{data: {{path: {bad}}}}}\n"
         f"feedback: {{data: {{path: {prompts}}}}}\n"
         f"ppo: {{data: {{path: {prompts}}}}}\n"
+        f"dpo: {{data: {{path: {tmp_path / 'no-pairs.jsonl'}}}}}\n"
     )
     result = CliRunner().invoke(app, ["check", "--recipe", str(recipe), "-o", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
-    assert "2 problems" in result.output
+    assert "3 problems" in result.output and "no-pairs.jsonl" in result.output  # dpo.data is checked too
     assert "missing.txt" in result.output  # the missing file
     assert "chats.jsonl" in result.output and "fits no sft format" in result.output  # the unknown format
     assert "Traceback" not in result.output
