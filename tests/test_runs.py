@@ -47,7 +47,9 @@ def test_the_steps_to_run_first_are_those_the_recipe_needs(tmp_path):
 
     layout = RunLayout(tmp_path / "run")
     tiny = run_first(layout, "reward", load_recipe("tiny"))
-    assert tiny.startswith("`rlhf pretrain`, then `rlhf sft`, then `rlhf sample`, then `rlhf label`, then `rlhf reward`")
+    assert tiny.startswith(
+        "`rlhf pretrain`, then `rlhf sft`, then `rlhf sample`, then `rlhf label`, then `rlhf reward`"
+    )
     # SFT from a hub model, rankings from the hub, no pretrain/sample/label steps: only sft and reward are missing
     qwen = run_first(layout, "reward", load_recipe("qwen-0.5b-rlhf", check_training=False))
     assert qwen == "`rlhf sft`, then `rlhf reward` (or `rlhf pipeline --stages sft,reward`)"
