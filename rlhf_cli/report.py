@@ -218,10 +218,7 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
         if gain is None:
             loss = own.get("train_loss")
             return {"name": "train_loss", "value": loss, "text": "" if loss is None else f"train loss {loss:.4f}"}
-        text = (
-            f"gold reward {gain['mean']:+.3f} vs SFT [{gain['low']:+.3f}, {gain['high']:+.3f}] on {n} held-out prompts"
-        )
-        return {"name": "gold_gain", "value": gain["mean"], "text": text}
+        return _gain_headline(gain, n)
     # PPO's gain as the report gives it: from `rlhf eval` (eval.num_prompts) where it ran, else the stage's own check
     ev, own = _read_json(RunLayout(run_dir).eval_json("eval")), _read_json(RunLayout(run_dir).eval_json("ppo"))
     gain, n = _interval(ev.get("ppo_gold_gain")), ev.get("num_prompts")
@@ -229,6 +226,11 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
         gain, n = _interval(own.get("gold_gain")), own.get("num_prompts")
     if gain is None:
         return {"name": "gold_gain", "value": None, "text": ""}
+    return _gain_headline(gain, n)
+
+
+def _gain_headline(gain: dict, n: int | None) -> dict[str, Any]:
+    """A policy's gold-reward gain over SFT as one summary line (PPO and DPO alike)."""
     text = f"gold reward {gain['mean']:+.3f} vs SFT [{gain['low']:+.3f}, {gain['high']:+.3f}]"
     text += f" on {n} held-out prompts" if n else ""
     return {"name": "gold_gain", "value": gain["mean"], "text": text}

@@ -391,6 +391,12 @@ def world_version() -> str:
     return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def held_out_prompts(out_dir: str | Path, seed: int, n: int) -> list[list[dict]]:
+    """The first `n` of the toy world's held-out prompts (the phrasing no training text uses), as conversations."""
+    lines = toy_files(out_dir, seed)["prompts_eval.jsonl"].read_text(encoding="utf-8").splitlines()
+    return [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in lines[:n]]
+
+
 def toy_files(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """The toy world's files in out_dir, written by ToyWorld(seed).write unless they are there already for this seed
     and this version of the world."""

@@ -18,7 +18,8 @@ from pathlib import Path
 from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.data.toy import ToyWorld, toy_files
+from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
 from rlhf_cli.stages.common import trainer_config
@@ -84,10 +85,7 @@ def setup(ctx) -> Job:
     # The toy world judges only its own prompts: its rankings (dpo.data unset or toy, feedback from the toy world).
     toy = (spec.data is None or spec.data.toy) and recipe.feedback.data.toy
     if toy:  # the toy world's held-out prompts, as every stage evaluates
-        lines = Path(toy_files(ctx.layout.toy, recipe.seed)["prompts_eval.jsonl"]).read_text(encoding="utf-8")
-        prompts = [
-            [{"role": "user", "content": json.loads(x)["prompt"]}] for x in lines.splitlines()[: spec.eval_prompts]
-        ]
+        prompts = toy_held_out_prompts(ctx.layout.toy, recipe.seed, spec.eval_prompts)
     else:  # one per held-out prompt (a ranking of K answers gives K(K-1)/2 pairs of the same prompt)
         unique = {json.dumps(r["prompt"]): r["prompt"] for r in held}
         prompts = list(unique.values())[: spec.eval_prompts]

@@ -17,7 +17,8 @@ from pathlib import Path
 from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import print_samples, score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.data.toy import ToyWorld, toy_files
+from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
 from rlhf_cli.stages.common import trainer_config
@@ -250,12 +251,9 @@ def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, met
 
 def held_out_prompts(recipe, eval_ds, toy_dir: Path) -> list[list[dict]]:
     """Up to `sft.eval_prompts` prompts: the toy world's held-out prompts, else the history before each eval answer."""
-    import json
-
     n = recipe.sft.eval_prompts
     if recipe.sft.data.toy:
-        lines = Path(toy_files(toy_dir, recipe.seed)["prompts_eval.jsonl"]).read_text(encoding="utf-8").splitlines()
-        return [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in lines[:n]]
+        return toy_held_out_prompts(toy_dir, recipe.seed, n)
     prompts = []
     for row in eval_ds.select(range(min(n, len(eval_ds)))):
         messages = row["messages"]
