@@ -17,6 +17,7 @@ import typer
 
 from rlhf_cli import __version__
 from rlhf_cli.errors import UserError
+from rlhf_cli.steps import BY_NAME, MODEL_STAGES, TABLE
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,8 +29,7 @@ if not sys.stderr.isatty():  # progress bars only on a terminal: in a log file e
 
 # `rlhf --help` lists the commands in the order of the recipe, then the tools (typer would put the sub-apps last).
 COMMAND_ORDER = (
-    "pipeline", "pretrain", "sft", "sample", "label", "reward", "ppo", "dpo", "eval", "report",
-    "chat", "sweep", "check", "export", "recipe", "data", "env",
+    "pipeline", *(step.command for step in TABLE), "chat", "sweep", "check", "export", "recipe", "data", "env",
 )  # fmt: skip
 
 
@@ -62,8 +62,7 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Built-in recipes and resolved recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: the toy world.", no_args_is_help=True)
 reward_app = typer.Typer(
-    help="Stage 3a: train a reward model on rankings (TRL's RewardTrainer, InstructGPT's K-wise loss), or inspect one.\n\n"
-    "Example: `rlhf reward --recipe tiny`, then `rlhf reward inspect runs/tiny/reward/final`"
+    help=f"{BY_NAME['reward'].summary.removesuffix('.')}, or inspect one.\n\nExample: {BY_NAME['reward'].example}"
 )
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
@@ -174,40 +173,29 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
         module.run(rec, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept)
 
 
-@app.command()
-@handled
-def pretrain(
-    recipe: RecipeOpt = "tiny",
-    set_: SetOpt = None,
-    output_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    dry_run: DryRunOpt = False,
-    accept_recipe_change: AcceptOpt = False,
-):
-    """Stage 1: generative pre-training of a base model (transformers' Trainer).
+def _stage_cli(name: str):
+    """The command of a model stage: its recipe, overrides, run folder and lifecycle flags; help from rlhf_cli.steps."""
 
-    Example: `rlhf pretrain --recipe tiny --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60`
-    """
-    _stage_command("pretrain", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
+    def command(
+        recipe: RecipeOpt = "tiny",
+        set_: SetOpt = None,
+        output_dir: OutOpt = None,
+        resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False,
+        dry_run: DryRunOpt = False,
+        accept_recipe_change: AcceptOpt = False,
+    ):
+        _stage_command(name, recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
+
+    step = BY_NAME[name]
+    command.__name__ = name
+    command.__doc__ = f"{step.summary}\n\nExample: {step.example}"
+    return handled(command)
 
 
-@app.command()
-@handled
-def sft(
-    recipe: RecipeOpt = "tiny",
-    set_: SetOpt = None,
-    output_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    dry_run: DryRunOpt = False,
-    accept_recipe_change: AcceptOpt = False,
-):
-    """Stage 2: supervised fine-tuning on conversations (TRL's SFTTrainer).
-
-    Example: `rlhf sft --recipe tiny --set sft.lora.r=8`
-    """
-    _stage_command("sft", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
+for _name in MODEL_STAGES:  # reward is a group: `rlhf reward` trains, `rlhf reward inspect` judges a model
+    if _name != "reward":
+        app.command(BY_NAME[_name].command)(_stage_cli(_name))
 
 
 @reward_app.callback(invoke_without_command=True)
@@ -222,10 +210,6 @@ def reward(
     dry_run: DryRunOpt = False,
     accept_recipe_change: AcceptOpt = False,
 ):
-    """Stage 3a: train a reward model on rankings (TRL's RewardTrainer, InstructGPT's K-wise loss).
-
-    Example: `rlhf reward --recipe tiny`, then `rlhf reward inspect runs/tiny/reward/final`
-    """
     if ctx.invoked_subcommand is None:
         _stage_command("reward", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
@@ -249,42 +233,6 @@ def reward_inspect(
     from rlhf_cli.reward_inspect import inspect_reward_model
 
     inspect_reward_model(model_dir, data=data, out_dir=out)
-
-
-@app.command()
-@handled
-def ppo(
-    recipe: RecipeOpt = "tiny",
-    set_: SetOpt = None,
-    output_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    dry_run: DryRunOpt = False,
-    accept_recipe_change: AcceptOpt = False,
-):
-    """Stage 3b: PPO against the reward model with a KL penalty (our own trainer).
-
-    Example: `rlhf ppo --recipe tiny --set ppo.kl_coef=0.1`
-    """
-    _stage_command("ppo", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
-
-
-@app.command()
-@handled
-def dpo(
-    recipe: RecipeOpt = "tiny",
-    set_: SetOpt = None,
-    output_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    dry_run: DryRunOpt = False,
-    accept_recipe_change: AcceptOpt = False,
-):
-    """A method beside PPO: DPO on the rankings, from the SFT model, no reward model (TRL's DPOTrainer).
-
-    Example: `rlhf dpo --recipe tiny` (after `rlhf label`), or `rlhf pipeline --stages dpo --resume`
-    """
-    _stage_command("dpo", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
 
 @app.command()

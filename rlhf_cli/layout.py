@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STEPS = ("pretrain", "sft", "sample", "label", "reward", "ppo", "dpo", "eval", "report")
-DEFAULT_STEPS = tuple(s for s in STEPS if s != "dpo")  # what `rlhf pipeline` runs unless told: the ChatGPT recipe
-MODEL_STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
+from rlhf_cli.steps import MODEL_STAGES, STEPS
+
 FINAL = "final"
 STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
 

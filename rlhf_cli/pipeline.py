@@ -24,10 +24,11 @@ from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.feedback import label, labelling_progress, sample
 from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.layout import DEFAULT_STEPS, STEPS, RunLayout
+from rlhf_cli.layout import RunLayout
 from rlhf_cli.recipe import save_resolved
 from rlhf_cli.report import assess, build_report, step_headline
 from rlhf_cli.runs import Interrupted, no_trace_on_user_error
+from rlhf_cli.steps import DEFAULT_STEPS, MODEL_STAGES, STEPS, step_name
 
 TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was missed or a red flag raised
 
@@ -36,7 +37,7 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
     """The steps to run, in pipeline order; an unknown name is a UserError listing the valid ones."""
     if stages is None:
         return list(DEFAULT_STEPS)
-    names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
+    names = [step_name(s) for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
     unknown = [s for s in names if s not in STEPS]
     if unknown or not names:
         import difflib
@@ -103,16 +104,12 @@ def _run_step(step: str, recipe, run_dir: Path, **flags):
     return RUNNERS[step](recipe, run_dir, **flags)
 
 
-# Every step, in pipeline order: name -> run(recipe, run_dir, *, resume, overwrite, accept_changes). A new stage is one
-# line here (and one in layout.STEPS).
+# Every step: name -> run(recipe, run_dir, *, resume, overwrite, accept_changes). A model stage (rlhf_cli.steps) runs
+# its module's `run`; the other four are written here.
 RUNNERS: dict[str, Callable[..., Any]] = {
-    "pretrain": _model_stage("pretrain"),
-    "sft": _model_stage("sft"),
+    **{name: _model_stage(name) for name in MODEL_STAGES},
     "sample": _sample,
     "label": _label,
-    "reward": _model_stage("reward"),
-    "ppo": _model_stage("ppo"),
-    "dpo": _model_stage("dpo"),  # a method beside PPO: run with --stages dpo (or the recipe's stages:)
     "eval": _on_main_process(_eval),
     "report": _on_main_process(_report),
 }

@@ -16,23 +16,30 @@ import dataclasses
 import difflib
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import write_text_atomic
-from rlhf_cli.layout import STEPS, RunLayout
+from rlhf_cli.layout import RunLayout
+from rlhf_cli.steps import STEPS, TRAINING_STAGES
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
-STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")  # the sections with a `training:` block
+STAGES = TRAINING_STAGES  # the sections with a `training:` block (rlhf_cli.steps)
 
 
 class Section(BaseModel):
     """Every recipe section rejects keys it does not know."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # A stage section's own keys that its trainer config takes (ppo.kl_coef -> PPOConfig.kl_coef); setting one in
+    # `training:` as well is refused. None leaves the config's default (the one place defaults live).
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def trainer_settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.TRAINER_KEYS if getattr(self, k) is not None}
 
 
 class DataSpec(Section):
@@ -141,6 +148,7 @@ class DPOSpec(Section):
     max_length: int = Field(256, gt=8)
     eval_prompts: int = Field(64, ge=0)
     training: dict[str, Any] = Field(default_factory=dict)
+    TRAINER_KEYS = ("beta", "max_length")
 
 
 class RewardFunctionSpec(Section):
@@ -170,18 +178,16 @@ class PPOSpec(Section):
     ptx_coef: float | None = Field(None, ge=0.0)
     training: dict[str, Any] = Field(default_factory=dict)
 
-    def algorithm_settings(self) -> dict[str, Any]:
-        keys = (
-            "kl_coef",
-            "kl_estimator",
-            "kl_target",
-            "kl_horizon",
-            "response_length",
-            "temperature",
-            "missing_eos_penalty",
-            "ptx_coef",
-        )
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+    TRAINER_KEYS = (
+        "kl_coef",
+        "kl_estimator",
+        "kl_target",
+        "kl_horizon",
+        "response_length",
+        "temperature",
+        "missing_eos_penalty",
+        "ptx_coef",
+    )
 
 
 class EvalSpec(Section):
@@ -378,9 +384,9 @@ def check_training_keys(data: dict[str, Any]) -> list[str]:
                 near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
                 hint = f" — did you mean '{stage}.training.{near[0]}'?" if near else ""
                 problems.append(f"unknown key '{stage}.training.{key}'{hint} ({cls.__name__} does not take it)")
-        if stage == "ppo":
-            clash = sorted(k for k in set(training) & set(section) if k in PPOSpec.model_fields)
-            problems += [f"'ppo.training.{k}' and 'ppo.{k}' both set; keep one" for k in clash]
+        own = Recipe.model_fields[stage].annotation.TRAINER_KEYS
+        clash = sorted(k for k in set(training) & set(section) if k in own)
+        problems += [f"'{stage}.training.{k}' and '{stage}.{k}' both set; keep one" for k in clash]
     return problems
 
 

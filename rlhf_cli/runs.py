@@ -15,8 +15,9 @@ from typing import Any
 from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.files import write_json_atomic, write_text_atomic
-from rlhf_cli.layout import STAGE_RECIPE, STEPS, RunLayout
+from rlhf_cli.layout import STAGE_RECIPE, RunLayout
 from rlhf_cli.recipe import resume_differences, save_resolved
+from rlhf_cli.steps import DEFAULT_STEPS, STEPS
 
 
 class Interrupted(Exception):
@@ -147,7 +148,7 @@ def run_first(layout: RunLayout, step: str, recipe=None) -> str:
     """Every unfinished step up to `step` that the recipe needs, as commands to run: '`rlhf pretrain`, then `rlhf sft`
     (or `rlhf pipeline --stages pretrain,sft`)'. With `recipe`: only its `stages:`, no pretrain when SFT starts from a
     model (`sft.init_from`), no sample/label when the reward model's rankings come from a file or the hub."""
-    skip = {"eval", "report", "dpo"}
+    skip = {"eval", "report", *(set(STEPS) - set(DEFAULT_STEPS))}  # summaries, and methods beside PPO
     if recipe is not None:
         if recipe.stages:
             skip |= set(STEPS) - set(recipe.stages) - {step}

@@ -4,11 +4,12 @@ not at the top of a module `rlhf --help` loads."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from rlhf_cli.ppo.config import PPOConfig
+from rlhf_cli.steps import BY_NAME
 
 
 @dataclass
@@ -19,20 +20,6 @@ class PretrainArguments(TrainingArguments):
 
 
 def config_class(stage: str):
-    """The config class a stage's `training:` block is handed to."""
-    if stage == "pretrain":
-        return PretrainArguments
-    if stage == "sft":
-        from trl import SFTConfig
-
-        return SFTConfig
-    if stage == "reward":
-        from trl import RewardConfig
-
-        return RewardConfig
-    if stage == "dpo":
-        from trl import DPOConfig
-
-        return DPOConfig
-
-    return PPOConfig
+    """The config class a stage's `training:` block is handed to (its `config` in rlhf_cli.steps)."""
+    module, name = BY_NAME[stage].config.split(":")
+    return getattr(importlib.import_module(module), name)

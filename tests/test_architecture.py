@@ -7,10 +7,23 @@ import ast
 from pathlib import Path
 
 import rlhf_cli
+from rlhf_cli.steps import MODEL_STAGES
 
 LAYERS = [
     # leaves: no rlhf_cli import but one another
-    ["errors", "hub", "layout", "stats", "precision", "files", "distributed", "data.toy", "ppo.core", "ppo.config"],
+    [
+        "errors",
+        "hub",
+        "steps",
+        "layout",
+        "stats",
+        "precision",
+        "files",
+        "distributed",
+        "data.toy",
+        "ppo.core",
+        "ppo.config",
+    ],
     # models, data, recipes, the one generation and one scoring path
     [
         "data.read",
@@ -31,11 +44,7 @@ LAYERS = [
     ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluate"],
     # stages and the commands built on one stage or one run
     [
-        "stages.pretrain",
-        "stages.sft",
-        "stages.reward",
-        "stages.ppo",
-        "stages.dpo",
+        *(f"stages.{name}" for name in MODEL_STAGES),  # every stage of the table (rlhf_cli.steps), one layer
         "reward_inspect",
         "report",
         "export",

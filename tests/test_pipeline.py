@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from rlhf_cli import pipeline
 from rlhf_cli.errors import UserError
-from rlhf_cli.layout import MODEL_STAGES, RunLayout
+from rlhf_cli.layout import RunLayout
 from rlhf_cli.recipe import load_recipe
+from rlhf_cli.steps import MODEL_STAGES
 
 
 @pytest.fixture

@@ -13,45 +13,7 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import estimate_parameters
 from rlhf_cli.precision import gpu_available
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
-
-# Defaults that suit small models on a CPU; the recipe's `training:` block overrides any of them.
-# TRL's configs default to bf16=True and gradient checkpointing on: set both explicitly.
-_FINE_TUNING = {  # SFT and the reward model: one epoch, warm-up then cosine, no gradient checkpointing
-    "warmup_steps": 0.05,
-    "lr_scheduler_type": "cosine",
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 16,
-    "logging_steps": 10,
-    "save_steps": 100,
-    "save_total_limit": 2,
-    "activation_checkpointing": False,  # transformers 5's name (gradient_checkpointing warns on every config)
-}
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": {
-        "learning_rate": 3e-3,
-        "warmup_steps": 0.05,
-        "lr_scheduler_type": "cosine",
-        "weight_decay": 0.1,
-        "adam_beta2": 0.95,
-        "max_grad_norm": 1.0,
-        "per_device_train_batch_size": 16,
-        "logging_steps": 10,
-        "save_steps": 100,
-        "save_total_limit": 2,
-    },
-    "sft": {**_FINE_TUNING, "learning_rate": 1e-3},
-    "reward": {**_FINE_TUNING, "learning_rate": 5e-4},
-    "dpo": {**_FINE_TUNING, "learning_rate": 5e-5, "per_device_train_batch_size": 8},
-    "ppo": {
-        "learning_rate": 3e-5,
-        "per_device_train_batch_size": 32,
-        "logging_steps": 1,
-        "save_steps": 10,
-        "save_total_limit": 2,
-        "max_steps": 20,
-        "lr_scheduler_type": "constant",
-    },
-}
+from rlhf_cli.steps import BY_NAME, TRAINING_STAGES, lineage
 
 
 def stage_precision(recipe, stage: str, n_params: int | None):
@@ -75,7 +37,7 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
     """Keyword arguments for the stage's trainer config: defaults < precision < recipe `training:`."""
 
     kwargs = {
-        **TRAINING_DEFAULTS[stage],
+        **BY_NAME[stage].defaults,
         "bf16": stage_precision(recipe, stage, n_params).bf16,
         "fp16": False,
         # Without it TrainingArguments refuses bf16 on a machine without a GPU ("Your setup doesn't support bf16/gpu"),
@@ -97,11 +59,7 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
     ) in RENAMED_TRAINING_KEYS.items():  # transformers 5 renamed them; the old names still work in a recipe, unwarned
         if old in section.training:
             kwargs[new] = kwargs.pop(old)
-    if stage == "ppo":
-        kwargs.update(section.algorithm_settings())
-    if stage == "dpo":
-        kwargs.setdefault("beta", section.beta)
-        kwargs.setdefault("max_length", section.max_length)
+    kwargs.update(section.trainer_settings())
     return kwargs
 
 
@@ -167,31 +125,23 @@ def planned_parameters(recipe, stage: str) -> int | None:
     """The size of the model `stage` will train when it descends from this run's fresh model (None: it loads a model
     named by the recipe, whose size is known only once it loads)."""
 
-    starts = {
-        "pretrain": recipe.pretrain.init_from,
-        "sft": recipe.sft.init_from,
-        "reward": recipe.reward.init_from,
-        "ppo": recipe.ppo.policy_from,
-        "dpo": recipe.dpo.policy_from,
-    }
-    chain = {
-        "pretrain": ["pretrain"],
-        "sft": ["pretrain", "sft"],
-        "reward": ["pretrain", "sft", "reward"],
-        "dpo": ["pretrain", "sft", "dpo"],
-    }
-    if recipe.tokenizer.from_ or any(starts[s] for s in chain.get(stage, ["pretrain", "sft", "ppo"])):
+    def starts_elsewhere(step: str) -> bool:
+        key = BY_NAME[step].starts_from
+        section, name = key.split(".") if key else (step, "")
+        return bool(key) and bool(getattr(getattr(recipe, section), name))
+
+    if recipe.tokenizer.from_ or any(starts_elsewhere(s) for s in lineage(stage)):
         return None
     return estimate_parameters(recipe.model, recipe.tokenizer.train.vocab_size)
 
 
-def build_trainer_configs(recipe, run_dir: Path, stages=("pretrain", "sft", "reward", "ppo", "dpo")) -> dict[str, Any]:
+def build_trainer_configs(recipe, run_dir: Path, stages=TRAINING_STAGES) -> dict[str, Any]:
     """The trainer config of each training stage among `stages`, built without training (`--dry-run`, `rlhf check`)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         return {
             stage: trainer_config(recipe, stage, Path(tmp) / stage, n_params=planned_parameters(recipe, stage))
-            for stage in ("pretrain", "sft", "reward", "ppo", "dpo")
+            for stage in TRAINING_STAGES
             if stage in stages
         }
