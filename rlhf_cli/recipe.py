@@ -125,8 +125,11 @@ class FeedbackSpec(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(64, gt=0)
-    annotator: str = "toy"  # human | toy | a path to a rankings file made elsewhere
+    annotator: str = "toy"  # human | toy | web | a path to a rankings file made elsewhere
     noise: float = Field(0.1, ge=0.0)
+    # The web page (`rlhf label --annotator web`): rankings each prompt gets, by different raters (a prompt is offered
+    # until it has this many, never twice to one rater); `rlhf label stats` measures how far they agree.
+    raters_per_prompt: int = Field(1, ge=1)
 
 
 class RewardSpec(Section):
