@@ -3,7 +3,10 @@ well-formed, their length, and on the toy world their gold reward and right-fact
 
 from __future__ import annotations
 
+import math
+
 from rlhf_cli.generation import generate_answers
+from rlhf_cli.scoring import score
 
 
 def well_formed(answer) -> bool:
@@ -26,6 +29,12 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
             precision=recipe.precision,
         )
     ]
+    return answer_metrics(prompts, answers, world)
+
+
+def answer_metrics(prompts, answers, world) -> tuple[dict, list]:
+    """What answers to `prompts` are worth: finished and well-formed shares, length, and on the toy world (`world`) the
+    mean gold reward and right-fact rate; with the rows (prompt text, answer, gold) for a table."""
     n = max(len(answers), 1)
     out = {
         "finished_rate": sum(a.finished for a in answers) / n,
@@ -42,6 +51,35 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
     return out, [
         (p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)
     ]
+
+
+def best_of_n(recipe, model, tokenizer, judge, prompts, *, n: int, temperature: float, seed: int):
+    """Best-of-n: `n` sampled answers to each prompt, the one `judge` (a reward model and its tokenizer) scores highest.
+
+    Returns the chosen answers and, per prompt, every answer's reward-model score (the chosen one is their argmax)."""
+    groups = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        num_return_sequences=n,
+        max_new_tokens=recipe.eval.max_new_tokens,
+        temperature=temperature,
+        batch_size=max(64, n),
+        seed=seed,
+        progress=f"best of {n}",
+        precision=recipe.precision,
+    )
+    flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
+    flat = score(*judge, flat_prompts, [a.text for g in groups for a in g], max_length=recipe.reward.max_length,
+                 precision=recipe.precision)  # fmt: skip
+    scores = [flat[i * n : (i + 1) * n] for i in range(len(groups))]
+    chosen = [group[max(range(n), key=row.__getitem__)] for group, row in zip(groups, scores, strict=True)]
+    return chosen, scores
+
+
+def best_of_n_kl(n: int) -> float:
+    """The KL of best-of-n to the model it samples from, log n - (n-1)/n nats (Stiennon et al. 2020; an upper bound)."""
+    return math.log(n) - (n - 1) / n
 
 
 def print_samples(samples) -> None:

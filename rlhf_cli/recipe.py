@@ -154,6 +154,42 @@ class DPOSpec(Section):
     TRAINER_KEYS = ("beta", "max_length")
 
 
+class BestOfNSpec(Section):
+    """`rlhf best-of-n`: an inference-time policy — the SFT model samples n answers, the reward model keeps its best."""
+
+    policy_from: str | None = None  # default: this run's sft/final (the generator)
+    reward_from: str | None = None  # default: this run's reward/final (the judge)
+    n: int = Field(16, ge=1)  # answers sampled per prompt; KL to the generator is at most log n - (n-1)/n
+    temperature: float = Field(1.0, gt=0.0)
+    eval_prompts: int = Field(64, ge=0)
+
+
+class ExpertIterationSpec(Section):
+    """`rlhf expert-iteration`: best-of-n answers to training prompts become SFT data; the SFT model trains on them."""
+
+    policy_from: str | None = None  # default: this run's sft/final
+    reward_from: str | None = None  # default: this run's reward/final
+    n: int = Field(8, ge=1)  # answers sampled per training prompt
+    num_prompts: int = Field(80, ge=1)  # training prompts; n x num_prompts answers generated (the episode budget)
+    temperature: float = Field(1.0, gt=0.0)
+    max_length: int = Field(256, gt=8)
+    eval_prompts: int = Field(64, ge=0)
+    training: dict[str, Any] = Field(default_factory=dict)
+    TRAINER_KEYS = ("max_length",)
+
+
+class OnlineMethodSpec(Section):
+    """`rlhf rloo` / `rlhf grpo`: TRL's online trainer from the SFT model (also its KL reference, `training.beta`),
+    rewarded by the run's reward model through the one scoring path PPO uses (normalised by reward_stats.json)."""
+
+    data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))  # the prompts; as ppo.data
+    policy_from: str | None = None  # default: this run's sft/final
+    reward_from: str | None = None  # default: this run's reward/final
+    missing_eos_penalty: float | None = 1.0  # subtracted from an answer without end-of-text, as PPO does
+    eval_prompts: int = Field(64, ge=0)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
 class RewardFunctionSpec(Section):
     """One term of the PPO reward: a reward model folder or a Python function `module:function`."""
 
@@ -229,6 +265,10 @@ class Recipe(Section):
     reward: RewardSpec = Field(default_factory=RewardSpec)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     dpo: DPOSpec = Field(default_factory=DPOSpec)
+    best_of_n: BestOfNSpec = Field(default_factory=BestOfNSpec)
+    expert_iteration: ExpertIterationSpec = Field(default_factory=ExpertIterationSpec)
+    rloo: OnlineMethodSpec = Field(default_factory=OnlineMethodSpec)
+    grpo: OnlineMethodSpec = Field(default_factory=OnlineMethodSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     targets: TargetsSpec = Field(default_factory=TargetsSpec)
 

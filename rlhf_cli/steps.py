@@ -47,6 +47,16 @@ _PPO = {
     "lr_scheduler_type": "constant",
 }
 
+# TRL's online trainers (RLOO, GRPO) on PPO's budget: 32 answers per step, 20 steps; its rollout length and temperature.
+_ONLINE = {
+    **_PPO,
+    "max_completion_length": 48,
+    "temperature": 0.9,
+    "beta": 0.05,  # the KL to the SFT model; GRPOConfig's own default (0) would drop it
+    "activation_checkpointing": False,
+    "shuffle_dataset": True,
+}
+
 
 @dataclass(frozen=True)
 class Step:
@@ -95,6 +105,21 @@ TABLE: tuple[Step, ...] = (
          "`rlhf dpo --recipe tiny` (after `rlhf label`), or `rlhf pipeline --stages dpo --resume`",
          "trl:DPOConfig", {**_FINE_TUNING, "learning_rate": 5e-5, "per_device_train_batch_size": 8},
          parent="sft", starts_from="dpo.policy_from", default=False),
+    Step("best_of_n", "A method beside PPO: best-of-n — the SFT model samples n answers, the reward model keeps its best.",
+         "`rlhf best-of-n --recipe tiny --set best_of_n.n=32` (after `rlhf reward`)",
+         parent="sft", starts_from="best_of_n.policy_from", default=False),
+    Step("expert_iteration", "A method beside PPO: expert iteration — SFT on the reward model's best of n answers.",
+         "`rlhf expert-iteration --recipe tiny` (after `rlhf reward`)",
+         "trl:SFTConfig", {**_FINE_TUNING, "learning_rate": 3e-4}, parent="sft",
+         starts_from="expert_iteration.policy_from", default=False),
+    Step("rloo", "A method beside PPO: RLOO against the reward model, KL to the SFT model (TRL's RLOOTrainer).",
+         "`rlhf rloo --recipe tiny --set rloo.training.beta=0.1` (after `rlhf reward`)",
+         "trl:RLOOConfig", {**_ONLINE, "num_generations": 4}, parent="sft", starts_from="rloo.policy_from",
+         default=False),
+    Step("grpo", "A method beside PPO: GRPO against the reward model, KL to the SFT model (TRL's GRPOTrainer).",
+         "`rlhf grpo --recipe tiny --set grpo.training.num_generations=4` (after `rlhf reward`)",
+         "trl:GRPOConfig", {**_ONLINE, "num_generations": 8}, parent="sft", starts_from="grpo.policy_from",
+         default=False),
     Step("eval", model=False),
     Step("report", model=False),
 )  # fmt: skip

@@ -94,3 +94,23 @@ def ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: i
     if n == 0:
         raise UserError("PPO-ptx: the pretrain corpus is shorter than one block; add text or set ppo.ptx_coef: 0.")
     return torch.tensor(ids[: n * block]).view(n, block)
+
+
+def reward_model_function(recipe, stage: str, run_dir: Path, trust: bool, precision: str, eos_token_id: int):
+    """A method's reward as TRL's online trainers call it — `f(prompts, completions, completion_ids, **kw) -> list` —
+    through PPO's scoring path: the run's reward model (`<stage>.reward_from`), normalised by its reward_stats.json,
+    less `<stage>.missing_eos_penalty` for an answer without end-of-text. Returns it and the reward model's folder."""
+    import torch
+
+    from rlhf_cli.ppo.core import apply_eos_penalty
+
+    spec = getattr(recipe, stage)
+    path = resolve_model_dir(spec.reward_from, run_dir, "reward", f"{stage}.reward_from", recipe=recipe)
+    scorer = reward_model_scorer(path, recipe, trust, precision)
+
+    def reward_model(prompts, completions, completion_ids, **_) -> list[float]:
+        answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        finished = torch.tensor([eos_token_id in ids for ids in completion_ids])
+        return apply_eos_penalty(scorer(prompts, answers, finished), finished, spec.missing_eos_penalty).tolist()
+
+    return reward_model, path

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from rlhf_cli import precision
+from rlhf_cli.answers import score_answers
 from rlhf_cli.callbacks import nan_guard_args
+from rlhf_cli.data import load_stage_data, train_eval_split
+from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import estimate_parameters
 from rlhf_cli.precision import gpu_available
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
+from rlhf_cli.stats import paired_difference_ci
 from rlhf_cli.steps import BY_NAME, TRAINING_STAGES, lineage
+
+# TRL's trainers (DPO, GRPO, RLOO) ask every model `is_gradient_checkpointing`, which transformers 5 renamed: noise
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def stage_precision(recipe, stage: str, n_params: int | None):
     """The precision the stage trains in, and why: its `training.bf16`, else the recipe's `precision:` rule."""
 
-    return precision.for_training(n_params, recipe.precision, getattr(recipe, stage).training)
+    return precision.for_training(n_params, recipe.precision, getattr(getattr(recipe, stage), "training", {}))
 
 
 def announce(recipe, stage: str, n_params: int | None) -> dict[str, str]:
@@ -145,3 +153,50 @@ def build_trainer_configs(recipe, run_dir: Path, stages=TRAINING_STAGES) -> dict
             for stage in TRAINING_STAGES
             if stage in stages
         }
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+
+
+def method_prompts(recipe, layout, stage: str):
+    """A method's prompts, as PPO's: (training prompts, held-out prompts to judge it on) from `<stage>.data` (else
+    `ppo.data`), the first `<stage>.eval_prompts` held-out ones, so every method answers the same ones; and whether
+    the toy world judges them."""
+    spec = getattr(getattr(recipe, stage), "data", None) or recipe.ppo.data
+    data = load_stage_data("ppo", spec, toy_dir=layout.toy, seed=recipe.seed)
+    train, held = train_eval_split(data, spec, "ppo", seed=recipe.seed, toy_dir=layout.toy)
+    n = min(getattr(recipe, stage).eval_prompts, len(held))
+    return train, [list(p) for p in held.select(range(n))["prompt"]], spec.toy
+
+
+def policy_vs_sft(recipe, stage: str, own: tuple[dict, list], reference, tokenizer, prompts, world) -> dict:
+    """A method's answers (`own`: answers.answer_metrics of them) next to the SFT model's greedy answers to the same
+    held-out prompts: both metric sets, on the toy world the gold gain with a paired 95 % bootstrap interval, and
+    five examples side by side. Main process only."""
+    own_metrics, own_rows = own
+    sft_metrics, sft_rows = score_answers(recipe, reference, tokenizer, prompts, world)
+    metrics = {"eval_prompts": len(prompts), stage: own_metrics, "sft": sft_metrics}
+    if world is not None:
+        gain = paired_difference_ci([g for *_, g in own_rows], [g for *_, g in sft_rows], seed=recipe.seed)
+        metrics["gold_gain"] = {k: round(v, 6) if k != "n" else v for k, v in gain.items()}
+    metrics["examples"] = [
+        {"prompt": p, "sft": s.text, stage: d.text}
+        for (p, s, _), (_, d, _) in zip(sft_rows[:5], own_rows[:5], strict=True)
+    ]
+    return metrics
+
+
+def toy_world(recipe, toy: bool) -> ToyWorld | None:
+    return ToyWorld(recipe.seed) if toy else None
+
+
+def method_summary(stage: str, final: Path, m: dict, trained: str) -> None:
+    """A method's last line: what it trained on and, on the toy world, its gold reward against SFT's."""
+    gold = ""
+    if "gold_gain" in m:
+        g = m["gold_gain"]
+        gold = (
+            f"; gold reward {m[stage]['gold_reward']:+.3f} (SFT {m['sft']['gold_reward']:+.3f}, gain {g['mean']:+.3f} "
+            f"[{g['low']:+.3f}, {g['high']:+.3f}]), right facts {m[stage]['right_fact_rate']:.0%}"
+        )
+    print(f"{stage}: saved {final} — {trained}{gold}")

@@ -12,24 +12,19 @@ rankings expanded to pairs (`dpo.data`, as `reward.data`), split by prompt. Writ
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
-from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.common import method_summary, policy_vs_sft, toy_world, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stages.reward import data_spec
-from rlhf_cli.stats import paired_difference_ci
 
 STAGE = "dpo"
-# TRL's DPOTrainer asks every model `is_gradient_checkpointing`, which transformers 5 renamed: noise in every log
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def setup(ctx) -> Job:
@@ -98,17 +93,9 @@ def setup(ctx) -> Job:
             "train_pairs": len(trainer.train_dataset),
         }
         if distributed.is_main_process() and prompts:
-            world = ToyWorld(recipe.seed) if toy else None
-            dpo_metrics, dpo_rows = score_answers(recipe, trainer.model, tokenizer, prompts, world)
-            sft_metrics, sft_rows = score_answers(recipe, reference, tokenizer, prompts, world)
-            metrics.update({"eval_prompts": len(prompts), "dpo": dpo_metrics, "sft": sft_metrics})
-            if world is not None:
-                gain = paired_difference_ci([g for *_, g in dpo_rows], [g for *_, g in sft_rows], seed=recipe.seed)
-                metrics["gold_gain"] = {k: round(v, 6) if k != "n" else v for k, v in gain.items()}
-            metrics["examples"] = [
-                {"prompt": p, "sft": s.text, "dpo": d.text}
-                for (p, s, _), (_, d, _) in zip(sft_rows[:5], dpo_rows[:5], strict=True)
-            ]
+            world = toy_world(recipe, toy)
+            own = score_answers(recipe, trainer.model, tokenizer, prompts, world)
+            metrics.update(policy_vs_sft(recipe, STAGE, own, reference, tokenizer, prompts, world))
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
@@ -135,11 +122,4 @@ run = stage_runner(STAGE, setup)
 
 
 def _summary(final: Path, m: dict) -> None:
-    gold = ""
-    if "gold_gain" in m:
-        g = m["gold_gain"]
-        gold = (
-            f"; gold reward {m['dpo']['gold_reward']:+.3f} (SFT {m['sft']['gold_reward']:+.3f}, gain {g['mean']:+.3f} "
-            f"[{g['low']:+.3f}, {g['high']:+.3f}]), right facts {m['dpo']['right_fact_rate']:.0%}"
-        )
-    print(f"dpo: saved {final} — train loss {m['train_loss']:.4f} on {m['train_pairs']} pairs{gold}")
+    method_summary(STAGE, final, m, f"train loss {m['train_loss']:.4f} on {m['train_pairs']} pairs")

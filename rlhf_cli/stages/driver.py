@@ -58,6 +58,16 @@ class Job:
         return Path(self.trainer.args.output_dir)
 
 
+class NoTraining:
+    """The trainer of an inference-time method (best-of-n): nothing to train, no checkpoints; its work is evaluate."""
+
+    def __init__(self, stage_dir: Path):
+        self.args = type("Args", (), {"output_dir": str(Path(stage_dir) / "checkpoints")})()
+
+    def train(self, resume_from_checkpoint=None):
+        return None
+
+
 def run_stage(
     name: str,
     setup: Callable[[StageContext], Job],

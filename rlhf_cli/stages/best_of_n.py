@@ -1,0 +1,74 @@
+"""Best-of-n — an inference-time policy: the SFT model samples n answers to a prompt, the reward model keeps its best.
+
+    rlhf best-of-n --recipe tiny                           # after `rlhf reward --recipe tiny` (or `rlhf pipeline`)
+    rlhf best-of-n --recipe tiny --set best_of_n.n=64 --overwrite
+
+Nothing is trained: `best_of_n/final/` is the generator (the SFT model, `best_of_n.policy_from`; loads with
+`from_pretrained`) with `best_of_n.json` naming n, the temperature and the judge (`best_of_n.reward_from`). Its
+`eval.json` judges the chosen answers to the held-out prompts beside the SFT model's greedy ones (on the toy world: gold
+reward, right-fact rate, the gain with a paired 95 % bootstrap interval); its KL to the generator is at most
+log n - (n-1)/n nats (Stiennon et al. 2020). `rlhf eval` and `rlhf compare` choose answers the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_cli import distributed, files, runs
+from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
+from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.scoring import load_reward_model
+from rlhf_cli.stages.common import method_prompts, method_summary, policy_vs_sft, toy_world
+from rlhf_cli.stages.driver import Job, NoTraining, stage_runner
+
+STAGE = "best_of_n"
+SETTINGS = "best_of_n.json"  # in final/: how the policy answers (n, temperature, judge)
+
+
+def setup(ctx) -> Job:
+    """The generator and the judge, every input checked; the driver (rlhf_cli.stages.driver) does the rest."""
+    recipe, spec, run_dir = ctx.recipe, ctx.recipe.best_of_n, ctx.layout.root
+    trust = recipe.model.trust_remote_code
+    policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "best_of_n.policy_from", "reward", recipe)
+    reward_dir = runs.resolve_model_dir(spec.reward_from, run_dir, "reward", "best_of_n.reward_from", recipe=recipe)
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    model = load_causal_lm(policy_dir, trust_remote_code=trust).to(inference_device())
+    judge_tokenizer = load_tokenizer(reward_dir, trust_remote_code=trust)
+    judge = (load_reward_model(reward_dir, judge_tokenizer, trust_remote_code=trust).to(inference_device()),
+             judge_tokenizer)  # fmt: skip
+    _, prompts, toy = method_prompts(recipe, ctx.layout, STAGE)
+    settings = {"n": spec.n, "temperature": spec.temperature, "reward_model": reward_dir, "generator": policy_dir}
+
+    def evaluate(_output, _checkpoint) -> dict:
+        metrics = {**settings, "kl_to_sft_bound": round(best_of_n_kl(spec.n), 6), "episodes": spec.n * len(prompts)}
+        if distributed.is_main_process() and prompts:
+            world = toy_world(recipe, toy)
+            chosen, _ = best_of_n(recipe, model, tokenizer, judge, prompts, n=spec.n, temperature=spec.temperature,
+                                  seed=recipe.seed)  # fmt: skip
+            own = answer_metrics(prompts, chosen, world)
+            metrics.update(policy_vs_sft(recipe, STAGE, own, model, tokenizer, prompts, world))
+        return metrics
+
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files.write_json_atomic(tmp / SETTINGS, settings)
+        runs.write_lineage(
+            tmp, stage=STAGE, parents={"policy": policy_dir, "reward": reward_dir}, data=None, recipe=recipe
+        )
+        runs.write_model_card(
+            tmp,
+            title=f"{recipe.name}: best-of-{spec.n} policy",
+            body=f"An inference-time policy made by `rlhf best-of-n` (rlhf-cli): these weights are the generator "
+            f"`{policy_dir}`; to answer as the policy does, sample {spec.n} answers at temperature {spec.temperature} "
+            f"and keep the one the reward model `{reward_dir}` scores highest ({SETTINGS}).",
+        )
+
+    return Job(NoTraining(ctx.stage_dir), count_parameters(model), evaluate, write_final, _summary)
+
+
+run = stage_runner(STAGE, setup)
+
+
+def _summary(final: Path, m: dict) -> None:
+    method_summary(STAGE, final, m, f"best of {m['n']} answers by {m['reward_model']}")

@@ -1,0 +1,102 @@
+"""GRPO against the run's reward model, from the SFT model and held near it (TRL's GRPOTrainer); `rlhf rloo` runs the
+same set-up with TRL's RLOOTrainer.
+
+    rlhf grpo --recipe tiny                                 # after `rlhf reward --recipe tiny` (or `rlhf pipeline`)
+    rlhf grpo --recipe tiny --set grpo.training.beta=0.1 --overwrite
+
+GRPO (Shao et al. 2024) samples `training.num_generations` answers per prompt and pushes each by its reward less the
+group's mean (no value model); `training.beta` weighs a KL penalty to the SFT model (`grpo.policy_from`, also the
+reference). The reward is PPO's: the reward model (`grpo.reward_from`) normalised by its reward_stats.json, less
+`grpo.missing_eos_penalty` for an answer without end-of-text (rlhf_cli.ppo.sources). The prompts are PPO's
+(`grpo.data`); the budget is max_steps x per_device_train_batch_size answers, as PPO's. Writes `grpo/final/` (a plain
+causal LM), `grpo/metrics.jsonl`, `grpo/checkpoints/` and `grpo/eval.json`: its greedy answers to the held-out prompts
+beside the SFT model's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_cli import callbacks, distributed, runs
+from rlhf_cli.answers import score_answers
+from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.ppo.sources import reward_model_function
+from rlhf_cli.stages.common import (
+    method_prompts,
+    method_summary,
+    policy_vs_sft,
+    stage_precision,
+    toy_world,
+    trainer_config,
+)
+from rlhf_cli.stages.driver import Job, stage_runner
+
+STAGE = "grpo"
+
+
+def setup(ctx) -> Job:
+    from trl import GRPOTrainer
+
+    return online_setup(ctx, STAGE, GRPOTrainer)
+
+
+def online_setup(ctx, stage: str, trainer_class) -> Job:
+    """The SFT policy, PPO's prompts and reward, and one of TRL's online trainers, every input checked; the driver
+    (rlhf_cli.stages.driver) does the rest."""
+    from transformers import set_seed
+
+    recipe, run_dir, spec = ctx.recipe, ctx.layout.root, getattr(ctx.recipe, stage)
+    trust = recipe.model.trust_remote_code
+    policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", f"{stage}.policy_from", "reward", recipe)
+    train, eval_prompts, toy = method_prompts(recipe, ctx.layout, stage)
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    set_seed(recipe.seed)
+    policy = load_causal_lm(policy_dir, trust_remote_code=trust)
+    n_params = count_parameters(policy)
+    precision = stage_precision(recipe, stage, n_params).name
+    reward, reward_dir = reward_model_function(recipe, stage, run_dir, trust, precision, tokenizer.eos_token_id)
+    args = trainer_config(recipe, stage, ctx.stage_dir, n_params=n_params)
+    trainer = trainer_class(
+        model=policy,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=train.select_columns(["prompt"]),
+        processing_class=tokenizer,
+        callbacks=[callbacks.make_callbacks(ctx.stage_dir, stage)],
+    )
+
+    def evaluate(output, _checkpoint) -> dict:
+        metrics = {
+            "train_loss": output.training_loss,
+            "train_steps": output.global_step,
+            "beta": args.beta,
+            "num_generations": args.num_generations,
+            "episodes": output.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            * trainer.accelerator.num_processes,
+        }  # fmt: skip
+        if distributed.is_main_process() and eval_prompts:
+            world = toy_world(recipe, toy)
+            reference = load_causal_lm(policy_dir, trust_remote_code=trust)
+            own = score_answers(recipe, trainer.model, tokenizer, eval_prompts, world)
+            metrics.update(policy_vs_sft(recipe, stage, own, reference, tokenizer, eval_prompts, world))
+        return metrics
+
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        parents = {"policy": policy_dir, "reference": policy_dir, "reward": reward_dir}
+        runs.write_lineage(tmp, stage=stage, parents=parents, data=spec.data.model_dump(), recipe=recipe)
+        runs.write_model_card(
+            tmp,
+            title=f"{recipe.name}: {stage.upper()} policy",
+            body=f"`{policy_dir}` trained by `rlhf {stage}` (rlhf-cli, TRL's {trainer_class.__name__}) against the "
+            f"reward model `{reward_dir}`, KL weight {args.beta} to the same model, {metrics['train_steps']} steps.",
+        )
+
+    def summary(final: Path, m: dict) -> None:
+        method_summary(stage, final, m, f"{m['train_steps']} steps, {m['episodes']} answers")
+
+    return Job(trainer, n_params, evaluate, write_final, summary)
+
+
+run = stage_runner(STAGE, setup)
