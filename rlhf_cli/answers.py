@@ -8,6 +8,8 @@ import math
 from rlhf_cli.generation import generate_answers
 from rlhf_cli.scoring import score
 
+BEST_OF_N_SETTINGS = "best_of_n.json"  # in best_of_n/final/: how that policy answers (n, temperature, judge)
+
 
 def well_formed(answer) -> bool:
     """Finished (ended with end-of-text), not empty, and ends a sentence."""

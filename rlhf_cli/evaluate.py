@@ -18,21 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli import precision as precisions
+from rlhf_cli.answers import BEST_OF_N_SETTINGS, best_of_n, best_of_n_kl
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text
-from rlhf_cli.files import write_json_atomic
+from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
 from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.recipe import Recipe, load_recipe
 from rlhf_cli.scoring import load_reward_model, score
 from rlhf_cli.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
+from rlhf_cli.steps import METHODS
 
-MODELS = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}  # name in the tables -> stage folder
-PAIRS = [("ppo", "sft"), ("sft", "base")]  # (challenger, baseline)
+# name in the tables -> stage folder: the ChatGPT recipe's three models, then every method beside PPO a run holds
+MODELS = {"base": "pretrain", "sft": "sft", **{method: method for method in METHODS}}
+EXPECTED = ("base", "sft", "ppo")  # the models `rlhf pipeline` makes; a missing one is said, a missing method is not
+PAIRS = [*((method, "sft") for method in METHODS), ("sft", "base")]  # (challenger, baseline)
 N_SAMPLES = 8  # answers kept in eval.json for the report's side-by-side table
 
 
@@ -140,7 +144,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     }
     if "base" not in present and rec.sft.init_from:  # no pre-training stage: the base is the model SFT started from
         present = {"base": rec.sft.init_from, **present}
-    missing = [f"{name} ({run_dir / MODELS[name] / 'final'})" for name in MODELS if name not in present]
+    missing = [f"{name} ({run_dir / MODELS[name] / 'final'})" for name in EXPECTED if name not in present]
     if missing:
         console.print(f"[yellow]eval: skipping models not in this run: {', '.join(missing)}[/]")
     if not present:
@@ -169,18 +173,26 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         tok = load_tokenizer(str(path))
         model = load_causal_lm(str(path)).to(inference_device())
         models[name] = (model, tok)
-        answers = [
-            a[0]
-            for a in generate_answers(
-                model,
-                tok,
-                prompts,
-                temperature=0.0,
-                max_new_tokens=rec.eval.max_new_tokens,
-                progress=f"eval {name}",
-                precision=rec.precision,
-            )
-        ]
+        if name == "best_of_n":  # an inference-time policy: its answers are the judge's pick of n samples
+            if rm is None:
+                console.print("[yellow]eval: best_of_n needs the reward model to choose its answers; skipped[/]")
+                continue
+            n = read_json(Path(path) / BEST_OF_N_SETTINGS)["n"]
+            answers, _ = best_of_n(rec, model, tok, rm, prompts, n=n, temperature=rec.best_of_n.temperature,
+                                   seed=rec.seed)  # fmt: skip
+        else:
+            answers = [
+                a[0]
+                for a in generate_answers(
+                    model,
+                    tok,
+                    prompts,
+                    temperature=0.0,
+                    max_new_tokens=rec.eval.max_new_tokens,
+                    progress=f"eval {name}",
+                    precision=rec.precision,
+                )
+            ]
         row: dict[str, Any] = {
             "model": str(path),
             "answers": [a.text for a in answers],
@@ -195,15 +207,18 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             texts_only = [a.text for a in answers]
             row["rm"] = score(*rm, prompts, texts_only, max_length=rec.reward.max_length, precision=rec.precision)
         per_model[name] = row
-        sampled[name] = sample_with_ids(
-            model, tok, prompts, max_new_tokens=rec.eval.max_new_tokens, seed=rec.seed, precision=rec.precision
-        )
+        if name == "best_of_n":
+            row["kl_to_sft"] = [best_of_n_kl(n)] * len(prompts)  # its analytic bound: it samples from the SFT model
+        else:
+            sampled[name] = sample_with_ids(
+                model, tok, prompts, max_new_tokens=rec.eval.max_new_tokens, seed=rec.seed, precision=rec.precision
+            )
 
     # KL(model || sft), from the model's own samples
     if "sft" in models:
         ref, ref_tok = models["sft"]
-        for name in ("base", "ppo"):
-            if name in models:
+        for name in models:
+            if name in sampled and name != "sft":
                 own = sequence_logprobs(
                     models[name][0], sampled[name], models[name][1].pad_token_id, precision=rec.precision
                 )
@@ -228,12 +243,15 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         "samples": [_sample_row(texts[i], i, per_model, world) for i in range(min(N_SAMPLES, len(prompts)))],
         "per_prompt": {name: {k: v for k, v in row.items() if k != "model"} for name, row in per_model.items()},
     }
-    if "ppo" in per_model and "sft" in per_model and world is not None:
-        result["ppo_gold_gain"] = paired_difference_ci(
-            per_model["ppo"]["gold"], per_model["sft"]["gold"], seed=rec.seed
-        )
-    if "ppo" in per_model and "sft" in per_model and rm is not None:
-        result["ppo_rm_gain"] = paired_difference_ci(per_model["ppo"]["rm"], per_model["sft"]["rm"], seed=rec.seed)
+    for method in (m for m in METHODS if m in per_model and "sft" in per_model):  # ppo_gold_gain, dpo_rm_gain, ...
+        if world is not None:
+            result[f"{method}_gold_gain"] = paired_difference_ci(
+                per_model[method]["gold"], per_model["sft"]["gold"], seed=rec.seed
+            )
+        if rm is not None:
+            result[f"{method}_rm_gain"] = paired_difference_ci(
+                per_model[method]["rm"], per_model["sft"]["rm"], seed=rec.seed
+            )
     if is_main_process():
         path = write_json_atomic(RunLayout(run_dir).eval_json("eval"), result)
         if not quiet:

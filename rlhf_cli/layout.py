@@ -91,6 +91,10 @@ class RunLayout:
     def report_md(self) -> Path:
         return self.report_dir / "report.md"
 
+    @property
+    def compare_dir(self) -> Path:
+        return self.root / "compare"
+
     def output(self, step: str) -> Path:
         """The folder or file whose presence means `step` has produced something."""
         return {

@@ -20,6 +20,7 @@ from typing import Any
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import write_json_atomic, write_text_atomic
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.steps import METHODS
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
 AT_MOST = {"junk_rate"}  # targets that are ceilings; every other target is a floor
@@ -212,8 +213,8 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
             return {"name": "ppo_win_rate_gold", "value": None, "text": ""}
         text = f"PPO beats SFT (gold) {wins['mean']:.0%}" + ("" if kl is None else f", KL {kl:.3f}")
         return {"name": "ppo_win_rate_gold", "value": wins["mean"], "text": text}
-    if step == "dpo":  # its own check against SFT (rlhf eval compares base, SFT and PPO)
-        own = _read_json(RunLayout(run_dir).eval_json("dpo"))
+    if step in METHODS and step != "ppo":  # a method beside PPO: its own check against SFT
+        own = _read_json(RunLayout(run_dir).eval_json(step))
         gain, n = _interval(own.get("gold_gain")), own.get("eval_prompts")
         if gain is None:
             loss = own.get("train_loss")
@@ -600,6 +601,9 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         "models": "Base, SFT and PPO on the same prompts",
         "answers": "Answers side by side",
     }
+    compare_md = RunLayout(run_dir).compare_dir / "compare.md"
+    if compare_md.exists():  # `rlhf compare` ran in this folder
+        lines += ["## Methods side by side", "", f"`rlhf compare`: [{compare_md}](../compare/compare.md)", ""]
     if report["plots"]:
         lines += ["## Plots", ""]
         lines += [f"### {titles[k]}\n\n![{titles[k]}]({v})\n" for k, v in report["plots"].items()]

@@ -39,7 +39,7 @@ LAYERS = [
         "kwise",
     ],
     # run folders, checkpoints, callbacks; samples and rankings
-    ["runs", "callbacks", "feedback", "answers"],
+    ["runs", "callbacks", "feedback", "answers", "web_label", "label_stats"],
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
     ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluate"],
     # stages and the commands built on one stage or one run
@@ -52,7 +52,7 @@ LAYERS = [
         "check",
     ],
     # many stages
-    ["pipeline", "sweep"],
+    ["pipeline", "sweep", "compare"],
     ["cli", "__main__"],
 ]
 PACKAGES = {"", "stages", "ppo"}  # empty __init__ files

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_cli import distributed, files, runs
+from rlhf_cli.answers import BEST_OF_N_SETTINGS as SETTINGS
 from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
 from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.scoring import load_reward_model
@@ -22,7 +23,6 @@ from rlhf_cli.stages.common import method_prompts, method_summary, policy_vs_sft
 from rlhf_cli.stages.driver import Job, NoTraining, stage_runner
 
 STAGE = "best_of_n"
-SETTINGS = "best_of_n.json"  # in final/: how the policy answers (n, temperature, judge)
 
 
 def setup(ctx) -> Job:
