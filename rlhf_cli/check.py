@@ -78,7 +78,7 @@ def _data_jobs(recipe, run_dir: Path) -> list[tuple[str, str, Any, str]]:
         ("feedback prompts", "ppo", recipe.feedback.data, ""),
     ]
     annotator = recipe.feedback.annotator
-    if annotator not in ("human", "toy"):
+    if annotator not in ("human", "toy", "web"):
         jobs.append(("feedback rankings", "reward", DataSpec(path=annotator), "feedback.annotator"))
     if recipe.reward.data is not None:
         jobs.append(("reward", "reward", recipe.reward.data, ""))

@@ -66,7 +66,9 @@ reward_app = typer.Typer(
 )
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
+label_app = typer.Typer()  # its help is the docstring of `label` (the callback)
 app.add_typer(reward_app, name="reward")
+app.add_typer(label_app, name="label")
 
 STATE = {"debug": False}
 
@@ -258,32 +260,56 @@ def sample(
         do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
 
 
-@app.command()
+@label_app.callback(invoke_without_command=True)
 @handled
 def label(
+    ctx: typer.Context,
     recipe: RecipeOpt = "tiny",
     set_: SetOpt = None,
     output_dir: OutOpt = None,
     overwrite: OverwriteRankingsOpt = False,
     annotator: Annotated[
-        str | None, typer.Option("--annotator", help="human | toy | a rankings file (default: the recipe's).")
+        str | None,
+        typer.Option("--annotator", help="human | web | toy | a rankings file (default: the recipe's)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="A person: stop after this many prompts in this sitting.")
     ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="web: the address to serve on; any but 127.0.0.1/localhost needs the printed link's token."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="web: the port to serve on.")] = 8765,
 ):
-    """Rank the samples best to worst: a person in the terminal, the toy world's simulated annotator, or a file.
+    """Rank the samples best to worst: a person in the terminal or on a local web page, the toy world's simulated
+    annotator, or a file.
 
     Example: `rlhf label --recipe tiny --annotator human --limit 50` (skip, undo, quit, revisit the skipped ones at the
-    end; starting again resumes)
+    end; starting again resumes); `rlhf label --recipe tiny --annotator web` (a page for several raters at
+    http://127.0.0.1:8765/; `feedback.raters_per_prompt` sets how many rank each prompt)
     """
-    from rlhf_cli.feedback import label as do_label
+    if ctx.invoked_subcommand is not None:
+        return
     from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
+    who = annotator or rec.feedback.annotator
     # The quit message's way back in: this command without --overwrite (which starts over).
     again = ["rlhf", "label", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
-    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator or rec.feedback.annotator}"]
+    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={who}"]
+    if who == "web":
+        from rlhf_cli.web_label import label_web
+
+        again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
+        with no_trace_on_user_error(rec.run_dir(output_dir)):
+            label_web(
+                rec, rec.run_dir(output_dir), host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again)
+            )
+        return
+    from rlhf_cli.feedback import label as do_label
+
     with no_trace_on_user_error(rec.run_dir(output_dir)):
         do_label(
             rec,
@@ -293,6 +319,30 @@ def label(
             continue_with=shlex.join(again),
             limit=limit,
         )
+
+
+@label_app.command("stats")
+@handled
+def label_stats(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (its feedback/rankings.jsonl).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of tables.")] = False,
+):
+    """How far the raters agree: pairwise agreement and Kendall's tau between raters (with counts), and on the toy
+    world each rater's agreement with the gold order.
+
+    Example: `rlhf label stats runs/tiny`
+    """
+    import json
+
+    from rlhf_cli.label_stats import agreement, show
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run folder; give the folder that holds feedback/rankings.jsonl.")
+    result = agreement(run_dir)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        show(result)
 
 
 @app.command()

@@ -161,11 +161,11 @@ def label(
 
 def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console, continue_with, limit) -> Path:
     who = annotator or rec.feedback.annotator
+    if who == "web":
+        raise UserError("The web ranking page is served by `rlhf label --annotator web` (it runs until you stop it).")
     if who == "human":
-        if overwrite:  # start over, but what a person ranked is moved aside, never deleted
-            read_samples(feedback / SAMPLES)  # a missing samples file is refused before anything moves
-            for name in (RANKINGS, SKIPPED):
-                back_up(feedback / name, always=True)
+        if overwrite:
+            start_over(feedback)
         return label_human(feedback / SAMPLES, out, ask=ask, console=console, continue_with=continue_with, limit=limit)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
@@ -174,6 +174,13 @@ def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, conso
         return label_toy(feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise)
     back_up(out)
     return copy_rankings(who, out)
+
+
+def start_over(feedback: Path) -> None:
+    """A person's labelling starts over (--overwrite): what was ranked or skipped is moved aside, never deleted."""
+    read_samples(Path(feedback) / SAMPLES)  # a missing samples file is refused before anything moves
+    for name in (RANKINGS, SKIPPED):
+        back_up(Path(feedback) / name, always=True)
 
 
 def back_up(path: Path, *, always: bool = False) -> Path | None:
@@ -257,19 +264,22 @@ def _append(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _drop_last_action(paths: list[Path]) -> dict | None:
-    """Remove the most recent ranking or skip (highest `n`) from whichever file holds it; return it."""
+def _drop_last_action(paths: list[Path], rater: str | None = None) -> dict | None:
+    """Remove the most recent ranking or skip (highest `n`) from whichever file holds it; return it. With `rater`,
+    the most recent one of that rater (the web page's raters each undo their own)."""
 
-    best = None
+    best = None  # (n, path, index, rows)
     for path in paths:
         rows = _read_jsonl(path)
-        if rows and (best is None or rows[-1]["n"] > best[2][-1]["n"]):
-            best = (path, rows[:-1], rows)
+        for index, row in enumerate(rows):
+            if (rater is None or row.get("rater") == rater) and (best is None or row["n"] > best[0]):
+                best = (row["n"], path, index, rows)
     if best is None:
         return None
-    path, kept, rows = best
+    _, path, index, rows = best
+    kept = rows[:index] + rows[index + 1 :]
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    return rows[-1]
+    return rows[index]
 
 
 def parse_ranking(text: str, k: int) -> list[int]:
@@ -297,6 +307,17 @@ def _show(console, row: dict, keep: list[int], position: str) -> None:
     for number, i in enumerate(keep, 1):
         cut = "" if row["finished"][i] else "  [cut off]"
         console.print(Panel(Text(row["answers"][i] or "(empty)"), title=f"{number}{cut}", title_align="left"))
+
+
+def check_rows_match(samples: list[dict], rows: list[dict], samples_path: Path) -> None:
+    """Every ranking or skip names a prompt of these samples (by index, with the same prompt), or UserError."""
+    for r in rows:
+        index = r.get("sample")
+        if not isinstance(index, int) or index >= len(samples) or samples[index]["prompt"] != r.get("prompt"):
+            raise UserError(
+                f"{Path(samples_path).parent} holds rankings of other samples than {samples_path}; "
+                "pass --overwrite to start labelling again."
+            )
 
 
 def labelling_progress(feedback: Path) -> tuple[int, int]:
@@ -329,13 +350,7 @@ def label_human(
     samples = read_samples(samples_path)
     skipped_path = out.with_name(SKIPPED)
     rankings, skipped = _read_jsonl(out), _read_jsonl(skipped_path)
-    for r in rankings + skipped:
-        index = r.get("sample")
-        if not isinstance(index, int) or index >= len(samples) or samples[index]["prompt"] != r.get("prompt"):
-            raise UserError(
-                f"{out.parent} holds rankings of other samples than {samples_path}; "
-                "pass --overwrite to start labelling again."
-            )
+    check_rows_match(samples, rankings + skipped, samples_path)
     done = {r["sample"] for r in rankings + skipped}
     todo = [i for i, row in enumerate(samples) if len(unique_answers(row)) >= 2]
     action = max((r["n"] for r in rankings + skipped), default=-1) + 1

@@ -149,3 +149,33 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
         return 0.0
     return statistics.correlation(xs, ys)
+
+
+# ------------------------------------------------------------------------------------------------------ agreement
+
+
+def pair_agreement(a: dict, b: dict) -> tuple[int, int]:
+    """(concordant, discordant): over the pairs of items two judges both scored (item -> score, higher is better),
+    how many they order the same way and how many the other way; a pair either judge ties counts as neither."""
+    shared = [item for item in a if item in b]
+    concordant = discordant = 0
+    for i, x in enumerate(shared):
+        for y in shared[i + 1 :]:
+            sign = (a[x] > a[y]) - (a[x] < a[y]), (b[x] > b[y]) - (b[x] < b[y])
+            if 0 in sign:
+                continue
+            concordant += sign[0] == sign[1]
+            discordant += sign[0] != sign[1]
+    return concordant, discordant
+
+
+def kendall_tau(concordant: int, discordant: int) -> float | None:
+    """Kendall's tau over untied pairs, (C - D) / (C + D): 1 the same order, -1 reversed, 0 no relation (None: no
+    pair). For two full rankings without ties this is tau-a, and 2 x agreement - 1."""
+    n = concordant + discordant
+    return (concordant - discordant) / n if n else None
+
+
+def ranking_scores(best_first: list) -> dict:
+    """A ranking (best first) as item -> score, higher better, for `pair_agreement`."""
+    return {item: -position for position, item in enumerate(best_first)}

@@ -13,6 +13,7 @@ COMMANDS = [
     ["sft"],
     ["sample"],
     ["label"],
+    ["label", "stats"],
     ["reward"],
     ["reward", "inspect"],
     ["ppo"],
