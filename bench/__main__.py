@@ -6,7 +6,15 @@ import argparse
 import importlib
 
 # pipeline before ppo: ppo reuses its run
-BENCHMARKS = ["bench.precision", "bench.pretrain", "bench.sft", "bench.pipeline", "bench.ppo", "bench.seeds"]
+BENCHMARKS = [
+    "bench.precision",
+    "bench.pretrain",
+    "bench.sft",
+    "bench.pipeline",
+    "bench.ppo",
+    "bench.seeds",
+    "bench.compare",
+]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,7 @@ if not sys.stderr.isatty():  # progress bars only on a terminal: in a log file e
 
 # `rlhf --help` lists the commands in the order of the recipe, then the tools (typer would put the sub-apps last).
 COMMAND_ORDER = (
-    "pipeline", *(step.command for step in TABLE), "chat", "sweep", "check", "export", "recipe", "data", "env",
+    "pipeline", *(step.command for step in TABLE), "chat", "sweep", "compare", "check", "export", "recipe", "data", "env",
 )  # fmt: skip
 
 
@@ -479,6 +479,37 @@ def sweep(
         recipe_ref=recipe,
         overwrite=overwrite,
     )
+
+
+@app.command()
+@handled
+def compare(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    methods: Annotated[
+        str | None,
+        typer.Option("--methods", help="Comma-separated, e.g. ppo,grpo,best-of-n (default: all six)."),
+    ] = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteRunOpt = False,
+):
+    """PPO, DPO, best-of-n, expert iteration, RLOO and GRPO from one SFT and reward model, side by side on gold reward.
+
+    Runs (or with --resume keeps) pretrain, sft, sample, label and reward once, then every method and `rlhf eval`;
+    writes `<run>/compare/compare.json`, `compare.md` and `compare.png` (gold reward against KL to SFT, per method;
+    PPO's `rlhf sweep` as a curve where it has run in the same folder).
+
+    Example: `rlhf compare --recipe tiny`, or `rlhf compare --recipe tiny --methods ppo,grpo --resume`
+    """
+    from rich.console import Console
+
+    from rlhf_cli.compare import parse_methods, print_table, run_compare
+
+    parse_methods(methods)  # a wrong name is refused before anything runs
+    rec = _load(recipe, set_)
+    result = run_compare(rec, rec.run_dir(output_dir), methods, resume=resume, overwrite=overwrite)
+    print_table(Console(), result)
 
 
 @app.command()
