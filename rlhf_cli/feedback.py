@@ -3,6 +3,7 @@
     rlhf sample --recipe tiny                      # <run>/feedback/samples.jsonl: K answers per prompt from sft/final
     rlhf label --recipe tiny --annotator toy       # <run>/feedback/rankings.jsonl: the toy world's simulated raters
     rlhf label --recipe tiny --annotator human     # you, in the terminal (skip, undo, quit; starting again resumes)
+    rlhf label --recipe tiny --annotator web       # several people on a local web page (rlhf_cli.web_label)
     rlhf label --recipe tiny --annotator my_rankings.jsonl   # rankings made elsewhere (any reward format, validated)
 
 samples.jsonl, one row per prompt:

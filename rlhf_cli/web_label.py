@@ -26,6 +26,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -371,6 +372,10 @@ def _lock_run(feedback: Path):
     return fd
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def label_web(
     rec,
     run_dir: Path,
@@ -402,6 +407,8 @@ def label_web(
         + "Stop with Ctrl-C; starting again continues where everyone was.",
         flush=True,
     )
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None  # a scheduler's stop is a Ctrl-C too
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -410,10 +417,12 @@ def label_web(
         server.server_close()
         if lock is not None:
             os.close(lock)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     rows = _read_jsonl(layout.rankings)
     by = Counter(rater_of(r) for r in rows)
     print(
-        f"{len(rows)} rankings in {layout.rankings}"
+        f"{len(rows)} ranking{'s' * (len(rows) != 1)} in {layout.rankings}"
         + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
         + f". To continue: {continue_with}"
     )

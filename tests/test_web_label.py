@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import threading
 import urllib.error
@@ -260,6 +259,20 @@ def test_two_raters_at_once_each_rank_every_prompt_once(tmp_path, browser):
         assert mine == given[name] and len(mine) == 4  # every prompt once, exactly as ranked
 
 
+def test_a_second_tab_of_the_same_rater_is_told_and_moves_on(tmp_path, browser):
+    write_samples(tmp_path)
+    with serving(tmp_path) as (_, url):
+        first = _page(browser, url, "Ana")
+        second = first.context.new_page()  # the same browser profile: the same name
+        second.goto(url)
+        second.wait_for_selector("#rank-screen:not([hidden])")
+        assert _shown(second)[0] == _shown(first)[0] == 0
+        _act(first, "#submit")
+        _act(second, "#submit")  # prompt 0 is ranked already: an error, and the page moves on
+        assert "already ranked" in second.text_content("#message") and _shown(second)[0] == 1
+    assert [r["sample"] for r in _rows(tmp_path / "feedback" / "rankings.jsonl")] == [0]
+
+
 def test_markup_in_an_answer_is_shown_as_text(tmp_path, browser):
     write_samples(tmp_path)
     with serving(tmp_path) as (_, url):
@@ -504,7 +517,6 @@ def screenshot(out: Path) -> None:
             page.mouse.move(0, 0)
             page.screenshot(path=str(out), full_page=True)
             chromium.close()
-    shutil.rmtree(out.parent / "__pycache__", ignore_errors=True)
 
 
 if __name__ == "__main__":
