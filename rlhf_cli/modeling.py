@@ -207,6 +207,72 @@ def load_causal_lm(ref: str, *, trust_remote_code: bool = False, dtype=None):
         raise UserError(load_error("a causal language model", ref, err)) from None
 
 
+# ------------------------------------------------------------------------------------------------------ fine-tuning
+
+
+def check_qlora() -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes; refuse before any model loads."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            "sft.lora.qlora needs a CUDA GPU (4-bit bitsandbytes kernels); on this machine set "
+            "sft.lora.qlora: false to train plain LoRA."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("sft.lora.qlora needs bitsandbytes: `pip install bitsandbytes`, or set sft.lora.qlora: false.")
+
+
+def load_trainable_causal_lm(init: str, spec, trust: bool):
+    """A fine-tuning stage's starting model (`spec`: its section, `lora.qlora`); 4-bit NF4 weights for QLoRA, prepared
+    for k-bit training."""
+
+    if spec.lora is None or not spec.lora.qlora:
+        return load_causal_lm(init, trust_remote_code=trust)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        init, quantization_config=quant, trust_remote_code=trust, use_safetensors=True
+    )
+    return prepare_model_for_kbit_training(model)
+
+
+def resize_for_tokenizer(model, tokenizer) -> list[int]:
+    """Grow the embeddings when the tokenizer gained tokens (pad, role markers); returns the new token ids."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return []
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return list(range(old, len(tokenizer)))
+
+
+def lora_config(lora, added_tokens: list[int]):
+    """peft's LoraConfig from the recipe's `lora:` section (None without one); new tokens' embeddings stay trainable."""
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": added_tokens} if added_tokens else None,
+    )
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -139,6 +139,13 @@ def setup(tmp_path_factory):
             "eval_prompts": 0,
             "training": {**training, "num_ppo_epochs": 1, "learning_rate": 1e-3},
         },
+        "grpo": {  # an online method on TRL's trainer: its sampled answers must resume as they were
+            "policy_from": str(root / "base"),
+            "reward_from": str(root / "rm"),
+            "data": {"path": prompts},
+            "eval_prompts": 0,
+            "training": {**training, "num_generations": 2, "max_completion_length": 6, "learning_rate": 1e-3},
+        },
         "eval": {"max_new_tokens": 6},
     }
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -147,7 +154,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def children(setup):
-    """Start every subprocess at once: four stages that SIGKILL themselves at step 3, and a pretrain that gets SIGINT."""
+    """Start every subprocess at once: five stages that SIGKILL themselves at step 3, and a pretrain that gets SIGINT."""
     env = {
         **os.environ,
         "RLHF_TEST_KILL_AT": str(KILL_AT),
@@ -158,7 +165,7 @@ def children(setup):
     }
     recipe = str(setup / "recipe.yaml")
     procs = {}
-    for stage in ("pretrain", "sft", "reward", "ppo"):
+    for stage in ("pretrain", "sft", "reward", "ppo", "grpo"):
         procs[stage] = subprocess.Popen(
             [sys.executable, "-c", CHILD, stage, "--recipe", recipe, "--output-dir", str(setup / f"killed-{stage}")],
             env=env,
@@ -222,7 +229,7 @@ def run_stage(stage: str, setup: Path, run_dir: Path, **kw) -> dict:
     return module.run(load_recipe(str(setup / "recipe.yaml")), run_dir, **kw)
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "grpo"])
 def test_sigkill_then_resume_is_exact(setup, children, stage):
     from rlhf_cli.runs import newest_checkpoint
 

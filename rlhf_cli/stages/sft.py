@@ -20,7 +20,15 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import (
+    check_qlora,
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    load_trainable_causal_lm,
+    lora_config,
+    resize_for_tokenizer,
+)
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 
@@ -44,7 +52,7 @@ def setup(ctx) -> Job:
     # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
     tokenizer = load_tokenizer(init, trust_remote_code=trust)
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
-    model = load_model(init, spec, trust)
+    model = load_trainable_causal_lm(init, spec, trust)
     added = resize_for_tokenizer(model, tokenizer)
 
     # Data: any SFT format, normalised to {"messages"}; the toy world's files live in the run folder.
@@ -102,52 +110,6 @@ run = stage_runner(STAGE, setup)
 # ------------------------------------------------------------------------------------------------------ model set-up
 
 
-def check_qlora() -> None:
-    """QLoRA needs a CUDA GPU and bitsandbytes; refuse before any model loads."""
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(
-            "sft.lora.qlora needs a CUDA GPU (4-bit bitsandbytes kernels); on this machine set "
-            "sft.lora.qlora: false to train plain LoRA."
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("sft.lora.qlora needs bitsandbytes: `pip install bitsandbytes`, or set sft.lora.qlora: false.")
-
-
-def load_model(init: str, spec, trust: bool):
-    """The starting model; 4-bit NF4 weights for QLoRA, prepared for k-bit training."""
-
-    if spec.lora is None or not spec.lora.qlora:
-        return load_causal_lm(init, trust_remote_code=trust)
-    import torch
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        init, quantization_config=quant, trust_remote_code=trust, use_safetensors=True
-    )
-    return prepare_model_for_kbit_training(model)
-
-
-def resize_for_tokenizer(model, tokenizer) -> list[int]:
-    """Grow the embeddings when the tokenizer gained tokens (pad, role markers); returns the new token ids."""
-    old = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) <= old:
-        return []
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return list(range(old, len(tokenizer)))
-
-
 def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, added_tokens=(), callbacks=()):
     """TRL's SFTTrainer with the recipe's SFTConfig: assistant-only loss, max_length, packing, optimiser, LoRA."""
     from trl import SFTTrainer
@@ -189,22 +151,6 @@ def one_packed_row_per_micro_batch(config, model) -> None:
     config.gradient_accumulation_steps *= config.per_device_train_batch_size
     config.per_device_train_batch_size = 1
     config.per_device_eval_batch_size = 1
-
-
-def lora_config(lora, added_tokens: list[int]):
-    """peft's LoraConfig from the recipe's `lora:` section (None without one); new tokens' embeddings stay trainable."""
-    if lora is None:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-        trainable_token_indices={"embed_tokens": added_tokens} if added_tokens else None,
-    )
 
 
 def count_truncated(tokenizer, dataset, max_length: int) -> tuple[int, int]:
