@@ -166,7 +166,7 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
     rec = _load(rec_name, overrides)
     run_dir = rec.run_dir(output_dir)
     if dry_run:
-        return _dry_run(rec, run_dir, f"rlhf {stage}", [stage])
+        return _dry_run(rec, run_dir, f"rlhf {BY_NAME[stage].command}", [stage])
     from rlhf_cli.runs import no_trace_on_user_error
 
     # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
