@@ -30,14 +30,14 @@ def stage_precision(recipe, stage: str, n_params: int | None):
     return precision.for_training(n_params, recipe.precision, getattr(getattr(recipe, stage), "training", {}))
 
 
-def announce(recipe, stage: str, n_params: int | None) -> dict[str, str]:
+def announce(recipe, stage: str, n_params: int | None, doing: str = "training") -> dict[str, str]:
     """The stage's first line: the model size and the precision it trains in, and why (main process only); returns
     the precision as eval.json records it."""
 
     chosen = stage_precision(recipe, stage, n_params)
     if is_main_process():
         size = f"{n_params / 1e6:.2f}M parameters, " if n_params else ""
-        print(f"{stage}: {size}training in {chosen}", flush=True)
+        print(f"{stage}: {size}{doing} in {chosen}", flush=True)
     return {"precision": chosen.name, "precision_reason": chosen.reason}
 
 

@@ -90,7 +90,7 @@ def run_stage(
     job = setup(StageContext(recipe, layout, stage_dir, resume))
     if hasattr(job.trainer, "callback_handler"):  # a transformers Trainer: one formatted line per log, not a dict
         callbacks.quiet_trainer_logs(job.trainer)
-    chosen = announce(recipe, name, job.n_params)
+    chosen = announce(recipe, name, job.n_params, "answering" if isinstance(job.trainer, NoTraining) else "training")
     runs.prepare_stage_dir(layout.root, name, **folder)  # inputs are good: first write
     if job.prepared and distributed.is_main_process():
         job.prepared()
