@@ -28,8 +28,11 @@ if not sys.stderr.isatty():  # progress bars only on a terminal: in a log file e
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 # `rlhf --help` lists the commands in the order of the recipe, then the tools (typer would put the sub-apps last).
+_STEPS = [step.command for step in TABLE]
+_AFTER_LABEL = _STEPS.index("label") + 1  # people write demonstrations beside ranking
 COMMAND_ORDER = (
-    "pipeline", *(step.command for step in TABLE), "chat", "sweep", "compare", "check", "export", "recipe", "data", "env",
+    "pipeline", *_STEPS[:_AFTER_LABEL], "write", *_STEPS[_AFTER_LABEL:],
+    "chat", "sweep", "compare", "check", "export", "recipe", "data", "env",
 )  # fmt: skip
 
 
@@ -319,6 +322,77 @@ def label(
             continue_with=shlex.join(again),
             limit=limit,
         )
+
+
+@app.command()
+@handled
+def write(
+    recipe: RecipeOpt = "tiny",
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    annotator: Annotated[
+        str, typer.Option("--annotator", help="web (a local page for several writers) | human (this terminal).")
+    ] = "web",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="The model that drafts: sft | base | a model folder or hub id (default: write.model, else the run's "
+            "sft/final when finished, else pretrain/final).",
+        ),
+    ] = None,
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts", help="A prompts file (default: write.data, else feedback.data: the toy world's prompts)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Draft again; the answers written so far move to demonstrations/backup/."),
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="human: stop after this many prompts in this sitting.")
+    ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="web: the address to serve on; any but 127.0.0.1/localhost needs the printed link's token."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="web: the port to serve on.")] = 8765,
+):
+    """People write SFT demonstrations: they keep, edit or replace a model's draft answers, in the terminal or on a
+    local web page.
+
+    A model drafts one answer per prompt, once (greedy unless write.temperature is set; cached in
+    demonstrations/drafts.jsonl, so starting again is instant); the answers go to demonstrations/demonstrations.jsonl,
+    in the `messages` form `sft.data` takes.
+
+    Example: `rlhf write --recipe tiny` (a page for several writers at http://127.0.0.1:8765/write; skip, undo,
+    starting again resumes), `rlhf write --recipe tiny --annotator human --model base --limit 20`; then
+    `rlhf sft --recipe tiny --set sft.data.path=runs/tiny/demonstrations/demonstrations.jsonl`
+    """
+    from rlhf_cli.demonstrations import prepare_drafts, write_human
+    from rlhf_cli.runs import no_trace_on_user_error
+
+    if annotator not in ("web", "human"):
+        raise UserError(f"--annotator {annotator}: use web (a page for several writers) or human (this terminal).")
+    rec = _load(recipe, set_)
+    run_dir = rec.run_dir(output_dir)
+    again = ["rlhf", "write", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
+    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator}"]
+    with no_trace_on_user_error(run_dir):
+        if annotator == "web":
+            from rlhf_cli.web_label import require_web_extra, write_web
+
+            require_web_extra()  # before any drafting
+        prepare_drafts(rec, run_dir, model=model, prompts=prompts, overwrite=overwrite)
+        if annotator == "web":
+            again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
+            write_web(rec, run_dir, host=host, port=port, continue_with=shlex.join(again))
+        else:
+            write_human(run_dir, limit=limit, continue_with=shlex.join(again))
 
 
 @label_app.command("stats")

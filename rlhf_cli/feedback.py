@@ -265,15 +265,15 @@ def _append(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _drop_last_action(paths: list[Path], rater: str | None = None) -> dict | None:
+def _drop_last_action(paths: list[Path], rater: str | None = None, key: str = "rater") -> dict | None:
     """Remove the most recent ranking or skip (highest `n`) from whichever file holds it; return it. With `rater`,
-    the most recent one of that rater (the web page's raters each undo their own)."""
+    the most recent one whose `key` is that rater (the web page's raters, and writers, each undo their own)."""
 
     best = None  # (n, path, index, rows)
     for path in paths:
         rows = _read_jsonl(path)
         for index, row in enumerate(rows):
-            if (rater is None or row.get("rater") == rater) and (best is None or row["n"] > best[0]):
+            if (rater is None or row.get(key) == rater) and (best is None or row["n"] > best[0]):
                 best = (row["n"], path, index, rows)
     if best is None:
         return None

@@ -6,6 +6,7 @@
 <run>/<stage>/               pretrain, sft, reward, ppo: recipe.yaml (what the stage trains on), checkpoints/,
                              metrics.jsonl, eval.json, and final/ (written atomically: its presence means complete)
 <run>/feedback/              samples.jsonl (sample), rankings.jsonl (label), skipped.jsonl, backup/
+<run>/demonstrations/        drafts.jsonl, demonstrations.jsonl (`rlhf write`: people's SFT answers), skipped.jsonl, backup/
 <run>/eval/eval.json         `rlhf eval`
 <run>/report/                report.json, report.md and the plots
 """
@@ -78,6 +79,23 @@ class RunLayout:
     @property
     def skipped(self) -> Path:
         return self.feedback / "skipped.jsonl"
+
+    # demonstrations people write (`rlhf write`)
+    @property
+    def demonstrations_dir(self) -> Path:
+        return self.root / "demonstrations"
+
+    @property
+    def drafts(self) -> Path:
+        return self.demonstrations_dir / "drafts.jsonl"
+
+    @property
+    def demonstrations(self) -> Path:
+        return self.demonstrations_dir / "demonstrations.jsonl"
+
+    @property
+    def demonstrations_skipped(self) -> Path:
+        return self.demonstrations_dir / "skipped.jsonl"
 
     @property
     def report_dir(self) -> Path:

@@ -132,6 +132,18 @@ class FeedbackSpec(Section):
     raters_per_prompt: int = Field(1, ge=1)
 
 
+class WriteSpec(Section):
+    """`rlhf write`: people keep, edit or replace a model's draft answers; <run>/demonstrations/ is SFT data."""
+
+    model: str | None = None  # sft | base | a model folder or hub id; default: sft/final when finished, else base
+    data: DataSpec | None = (
+        None  # the prompts (any prompt format); default: feedback.data, the prompts `rlhf sample` uses
+    )
+    num_prompts: int | None = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0.0)  # 0 = greedy: the model's own best answer as the draft
+    max_new_tokens: int = Field(48, gt=0)
+
+
 class RewardSpec(Section):
     data: DataSpec | None = None  # default: this run's feedback/rankings.jsonl
     init_from: str | None = None
@@ -262,6 +274,7 @@ class Recipe(Section):
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     sft: SFTSpec = Field(default_factory=SFTSpec)
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    write: WriteSpec = Field(default_factory=WriteSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     dpo: DPOSpec = Field(default_factory=DPOSpec)

@@ -1,4 +1,5 @@
-"""People rank answers on a local web page: `rlhf label --annotator web [--host 127.0.0.1] [--port 8765]`.
+"""People rank answers, and write them, on a local web page: `rlhf label --annotator web [--host 127.0.0.1]
+[--port 8765]` (/), `rlhf write --annotator web` (/write; the demonstrations, rlhf_cli.demonstrations).
 
 One page (rlhf_cli/web/label.html, no build step) served by the standard library's threaded HTTP server. A rater enters
 a name, sees a prompt and its K answers (model text is put in the page as text, never as HTML), orders them (drag, or
@@ -15,7 +16,8 @@ files are the state). Undo takes back the rater's own last ranking or skip, also
 
 Safe by default: the server binds 127.0.0.1 (and answers only requests addressed to a local host name, against DNS
 rebinding); any other --host needs the random token the printed link carries (a request without it gets 403). It
-writes nothing but those two files of the run's feedback folder; only one server serves a run at a time.
+writes nothing but those two files of the run's feedback folder (and, writing, those of its demonstrations folder);
+only one server serves a run at a time. One server serves both pages when the run has both to do (a link joins them).
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ import secrets
 import signal
 import socket
 import threading
-import time
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from rlhf_cli.demonstrations import WriteBoard, writer_of
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import (
     _append,
@@ -48,11 +50,11 @@ from rlhf_cli.feedback import (
     unique_answers,
 )
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.people import LEASE_SECONDS, Offers, lock_folder
 
 PAGE = Path(__file__).parent / "web" / "label.html"
 CRITERIA = ("helpfulness", "honesty", "harmlessness", "clarity", "relevance")  # the seeds' criteria
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-LEASE_SECONDS = 30 * 60  # a prompt shown to a rater is held for them this long (or until they act)
 MAX_BODY = 1 << 20
 MAX_NAME = 40
 # Modules the web page needs beyond the standard library (none today; the `web` extra also holds the browser tests').
@@ -76,7 +78,7 @@ def rater_of(row: dict) -> str:
     return str(row.get("rater") or row.get("annotator") or "unknown")
 
 
-class Board:
+class Board(Offers):
     """Who ranked what, and what to offer next: the rankings and skipped files, kept in memory under one lock.
 
     The files are the state: the board is rebuilt from them when a server starts, and every change is written to
@@ -87,68 +89,34 @@ class Board:
         self.samples_path = self.feedback / "samples.jsonl"
         self.rankings_path = self.feedback / "rankings.jsonl"
         self.skipped_path = self.feedback / "skipped.jsonl"
-        self.per_prompt, self.lease_seconds = raters_per_prompt, lease_seconds
         self.samples = read_samples(self.samples_path)
         rankings, skipped = _read_jsonl(self.rankings_path), _read_jsonl(self.skipped_path)
         check_rows_match(self.samples, rankings + skipped, self.samples_path)
         self.keep = {i: unique_answers(row) for i, row in enumerate(self.samples)}
-        self.todo = [i for i, kept in self.keep.items() if len(kept) >= 2]
-        if not self.todo:
+        todo = [i for i, kept in self.keep.items() if len(kept) >= 2]
+        if not todo:
             raise UserError(f"{self.samples_path} holds no prompt with two different answers to rank.")
-        self.ranked_by: dict[int, list[str]] = defaultdict(list)
-        self.skipped_by: dict[str, set[int]] = defaultdict(set)
-        for row in rankings:
-            self.ranked_by[row["sample"]].append(rater_of(row))
-        for row in skipped:
-            self.skipped_by[rater_of(row)].add(row["sample"])
-        self.action = max((r.get("n", -1) for r in rankings + skipped), default=-1) + 1
-        self.leases: dict[str, tuple[int, float]] = {}  # rater -> (sample, until)
-        self.lock = threading.Lock()
-
-    # -------------------------------------------------------------------------------------------- what to offer
-
-    def _open_for(self, rater: str, index: int) -> bool:
-        return (
-            rater not in self.ranked_by[index]
-            and index not in self.skipped_by[rater]
-            and len(self.ranked_by[index]) < self.per_prompt
-        )
-
-    def _held_by_others(self, rater: str, index: int, now: float) -> int:
-        return sum(s == index and until > now for who, (s, until) in self.leases.items() if who != rater)
-
-    def _next_index(self, rater: str) -> int | None:
-        now = time.monotonic()
-        held = self.leases.get(rater)
-        if held and held[1] > now and self._open_for(rater, held[0]):
-            return held[0]
-        for index in self.todo:
-            if (
-                self._open_for(rater, index)
-                and len(self.ranked_by[index]) + self._held_by_others(rater, index, now) < self.per_prompt
-            ):
-                self.leases[rater] = (index, now + self.lease_seconds)
-                return index
-        self.leases.pop(rater, None)
-        return None
+        super().__init__(todo, raters_per_prompt, lease_seconds)
+        self.load(rankings, skipped, rater_of)
+        self.per_prompt, self.ranked_by = self.per_item, self.done_by
 
     def progress(self, rater: str) -> dict:
-        rankings = sum(min(len(self.ranked_by[i]), self.per_prompt) for i in self.todo)
+        c = self.counts(rater)
         return {
-            "rankings": rankings,
-            "needed": len(self.todo) * self.per_prompt,
-            "prompts": len(self.todo),
-            "prompts_done": sum(len(self.ranked_by[i]) >= self.per_prompt for i in self.todo),
+            "rankings": c["done"],
+            "needed": c["needed"],
+            "prompts": c["items"],
+            "prompts_done": c["items_done"],
             "raters_per_prompt": self.per_prompt,
-            "yours": sum(rater in self.ranked_by[i] for i in self.todo),
-            "skipped_by_you": len(self.skipped_by[rater]),
-            "open_for_you": sum(self._open_for(rater, i) for i in self.todo),
+            "yours": c["yours"],
+            "skipped_by_you": c["skipped_by_you"],
+            "open_for_you": c["open_for_you"],
         }
 
     def next_for(self, rater: str, message: str = "") -> dict:
         """The page's state for `rater`: the prompt to rank (answers in an order of their own) and the progress."""
         with self.lock:
-            index = self._next_index(rater)
+            index = self.next_index(rater)
             state = {"rater": rater, "progress": self.progress(rater), "criteria": list(CRITERIA), "message": message}
             if index is None:
                 return {**state, "done": True}
@@ -161,17 +129,10 @@ class Board:
 
     # -------------------------------------------------------------------------------------------- actions
 
-    def _check_sample(self, rater: str, index) -> int:
-        if not isinstance(index, int) or index not in self.keep or index not in self.todo:
-            raise ValueError("no such prompt to rank")
-        if rater in self.ranked_by[index] or index in self.skipped_by[rater]:
-            raise ValueError("you have already ranked or skipped this prompt (undo it to change it)")
-        return index
-
     def rank(self, rater: str, index, order, criteria=()) -> dict:
         """Save one ranking (answer ids best first) at once; ValueError for a ranking that is not whole."""
         with self.lock:
-            index = self._check_sample(rater, index)
+            index = self.check(rater, index, "ranked")
             if not isinstance(order, list) or sorted(order) != self.keep[index]:
                 raise ValueError(f"rank each of the {len(self.keep[index])} answers exactly once")
             if not isinstance(criteria, (list, tuple)) or not set(criteria) <= set(CRITERIA):
@@ -190,19 +151,15 @@ class Board:
                     "n": self.action,
                 },
             )
-            self.action += 1
-            self.ranked_by[index].append(rater)
-            self.leases.pop(rater, None)
+            self.did(rater, index)
         return self.next_for(rater, "Saved.")
 
     def skip(self, rater: str, index) -> dict:
         with self.lock:
-            index = self._check_sample(rater, index)
+            index = self.check(rater, index, "ranked")
             row = {"prompt": self.samples[index]["prompt"], "sample": index, "rater": rater, "time": _now()}
             _append(self.skipped_path, {**row, "n": self.action})
-            self.action += 1
-            self.skipped_by[rater].add(index)
-            self.leases.pop(rater, None)
+            self.skipped(rater, index)
         return self.next_for(rater, f"Skipped prompt {index + 1}.")
 
     def undo(self, rater: str) -> dict:
@@ -212,13 +169,8 @@ class Board:
             if undone is None:
                 message = "Nothing of yours to undo."
             else:
-                index = undone["sample"]
-                if "responses" in undone:
-                    self.ranked_by[index].remove(rater)
-                else:
-                    self.skipped_by[rater].discard(index)
-                self.leases[rater] = (index, time.monotonic() + self.lease_seconds)
-                message = f"Undone: prompt {index + 1} is back."
+                self.undone(rater, undone["sample"], "responses" in undone)
+                message = f"Undone: prompt {undone['sample'] + 1} is back."
         return self.next_for(rater, message)
 
 
@@ -283,20 +235,28 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._allowed():
             return self._forbidden()
         url = urlsplit(self.path)
-        if url.path == "/":
+        srv = self.server
+        if url.path == "/" and srv.board is None:  # only writing is served: the page's writing mode
+            query = f"?{url.query}" if url.query else ""
+            return self._send(HTTPStatus.FOUND, b"", "text/plain; charset=utf-8", {"Location": f"/write{query}"})
+        if url.path == "/" or (url.path == "/write" and srv.writing is not None):
             nonce = secrets.token_urlsafe(12)
-            page = self.server.page.replace("{{NONCE}}", nonce).encode()
+            modes = " ".join(m for m, b in (("rank", srv.board), ("write", srv.writing)) if b is not None)
+            page = srv.page.replace("{{NONCE}}", nonce).replace("{{MODES}}", modes).encode()
             csp = (
                 f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'; "
                 "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
             )
             return self._send(HTTPStatus.OK, page, "text/html; charset=utf-8", {"Content-Security-Policy": csp})
-        if url.path == "/api/next":
+        if url.path in ("/api/next", "/api/write/next"):
+            board = srv.board if url.path == "/api/next" else srv.writing
+            if board is None:
+                return self._json(HTTPStatus.NOT_FOUND, {"error": "this server does not serve that page"})
             try:
                 rater = _clean_name((parse_qs(url.query).get("rater") or [""])[0])
             except ValueError as err:
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
-            return self._json(HTTPStatus.OK, self.server.board.next_for(rater))
+            return self._json(HTTPStatus.OK, board.next_for(rater))
         return self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", "text/plain; charset=utf-8")
 
     def do_POST(self):  # noqa: N802 - http.server's name
@@ -308,20 +268,24 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
             return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
-        board, path = self.server.board, urlsplit(self.path).path
+        path = urlsplit(self.path).path
+        board = self.server.writing if path.startswith("/api/write/") else self.server.board
+        action = path.removeprefix("/api/write/" if path.startswith("/api/write/") else "/api/")
+        if board is None or action not in ("rank" if board is self.server.board else "save", "skip", "undo"):
+            return self._json(HTTPStatus.NOT_FOUND, {"error": "no such action"})
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("send a JSON object")
             rater = _clean_name(body.get("rater"))
-            if path == "/api/rank":
+            if action == "rank":
                 state = board.rank(rater, body.get("sample"), body.get("order"), body.get("criteria", []))
-            elif path == "/api/skip":
+            elif action == "save":
+                state = board.save(rater, body.get("sample"), body.get("text"))
+            elif action == "skip":
                 state = board.skip(rater, body.get("sample"))
-            elif path == "/api/undo":
-                state = board.undo(rater)
             else:
-                return self._json(HTTPStatus.NOT_FOUND, {"error": "no such action"})
+                state = board.undo(rater)
         except ValueError as err:  # json.JSONDecodeError is one
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         return self._json(HTTPStatus.OK, state)
@@ -330,8 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
 class LabelServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, board: Board, token: str | None):
-        self.board, self.token = board, token
+    def __init__(self, address, board: Board | None, token: str | None, writing: WriteBoard | None = None):
+        self.board, self.writing, self.token = board, writing, token
         self.page = PAGE.read_text(encoding="utf-8")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -339,37 +303,79 @@ class LabelServer(ThreadingHTTPServer):
 
 
 def make_server(
-    feedback: Path, host: str = "127.0.0.1", port: int = 8765, raters_per_prompt: int = 1
+    feedback: Path | None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    raters_per_prompt: int = 1,
+    writing: WriteBoard | None = None,
 ) -> tuple[LabelServer, str]:
-    """The server (bound, not yet serving) and the link to print. Any host but a local one gets a token."""
+    """The server (bound, not yet serving) and the link to print: ranking the samples of `feedback` (None: no ranking),
+    writing on the board `writing` (None: no writing). Any host but a local one gets a token."""
     require_web_extra()
-    board = Board(feedback, raters_per_prompt)
+    board = Board(feedback, raters_per_prompt) if feedback is not None else None
     token = None if host in LOCAL_HOSTS else secrets.token_urlsafe(16)
     try:
-        server = LabelServer((host, port), board, token)
+        server = LabelServer((host, port), board, token, writing)
     except OSError as err:
         raise UserError(
             f"Cannot serve on {host}:{port} ({err.strerror or err}); pass another --port, or a --host of this machine."
         ) from err
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    url = f"http://{shown}:{server.server_address[1]}/" + (f"?token={token}" if token else "")
+    page = "" if board is not None else "write"
+    url = f"http://{shown}:{server.server_address[1]}/{page}" + (f"?token={token}" if token else "")
     return server, url
 
 
-def _lock_run(feedback: Path):
-    """Hold an exclusive lock on the feedback folder itself (no file is written): one server per run."""
+SERVED_BY = "`rlhf label --annotator web` or `rlhf write` (one page serves both)"
+
+
+def _lock_run(folder: Path):
+    """Hold an exclusive lock on the feedback (or demonstrations) folder itself, no file written: one server per run."""
+    return lock_folder(folder, SERVED_BY)
+
+
+def _also(make, folder: Path):
+    """The other page's board for the same server, with its folder's lock, when the run has that work and no other
+    server holds it; else (None, None)."""
+    if not folder.is_dir():
+        return None, None
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        return None
-    fd = os.open(feedback, os.O_RDONLY)
+        lock = _lock_run(folder)
+    except UserError:
+        return None, None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise UserError(f"{feedback} is already being served by another `rlhf label --annotator web`.") from None
-    return fd
+        return make(), lock
+    except UserError:
+        if lock is not None:
+            os.close(lock)
+        return None, None
+
+
+def _close(locks) -> None:
+    for lock in locks:
+        if lock is not None:
+            os.close(lock)
+
+
+def _serve(server: LabelServer, locks: list) -> None:
+    """Serve until Ctrl-C or SIGTERM (a scheduler's stop is a Ctrl-C too), then close the server and the locks."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        _close(locks)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _at(url: str, page: str) -> str:
+    """The printed link, pointed at another page of the same server (its token kept)."""
+    return urlsplit(url)._replace(path=f"/{page}").geturl()
 
 
 def _stop(signum, frame):
@@ -390,35 +396,27 @@ def label_web(
     require_web_extra()
     if not layout.feedback.is_dir():
         read_samples(layout.samples)  # says to run `rlhf sample` first
-    lock = _lock_run(layout.feedback)
+    locks = [_lock_run(layout.feedback)]
     try:
         if overwrite:
             start_over(layout.feedback)
-        server, url = make_server(layout.feedback, host, port, rec.feedback.raters_per_prompt)
+        writing, lock = _also(lambda: WriteBoard(layout.root), layout.demonstrations_dir)
+        locks.append(lock)
+        server, url = make_server(layout.feedback, host, port, rec.feedback.raters_per_prompt, writing)
     except BaseException:
-        if lock is not None:
-            os.close(lock)
+        _close(locks)
         raise
     board = server.board
     print(
         f"Ranking page for {len(board.todo)} prompts of {layout.samples} "
-        f"({board.per_prompt} rater{'s' * (board.per_prompt > 1)} each): {url}\n"
+        f"({board.per_prompt} rater{'s' * (board.per_prompt > 1)} each): {url}"
+        + (f" (and writing answers: {_at(url, 'write')})" if writing is not None else "")
+        + "\n"
         + ("Anyone with this link can rank; share it only with your raters. " if server.token else "")
         + "Stop with Ctrl-C; starting again continues where everyone was.",
         flush=True,
     )
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stop) if main else None  # a scheduler's stop is a Ctrl-C too
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        if lock is not None:
-            os.close(lock)
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+    _serve(server, locks)
     rows = _read_jsonl(layout.rankings)
     by = Counter(rater_of(r) for r in rows)
     print(
@@ -427,3 +425,46 @@ def label_web(
         + f". To continue: {continue_with}"
     )
     return layout.rankings
+
+
+def write_web(
+    rec,
+    run_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    continue_with: str = "rlhf write --annotator web",
+) -> Path:
+    """Serve the writing page (/write) for the run's drafts until Ctrl-C (and the ranking page too, when the run has
+    samples to rank that no other server holds); returns the demonstrations file."""
+    layout = RunLayout(run_dir)
+    require_web_extra()
+    locks = [_lock_run(layout.demonstrations_dir)]
+    try:
+        writing = WriteBoard(layout.root)
+        ranking, lock = _also(lambda: Board(layout.feedback, rec.feedback.raters_per_prompt), layout.feedback)
+        locks.append(lock)
+        server, url = make_server(
+            layout.feedback if ranking is not None else None, host, port, rec.feedback.raters_per_prompt, writing
+        )
+    except BaseException:
+        _close(locks)
+        raise
+    print(
+        f"Writing page for {len(writing.todo)} prompts of {layout.drafts} (the model's drafts, to keep, edit or "
+        f"replace): {_at(url, 'write')}"
+        + (f" (and ranking the samples: {_at(url, '')})" if server.board is not None else "")
+        + "\n"
+        + ("Anyone with this link can write; share it only with your writers. " if server.token else "")
+        + "Stop with Ctrl-C; starting again continues where everyone was.",
+        flush=True,
+    )
+    _serve(server, locks)
+    rows = _read_jsonl(layout.demonstrations)
+    by = Counter(writer_of(r) for r in rows)
+    print(
+        f"{len(rows)} answer{'s' * (len(rows) != 1)} in {layout.demonstrations}"
+        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
+        + f". Train on them: rlhf sft --set sft.data.path={layout.demonstrations}. To continue: {continue_with}"
+    )
+    return layout.demonstrations

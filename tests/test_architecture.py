@@ -13,6 +13,7 @@ LAYERS = [
     # leaves: no rlhf_cli import but one another
     [
         "errors",
+        "people",
         "hub",
         "steps",
         "layout",
@@ -39,7 +40,7 @@ LAYERS = [
         "kwise",
     ],
     # run folders, checkpoints, callbacks; samples and rankings
-    ["runs", "callbacks", "feedback", "answers", "web_label", "label_stats"],
+    ["runs", "callbacks", "feedback", "answers", "demonstrations", "web_label", "label_stats"],
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
     ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluate"],
     # stages and the commands built on one stage or one run

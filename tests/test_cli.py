@@ -14,6 +14,7 @@ COMMANDS = [
     ["sample"],
     ["label"],
     ["label", "stats"],
+    ["write"],
     ["reward"],
     ["reward", "inspect"],
     ["ppo"],
