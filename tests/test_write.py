@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import threading
 from contextlib import contextmanager
@@ -396,3 +397,41 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(run, tmp_path):
     result = runner.invoke(app, ["write", "-o", str(run), "--annotator", "toy"])
     assert result.exit_code == 2 and "use web" in result.output
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written
+
+
+def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkeypatch, capsys):
+    from rlhf_cli import web_label
+
+    served = []
+
+    def serve(server, locks):  # instead of serving until Ctrl-C: note what would be served, then close
+        served.append((server.board is not None, server.writing is not None))
+        server.server_close()
+        web_label._close(locks)
+
+    monkeypatch.setattr(web_label, "_serve", serve)
+    rec = load_recipe("tiny")
+    write_drafts(tmp_path)
+    web_label.write_web(rec, tmp_path, port=0)
+    assert served[-1] == (False, True) and "/write" in capsys.readouterr().out  # no samples: writing only
+    write_samples(tmp_path)
+    web_label.write_web(rec, tmp_path, port=0)
+    out = capsys.readouterr().out
+    assert served[-1] == (True, True) and "and ranking the samples" in out and "sft.data.path=" in out
+    web_label.label_web(rec, tmp_path, port=0)
+    assert served[-1] == (True, True) and "and writing answers" in capsys.readouterr().out
+
+    held = web_label._lock_run(tmp_path / "feedback")  # ranking is served by another server: write on this one
+    try:
+        web_label.write_web(rec, tmp_path, port=0)
+        assert served[-1] == (False, True)
+    finally:
+        os.close(held)
+    held = web_label._lock_run(tmp_path / "demonstrations")
+    try:
+        with pytest.raises(UserError, match="already being served"):
+            web_label.write_web(rec, tmp_path, port=0)
+        web_label.label_web(rec, tmp_path, port=0)
+        assert served[-1] == (True, False)
+    finally:
+        os.close(held)
