@@ -225,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _forbidden(self) -> None:
         self._send(
             HTTPStatus.FORBIDDEN,
-            b"Forbidden: open the link `rlhf label --annotator web` printed (with its token).\n",
+            b"Forbidden: open the link `rlhf label --annotator web` or `rlhf write` printed (with its token).\n",
             "text/plain; charset=utf-8",
         )
 
