@@ -106,9 +106,8 @@ def test_a_writer_edits_replaces_skips_undoes_reloads_and_continues(tmp_path, ch
         page.click("#w-answer")
         page.keyboard.press("Control+End")
         page.keyboard.type(" mice. thanks for asking!")
-        assert "not the draft" in page.text_content("#w-state") and page.text_content("#who").startswith(
-            "writing as Ana"
-        )
+        assert "not the draft" in page.text_content("#w-state")
+        assert page.text_content("#who").startswith("writing as Ana")
         _then(page, lambda: page.click("#w-save"))
 
         # 1: replace it, saved with Ctrl+Enter
