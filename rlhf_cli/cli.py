@@ -432,6 +432,15 @@ def pipeline(
         str | None, typer.Option("--stages", help="Comma-separated subset, e.g. sft,sample,label,reward.")
     ] = None,
     accept_recipe_change: AcceptOpt = False,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            min=1,
+            help="Rounds of feedback: after the first, the new policy is sampled, ranked, the reward model retrained "
+            "on every ranking so far and PPO run again (rounds/round-k/; rounds.start_from in the recipe).",
+        ),
+    ] = 1,
 ):
     """The main job: pretrain -> sft -> sample -> label -> reward -> ppo -> eval -> report, in one run folder.
 
@@ -439,7 +448,8 @@ def pipeline(
     reward model and the gold reward disagree about PPO against SFT, or the reward model is at chance); the summary
     lists each, and the cautions (findings that do not fail the run).
 
-    Example: `rlhf pipeline` (the embedded tiny recipe), or `rlhf pipeline --recipe tiny --resume`
+    Example: `rlhf pipeline` (the embedded tiny recipe), `rlhf pipeline --recipe tiny --resume`, or
+    `rlhf pipeline --recipe tiny --rounds 2`
     """
     from rlhf_cli.pipeline import run_pipeline
 
@@ -455,6 +465,10 @@ def pipeline(
     record = run_pipeline(
         rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change
     )
+    if rounds > 1:
+        from rlhf_cli.rounds import print_rounds, run_rounds
+
+        print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], resume=resume, overwrite=overwrite))
     if record.get("targets_missed") or record.get("red_flags"):
         raise typer.Exit(TARGETS_MISSED)
 

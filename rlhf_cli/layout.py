@@ -110,6 +110,14 @@ class RunLayout:
         return self.report_dir / "report.md"
 
     @property
+    def rounds_json(self) -> Path:
+        return self.root / "rounds" / "rounds.json"
+
+    def round_dir(self, k: int) -> Path:
+        """Round k (from 2) of `rlhf pipeline --rounds`: a run folder of its own; round 1 is this run."""
+        return self.root / "rounds" / f"round-{k}"
+
+    @property
     def compare_dir(self) -> Path:
         return self.root / "compare"
 

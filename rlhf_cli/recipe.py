@@ -241,6 +241,14 @@ class PPOSpec(Section):
     )
 
 
+class RoundsSpec(Section):
+    """`rlhf pipeline --rounds N`: more rounds of feedback after the first (rlhf_cli.rounds)."""
+
+    # Round k's PPO starts from: sft (every round's policy is judged against one reference, and what a round adds is
+    # its better reward model) or last (the last round's policy, the reference too: the rounds compound).
+    start_from: Literal["sft", "last"] = "sft"
+
+
 class EvalSpec(Section):
     num_prompts: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, gt=0)
@@ -282,6 +290,7 @@ class Recipe(Section):
     expert_iteration: ExpertIterationSpec = Field(default_factory=ExpertIterationSpec)
     rloo: OnlineMethodSpec = Field(default_factory=OnlineMethodSpec)
     grpo: OnlineMethodSpec = Field(default_factory=OnlineMethodSpec)
+    rounds: RoundsSpec = Field(default_factory=RoundsSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     targets: TargetsSpec = Field(default_factory=TargetsSpec)
 

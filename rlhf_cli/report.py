@@ -510,9 +510,37 @@ def build_report(run_dir: str | Path) -> Path:
         "timings": {s: e.get("seconds") for s, e in pipeline.get("steps", {}).items()},
         "plots": plots,
     }
+    rounds = _read_json(RunLayout(run_dir).rounds_json)
+    if rounds:  # `rlhf pipeline --rounds N`
+        report["rounds"] = rounds
     write_json_atomic(out / "report.json", report)
     path = write_text_atomic(out / "report.md", _markdown(run_dir, report, ev))
     return path
+
+
+def _rounds_markdown(rounds: dict) -> list[str]:
+    """Each round of `rlhf pipeline --rounds`: gold reward, the last reward model on the new samples, KL."""
+
+    def m(stat):
+        return _f(_number(stat))
+
+    lines = [
+        f"## Rounds of feedback (PPO from {rounds['start_from']} in each round)",
+        "",
+        "The reward model of the round before, on the new round's samples *before* retraining, shows the distribution "
+        "shift: it was trained on the answers of an earlier policy.",
+        "",
+        "| round | rankings | last RM on new samples: pair accuracy | gold order | RM gold order after retraining "
+        "| PPO gold reward | PPO right facts | PPO KL to SFT |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds["rounds"]:
+        before = r.get("rm_before_retraining") or {}
+        cells = [str(r["round"]), str(r["rankings"]), m(before.get("accuracy")), m(before.get("gold_accuracy")),
+                 m(r.get("rm_gold_accuracy")), m(r.get("ppo_gold_reward")), m(r.get("ppo_right_fact_rate")),
+                 m(r.get("ppo_kl_to_sft"))]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _f(v, fmt=".3f") -> str:
@@ -601,6 +629,8 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         "models": "Base, SFT and PPO on the same prompts",
         "answers": "Answers side by side",
     }
+    if report.get("rounds"):
+        lines += _rounds_markdown(report["rounds"])
     compare_md = RunLayout(run_dir).compare_dir / "compare.md"
     if compare_md.exists():  # `rlhf compare` ran in this folder
         lines += ["## Methods side by side", "", f"`rlhf compare`: [{compare_md}](../compare/compare.md)", ""]

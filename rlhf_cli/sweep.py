@@ -1,6 +1,8 @@
-"""`rlhf sweep`: PPO once per value of one setting, from the same SFT and reward models — the over-optimisation picture.
+"""`rlhf sweep`: PPO (or best-of-n) once per value of one setting, from the same SFT and reward models — the
+over-optimisation picture.
 
     rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2
+    rlhf sweep --recipe tiny --param best_of_n.n --values 1,4,16,64,256     # best-of-n: KL log n - (n-1)/n
 
 Each value trains PPO into `<run>/sweep/<param>=<value>/ppo/` with the run's `sft/final` as policy and reference and its
 `reward/final` as reward model (set through `ppo.policy_from` / `ppo.reward_from`; the toy data are shared through a
@@ -9,10 +11,13 @@ second call (pass --overwrite to redo them), so adding values is cheap. Each poi
 score and KL to the SFT model come from its `ppo/eval.json`; `<run>/sweep/sweep.png` plots gold reward and RM score
 against KL — with a small KL penalty the RM score keeps rising while the gold reward stalls or falls (Goodhart's law;
 Gao et al. 2022, "Scaling laws for reward model overoptimization") — and `<run>/sweep/sweep.json` holds the numbers.
+A `best_of_n.*` key runs `rlhf best-of-n` per value the same way (its KL is the analytic log n - (n-1)/n, its RM score
+that of the chosen answers).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from pathlib import Path
@@ -22,21 +27,23 @@ from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.layout import RunLayout
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.recipe import load_recipe, save_resolved
-from rlhf_cli.stages import ppo
 
 PREREQUISITES = "pretrain,sft,sample,label,reward"
 
 
-def _point_metrics(ppo_eval: dict) -> dict:
-    """KL, gold reward and RM score of the PPO policy (and the SFT reference) from a ppo/eval.json."""
-    ppo, sft = ppo_eval.get("ppo", {}), ppo_eval.get("sft", {})
+SWEEPABLE = ("ppo", "best_of_n")  # stages whose eval.json holds a KL to SFT and an RM score
+
+
+def _point_metrics(stage: str, stage_eval: dict) -> dict:
+    """KL, gold reward and RM score of the stage's policy (and the SFT reference) from its eval.json."""
+    own, sft = stage_eval.get(stage, {}), stage_eval.get("sft", {})
     return {
-        "kl": ppo.get("kl_to_reference"),
-        "gold_reward": ppo.get("gold_reward"),
-        "rm_score": ppo.get("rm_score"),
-        "length": ppo.get("length"),
-        "finished_rate": ppo.get("finished_rate"),
-        "gold_gain": ppo_eval.get("gold_gain"),  # {mean, low, high, n}
+        "kl": own.get("kl_to_reference", stage_eval.get("kl_to_sft_bound")),
+        "gold_reward": own.get("gold_reward"),
+        "rm_score": own.get("rm_score"),
+        "length": own.get("length", own.get("mean_answer_tokens")),
+        "finished_rate": own.get("finished_rate"),
+        "gold_gain": stage_eval.get("gold_gain"),  # {mean, low, high, n}
         "sft_gold_reward": sft.get("gold_reward"),
         "sft_rm_score": sft.get("rm_score"),
     }
@@ -51,12 +58,12 @@ def run_sweep(
     recipe_ref: str | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Train PPO once per value of `param`; write <run>/sweep/sweep.json and sweep.png; return the sweep record.
+    """Train PPO (run best-of-n) once per value of `param`; write <run>/sweep/sweep.json and sweep.png; return it.
 
     Args:
         recipe: the resolved Recipe (for the prerequisite stages).
         run_dir: the run folder whose sft/ and reward/ models every point starts from.
-        param: a `ppo.*` recipe key, e.g. ppo.kl_coef.
+        param: a `ppo.*` or `best_of_n.*` recipe key, e.g. ppo.kl_coef or best_of_n.n.
         values: the values (strings, parsed as YAML like --set).
         base_overrides: the --set overrides every point shares.
         recipe_ref: the recipe name or path each point is loaded from (default: recipe.name as a built-in).
@@ -66,10 +73,11 @@ def run_sweep(
 
     run_dir = Path(run_dir)
     values = [v.strip() for v in values if v.strip()]
-    if not param.startswith("ppo.") or param.startswith("ppo.training.output_dir"):
+    stage = param.split(".")[0]
+    if stage not in SWEEPABLE or "." not in param or param.endswith("training.output_dir"):
         raise UserError(
-            f"--param {param}: a sweep trains PPO once per value, so the key must be a ppo.* setting "
-            f"(for example ppo.kl_coef or ppo.training.learning_rate)."
+            f"--param {param}: a sweep trains PPO (or runs best-of-n) once per value, so the key must be a ppo.* or "
+            f"best_of_n.* setting (for example ppo.kl_coef, ppo.training.learning_rate or best_of_n.n)."
         )
     if not values:
         raise UserError("--values is empty; give comma-separated values, for example --values 0,0.01,0.05,0.2.")
@@ -80,9 +88,10 @@ def run_sweep(
 
     sweep_dir = run_dir / "sweep"
     shared = [
-        f"ppo.policy_from={(run_dir / 'sft' / 'final').resolve()}",
-        f"ppo.reward_from={(run_dir / 'reward' / 'final').resolve()}",
+        f"{stage}.policy_from={(run_dir / 'sft' / 'final').resolve()}",
+        f"{stage}.reward_from={(run_dir / 'reward' / 'final').resolve()}",
     ]
+    run_stage = importlib.import_module(f"rlhf_cli.stages.{stage}").run
     points = []
     for value in values:
         point_dir = sweep_dir / f"{param}={value}"
@@ -95,18 +104,19 @@ def run_sweep(
             except OSError:
                 pass
         save_resolved(rec, point_dir)
-        done = RunLayout(point_dir).finished("ppo") and RunLayout(point_dir).eval_json("ppo").exists()
+        done = RunLayout(point_dir).finished(stage)
         console.rule(f"[bold]sweep {param}={value}" + (" (finished: kept)" if done and not overwrite else ""))
         if overwrite or not done:
-            ppo.run(rec, point_dir, resume=not overwrite, overwrite=overwrite)
+            run_stage(rec, point_dir, resume=not overwrite, overwrite=overwrite)
         point = {
             "value": value,
             "run_dir": str(point_dir),
-            **_point_metrics(read_json(RunLayout(point_dir).eval_json("ppo"))),
+            **_point_metrics(stage, read_json(RunLayout(point_dir).eval_json(stage))),
         }
         points.append(point)
         record = {
             "param": param,
+            "stage": stage,
             "values": values,
             "run_dir": str(run_dir),
             "points": points,
@@ -163,10 +173,11 @@ def plot_sweep(record: dict, path: Path) -> Path:
             )
     if _ok(ref.get("gold_reward")):
         ax.annotate("SFT", (0, ref["gold_reward"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("KL(PPO policy || SFT model), nats per answer (held-out prompts)")
+    policy = {"ppo": "PPO policy", "best_of_n": "best-of-n"}.get(record.get("stage", "ppo"), "policy")
+    ax.set_xlabel(f"KL({policy} || SFT model), nats per answer (held-out prompts)")
     ax.set_title(
         "Reward over-optimisation: gold reward and RM score against KL\n"
-        f"(PPO per {record['param']} value, same reward model; cf. Gao et al. 2022)",
+        f"({policy} per {record['param']} value, same reward model; cf. Gao et al. 2022)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)

@@ -53,7 +53,7 @@ LAYERS = [
         "check",
     ],
     # many stages
-    ["pipeline", "sweep", "compare"],
+    ["pipeline", "sweep", "compare", "rounds"],
     ["cli", "__main__"],
 ]
 PACKAGES = {"", "stages", "ppo"}  # empty __init__ files

@@ -23,7 +23,7 @@ def test_tiny_pipeline_end_to_end_then_resume_keeps_everything(tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     run = tmp_path / "run"
-    args = ["pipeline", "--recipe", "tiny", "-o", str(run)] + [a for s in SMALL for a in ("--set", s)]
+    args = ["pipeline", "--recipe", "tiny", "-o", str(run), "--rounds", "2"] + [a for s in SMALL for a in ("--set", s)]
     result = CliRunner().invoke(app, args)
     # Every step finishes, but a model this small misses the tiny recipe's targets: the summary names each, and the
     # exit code (3) tells it from a run that met them.
@@ -52,6 +52,18 @@ def test_tiny_pipeline_end_to_end_then_resume_keeps_everything(tmp_path):
     assert {"loss_curves", "ppo_training", "answers"} <= set(report["plots"])
     evaluation = json.loads((run / "eval" / "eval.json").read_text())
     assert set(evaluation["models"]) == {"base", "sft", "ppo"} and evaluation["num_prompts"] == 16
+
+    # A second round: the round-1 policy's answers ranked, the reward model retrained on both rounds' rankings (the old
+    # one judged on the new samples first), PPO again; the report shows both rounds.
+    rounds = json.loads((run / "rounds" / "rounds.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["rankings"] == 2 * rounds[0]["rankings"] == 64
+    assert 0 <= rounds[1]["rm_before_retraining"]["accuracy"]["mean"] <= 1
+    assert {"mean", "low", "high", "n"} <= set(rounds[1]["rm_before_retraining"]["gold_accuracy"])
+    samples = [json.loads(line) for line in (run / "rounds" / "round-2" / "feedback" / "samples.jsonl").open()]
+    assert {s["model"] for s in samples} == {str((run / "ppo" / "final").resolve())}
+    assert (run / "rounds" / "round-2" / "ppo" / "final" / "config.json").exists()
+    assert "Rounds of feedback" in (run / "report" / "report.md").read_text()
+    assert json.loads((run / "report" / "report.json").read_text())["rounds"]["rounds"][1]["round"] == 2
 
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 3, again.output

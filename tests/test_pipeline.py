@@ -145,7 +145,7 @@ def test_stage_subset_is_put_in_pipeline_order(tmp_path, fake_steps):
 def test_unknown_stage_names_list_the_valid_ones(bad):
     with pytest.raises(UserError) as err:
         pipeline.parse_stages(bad)
-    assert "pretrain,sft,sample,label,reward,ppo,dpo,eval,report" in str(err.value)
+    assert "pretrain,sft,sample,label,reward,ppo,dpo,best_of_n,expert_iteration,rloo,grpo,eval,report" in str(err.value)
 
 
 def test_cli_bad_stage_exits_2_with_a_hint(tmp_path):
@@ -162,9 +162,10 @@ def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, mon
     from rlhf_cli.stages import ppo
 
     run = tmp_path / "run"
-    for stage in ("sft", "reward"):
+    for stage in ("sft", "reward"):  # finished: final/ and eval.json
         (run / stage / "final").mkdir(parents=True)
         (run / stage / "final" / "config.json").write_text("{}")
+        (run / stage / "eval.json").write_text("{}")
     (run / "data" / "toy").mkdir(parents=True)
     seen = []
 
@@ -201,6 +202,39 @@ def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, mon
     sweep.run_sweep(rec, run, "ppo.kl_coef", ["0", "1"], [], "tiny")
     assert [s[0] for s in seen] == [1.0]
     assert record["plot"].endswith("sweep.png")
+
+
+def test_sweep_runs_best_of_n_per_n_with_its_analytic_kl(tmp_path, monkeypatch):
+    from rlhf_cli import sweep
+    from rlhf_cli.answers import best_of_n_kl
+    from rlhf_cli.stages import best_of_n
+
+    run = tmp_path / "run"
+    for stage in ("sft", "reward"):  # finished: final/ and eval.json
+        (run / stage / "final").mkdir(parents=True)
+        (run / stage / "final" / "config.json").write_text("{}")
+        (run / stage / "eval.json").write_text("{}")
+    seen = []
+
+    def fake_best_of_n(recipe, run_dir, *, resume=False, overwrite=False):
+        n = recipe.best_of_n.n
+        seen.append((n, recipe.best_of_n.policy_from, recipe.best_of_n.reward_from))
+        (run_dir / "best_of_n" / "final").mkdir(parents=True)
+        (run_dir / "best_of_n" / "final" / "config.json").write_text("{}")
+        own = {"gold_reward": 0.9 - 0.01 * n, "rm_score": 0.1 * n, "mean_answer_tokens": 12.0, "finished_rate": 1.0}
+        (run_dir / "best_of_n" / "eval.json").write_text(
+            json.dumps({"best_of_n": own, "sft": {"gold_reward": 0.85}, "kl_to_sft_bound": best_of_n_kl(n)})
+        )
+        return {}
+
+    monkeypatch.setattr(best_of_n, "run", fake_best_of_n)
+    record = sweep.run_sweep(
+        load_recipe("tiny", check_training=False), run, "best_of_n.n", ["1", "4", "16"], [], "tiny"
+    )
+    assert [s[0] for s in seen] == [1, 4, 16] and {s[2] for s in seen} == {str((run / "reward" / "final").resolve())}
+    assert [p["kl"] for p in record["points"]] == pytest.approx([0.0, best_of_n_kl(4), best_of_n_kl(16)])
+    assert [p["rm_score"] for p in record["points"]] == pytest.approx([0.1, 0.4, 1.6])
+    assert record["stage"] == "best_of_n" and (run / "sweep" / "sweep.png").exists()
 
 
 def test_sweep_refuses_a_key_outside_ppo(tmp_path):

@@ -43,9 +43,11 @@ def setup(ctx) -> Job:
         metrics = {**settings, "kl_to_sft_bound": round(best_of_n_kl(spec.n), 6), "episodes": spec.n * len(prompts)}
         if distributed.is_main_process() and prompts:
             world = toy_world(recipe, toy)
-            chosen, _ = best_of_n(recipe, model, tokenizer, judge, prompts, n=spec.n, temperature=spec.temperature,
-                                  seed=recipe.seed)  # fmt: skip
+            draw = {"n": spec.n, "temperature": spec.temperature, "seed": recipe.seed}
+            chosen, scores = best_of_n(recipe, model, tokenizer, judge, prompts, **draw)
             own = answer_metrics(prompts, chosen, world)
+            own[0]["rm_score"] = sum(max(row) for row in scores) / len(scores)  # the judge's score of its picks
+            metrics["sample_rm_score"] = sum(sum(row) / len(row) for row in scores) / len(scores)  # of one sample
             metrics.update(policy_vs_sft(recipe, STAGE, own, model, tokenizer, prompts, world))
         return metrics
 

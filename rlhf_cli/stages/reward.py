@@ -219,11 +219,16 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
     own = spec.path and Path(spec.path).resolve() == (RunLayout(run_dir).rankings).resolve()
     if not (own and rec.feedback.data.toy and samples_path.exists()):
         return {}
+    rows = [row for row in read_samples(samples_path) if group_id(row["prompt"]) in held_groups]
+    return {"gold_accuracy": gold_order_accuracy(rec, rows, model, tokenizer)}
+
+
+def gold_order_accuracy(rec, sample_rows, model, tokenizer) -> dict:
+    """The share of pairs of different gold reward among each row's distinct answers that the reward model orders as
+    the toy world's gold reward does ({mean, low, high, n})."""
     world = ToyWorld(rec.seed)
     right = total = 0
-    for row in read_samples(samples_path):
-        if group_id(row["prompt"]) not in held_groups:
-            continue
+    for row in sample_rows:
         keep = unique_answers(row)
         answers = [row["answers"][i] for i in keep]
         gold = [
@@ -243,4 +248,4 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
                 if gold[i] != gold[j]:
                     total += 1
                     right += (gold[i] > gold[j]) == (rm[i] > rm[j])
-    return {"gold_accuracy": proportion(right, total)}
+    return proportion(right, total)

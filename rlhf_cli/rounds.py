@@ -1,0 +1,129 @@
+"""`rlhf pipeline --rounds N`: after the pipeline, N-1 more rounds of feedback, as the policy improves "iteratively and
+continuously as new human feedback is collected".
+
+    rlhf pipeline --recipe tiny --rounds 2          # -> runs/tiny/rounds/round-2/, runs/tiny/rounds/rounds.json
+
+Round k (a run folder `<run>/rounds/round-k/` sharing the run's data, base and SFT models through links): the last
+round's PPO policy answers the feedback prompts (sample), they are ranked (label: the recipe's annotator), the last
+round's reward model is scored on those new rankings *before* it is retrained (the distribution shift: it was trained on
+the SFT model's answers), the reward model trains again on every ranking so far (`feedback/rankings.jsonl` holds them
+all; this round's alone are in `feedback/new_rankings.jsonl`), PPO runs again, and `rlhf eval` judges it. PPO starts
+from the SFT model or the last policy (`rounds.start_from`). `rounds.json` and the run's report give each round's gold
+reward, the reward model's accuracy on the new round's samples before retraining, and KL to SFT.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rlhf_cli.data import load_stage_data
+from rlhf_cli.errors import UserError
+from rlhf_cli.feedback import read_samples
+from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
+from rlhf_cli.layout import RunLayout
+from rlhf_cli.modeling import inference_device, load_tokenizer
+from rlhf_cli.pipeline import run_pipeline
+from rlhf_cli.recipe import DataSpec, load_recipe
+from rlhf_cli.report import build_report
+from rlhf_cli.scoring import load_reward_model, pair_metrics
+from rlhf_cli.stages.reward import gold_order_accuracy
+
+SHARED = ("data", "pretrain", "sft")  # what every round takes from the run as it is (links)
+
+
+def run_rounds(
+    recipe, run_dir: str | Path, rounds: int, recipe_ref: str, overrides: list[str], *, resume: bool, overwrite: bool
+) -> dict:
+    """Rounds 2..`rounds` after a finished pipeline in `run_dir`; writes rounds/rounds.json and the run's report."""
+    layout = RunLayout(run_dir)
+    if not all(layout.finished(s) for s in ("reward", "ppo", "eval")):
+        raise UserError(f"--rounds: {run_dir} has no finished reward, ppo and eval steps to start round 2 from.")
+    history = [_round_row(1, layout, None)]
+    for k in range(2, rounds + 1):
+        previous = layout if k == 2 else RunLayout(layout.round_dir(k - 1))
+        flags = {"resume": resume, "overwrite": overwrite}
+        history.append(_one_round(k, layout, previous, recipe_ref, [*overrides, *_start(recipe, previous)], flags))
+        write_json_atomic(layout.rounds_json, {"start_from": recipe.rounds.start_from, "rounds": history})
+    build_report(layout.root)  # the run's report shows every round
+    return {"start_from": recipe.rounds.start_from, "rounds": history}
+
+
+def _start(recipe, previous) -> list[str]:
+    """The overrides of a round: the last round's policy answers; PPO starts from it too with start_from: last."""
+    policy = str(previous.final("ppo").resolve())
+    return [f"feedback.model={policy}"] + ([f"ppo.policy_from={policy}"] if recipe.rounds.start_from == "last" else [])
+
+
+def _one_round(k: int, layout, previous, recipe_ref: str, overrides: list[str], flags: dict) -> dict:
+    folder = RunLayout(layout.round_dir(k))
+    folder.root.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:  # the same toy world, base model and SFT model in every round
+        link = folder.root / name
+        if not link.exists():
+            os.symlink((layout.root / name).resolve(), link, target_is_directory=True)
+    rec = load_recipe(recipe_ref, overrides)
+    print(f"round {k}: the round-{k - 1} policy answers, people (or the toy annotator) rank -> {folder.root}")
+    new = folder.feedback / "new_rankings.jsonl"
+    if flags["overwrite"]:
+        new.unlink(missing_ok=True)
+    run_pipeline(rec, folder.root, stages=["sample", "label"], **flags)
+    if not new.exists():  # this round's rankings aside; rankings.jsonl becomes every ranking so far
+        everything = [
+            layout.rankings,
+            *(RunLayout(layout.round_dir(j)).feedback / "new_rankings.jsonl" for j in range(2, k)),
+        ]
+        mine = folder.rankings.read_text(encoding="utf-8")
+        write_text_atomic(new, mine)
+        write_text_atomic(folder.rankings, "".join(p.read_text(encoding="utf-8") for p in everything) + mine)
+    before = _judge_before_retraining(rec, previous, folder, new)
+    run_pipeline(rec, folder.root, stages=["reward", "ppo", "eval"], **flags)
+    return _round_row(k, folder, before)
+
+
+def _judge_before_retraining(rec, previous, folder, new: Path) -> dict[str, Any]:
+    """The last round's reward model on this round's new rankings and samples, before it is retrained."""
+    rm_dir = str(previous.final("reward"))
+    tokenizer = load_tokenizer(rm_dir)
+    model = load_reward_model(rm_dir, tokenizer).to(inference_device())
+    pairs = list(load_stage_data("reward", DataSpec(path=str(new), eval_fraction=0.0), seed=rec.seed))
+    out = {"accuracy": pair_metrics(model, tokenizer, pairs, rec.reward.max_length, rec.precision)["accuracy"]}
+    if rec.feedback.data.toy:
+        out["gold_accuracy"] = gold_order_accuracy(rec, read_samples(folder.samples), model, tokenizer)
+    return out
+
+
+def _round_row(k: int, layout, before: dict | None) -> dict[str, Any]:
+    ev, rm = read_json(layout.eval_json("eval")), read_json(layout.eval_json("reward"))
+    ppo = ev.get("models", {}).get("ppo", {})
+    return {
+        "round": k,
+        "run_dir": str(layout.root),
+        "rankings": sum(1 for _ in layout.rankings.open(encoding="utf-8")),
+        "rm_before_retraining": before,  # round 1: none (its reward model is the first)
+        "rm_gold_accuracy": rm.get("gold_accuracy"),
+        "ppo_gold_reward": ppo.get("gold_reward"),
+        "ppo_right_fact_rate": ppo.get("right_fact_rate"),
+        "ppo_kl_to_sft": ppo.get("kl_to_sft"),
+        "ppo_gold_gain": ev.get("ppo_gold_gain"),
+    }
+
+
+def print_rounds(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Rounds of feedback (PPO from {result['start_from']} each round)")
+    for col in ("round", "rankings", "old RM on new samples", "(gold order)", "RM gold order", "PPO gold", "KL"):
+        table.add_column(col, justify="right")
+    for r in result["rounds"]:
+        before = r["rm_before_retraining"] or {}
+        table.add_row(str(r["round"]), str(r["rankings"]), _mean(before.get("accuracy")),
+                      _mean(before.get("gold_accuracy")), _mean(r["rm_gold_accuracy"]), _mean(r["ppo_gold_reward"]),
+                      _mean(r["ppo_kl_to_sft"]))  # fmt: skip
+    Console().print(table)
+
+
+def _mean(stat) -> str:
+    return f"{stat['mean']:.3f}" if isinstance(stat, dict) and stat.get("mean") is not None else "-"
