@@ -85,6 +85,14 @@ SetOpt = Annotated[
 OutOpt = Annotated[
     Path | None, typer.Option("--output-dir", "-o", help="Run folder (default: runs/NAME, NAME from the recipe).")
 ]
+# The web page of `rlhf label --annotator web` and `rlhf write` (rlhf_cli.web_label)
+HostOpt = Annotated[
+    str,
+    typer.Option(
+        "--host", help="web: the address to serve on; any but 127.0.0.1/localhost needs the printed link's token."
+    ),
+]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="web: the port to serve on.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint / keep finished work.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace this stage's existing folder.")]
 OverwriteSamplesOpt = Annotated[bool, typer.Option("--overwrite", help="Replace feedback/samples.jsonl.")]
@@ -278,13 +286,8 @@ def label(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="A person: stop after this many prompts in this sitting.")
     ] = None,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host", help="web: the address to serve on; any but 127.0.0.1/localhost needs the printed link's token."
-        ),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="web: the port to serve on.")] = 8765,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8765,
 ):
     """Rank the samples best to worst: a person in the terminal or on a local web page, the toy world's simulated
     annotator, or a file.
@@ -354,13 +357,8 @@ def write(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="human: stop after this many prompts in this sitting.")
     ] = None,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host", help="web: the address to serve on; any but 127.0.0.1/localhost needs the printed link's token."
-        ),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="web: the port to serve on.")] = 8765,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8765,
 ):
     """People write SFT demonstrations: they keep, edit or replace a model's draft answers, in the terminal or on a
     local web page.
