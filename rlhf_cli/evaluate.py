@@ -177,9 +177,9 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             if rm is None:
                 console.print("[yellow]eval: best_of_n needs the reward model to choose its answers; skipped[/]")
                 continue
-            n = read_json(Path(path) / BEST_OF_N_SETTINGS)["n"]
-            answers, _ = best_of_n(rec, model, tok, rm, prompts, n=n, temperature=rec.best_of_n.temperature,
-                                   seed=rec.seed)  # fmt: skip
+            made = read_json(Path(path) / BEST_OF_N_SETTINGS)  # the n and temperature the stage was run with
+            n = made["n"]
+            answers, _ = best_of_n(rec, model, tok, rm, prompts, n=n, temperature=made["temperature"], seed=rec.seed)
         else:
             answers = [
                 a[0]

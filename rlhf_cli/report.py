@@ -390,7 +390,8 @@ def plot_ppo(ppo_metrics: list[dict], path: Path) -> Path | None:
 
 
 def plot_models(models: dict, path: Path) -> Path | None:
-    """Gold reward and reward-model score of base, SFT and PPO on the same prompts, with 95 % intervals."""
+    """Gold reward and reward-model score of base, SFT, PPO (and each method a run holds) on the same prompts, with
+    95 % intervals."""
     import matplotlib.pyplot as plt
 
     panels = [
@@ -400,7 +401,8 @@ def plot_models(models: dict, path: Path) -> Path | None:
     ]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    width = 4.6 if len(models) <= 3 else 1.0 + 0.85 * len(models)  # room for every method's label
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         names = [n for n, m in models.items() if isinstance(m.get(key), dict)]
         means = [models[n][key]["mean"] for n in names]
@@ -408,7 +410,9 @@ def plot_models(models: dict, path: Path) -> Path | None:
             [max(0.0, m - models[n][key]["low"]) for n, m in zip(names, means, strict=True)],
             [max(0.0, models[n][key]["high"] - m) for n, m in zip(names, means, strict=True)],
         ]
-        ax.bar(names, means, yerr=err, capsize=5, color=["tab:grey", "tab:blue", "tab:orange"][: len(names)])
+        colours = {"base": "tab:grey", "sft": "tab:blue", "ppo": "tab:orange"}  # a method beside PPO: green
+        labels = [n.replace("_", "-").replace("expert-iteration", "expert\niteration") for n in names]
+        ax.bar(labels, means, yerr=err, capsize=5, color=[colours.get(n, "tab:green") for n in names])
         span = max(max(means), 0) - min(min(means), 0) or 1.0
         for i, m in enumerate(means):  # beyond the error bar's cap: above a positive bar, below a negative one
             up = m >= 0
@@ -418,7 +422,8 @@ def plot_models(models: dict, path: Path) -> Path | None:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylabel(title)
         ax.set_title(f"Held-out {title}")
-    fig.suptitle("Base, SFT and PPO on the same prompts (greedy, 95 % interval)")
+    who = "Base, SFT and PPO" if set(models) <= {"base", "sft", "ppo"} else "Every model of the run"
+    fig.suptitle(f"{who} on the same prompts (greedy; best-of-n: the reward model's pick; 95 % interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
