@@ -19,7 +19,7 @@ from rlhf_cli.answers import BEST_OF_N_SETTINGS as SETTINGS
 from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
 from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.scoring import load_reward_model
-from rlhf_cli.stages.common import method_prompts, method_summary, policy_vs_sft, toy_world
+from rlhf_cli.stages.common import method_prompts, method_summary, policy_vs_sft, save_policy, toy_world
 from rlhf_cli.stages.driver import Job, NoTraining, stage_runner
 
 STAGE = "best_of_n"
@@ -52,19 +52,14 @@ def setup(ctx) -> Job:
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        files.write_json_atomic(tmp / SETTINGS, settings)
-        runs.write_lineage(
-            tmp, stage=STAGE, parents={"policy": policy_dir, "reward": reward_dir}, data=None, recipe=recipe
-        )
-        runs.write_model_card(
-            tmp,
-            title=f"{recipe.name}: best-of-{spec.n} policy",
-            body=f"An inference-time policy made by `rlhf best-of-n` (rlhf-cli): these weights are the generator "
+        body = (
+            f"An inference-time policy made by `rlhf best-of-n` (rlhf-cli): these weights are the generator "
             f"`{policy_dir}`; to answer as the policy does, sample {spec.n} answers at temperature {spec.temperature} "
-            f"and keep the one the reward model `{reward_dir}` scores highest ({SETTINGS}).",
+            f"and keep the one the reward model `{reward_dir}` scores highest ({SETTINGS})."
         )
+        parents = {"policy": policy_dir, "reward": reward_dir}
+        save_policy(tmp, model, tokenizer, recipe, STAGE, parents, None, f"best-of-{spec.n} policy", body)
+        files.write_json_atomic(tmp / SETTINGS, settings)
 
     return Job(NoTraining(ctx.stage_dir), count_parameters(model), evaluate, write_final, _summary)
 

@@ -17,6 +17,7 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import estimate_parameters
 from rlhf_cli.precision import gpu_available
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
+from rlhf_cli.runs import write_lineage, write_model_card
 from rlhf_cli.stats import paired_difference_ci
 from rlhf_cli.steps import BY_NAME, TRAINING_STAGES, lineage
 
@@ -184,6 +185,14 @@ def policy_vs_sft(recipe, stage: str, own: tuple[dict, list], reference, tokeniz
         for (p, s, _), (_, d, _) in zip(sft_rows[:5], own_rows[:5], strict=True)
     ]
     return metrics
+
+
+def save_policy(tmp: Path, model, tokenizer, recipe, stage: str, parents: dict, data, title: str, body: str) -> None:
+    """A method's final folder: the policy (a plain causal LM), its tokenizer, lineage.json and a model card."""
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_lineage(tmp, stage=stage, parents=parents, data=data, recipe=recipe)
+    write_model_card(tmp, title=f"{recipe.name}: {title}", body=body)
 
 
 def toy_world(recipe, toy: bool) -> ToyWorld | None:

@@ -20,7 +20,7 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
-from rlhf_cli.stages.common import method_summary, policy_vs_sft, toy_world, trainer_config
+from rlhf_cli.stages.common import method_summary, policy_vs_sft, save_policy, toy_world, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stages.reward import data_spec
 
@@ -99,21 +99,12 @@ def setup(ctx) -> Job:
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        runs.write_lineage(
-            tmp,
-            stage=STAGE,
-            parents={"policy": policy_dir, "reference": policy_dir},
-            data=data.model_dump(),
-            recipe=recipe,
+        body = (
+            f"Direct Preference Optimization (beta {args.beta}) of `{policy_dir}` on `{data.path or data.hub}` by "
+            f"`rlhf dpo` (rlhf-cli), {metrics['train_steps']} steps, the SFT model as the reference."
         )
-        runs.write_model_card(
-            tmp,
-            title=f"{recipe.name}: DPO policy",
-            body=f"Direct Preference Optimization (beta {args.beta}) of `{policy_dir}` on `{data.path or data.hub}` by "
-            f"`rlhf dpo` (rlhf-cli), {metrics['train_steps']} steps, the SFT model as the reference.",
-        )
+        parents = {"policy": policy_dir, "reference": policy_dir}
+        save_policy(tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body)
 
     return Job(trainer, n_params, evaluate, write_final, _summary)
 

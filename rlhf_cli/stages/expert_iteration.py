@@ -20,7 +20,14 @@ from rlhf_cli.answers import best_of_n, score_answers
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.scoring import load_reward_model
-from rlhf_cli.stages.common import method_prompts, method_summary, policy_vs_sft, toy_world, trainer_config
+from rlhf_cli.stages.common import (
+    method_prompts,
+    method_summary,
+    policy_vs_sft,
+    save_policy,
+    toy_world,
+    trainer_config,
+)
 from rlhf_cli.stages.driver import Job, stage_runner
 
 STAGE = "expert_iteration"
@@ -92,17 +99,13 @@ def setup(ctx) -> Job:
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        parents = {"policy": policy_dir, "reward": reward_dir}
-        runs.write_lineage(tmp, stage=STAGE, parents=parents, data=str(ctx.stage_dir / DATA), recipe=recipe)
-        runs.write_model_card(
-            tmp,
-            title=f"{recipe.name}: expert-iteration policy",
-            body=f"`{policy_dir}` fine-tuned by `rlhf expert-iteration` (rlhf-cli) on the best of {spec.n} of its own "
-            f"answers to {len(rows)} prompts, as the reward model `{reward_dir}` judged them; {metrics['train_steps']} "
-            "steps.",
+        body = (
+            f"`{policy_dir}` fine-tuned by `rlhf expert-iteration` (rlhf-cli) on the best of {spec.n} of its own answers "
+            f"to {len(rows)} prompts, as the reward model `{reward_dir}` judged them; {metrics['train_steps']} steps."
         )
+        parents = {"policy": policy_dir, "reward": reward_dir}
+        data = str(ctx.stage_dir / DATA)
+        save_policy(tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body)
 
     return Job(trainer, n_params, evaluate, write_final, _summary, prepared=prepared)
 

@@ -25,6 +25,7 @@ from rlhf_cli.stages.common import (
     method_prompts,
     method_summary,
     policy_vs_sft,
+    save_policy,
     stage_precision,
     toy_world,
     trainer_config,
@@ -82,15 +83,21 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        body = (
+            f"`{policy_dir}` trained by `rlhf {stage}` (rlhf-cli, TRL's {trainer_class.__name__}) against the reward "
+            f"model `{reward_dir}`, KL weight {args.beta} to the same model, {metrics['train_steps']} steps."
+        )
         parents = {"policy": policy_dir, "reference": policy_dir, "reward": reward_dir}
-        runs.write_lineage(tmp, stage=stage, parents=parents, data=spec.data.model_dump(), recipe=recipe)
-        runs.write_model_card(
+        save_policy(
             tmp,
-            title=f"{recipe.name}: {stage.upper()} policy",
-            body=f"`{policy_dir}` trained by `rlhf {stage}` (rlhf-cli, TRL's {trainer_class.__name__}) against the "
-            f"reward model `{reward_dir}`, KL weight {args.beta} to the same model, {metrics['train_steps']} steps.",
+            trainer.model,
+            tokenizer,
+            recipe,
+            stage,
+            parents,
+            spec.data.model_dump(),
+            f"{stage.upper()} policy",
+            body,
         )
 
     def summary(final: Path, m: dict) -> None:
