@@ -10,6 +10,8 @@ tokenizer, for the same number of optimizer steps over about the same number of 
   plain  a textbook Trainer script: one document per row, dynamically padded batches (DataCollatorForLanguageModeling),
          TrainingArguments' defaults (fp32), batch size chosen so a step holds about as many real tokens as ours.
   compile `rlhf pretrain` with `pretrain.compile: true` (torch.compile, inductor): faster steps after a compile warm-up.
+  loop   the strongest plain baseline a user would write: the same model in a hand-written PyTorch loop over the same
+         packed blocks, torch.compile, bf16 autocast where the hardware is fast at it (the same rule as rlhf's).
 Each side runs in its own process; sides alternate `--rounds` times (this machine is shared and noisy). Two speeds, both
 counting real (non-padding) tokens: overall = over the Trainer's train_runtime (start-up and compile included), steady =
 over the steps after the first tenth (at least 2), the rate a long run trains at. MFU: 6*N + attention FLOPs per token
@@ -145,7 +147,49 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
     }
 
 
-SIDES = ("ours", "compile", "plain")  # ours first: it trains the tokenizer every side uses
+def side_loop(work: Path, steps: int, batch: int) -> dict:
+    """The strongest plain baseline a user would write: the same model in a hand-written PyTorch loop over the same
+    packed blocks, torch.compile, and bf16 autocast where the hardware is fast at it (rlhf's precision rule decides)."""
+    import torch
+
+    from rlhf_cli import precision
+    from rlhf_cli.callbacks import steady_seconds_per_step
+    from rlhf_cli.data import load_stage_data
+    from rlhf_cli.data.toy import toy_files
+    from rlhf_cli.modeling import build_model, count_parameters, load_tokenizer
+    from rlhf_cli.recipe import DataSpec, load_recipe
+
+    toy_files(work / "ours" / "data" / "toy", 0)
+    tok = load_tokenizer(str(work / "ours" / "pretrain" / "tokenizer"))  # the same tokenizer ours trained
+    docs = load_stage_data("pretrain", DataSpec(toy=True), toy_dir=work / "ours" / "data" / "toy")
+    stream = [t for text in docs["text"] for t in tok(text + tok.eos_token)["input_ids"]]
+    blocks = torch.tensor(stream[: len(stream) // BLOCK * BLOCK]).view(-1, BLOCK)
+    model = build_model(load_recipe("tiny", _overrides(steps, batch)).model, tok, seed=0)
+    bf16 = precision.for_training(count_parameters(model), "auto", {}).bf16
+    compiled = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    torch.manual_seed(0)
+    ends, start = [], time.perf_counter()
+    for _ in range(steps):
+        x = blocks[torch.randint(len(blocks), (batch,))]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = compiled(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ends.append(time.perf_counter())
+    tokens = steps * batch * BLOCK
+    per_step = steady_seconds_per_step(ends)
+    return {
+        "tokens_per_s": tokens / (ends[-1] - start),
+        "steady_tokens_per_s": batch * BLOCK / per_step if per_step else tokens / (ends[-1] - start),
+        "dtype": "bfloat16 autocast" if bf16 else "float32",
+        "loss": float(loss),
+    }
+
+
+SIDES = ("ours", "compile", "loop", "plain")  # ours first: it trains the tokenizer every side uses
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,15 +204,14 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.side:  # one side, in its own process
         work = Path(a.work)
-        result = (
-            side_plain(work, a.steps, a.batch)
-            if a.side == "plain"
-            else side_ours(work, a.steps, a.batch, compile=a.side == "compile")
-        )
+        if a.side in ("plain", "loop"):
+            result = (side_plain if a.side == "plain" else side_loop)(work, a.steps, a.batch)
+        else:
+            result = side_ours(work, a.steps, a.batch, compile=a.side == "compile")
         Path(a.out).write_text(json.dumps(result))
         return {}
 
-    sides = [s for s in SIDES if not (a.no_compile and s == "compile")]
+    sides = [s for s in SIDES if not (a.no_compile and s in ("compile", "loop"))]
     results: dict[str, list[dict]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
@@ -226,6 +269,13 @@ def main(argv: list[str] | None = None) -> dict:
     for label, side in rows:
         if side in results:
             print(f"  {label:34s} {median(side, 'tokens_per_s'):9.0f} {median(side, 'steady_tokens_per_s'):9.0f}")
+    if "loop" in results:
+        summary["loop_tokens_per_s"] = median("loop", "tokens_per_s")
+        summary["loop_steady_tokens_per_s"] = median("loop", "steady_tokens_per_s")
+        summary["loop_dtype"] = results["loop"][-1]["dtype"]
+        summary["ours_vs_loop_steady"] = summary["ours_steady_tokens_per_s"] / summary["loop_steady_tokens_per_s"]
+        label = f"hand-written loop (compile, {summary['loop_dtype']})"
+        print(f"  {label:34s} {summary['loop_tokens_per_s']:9.0f} {summary['loop_steady_tokens_per_s']:9.0f}")
     print(
         f"  {'plain Trainer (padded, batch ' + str(summary['plain_batch']) + ')':34s} "
         f"{summary['plain_tokens_per_s']:9.0f} {summary['plain_steady_tokens_per_s']:9.0f}"
@@ -235,6 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"  {'ratio rlhf + compile / plain':34s} {summary['compile_ratio']:8.2f}x {summary['compile_steady_ratio']:8.2f}x"
         )
+    if "loop" in results:
+        best = max(summary["ours_steady_tokens_per_s"], summary.get("compile_steady_tokens_per_s", 0.0))
+        summary["best_vs_loop_steady"] = best / summary["loop_steady_tokens_per_s"]
+        print(f"  {'ratio best rlhf / hand-written loop':34s} {'':9s} {summary['best_vs_loop_steady']:8.2f}x")
     against_bf16 = (
         f"{summary['mfu_vs_bf16_peak']:.0%} of the {bf16_peak / 1e9:.1f} GFLOP/s bf16 peak"
         if summary["mfu_vs_bf16_peak"] <= 1

@@ -57,6 +57,9 @@ class DataSpec(Section):
     eval_split: str | None = None
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     max_examples: int | None = Field(None, gt=0)
+    # A .txt file trains as the text it is, blank lines included; true: one document per blank-line-separated block
+    # (end-of-text between them), for a file of separate short documents.
+    paragraphs: bool = False
 
     @model_validator(mode="after")
     def _named_source_wins(self):

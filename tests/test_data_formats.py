@@ -46,10 +46,12 @@ def system(text):
 TEXTS = [{"text": "the fox is red."}, {"text": "the owl eats seeds."}]
 
 
-def test_txt_file_splits_on_blank_lines(tmp_path):
+def test_txt_file_is_the_text_as_written_or_split_on_blank_lines(tmp_path):
     f = tmp_path / "corpus.txt"
     f.write_text("\ufefffirst block\nstill first\n\n\nsecond block\n  \nthird\n", encoding="utf-8")
-    assert load("pretrain", f) == [{"text": "first block\nstill first"}, {"text": "second block"}, {"text": "third"}]
+    assert load("pretrain", f) == [{"text": "first block\nstill first\n\n\nsecond block\n  \nthird"}]
+    blocks = [{"text": "first block\nstill first"}, {"text": "second block"}, {"text": "third"}]
+    assert load("pretrain", f, paragraphs=True) == blocks
 
 
 def test_txt_folder_one_row_per_file(tmp_path):

@@ -128,9 +128,9 @@ def test_steady_speed_leaves_out_the_warm_up_steps():
 
 
 def test_one_long_text_file_keeps_a_held_out_tail(tmp_path):
-    # A novel without blank lines is one document; its last 5 % of characters is still held out and scored.
+    # A novel is one document, paragraphs and all (it trains as written); its last 5 % of characters is held out.
     words = ["the", "fox", "ran", "far", "and", "sat", "on", "a", "mat", "by", "the", "sea"]
-    text = " ".join(words[(i * 7) % len(words)] for i in range(6000)) + "\n"
+    text = " ".join(words[(i * 7) % len(words)] + ("\n\n" if i % 40 == 39 else "") for i in range(6000)) + "\n"
     novel = tmp_path / "novel.txt"
     novel.write_text(text)
     run_dir = tmp_path / "run"
@@ -183,3 +183,30 @@ def test_resume_with_another_recipe_is_refused_naming_the_keys(trained, tmp_path
         app, [*args, "--set", "pretrain.training.max_steps=8", "--set", "pretrain.training.logging_steps=1"]
     )
     assert ok.exit_code == 0, ok.output
+
+
+def test_with_max_time_the_schedule_runs_on_the_clock():
+    """The cosine ends when max_time does: its progress is the larger of the time used and the steps done."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=1.0)
+    scheduler = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=1_000_000)
+    budget = pretrain.TimeBudget(max_time=100.0)
+    args = SimpleNamespace(lr_scheduler_type="cosine", get_warmup_steps=lambda n: 2)
+    budget.on_train_begin(args, SimpleNamespace(max_steps=1_000_000), None, lr_scheduler=scheduler)
+    assert budget._factor(0, 1_000_000, 2, pretrain._cosine) == 0.5  # warm-up in steps
+    budget.start = time.time() - 50.0  # half the budget used: half-way down the cosine, whatever the step
+    scheduler.step()
+    scheduler.step()
+    scheduler.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 0.5], abs=0.01)
+    budget.start = time.time() - 100.0
+    scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-6)
+    budget.start = time.time()
+    assert budget._factor(750, 1000, 2, pretrain._cosine) == pytest.approx(pretrain._cosine(0.75))  # steps ahead

@@ -24,7 +24,7 @@ Accepted formats, detected from the first row's columns in this order (`data.for
 
 Reading is in `data/read.py`, the stages' data and their train/eval splits in `data/stage_data.py`.
 
-Tables (`read_table`): a `.txt` file (one row per blank-line-separated block), a folder of `.txt` files (one row per file),
+Tables (`read_table`): a `.txt` file (one row, the text as written; `data.paragraphs`: one per blank-line block), a folder of `.txt` files (one row per file),
 `.jsonl` / `.json` / `.parquet` / `.csv`, a `save_to_disk` folder, any other folder `datasets.load_dataset` reads, hub ids.
 
 Rules worth knowing:

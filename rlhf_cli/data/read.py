@@ -1,5 +1,5 @@
-"""Reading a table: a `.txt` file (one row per blank-line-separated block), a folder of `.txt` files (one row per
-file), `.jsonl` / `.json` / `.parquet` / `.csv`, a `save_to_disk` folder, any folder `datasets.load_dataset` reads, or a
+"""Reading a table: a `.txt` file (one row: the text as written; with `paragraphs`, one row per blank-line-separated
+block), a folder of `.txt` files (one row per file), `.jsonl` / `.json` / `.parquet` / `.csv`, a `save_to_disk` folder, any folder `datasets.load_dataset` reads, or a
 hub id; UTF-8 checked with the line and byte of a bad character, an empty table refused."""
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "c
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
 
 
-def read_table(path=None, hub=None, config=None, split="train", streaming=False):
+def read_table(path=None, hub=None, config=None, split="train", streaming=False, paragraphs=False):
     """Raw rows from a local path or a hub id, as a `datasets.Dataset` (or `IterableDataset` when streaming).
+
+    A `.txt` file is one document, blank lines and all (a novel trains as the text it is); `paragraphs`: one document
+    per blank-line-separated block, for a file of separate short documents.
 
     Raises UserError for a missing path, a non-UTF-8 text file, an unreadable file, a missing split, or no rows
     (a streamed set is checked for emptiness by `load_stage_data`, not here).
@@ -43,7 +46,8 @@ def read_table(path=None, hub=None, config=None, split="train", streaming=False)
         ds = _read_folder(p, split, streaming)
     elif p.suffix.lower() == ".txt":
         _no_split(p, split)
-        ds = datasets.Dataset.from_dict({"text": _txt_blocks(_read_utf8(p))})
+        text = _read_utf8(p)
+        ds = datasets.Dataset.from_dict({"text": _txt_blocks(text) if paragraphs else [text.strip()]})
     elif p.suffix.lower() in BUILDERS:
         _check_text_file(p)
         ds = _load(p, BUILDERS[p.suffix.lower()], data_files=str(p), split=split, streaming=streaming)

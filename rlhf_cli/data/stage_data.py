@@ -18,6 +18,7 @@ TOY_KEYS = {"pretrain": "pretrain", "sft": "sft", "ppo": "prompts"}
 _SPEC_FIELDS = {
     "toy": False, "path": None, "hub": None, "config": None, "split": "train", "streaming": False, "format": None,
     "text_column": None, "eval_path": None, "eval_split": None, "eval_fraction": 0.05, "max_examples": None,
+    "paragraphs": False,
 }  # fmt: skip
 
 
@@ -52,7 +53,8 @@ def load_stage_data(stage: str, spec, toy_dir: Path | None = None, seed: int = 0
 
 def _normalised(stage, spec, path=None, hub=None, split="train", toy=False, streaming=None, limit="spec"):
     streaming = (_get(spec, "streaming") and not toy) if streaming is None else streaming
-    ds = read_table(path=path, hub=hub, config=None if toy else _get(spec, "config"), split=split, streaming=streaming)
+    config, paragraphs = (None, False) if toy else (_get(spec, "config"), bool(_get(spec, "paragraphs")))
+    ds = read_table(path=path, hub=hub, config=config, split=split, streaming=streaming, paragraphs=paragraphs)
     limit = _get(spec, "max_examples") if limit == "spec" else limit
     if limit is not None:
         ds = ds.take(limit) if streaming else ds.select(range(min(limit, len(ds))))

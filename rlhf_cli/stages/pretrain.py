@@ -1,15 +1,20 @@
 """Stage 1: generative pre-training — a causal Transformer learns next-token prediction on raw text (the base model).
 
     rlhf pretrain --recipe tiny
-    rlhf pretrain --recipe tiny --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60
+    rlhf pretrain --recipe text --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60
 
 Tokenizer (trained on the corpus or loaded) -> model (preset, explicit dimensions, or `init_from`) -> documents tokenised
 once (cached by `datasets`) and packed into `block_size` blocks with end-of-text between documents -> transformers' Trainer
 -> held-out loss, perplexity, bits per byte, tokens/s, MFU (and on the toy world the completion probes) in `pretrain/eval.json`.
+
+A `.txt` file trains as the text it is, blank lines included (`data.paragraphs: true` splits it into documents); the
+held-out tail is scored as written. With `training.max_time` the learning-rate schedule runs on the clock and ends
+with the budget (`TimeBudget`); the `text` recipe is set up for "my text, N seconds".
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -34,7 +39,7 @@ from rlhf_cli.trainer_configs import PretrainArguments  # noqa: F401 - where che
 
 STAGE = "pretrain"
 TOKENIZER_TEXTS = 200_000  # documents the tokenizer is trained on (the head of a big corpus is enough)
-EVAL_BLOCKS = 256  # held-out blocks evaluated at most
+EVAL_TOKENS = 131_072  # held-out tokens scored at most (the held-out tenth of a 1 MB novel is ~35k)
 UNTRAINED_BLOCKS = 8  # blocks the freshly initialised model is scored on, for comparison
 
 
@@ -81,7 +86,8 @@ def setup(ctx) -> Job:
     args = trainer_config(
         recipe, STAGE, stage_dir, n_params=n_params, **({"torch_compile": True} if spec.compile else {})
     )
-    eval_ids = [list(r) for r in eval_blocks.select(range(min(EVAL_BLOCKS, len(eval_blocks))))["input_ids"]]
+    n_eval = min(max(1, EVAL_TOKENS // spec.block_size), len(eval_blocks))
+    eval_ids = [list(r) for r in eval_blocks.select(range(n_eval))["input_ids"]]
     model.to(args.device)  # the Trainer would move it anyway; the untrained baseline is scored where training runs
     untrained = evaluate_lm(model, tokenizer, eval_ids[:UNTRAINED_BLOCKS]) if not spec.init_from else None
     callback = callbacks.make_callbacks(stage_dir, STAGE)
@@ -221,19 +227,44 @@ def _step_of(checkpoint) -> int:
 
 
 class TimeBudget(TrainerCallback):
-    """Stop at the end of the step that passes `max_time` seconds of training; the stage then evaluates and saves."""
+    """Stop at the end of the step that passes `max_time` seconds of training; the stage then evaluates and saves.
+
+    With `max_time` the learning-rate schedule runs on the clock: its progress is the larger of the time used and the
+    steps done (of `max_steps`), so a cosine decay ends when the budget does, however fast the machine (a fixed compute
+    budget is the common case on a laptop). Warm-up stays in steps.
+    """
 
     def __init__(self, max_time: float | None):
         self.max_time, self.start = max_time, time.time()
 
-    def on_train_begin(self, args, state, control, **kw):
-        self.start = time.time()
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kw):
+        self.start = time.time()  # a resumed run's clock starts again
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        if self.max_time and args.lr_scheduler_type in ("cosine", "linear") and hasattr(scheduler, "lr_lambdas"):
+            warmup = args.get_warmup_steps(state.max_steps)
+            shape = _cosine if args.lr_scheduler_type == "cosine" else _linear
+            factor = lambda step: self._factor(step, state.max_steps, warmup, shape)  # noqa: E731
+            scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)  # one per parameter group
+
+    def _factor(self, step: int, max_steps: int, warmup: int, shape) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = max((time.time() - self.start) / self.max_time, step / max(1, max_steps))
+        return shape(min(1.0, progress))
 
     def on_step_end(self, args, state, control, **kw):
         if self.max_time and time.time() - self.start > self.max_time:
             control.should_training_stop = True
             control.should_save = True
         return control
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _linear(progress: float) -> float:
+    return 1.0 - progress
 
 
 def _card(recipe, m: dict) -> str:
