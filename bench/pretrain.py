@@ -184,7 +184,7 @@ def side_loop(work: Path, steps: int, batch: int) -> dict:
     return {
         "tokens_per_s": tokens / (ends[-1] - start),
         "steady_tokens_per_s": batch * BLOCK / per_step if per_step else tokens / (ends[-1] - start),
-        "dtype": "bfloat16 autocast" if bf16 else "float32",
+        "dtype": "bf16" if bf16 else "fp32",
         "loss": float(loss),
     }
 
