@@ -466,7 +466,8 @@ def pipeline(
     if rounds > 1:
         from rlhf_cli.rounds import print_rounds, run_rounds
 
-        print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], resume=resume, overwrite=overwrite))
+        flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_recipe_change}
+        print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], **flags))
     if record.get("targets_missed") or record.get("red_flags"):
         raise typer.Exit(TARGETS_MISSED)
 

@@ -45,6 +45,9 @@ def run_compare(recipe, run_dir: str | Path, methods=None, *, resume: bool = Fal
     """Run the shared steps, every method and `rlhf eval` into `run_dir`; write compare/compare.{json,md,png}."""
     run_dir, chosen = Path(run_dir), parse_methods(methods)
     shared = [s for s in SHARED_STEPS if recipe.stages is None or s in recipe.stages]
+    if methods is None and "label" not in shared and recipe.dpo.data is None:  # DPO learns from rankings
+        print("compare: this recipe makes no rankings (no label step) and sets no dpo.data; leaving out dpo.")
+        chosen.remove("dpo")
     record = run_pipeline(recipe, run_dir, stages=[*shared, *chosen], resume=resume, overwrite=overwrite)
     evaluate_run(run_dir, recipe=recipe, quiet=True)  # always anew: every method present, on the same prompts
     result = summarise(run_dir, chosen, record)
@@ -98,7 +101,10 @@ def _sweep_curve(layout: RunLayout) -> list[tuple[float, float]]:
     path = layout.root / "sweep" / "sweep.json"
     if not path.exists():
         return []
-    points = read_json(path).get("points", [])
+    record = read_json(path)
+    if record.get("stage", "ppo") != "ppo":
+        return []
+    points = record.get("points", [])
     return sorted((p["kl"], p["gold_reward"]) for p in points if _ok(p.get("kl")) and _ok(p.get("gold_reward")))
 
 

@@ -168,18 +168,23 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
 
     per_model: dict[str, dict[str, Any]] = {}
     sampled: dict[str, list] = {}
+    own_logprobs: dict[str, list[float]] = {}  # each model's log-probability of its own samples
     models = {}
     for name, path in present.items():
         tok = load_tokenizer(str(path))
         model = load_causal_lm(str(path)).to(inference_device())
         models[name] = (model, tok)
         if name == "best_of_n":  # an inference-time policy: its answers are the judge's pick of n samples
-            if rm is None:
-                console.print("[yellow]eval: best_of_n needs the reward model to choose its answers; skipped[/]")
+            made = read_json(Path(path) / BEST_OF_N_SETTINGS)  # the n, temperature and judge the stage was run with
+            n, judge, own_judge = made["n"], rm, Path(made["reward_model"])
+            if own_judge.exists() and (rm is None or own_judge.resolve() != rm_dir.resolve()):
+                judge_tok = load_tokenizer(str(own_judge))
+                judge = (load_reward_model(str(own_judge), judge_tok).to(inference_device()), judge_tok)
+            if judge is None:
+                console.print(f"[yellow]eval: best_of_n's judge {own_judge} is gone; its answers are skipped[/]")
+                del models[name]
                 continue
-            made = read_json(Path(path) / BEST_OF_N_SETTINGS)  # the n and temperature the stage was run with
-            n = made["n"]
-            answers, _ = best_of_n(rec, model, tok, rm, prompts, n=n, temperature=made["temperature"], seed=rec.seed)
+            answers, _ = best_of_n(rec, model, tok, judge, prompts, n=n, temperature=made["temperature"], seed=rec.seed)
         else:
             answers = [
                 a[0]
@@ -213,15 +218,15 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             sampled[name] = sample_with_ids(
                 model, tok, prompts, max_new_tokens=rec.eval.max_new_tokens, seed=rec.seed, precision=rec.precision
             )
+            own_logprobs[name] = sequence_logprobs(model, sampled[name], tok.pad_token_id, precision=rec.precision)
+        if name != "sft":  # only the SFT model is needed later (the KL's reference): one model in memory at a time
+            del models[name]
 
     # KL(model || sft), from the model's own samples
     if "sft" in models:
         ref, ref_tok = models["sft"]
-        for name in models:
-            if name in sampled and name != "sft":
-                own = sequence_logprobs(
-                    models[name][0], sampled[name], models[name][1].pad_token_id, precision=rec.precision
-                )
+        for name, own in own_logprobs.items():
+            if name != "sft":
                 under_ref = sequence_logprobs(ref, sampled[name], ref_tok.pad_token_id, precision=rec.precision)
                 per_model[name]["kl_to_sft"] = [o - r for o, r in zip(own, under_ref, strict=True)]
         per_model["sft"]["kl_to_sft"] = [0.0] * len(prompts)

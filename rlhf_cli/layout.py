@@ -77,6 +77,11 @@ class RunLayout:
         return self.feedback / "rankings.jsonl"
 
     @property
+    def rankings_so_far(self) -> Path:
+        """A later round of `rlhf pipeline --rounds`: every round's rankings, which its reward model trains on."""
+        return self.feedback / "rankings_so_far.jsonl"
+
+    @property
     def skipped(self) -> Path:
         return self.feedback / "skipped.jsonl"
 
@@ -147,6 +152,6 @@ class RunLayout:
         """
         if step in MODEL_STAGES:
             return (self.final(step) / "config.json").exists() and self.eval_json(step).exists()
-        if step == "label" and annotator == "human":
+        if step == "label" and annotator in ("human", "web"):  # people may have stopped part-way
             return False
         return self.output(step).is_file()

@@ -197,7 +197,7 @@ class OnlineMethodSpec(Section):
     """`rlhf rloo` / `rlhf grpo`: TRL's online trainer from the SFT model (also its KL reference, `training.beta`),
     rewarded by the run's reward model through the one scoring path PPO uses (normalised by reward_stats.json)."""
 
-    data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))  # the prompts; as ppo.data
+    data: DataSpec | None = None  # the prompts; default: ppo.data
     policy_from: str | None = None  # default: this run's sft/final
     reward_from: str | None = None  # default: this run's reward/final
     missing_eos_penalty: float | None = 1.0  # subtracted from an answer without end-of-text, as PPO does

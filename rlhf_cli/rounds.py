@@ -7,7 +7,7 @@ Round k (a run folder `<run>/rounds/round-k/` sharing the run's data, base and S
 round's PPO policy answers the feedback prompts (sample), they are ranked (label: the recipe's annotator), the last
 round's reward model is scored on those new rankings *before* it is retrained (the distribution shift: it was trained on
 the SFT model's answers), the reward model trains again on every ranking so far (`feedback/rankings.jsonl` holds them
-all; this round's alone are in `feedback/new_rankings.jsonl`), PPO runs again, and `rlhf eval` judges it. PPO starts
+all; this round's alone are in `feedback/rankings.jsonl`), PPO runs again, and `rlhf eval` judges it. PPO starts
 from the SFT model or the last policy (`rounds.start_from`). `rounds.json` and the run's report give each round's gold
 reward, the reward model's accuracy on the new round's samples before retraining, and KL to SFT.
 """
@@ -34,60 +34,72 @@ SHARED = ("data", "pretrain", "sft")  # what every round takes from the run as i
 
 
 def run_rounds(
-    recipe, run_dir: str | Path, rounds: int, recipe_ref: str, overrides: list[str], *, resume: bool, overwrite: bool
+    recipe,
+    run_dir: str | Path,
+    rounds: int,
+    recipe_ref: str,
+    overrides: list[str],
+    *,
+    resume: bool,
+    overwrite: bool,
+    accept_changes: bool = False,
 ) -> dict:
     """Rounds 2..`rounds` after a finished pipeline in `run_dir`; writes rounds/rounds.json and the run's report."""
     layout = RunLayout(run_dir)
+    if recipe.reward.data is not None and (recipe.reward.data.path or recipe.reward.data.hub):
+        raise UserError(
+            "--rounds retrains the reward model on the run's own rankings, round after round, but this recipe's "
+            "reward.data names another source; unset reward.data to run rounds."
+        )
     if not all(layout.finished(s) for s in ("reward", "ppo", "eval")):
         raise UserError(f"--rounds: {run_dir} has no finished reward, ppo and eval steps to start round 2 from.")
     history = [_round_row(1, layout, None)]
     for k in range(2, rounds + 1):
         previous = layout if k == 2 else RunLayout(layout.round_dir(k - 1))
-        flags = {"resume": resume, "overwrite": overwrite}
-        history.append(_one_round(k, layout, previous, recipe_ref, [*overrides, *_start(recipe, previous)], flags))
+        flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_changes}
+        round_overrides = [*overrides, *_start(recipe, previous, layout.round_dir(k))]
+        history.append(_one_round(k, layout, recipe_ref, round_overrides, flags))
         write_json_atomic(layout.rounds_json, {"start_from": recipe.rounds.start_from, "rounds": history})
     build_report(layout.root)  # the run's report shows every round
     return {"start_from": recipe.rounds.start_from, "rounds": history}
 
 
-def _start(recipe, previous) -> list[str]:
-    """The overrides of a round: the last round's policy answers; PPO starts from it too with start_from: last."""
+def _start(recipe, previous, folder: Path) -> list[str]:
+    """The overrides of a round: the last round's policy answers; the reward model trains on every ranking so far;
+    PPO starts from the last policy too with start_from: last."""
     policy = str(previous.final("ppo").resolve())
-    return [f"feedback.model={policy}"] + ([f"ppo.policy_from={policy}"] if recipe.rounds.start_from == "last" else [])
+    fraction = recipe.reward.data.eval_fraction if recipe.reward.data is not None else 0.1  # as reward.data_spec
+    out = [f"feedback.model={policy}", f"reward.data.path={RunLayout(folder).rankings_so_far}",
+           f"reward.data.eval_fraction={fraction}", "reward.data.toy=false"]  # fmt: skip
+    return out + ([f"ppo.policy_from={policy}"] if recipe.rounds.start_from == "last" else [])
 
 
-def _one_round(k: int, layout, previous, recipe_ref: str, overrides: list[str], flags: dict) -> dict:
+def _one_round(k: int, layout, recipe_ref: str, overrides: list[str], flags: dict) -> dict:
     folder = RunLayout(layout.round_dir(k))
     folder.root.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:  # the same toy world, base model and SFT model in every round
-        link = folder.root / name
-        if not link.exists():
-            os.symlink((layout.root / name).resolve(), link, target_is_directory=True)
+    for name in SHARED:  # the same toy world, base model and SFT model in every round (when the run has them)
+        link, source = folder.root / name, layout.root / name
+        if source.exists() and not (link.is_symlink() or link.exists()):
+            os.symlink(source.resolve(), link, target_is_directory=True)
     rec = load_recipe(recipe_ref, overrides)
     print(f"round {k}: the round-{k - 1} policy answers, people (or the toy annotator) rank -> {folder.root}")
-    new = folder.feedback / "new_rankings.jsonl"
-    if flags["overwrite"]:
-        new.unlink(missing_ok=True)
     run_pipeline(rec, folder.root, stages=["sample", "label"], **flags)
-    if not new.exists():  # this round's rankings aside; rankings.jsonl becomes every ranking so far
-        everything = [
-            layout.rankings,
-            *(RunLayout(layout.round_dir(j)).feedback / "new_rankings.jsonl" for j in range(2, k)),
-        ]
-        mine = folder.rankings.read_text(encoding="utf-8")
-        write_text_atomic(new, mine)
-        write_text_atomic(folder.rankings, "".join(p.read_text(encoding="utf-8") for p in everything) + mine)
-    before = _judge_before_retraining(rec, previous, folder, new)
+    # This round's rankings stay in rankings.jsonl (a person's screen resumes from it); the reward model trains on
+    # rankings_so_far.jsonl: every round's, rewritten from them each time.
+    everything = [layout.rankings, *(RunLayout(layout.round_dir(j)).rankings for j in range(2, k + 1))]
+    write_text_atomic(folder.rankings_so_far, "".join(p.read_text(encoding="utf-8") for p in everything))
+    previous = layout if k == 2 else RunLayout(layout.round_dir(k - 1))
+    before = _judge_before_retraining(rec, previous, folder)
     run_pipeline(rec, folder.root, stages=["reward", "ppo", "eval"], **flags)
     return _round_row(k, folder, before)
 
 
-def _judge_before_retraining(rec, previous, folder, new: Path) -> dict[str, Any]:
+def _judge_before_retraining(rec, previous, folder) -> dict[str, Any]:
     """The last round's reward model on this round's new rankings and samples, before it is retrained."""
-    rm_dir = str(previous.final("reward"))
-    tokenizer = load_tokenizer(rm_dir)
-    model = load_reward_model(rm_dir, tokenizer).to(inference_device())
-    pairs = list(load_stage_data("reward", DataSpec(path=str(new), eval_fraction=0.0), seed=rec.seed))
+    rm_dir, trust = str(previous.final("reward")), rec.model.trust_remote_code
+    tokenizer = load_tokenizer(rm_dir, trust_remote_code=trust)
+    model = load_reward_model(rm_dir, tokenizer, trust_remote_code=trust).to(inference_device())
+    pairs = list(load_stage_data("reward", DataSpec(path=str(folder.rankings), eval_fraction=0.0), seed=rec.seed))
     out = {"accuracy": pair_metrics(model, tokenizer, pairs, rec.reward.max_length, rec.precision)["accuracy"]}
     if rec.feedback.data.toy:
         out["gold_accuracy"] = gold_order_accuracy(rec, read_samples(folder.samples), model, tokenizer)
@@ -100,7 +112,7 @@ def _round_row(k: int, layout, before: dict | None) -> dict[str, Any]:
     return {
         "round": k,
         "run_dir": str(layout.root),
-        "rankings": sum(1 for _ in layout.rankings.open(encoding="utf-8")),
+        "rankings": sum(1 for _ in (layout.rankings_so_far if k > 1 else layout.rankings).open(encoding="utf-8")),
         "rm_before_retraining": before,  # round 1: none (its reward model is the first)
         "rm_gold_accuracy": rm.get("gold_accuracy"),
         "ppo_gold_reward": ppo.get("gold_reward"),

@@ -11,8 +11,8 @@ second call (pass --overwrite to redo them), so adding values is cheap. Each poi
 score and KL to the SFT model come from its `ppo/eval.json`; `<run>/sweep/sweep.png` plots gold reward and RM score
 against KL — with a small KL penalty the RM score keeps rising while the gold reward stalls or falls (Goodhart's law;
 Gao et al. 2022, "Scaling laws for reward model overoptimization") — and `<run>/sweep/sweep.json` holds the numbers.
-A `best_of_n.*` key runs `rlhf best-of-n` per value the same way (its KL is the analytic log n - (n-1)/n, its RM score
-that of the chosen answers).
+A `best_of_n.*` key runs `rlhf best-of-n` per value the same way, into `<run>/sweep-best_of_n/` (its KL is the analytic
+log n - (n-1)/n, its RM score that of the chosen answers).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def run_sweep(
         console.print(f"[bold]sweep:[/] {run_dir} has no finished sft/reward models yet; running {PREREQUISITES} first")
         run_pipeline(recipe, run_dir, stages=PREREQUISITES, resume=True)
 
-    sweep_dir = run_dir / "sweep"
+    sweep_dir = run_dir / ("sweep" if stage == "ppo" else f"sweep-{stage}")  # PPO's sweep keeps its folder
     shared = [
         f"{stage}.policy_from={(run_dir / 'sft' / 'final').resolve()}",
         f"{stage}.reward_from={(run_dir / 'reward' / 'final').resolve()}",

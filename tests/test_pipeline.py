@@ -234,7 +234,7 @@ def test_sweep_runs_best_of_n_per_n_with_its_analytic_kl(tmp_path, monkeypatch):
     assert [s[0] for s in seen] == [1, 4, 16] and {s[2] for s in seen} == {str((run / "reward" / "final").resolve())}
     assert [p["kl"] for p in record["points"]] == pytest.approx([0.0, best_of_n_kl(4), best_of_n_kl(16)])
     assert [p["rm_score"] for p in record["points"]] == pytest.approx([0.1, 0.4, 1.6])
-    assert record["stage"] == "best_of_n" and (run / "sweep" / "sweep.png").exists()
+    assert record["stage"] == "best_of_n" and (run / "sweep-best_of_n" / "sweep.png").exists()
 
 
 def test_sweep_refuses_a_key_outside_ppo(tmp_path):

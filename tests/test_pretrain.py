@@ -197,8 +197,8 @@ def test_with_max_time_the_schedule_runs_on_the_clock():
     opt = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=1.0)
     scheduler = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=1_000_000)
     budget = pretrain.TimeBudget(max_time=100.0)
-    args = SimpleNamespace(lr_scheduler_type="cosine", get_warmup_steps=lambda n: 2)
-    budget.on_train_begin(args, SimpleNamespace(max_steps=1_000_000), None, lr_scheduler=scheduler)
+    args = SimpleNamespace(lr_scheduler_type="cosine", get_warmup_steps=lambda n: 2, output_dir="/nonexistent")
+    budget.on_train_begin(args, SimpleNamespace(max_steps=1_000_000, global_step=0), None, lr_scheduler=scheduler)
     assert budget._factor(0, 1_000_000, 2, pretrain._cosine) == 0.5  # warm-up in steps
     budget.start = time.time() - 50.0  # half the budget used: half-way down the cosine, whatever the step
     for _ in range(3):
@@ -211,3 +211,26 @@ def test_with_max_time_the_schedule_runs_on_the_clock():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-6)
     budget.start = time.time()
     assert budget._factor(750, 1000, 2, pretrain._cosine) == pytest.approx(pretrain._cosine(0.75))  # steps ahead
+
+
+def test_a_resumed_run_continues_the_budgets_clock(tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    budget = pretrain.TimeBudget(max_time=60.0)
+    (tmp_path / "checkpoint-5").mkdir()
+    args = SimpleNamespace(lr_scheduler_type="constant", output_dir=str(tmp_path))
+    budget.start = time.time() - 40.0
+    budget.on_save(args, SimpleNamespace(global_step=5), None)  # 40 s used at checkpoint-5
+    again = pretrain.TimeBudget(max_time=60.0)
+    again.on_train_begin(args, SimpleNamespace(global_step=5, max_steps=10), None)
+    assert time.time() - again.start == pytest.approx(40.0, abs=1.0)  # 20 s of the budget left, not 60
+
+
+def test_rounds_refuse_a_recipe_whose_reward_model_reads_another_source(tmp_path):
+    from rlhf_cli.errors import UserError
+    from rlhf_cli.rounds import run_rounds
+
+    rec = _recipe("reward.data.path=elsewhere.jsonl")
+    with pytest.raises(UserError, match="unset reward.data to run rounds"):
+        run_rounds(rec, tmp_path, 2, "tiny", [], resume=False, overwrite=False)

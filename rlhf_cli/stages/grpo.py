@@ -95,7 +95,7 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
             recipe,
             stage,
             parents,
-            spec.data.model_dump(),
+            (spec.data or recipe.ppo.data).model_dump(),
             f"{stage.upper()} policy",
             body,
         )

@@ -14,6 +14,7 @@ with the budget (`TimeBudget`); the `text` recipe is set up for "my text, N seco
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -234,11 +235,16 @@ class TimeBudget(TrainerCallback):
     budget is the common case on a laptop). Warm-up stays in steps.
     """
 
+    FILE = "time_budget.json"  # in each checkpoint: the training seconds used so far
+
     def __init__(self, max_time: float | None):
         self.max_time, self.start = max_time, time.time()
 
     def on_train_begin(self, args, state, control, lr_scheduler=None, **kw):
-        self.start = time.time()  # a resumed run's clock starts again
+        # A resumed run continues the clock where its checkpoint stopped it (the budget is for the whole run).
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+        used = float(json.loads(saved.read_text())["seconds"]) if state.global_step and saved.exists() else 0.0
+        self.start = time.time() - used
         scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
         if self.max_time and args.lr_scheduler_type in ("cosine", "linear") and hasattr(scheduler, "lr_lambdas"):
             warmup = args.get_warmup_steps(state.max_steps)
@@ -251,6 +257,11 @@ class TimeBudget(TrainerCallback):
             return (step + 1) / warmup
         progress = max((time.time() - self.start) / self.max_time, step / max(1, max_steps))
         return shape(min(1.0, progress))
+
+    def on_save(self, args, state, control, **kw):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / self.FILE).write_text(json.dumps({"seconds": time.time() - self.start}))
 
     def on_step_end(self, args, state, control, **kw):
         if self.max_time and time.time() - self.start > self.max_time:

@@ -180,7 +180,8 @@ def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
     if prompts >= FEW_PROMPTS:
         return
     samples = RunLayout(run_dir).samples
-    own = spec.path and Path(spec.path).resolve() == (RunLayout(run_dir).rankings).resolve()
+    layout = RunLayout(run_dir)  # the run's own rankings (a later round: every round's so far)
+    own = spec.path and Path(spec.path).resolve() in (layout.rankings.resolve(), layout.rankings_so_far.resolve())
     of = ""
     if own and samples.exists():
         of = f" of the {sum(1 for line in samples.open(encoding='utf-8') if line.strip())} sampled"
@@ -216,7 +217,8 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
     """On the toy world: how often the reward model orders two held-out sampled answers as the gold reward does."""
 
     samples_path = RunLayout(run_dir).samples
-    own = spec.path and Path(spec.path).resolve() == (RunLayout(run_dir).rankings).resolve()
+    layout = RunLayout(run_dir)  # the run's own rankings (a later round: every round's so far)
+    own = spec.path and Path(spec.path).resolve() in (layout.rankings.resolve(), layout.rankings_so_far.resolve())
     if not (own and rec.feedback.data.toy and samples_path.exists()):
         return {}
     rows = [row for row in read_samples(samples_path) if group_id(row["prompt"]) in held_groups]
