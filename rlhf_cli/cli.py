@@ -457,7 +457,11 @@ def pipeline(
         from rlhf_cli.pipeline import parse_stages
 
         steps = parse_stages(stages if stages is not None else rec.stages)
-        return _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or ','.join(steps)}", steps)
+        planned = _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or ','.join(steps)}", steps)
+        if rounds > 1:
+            later = "round 2" if rounds == 2 else f"rounds 2-{rounds}"
+            print(f"# then {later}: sample, label, reward, ppo, eval each, in {run_dir / 'rounds'}/round-k/")
+        return planned
     from rlhf_cli.pipeline import TARGETS_MISSED
 
     record = run_pipeline(

@@ -20,6 +20,7 @@ from typing import Any
 
 from rlhf_cli.data import load_stage_data
 from rlhf_cli.errors import UserError
+from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.feedback import read_samples
 from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
 from rlhf_cli.layout import RunLayout
@@ -90,7 +91,8 @@ def _one_round(k: int, layout, recipe_ref: str, overrides: list[str], flags: dic
     write_text_atomic(folder.rankings_so_far, "".join(p.read_text(encoding="utf-8") for p in everything))
     previous = layout if k == 2 else RunLayout(layout.round_dir(k - 1))
     before = _judge_before_retraining(rec, previous, folder)
-    run_pipeline(rec, folder.root, stages=["reward", "ppo", "eval"], **flags)
+    run_pipeline(rec, folder.root, stages=["reward", "ppo"], **flags)
+    evaluate_run(folder.root, recipe=rec, quiet=True)  # the round's models judged; its targets are round 1's business
     return _round_row(k, folder, before)
 
 
