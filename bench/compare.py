@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench.seeds import parse_seeds
+from bench.seeds import parse_seeds, rlhf_command
+from rlhf_cli.compare import interval_text
 
 OUT = Path(__file__).parent / "out"
 KEYS = ("gold_reward", "rm_score", "right_fact_rate", "kl_to_sft", "win_rate_gold", "win_rate_rm")
@@ -29,9 +29,8 @@ KEYS = ("gold_reward", "rm_score", "right_fact_rate", "kl_to_sft", "win_rate_gol
 def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float | None:
     if keep and (run / "compare" / "compare.json").exists():
         return None
-    rlhf = Path(sys.executable).with_name("rlhf")
-    cmd = [*([str(rlhf)] if rlhf.exists() else [sys.executable, "-m", "rlhf_cli"]), "compare", "--recipe", "tiny",
-           "--overwrite", "-o", str(run), f"--set=seed={seed}", *[f"--set={o}" for o in overrides]]  # fmt: skip
+    cmd = rlhf_command("compare", "--recipe", "tiny", "--overwrite", "-o", str(run), f"--set=seed={seed}",
+                       *[f"--set={o}" for o in overrides])  # fmt: skip
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(run.parent / f"seed-{seed}.log", "w") as log:
@@ -39,12 +38,6 @@ def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float | 
     if proc.returncode:
         print(f"seed {seed}: compare exit {proc.returncode} (log: {run.parent / f'seed-{seed}.log'})", flush=True)
     return time.perf_counter() - t0
-
-
-def _cell(stat, digits: int = 3) -> str:
-    if not isinstance(stat, dict) or stat.get("mean") is None:
-        return "-"
-    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         ):
             table.add_column(col, justify="left" if col == "method" else "right")
         for name, r in result["methods"].items():
-            table.add_row(name, *(_cell(r[k], 2 if k.startswith(("kl", "win")) else 3) for k in KEYS),
+            table.add_row(name, *(interval_text(r[k], 2 if k.startswith(("kl", "win")) else 3) for k in KEYS),
                           str(r["episodes"]), "-" if r["seconds"] is None else f"{r['seconds']:.0f}")  # fmt: skip
         console.print(table)
     methods = list(dict.fromkeys(m for r in seeds.values() for m in r["methods"]))

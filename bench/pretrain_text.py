@@ -20,10 +20,11 @@ import math
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.seeds import rlhf_command
 
 OUT = Path(__file__).parent / "out"
 NOVEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "war-and-peace-1mb.txt"
@@ -39,10 +40,8 @@ def sentences(text: str) -> str:
 
 
 def rlhf_pretrain(path: Path, budget: float, run: Path, overrides: list[str]) -> dict:
-    rlhf = Path(sys.executable).with_name("rlhf")
-    cmd = [*([str(rlhf)] if rlhf.exists() else [sys.executable, "-m", "rlhf_cli"]), "pretrain", "--recipe", "text",
-           "--overwrite", "-o", str(run), f"--set=pretrain.data.path={path}",
-           f"--set=pretrain.training.max_time={budget}", *[f"--set={o}" for o in overrides]]  # fmt: skip
+    cmd = rlhf_command("pretrain", "--recipe", "text", "--overwrite", "-o", str(run), f"--set=pretrain.data.path={path}",
+                       f"--set=pretrain.training.max_time={budget}", *[f"--set={o}" for o in overrides])  # fmt: skip
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})

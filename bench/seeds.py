@@ -47,6 +47,12 @@ COLUMNS = {
 TARGETS = {"seconds": 100.0}  # + the recipe's targets, filled in by main()
 
 
+def rlhf_command(*args: str) -> list[str]:
+    """The CLI as a user runs it (the venv's `rlhf`, else `python -m rlhf_cli`), with `args`."""
+    rlhf = Path(sys.executable).with_name("rlhf")
+    return [*([str(rlhf)] if rlhf.exists() else [sys.executable, "-m", "rlhf_cli"]), *args]
+
+
 def parse_seeds(text: str) -> list[int]:
     seeds = []
     for part in text.split(","):
@@ -112,9 +118,7 @@ def meets(key: str, value) -> bool | None:
 def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float:
     if keep and (run / "report" / "report.json").exists():
         return 0.0
-    rlhf = Path(sys.executable).with_name("rlhf")
-    cmd = [
-        *([str(rlhf)] if rlhf.exists() else [sys.executable, "-m", "rlhf_cli"]),
+    cmd = rlhf_command(
         "pipeline",
         "--recipe",
         "tiny",
@@ -123,7 +127,7 @@ def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float:
         str(run),
         f"--set=seed={seed}",
         *[f"--set={o}" for o in overrides],
-    ]
+    )
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(run.parent / f"seed-{seed}.log", "w") as log:

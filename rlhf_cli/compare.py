@@ -108,7 +108,8 @@ def _sweep_curve(layout: RunLayout) -> list[tuple[float, float]]:
     return sorted((p["kl"], p["gold_reward"]) for p in points if _ok(p.get("kl")) and _ok(p.get("gold_reward")))
 
 
-def _fmt(stat, digits: int = 3) -> str:
+def interval_text(stat, digits: int = 3) -> str:
+    """`mean [low, high]` of an interval, or - when there is none."""
     if not isinstance(stat, dict) or not _ok(stat.get("mean")):
         return "-"
     return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
@@ -123,8 +124,8 @@ def markdown(result: dict) -> str:
     for name, r in result["methods"].items():
         seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
         rate = "-" if r["episodes_per_s"] is None else f"{r['episodes_per_s']:.1f}"
-        cells = [name.replace("_", "-"), *(_fmt(r[k]) for k in ("gold_reward", "rm_score", "right_fact_rate")),
-                 _fmt(r["kl_to_sft"], 2), _fmt(r["win_rate_gold"], 2), _fmt(r["win_rate_rm"], 2),
+        cells = [name.replace("_", "-"), *(interval_text(r[k]) for k in ("gold_reward", "rm_score", "right_fact_rate")),
+                 interval_text(r["kl_to_sft"], 2), interval_text(r["win_rate_gold"], 2), interval_text(r["win_rate_rm"], 2),
                  str(r["episodes"]), rate, seconds]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     budget = ", ".join(f"{m} {n}" for m, n in result["budget"].items())
@@ -180,8 +181,8 @@ def print_table(console, result: dict) -> None:
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, r in result["methods"].items():
         table.add_row(
-            name.replace("_", "-"), _fmt(r["gold_reward"], 2), _fmt(r["rm_score"], 2), _fmt(r["right_fact_rate"], 2),
-            _fmt(r["kl_to_sft"], 2), _fmt(r["win_rate_gold"], 2), str(r["episodes"]),
+            name.replace("_", "-"), interval_text(r["gold_reward"], 2), interval_text(r["rm_score"], 2), interval_text(r["right_fact_rate"], 2),
+            interval_text(r["kl_to_sft"], 2), interval_text(r["win_rate_gold"], 2), str(r["episodes"]),
             "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
         )  # fmt: skip
     console.print(table)

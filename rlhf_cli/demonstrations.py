@@ -25,13 +25,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlhf_cli.data import load_stage_data
 from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import _append, _drop_last_action, _read_jsonl, back_up
+from rlhf_cli.feedback import _append, _drop_last_action, _read_jsonl, answer_prompts, back_up
 from rlhf_cli.files import write_text_atomic
-from rlhf_cli.generation import check_prompts_fit, generate_answers
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.people import LEASE_SECONDS, Offers, lock_folder
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.runs import resolve_model_dir
@@ -128,27 +125,13 @@ def prepare_drafts(
             )
         return out
     model_dir = draft_model(rec, run_dir, model)
-    rows = load_stage_data("ppo", spec, toy_dir=layout.toy, seed=rec.seed)
     ws = rec.write
-    if ws.num_prompts is not None:
-        rows = rows.select(range(min(ws.num_prompts, len(rows))))
-    conversations = [row["prompt"] for row in rows]
-    trust = rec.model.trust_remote_code
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
-    lm = load_causal_lm(model_dir, trust_remote_code=trust).to(inference_device())
-    check_prompts_fit(tokenizer, lm, conversations, ws.max_new_tokens, "write", "write.max_new_tokens")
     start = time.time()
-    answers = generate_answers(
-        lm,
-        tokenizer,
-        conversations,
-        max_new_tokens=ws.max_new_tokens,
-        temperature=ws.temperature,
-        batch_size=rec.feedback.batch_size,
-        seed=rec.seed,
+    conversations, answers = answer_prompts(
+        rec, run_dir, model_dir, spec, ws.num_prompts, ("write", "write.max_new_tokens"),
+        max_new_tokens=ws.max_new_tokens, temperature=ws.temperature, batch_size=rec.feedback.batch_size,
         progress="drafting answers",
-        precision=rec.precision,
-    )
+    )  # fmt: skip
     settings = {
         "model": model_dir,
         "prompts": source,

@@ -60,31 +60,12 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to sample again (its rankings will no longer match).")
     model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "feedback.model")
-    prompts = load_stage_data("ppo", fb.data, toy_dir=RunLayout(run_dir).toy, seed=rec.seed)
-    if fb.num_prompts is not None:
-        prompts = prompts.select(range(min(fb.num_prompts, len(prompts))))
-    prompts = [row["prompt"] for row in prompts]
-
-    trust = rec.model.trust_remote_code
-    tokenizer, lm = (
-        load_tokenizer(model_dir, trust_remote_code=trust),
-        load_causal_lm(model_dir, trust_remote_code=trust).to(inference_device()),
-    )
-    check_prompts_fit(tokenizer, lm, prompts, fb.max_new_tokens, "sample", "feedback.max_new_tokens")
     start = time.time()
-    answers = generate_answers(
-        lm,
-        tokenizer,
-        prompts,
-        num_return_sequences=fb.k,
-        max_new_tokens=fb.max_new_tokens,
-        temperature=fb.temperature,
-        top_p=fb.top_p,
-        batch_size=fb.batch_size,
-        seed=rec.seed,
-        progress=f"sampling {fb.k} answers per prompt",
-        precision=rec.precision,
-    )
+    prompts, answers = answer_prompts(
+        rec, run_dir, model_dir, fb.data, fb.num_prompts, ("sample", "feedback.max_new_tokens"),
+        num_return_sequences=fb.k, max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p,
+        batch_size=fb.batch_size, progress=f"sampling {fb.k} answers per prompt",
+    )  # fmt: skip
     settings = {
         "model": model_dir,
         "k": fb.k,
@@ -111,6 +92,21 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     )
     wait_for_everyone()
     return out
+
+
+def answer_prompts(rec, run_dir: Path, model_dir: str, data, num_prompts: int | None, setting: tuple[str, str], **gen):
+    """The first `num_prompts` prompts of `data` (a prompt data spec) and a model's answers to them, through the one
+    generation path (`gen`: generate_answers' options); a prompt too long for the model is refused, naming `setting`
+    (the command and the recipe key of its max_new_tokens)."""
+    rows = load_stage_data("ppo", data, toy_dir=RunLayout(run_dir).toy, seed=rec.seed)
+    if num_prompts is not None:
+        rows = rows.select(range(min(num_prompts, len(rows))))
+    prompts = [row["prompt"] for row in rows]
+    trust = rec.model.trust_remote_code
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
+    lm = load_causal_lm(model_dir, trust_remote_code=trust).to(inference_device())
+    check_prompts_fit(tokenizer, lm, prompts, gen["max_new_tokens"], *setting)
+    return prompts, generate_answers(lm, tokenizer, prompts, seed=rec.seed, precision=rec.precision, **gen)
 
 
 def read_samples(path: Path) -> list[dict]:

@@ -348,7 +348,7 @@ def test_drafts_are_made_once_by_the_base_then_the_sft_model(run, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("drafted again")
 
-    monkeypatch.setattr(demonstrations, "generate_answers", no_generation)
+    monkeypatch.setattr(demonstrations, "answer_prompts", no_generation)
     result = _write(run, input="another\nq\n")
     assert result.exit_code == 0, result.output
     assert "Resuming: 2 written" in result.output
