@@ -1,7 +1,8 @@
 """Every seed: the tiny pipeline once per seed, one row per seed, the worst seed on each line, against the targets.
 
     .venv/bin/python -m bench.seeds --seeds 0-4                  # -> table + bench/out/seeds.json
-    .venv/bin/python -m bench.seeds --seeds 0,3 --set precision=bf16
+    .venv/bin/python -m bench.seeds --seeds 0-4 --set precision=bf16 --set sft.training.bf16=true \
+        --out bench/out/seeds-bf16                                  # -> bench/out/seeds-bf16.json
     .venv/bin/python -m bench.seeds --seeds 0-4 --keep           # reuse finished runs (bench/out/seeds/seed-N)
 
 The seed draws the toy world and the training (`rlhf pipeline --recipe tiny --set seed=N`). Each seed runs the real CLI
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="Recipe override key=value (repeatable)."
     )
-    p.add_argument("--out", type=Path, default=OUT / "seeds", help="Folder of the runs (seed-N each).")
+    p.add_argument(
+        "--out", type=Path, default=OUT / "seeds", help="Folder of the runs (seed-N each); the table goes to OUT.json."
+    )
     p.add_argument("--keep", action="store_true", help="Reuse a seed's finished run instead of running it again.")
     a = p.parse_args(argv)
 
@@ -220,10 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": {k: TARGETS.get(COLUMNS[k][2]) for k in COLUMNS if TARGETS.get(COLUMNS[k][2]) is not None},
         "targets_met": {k: meets(k, worst_row[k]) for k in COLUMNS if TARGETS.get(COLUMNS[k][2]) is not None},
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "seeds.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    summary = a.out.parent / f"{a.out.name}.json"  # beside its runs: a bf16 sweep into --out X keeps the fp32 one
+    summary.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print_table(rows, worst_row)
-    print(f"-> {OUT / 'seeds.json'}")
+    print(f"-> {summary}")
     return result
 
 

@@ -38,6 +38,11 @@ runner = CliRunner()
 chromium = test_web_label.browser  # the ranking page tests' headless Chromium (skips, or fails, as they do)
 
 
+def _screen(out) -> str:
+    """What the console printed, as one line: where rich wraps depends on the length of pytest's tmp path."""
+    return " ".join(out.getvalue().split())
+
+
 def write_drafts(run: Path, drafts: list[str] = DRAFTS) -> Path:
     path = run / "demonstrations" / "drafts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,23 +298,23 @@ def test_the_terminal_screen_keeps_replaces_skips_undoes_and_resumes(tmp_path):
     ]
     assert all(r["annotator"] == "human" and r["writer"] == "ana" for r in rows)
     assert _rows(tmp_path / "demonstrations" / "skipped.jsonl") == []
-    assert "the model's draft" in out.getvalue() and "to continue where you stopped" in out.getvalue()
+    assert "the model's draft" in _screen(out) and "to continue where you stopped" in _screen(out)
 
     # again: resumes at prompt 3; its draft's markup is printed as it is; --limit 1 ends the sitting after one
     replies = iter(["the answer to 3"])
     out = io.StringIO()
     write_human(tmp_path, writer="ana", ask=lambda q: next(replies), console=Console(file=out, width=200), limit=1)
-    assert "Resuming: 3 written" in out.getvalue() and "<script>" in out.getvalue()
-    assert "--limit 1" in out.getvalue() and len(_answers(tmp_path)) == 4
+    assert "Resuming: 3 written" in _screen(out) and "<script>" in _screen(out)
+    assert "--limit 1" in _screen(out) and len(_answers(tmp_path)) == 4
 
     # the last prompt's draft is empty: Enter alone is refused, then the answer is typed; then done
     replies = iter(["", "I do not know.", ""])
     out = io.StringIO()
     write_human(tmp_path, writer="ana", ask=lambda q: next(replies), console=Console(file=out, width=100))
-    assert "Not saved" in out.getvalue() and len(_answers(tmp_path)) == 5
+    assert "Not saved" in _screen(out) and len(_answers(tmp_path)) == 5
     out = io.StringIO()
     write_human(tmp_path, writer="bo", ask=lambda q: pytest.fail("nothing to ask"), console=Console(file=out))
-    assert "All 5 prompts are written or skipped" in out.getvalue()
+    assert "All 5 prompts are written or skipped" in _screen(out)
 
 
 # ------------------------------------------------------------------------------------------------------ drafts and the CLI
