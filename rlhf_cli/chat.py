@@ -17,7 +17,7 @@ from pathlib import Path
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.generation import generate
-from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
 
 HELP = "Type a message; /reset clears the history, /help shows this, /quit (or Ctrl-D) exits."
 
@@ -89,8 +89,8 @@ def reply(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     device = next(model.parameters()).device
-    # Stop at end-of-text, and also if the model starts the next user turn itself.
-    stops = [tokenizer.eos_token_id, *_token_ids(tokenizer, ["<|user|>"])]
+    # Stop at the end of the turn, and also if the model starts the next user turn itself.
+    stops = [*end_of_turn_ids(tokenizer), *_token_ids(tokenizer, ["<|user|>"])]
     # An answer never holds padding or another role's marker (an undertrained model sometimes emits them).
     suppress = [tokenizer.pad_token_id, *_token_ids(tokenizer, ["<|system|>", "<|assistant|>"])]
     model.eval()

@@ -27,7 +27,7 @@ from rlhf_cli.feedback import prompt_text
 from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.recipe import Recipe, load_recipe
 from rlhf_cli.scoring import load_reward_model, score
 from rlhf_cli.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
@@ -43,13 +43,13 @@ N_SAMPLES = 8  # answers kept in eval.json for the report's side-by-side table
 def sample_with_ids(
     model, tokenizer, prompts, *, max_new_tokens: int, batch_size: int = 64, seed: int = 0, precision: str = "auto"
 ):
-    """Sampled answers (temperature 1) as (prompt ids, answer ids incl. end-of-text when finished) pairs."""
+    """Sampled answers (temperature 1) as (prompt ids, answer ids incl. the end-of-turn token when finished) pairs."""
     import torch
 
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
-    rendered, out = render_prompts(tokenizer, prompts), []
+    rendered, out, stops = render_prompts(tokenizer, prompts), [], end_of_turn_ids(tokenizer)
     for start in range(0, len(rendered), batch_size):
         chunk = rendered[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
@@ -60,12 +60,12 @@ def sample_with_ids(
                 mask.to(device),
                 max_new_tokens=max_new_tokens,
                 temperature=1.0,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
             )
         for prompt_ids, seq in zip(chunk, gen[:, ids.shape[1] :].tolist(), strict=True):
-            tokens, finished = cut_at_eos(seq, tokenizer.eos_token_id)
-            out.append((prompt_ids, tokens + [tokenizer.eos_token_id] if finished else tokens))
+            tokens, finished = cut_at_eos(seq, stops)
+            out.append((prompt_ids, seq[: len(tokens) + 1] if finished else tokens))  # with the turn's last token
     return out
 
 

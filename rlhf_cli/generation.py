@@ -2,8 +2,9 @@
 pretrain probes generate text (`generate` is the only call of `model.generate`).
 
 Prompts are conversations (lists of {"role", "content"}); they are rendered with the tokenizer's chat template and a
-generation prompt, left-padded into batches and generated with the KV cache. An answer is cut at the first
-end-of-text, and `finished` records whether the model emitted one.
+generation prompt, left-padded into batches and generated with the KV cache. Generation stops at the end of an assistant turn as the
+chat template writes it (`modeling.end_of_turn_ids`: Qwen's <|im_end|>, Llama 3's <|eot_id|>, or eos); an answer is cut
+there, and `finished` records whether the model ended its turn.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
+from rlhf_cli.modeling import end_of_turn_ids
 
 
 @dataclass
@@ -59,10 +61,13 @@ def left_pad(rows: list[list[int]], pad_id: int):
     return ids, mask
 
 
-def cut_at_eos(tokens: list[int], eos_id: int) -> tuple[list[int], bool]:
-    """The answer's tokens up to (not including) the first end-of-text, and whether there was one."""
-    if eos_id in tokens:
-        return tokens[: tokens.index(eos_id)], True
+def cut_at_eos(tokens: list[int], stop_ids) -> tuple[list[int], bool]:
+    """The answer's tokens up to (not including) the first end of turn (any of `stop_ids`, or the one id given), and
+    whether there was one."""
+    stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids)
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return tokens[:i], True
     return tokens, False
 
 
@@ -112,7 +117,7 @@ def generate_answers(
     was_training = model.training
     model.eval()
     rendered = render_prompts(tokenizer, prompts)
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos_id, pad_id = end_of_turn_ids(tokenizer), tokenizer.pad_token_id
     results: list[list[Answer]] = []
     per_batch = max(1, batch_size // num_return_sequences)
     bar = _progress(progress, len(prompts))

@@ -180,22 +180,44 @@ def model_config(spec, tokenizer):
 
 
 def build_model(spec, tokenizer, seed: int = 0):
-    """A freshly initialised causal LM from the recipe's `model:` section."""
+    """A freshly initialised causal LM from the recipe's `model:` section, stopping at the end of a turn."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(model_config(spec, tokenizer))
+    model = AutoModelForCausalLM.from_config(
+        model_config(spec, tokenizer), attn_implementation=attention(spec.attn_implementation)
+    )
+    stop_at_end_of_turn(model, tokenizer)
+    return model
 
 
-def load_causal_lm(ref: str, *, trust_remote_code: bool = False, dtype=None):
-    """A causal LM from a folder or hub id (safetensors only), with a clear message when it is not one."""
+def load_causal_lm(
+    ref: str,
+    *,
+    trust_remote_code: bool = False,
+    tokenizer=None,
+    dtype: str = "float32",
+    attn_implementation: str = "auto",
+):
+    """A causal LM from a folder or hub id (safetensors only), with a clear message when it is not one.
+
+    `dtype`: the weights' dtype in memory, float32 unless asked: a checkpoint saved in bf16 (most of the hub's) is
+    upcast, so a model that trains has fp32 master weights — in bf16 an optimiser step smaller than half a bf16 step
+    rounds to nothing. Frozen models may ask for `frozen_dtype(...)`. With `tokenizer`, the model's generation
+    settings stop at the end of an assistant turn (`stop_at_end_of_turn`). `attn_implementation`: the recipe's
+    `model.attn_implementation` (`attention` resolves auto)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     check_model_ref(ref)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            ref, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype
+        model = AutoModelForCausalLM.from_pretrained(
+            ref,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            dtype=getattr(torch, dtype),
+            attn_implementation=attention(attn_implementation),
         )
     except ValueError as err:
         if "trust_remote_code" in str(err):
@@ -205,6 +227,186 @@ def load_causal_lm(ref: str, *, trust_remote_code: bool = False, dtype=None):
         raise UserError(load_error("a causal language model", ref, err)) from None
     except OSError as err:
         raise UserError(load_error("a causal language model", ref, err)) from None
+    if tokenizer is not None:
+        stop_at_end_of_turn(model, tokenizer)
+    return model
+
+
+def attention(setting: str = "auto") -> str:
+    """The attention kernel: the recipe's `model.attn_implementation`, or for auto flash-attention 2 on a CUDA GPU
+    where the flash_attn package is installed, else PyTorch's scaled_dot_product_attention (sdpa)."""
+    if setting != "auto":
+        return setting
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def frozen_dtype(bf16: bool) -> str:
+    """The dtype of a model that never trains (a reference, a reward model scoring PPO's answers, a judge): the
+    compute dtype, which halves its memory in bf16; fp32 otherwise."""
+    return "bfloat16" if bf16 else "float32"
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The tokens that end an assistant turn: the one the chat template writes after an assistant message (Qwen's
+    <|im_end|>, Llama 3's <|eot_id|>, Phi-3's <|end|>, the project's <|endoftext|>), then the tokenizer's eos.
+
+    Generation stops at any of them, an answer counts as finished when it ends with one, and the answer is cut there.
+    Found by rendering a conversation: the first special token after the assistant's text."""
+    cached = getattr(tokenizer, "_rlhf_end_of_turn", None)
+    template = getattr(tokenizer, "chat_template", None)
+    if cached is not None and cached[0] == (template, tokenizer.eos_token_id):
+        return list(cached[1])
+    ids = []
+    if template:
+        probe = "zqxjvendofturnprobe"
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that cannot render this conversation: eos alone
+            text = ""
+        if probe in text:
+            after = tokenizer(text[text.index(probe) + len(probe) :], add_special_tokens=False)["input_ids"]
+            special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+            ids = [next(i for i in after if i in special)] if any(i in special for i in after) else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    try:
+        tokenizer._rlhf_end_of_turn = ((template, tokenizer.eos_token_id), tuple(ids))
+    except AttributeError:  # pragma: no cover - a tokenizer that takes no attributes
+        pass
+    return ids
+
+
+def stop_at_end_of_turn(model, tokenizer) -> None:
+    """Make `model.generate` (and so a stock `transformers.pipeline` on the saved folder, and TRL's online trainers)
+    stop at the end of an assistant turn and pad with the tokenizer's pad token."""
+    stops = end_of_turn_ids(tokenizer)
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        config.eos_token_id = stops if len(stops) > 1 else stops[0]
+        config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def checkpoint_dtype(ref: str, *, trust_remote_code: bool = False) -> str:
+    """The dtype a checkpoint's weights were saved in (config.json's `dtype`, `torch_dtype` before transformers 5);
+    float32 when it does not say."""
+    path = Path(ref).expanduser() / "config.json"
+    try:
+        if path.is_file():
+            import json
+
+            config = json.loads(path.read_text(encoding="utf-8"))
+            value = config.get("dtype") or config.get("torch_dtype")
+        else:
+            from transformers import AutoConfig
+
+            value = getattr(AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code), "dtype", None)
+    except (OSError, ValueError):
+        value = None
+    return str(value).removeprefix("torch.") if value else "float32"
+
+
+# A bf16 save keeps what was learned when rounding changes the update (final - source weights) by at most this much
+# (relative L2 norm); otherwise `save_dtype: auto` saves fp32. A short fine-tune at a small learning rate moves most
+# weights by less than half a bf16 step, and rounding would put them back where they started.
+ROUNDING_TOLERANCE = 0.1
+
+
+def save_model(model, folder: Path, *, source: str | None, setting: str = "auto", state_dict=None) -> str:
+    """Write `model` (or `state_dict` with its config) to `folder` as safetensors in the dtype `setting` picks, and
+    return one sentence saying which and why, for the model card.
+
+    setting: auto (the dtype of `source`, the checkpoint the stage started from, unless rounding to it would change
+    what was learned by more than ROUNDING_TOLERANCE: then float32), or float32 / bfloat16 / float16."""
+    import torch
+
+    state = state_dict if state_dict is not None else model.state_dict()
+    source_dtype = checkpoint_dtype(source) if source else "float32"
+    if setting != "auto":
+        dtype, why = setting, f"save_dtype: {setting} in the recipe"
+    elif source_dtype == "float32":
+        dtype, why = "float32", "as the checkpoint it started from" if source else "trained in float32"
+    else:
+        change = rounding_change(state, source, getattr(torch, source_dtype))
+        if change is None:
+            dtype, why = "float32", f"the {source_dtype} weights of {source} could not be read to check the rounding"
+        elif change <= ROUNDING_TOLERANCE:
+            dtype, why = (
+                source_dtype,
+                (f"as the checkpoint it started from; rounding changes the trained update by {change:.1%}"),
+            )
+        else:
+            dtype, why = (
+                "float32",
+                (
+                    f"{source} is {source_dtype}, but rounding to it would change what training learned by {change:.0%} "
+                    f"(set save_dtype: {source_dtype} to save it so anyway)"
+                ),
+            )
+    target = getattr(torch, dtype)
+    cast = {k: (v.to(target) if v.is_floating_point() else v) for k, v in state.items()}
+    model.save_pretrained(folder, state_dict=cast)
+    _set_config_dtype(Path(folder), dtype)
+    return f"Weights saved in {dtype}: {why}."
+
+
+def _set_config_dtype(folder: Path, dtype: str) -> None:
+    """config.json's `dtype` says what is on disk (save_pretrained writes the in-memory model's)."""
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["dtype"] = dtype
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def rounding_change(state: dict, source: str, dtype) -> float | None:
+    """||round(w) - w|| / ||w - w_source|| over the weights `state` shares with the checkpoint `source` (read one
+    tensor at a time from its safetensors, so no second copy of the model is held): how much saving in `dtype` would
+    change the update training made. None when the source's weights are not in a local folder or the cache."""
+    from safetensors import safe_open
+
+    files = _safetensors_files(source)
+    if not files:
+        return None
+    err = update = 0.0
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                new = state.get(key)
+                if new is None or not new.is_floating_point():
+                    continue
+                old = fh.get_tensor(key)
+                if old.shape != new.shape:  # resized embeddings: compare the rows both have
+                    if old.dim() != new.dim() or old.shape[1:] != new.shape[1:]:
+                        continue
+                    n = min(old.shape[0], new.shape[0])
+                    old, new = old[:n], new[:n]
+                new = new.detach().float().cpu()
+                err += float((new.to(dtype).float() - new).pow(2).sum())
+                update += float((new - old.float()).pow(2).sum())
+    if update == 0.0:
+        return 0.0 if err == 0.0 else float("inf")
+    return (err / update) ** 0.5
+
+
+def _safetensors_files(ref: str) -> list[Path]:
+    folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(ref, allow_patterns=["*.safetensors"], local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the cache, or not a repo id: nothing to compare with
+            return []
+    return sorted(folder.glob("*.safetensors"))
 
 
 # ------------------------------------------------------------------------------------------------------ fine-tuning
@@ -225,12 +427,14 @@ def check_qlora() -> None:
         raise UserError("sft.lora.qlora needs bitsandbytes: `pip install bitsandbytes`, or set sft.lora.qlora: false.")
 
 
-def load_trainable_causal_lm(init: str, spec, trust: bool):
-    """A fine-tuning stage's starting model (`spec`: its section, `lora.qlora`); 4-bit NF4 weights for QLoRA, prepared
-    for k-bit training."""
+def load_trainable_causal_lm(init: str, spec, trust: bool, tokenizer=None, attn_implementation: str = "auto"):
+    """A fine-tuning stage's starting model (`spec`: its section, `lora.qlora`) in fp32; 4-bit NF4 weights for QLoRA,
+    prepared for k-bit training."""
 
     if spec.lora is None or not spec.lora.qlora:
-        return load_causal_lm(init, trust_remote_code=trust)
+        return load_causal_lm(
+            init, trust_remote_code=trust, tokenizer=tokenizer, attn_implementation=attn_implementation
+        )
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -242,9 +446,16 @@ def load_trainable_causal_lm(init: str, spec, trust: bool):
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        init, quantization_config=quant, trust_remote_code=trust, use_safetensors=True
+        init,
+        quantization_config=quant,
+        trust_remote_code=trust,
+        use_safetensors=True,
+        attn_implementation=attention(attn_implementation),
     )
-    return prepare_model_for_kbit_training(model)
+    model = prepare_model_for_kbit_training(model)
+    if tokenizer is not None:
+        stop_at_end_of_turn(model, tokenizer)
+    return model
 
 
 def resize_for_tokenizer(model, tokenizer) -> list[int]:

@@ -78,6 +78,11 @@ class ModelSpec(Section):
     intermediate_size: int | None = Field(None, gt=0)
     max_position_embeddings: int | None = Field(None, gt=0)
     trust_remote_code: bool = False
+    # sdpa | flash_attention_2 | eager; auto: flash-attention 2 on a CUDA GPU with flash_attn installed, else sdpa
+    attn_implementation: str = "auto"
+    # What a stage's final/ is saved in. auto: the dtype of the checkpoint it started from (bf16 for most hub models),
+    # unless rounding to it would change what training learned by over 10 %, then float32 (the model card says which).
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class TokenizerTrainSpec(Section):

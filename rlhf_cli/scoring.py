@@ -10,6 +10,7 @@ import statistics
 
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
+from rlhf_cli.modeling import attention
 from rlhf_cli.stats import proportion
 
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
@@ -55,15 +56,24 @@ def score(
     return out
 
 
-def load_reward_model(ref: str, tokenizer, *, trust_remote_code: bool = False):
-    """A sequence-classification model with one output (a fresh head when `ref` is a causal LM), pad id set."""
+def load_reward_model(
+    ref: str, tokenizer, *, trust_remote_code: bool = False, dtype: str = "float32", attn_implementation: str = "auto"
+):
+    """A sequence-classification model with one output (a fresh head when `ref` is a causal LM), pad id set; fp32
+    weights unless `dtype` asks otherwise (a frozen scorer: `modeling.frozen_dtype`), whatever the checkpoint's."""
+    import torch
     from transformers import AutoModelForSequenceClassification
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     try:
         with suppress_seqcls_warning():
             model = AutoModelForSequenceClassification.from_pretrained(
-                ref, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
+                ref,
+                num_labels=1,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                dtype=getattr(torch, dtype),
+                attn_implementation=attention(attn_implementation),
             )
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot load a reward model from '{ref}': {str(err).splitlines()[0]}") from None

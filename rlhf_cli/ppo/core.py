@@ -36,19 +36,20 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return out if shift_mean else out + mean
 
 
-def response_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, finished): mask is 1 up to and including the first `eos_id` (everything when there is none)."""
-    is_eos = responses == eos_id
+def response_mask(responses: torch.Tensor, eos_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, finished): mask is 1 up to and including the first end of turn — `eos_id`, one id or a list (the chat
+    template's end-of-turn token and eos) — and everywhere when there is none."""
+    stops = torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=responses.device)
+    is_eos = torch.isin(responses, stops)
     finished = is_eos.any(dim=1)
     # A token is valid while no end-of-text came strictly before it.
     eos_before = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
     return (~eos_before).long(), finished
 
 
-def mask_after_eos(
-    responses: torch.Tensor, eos_id: int, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(responses with every token after the first end-of-text set to `pad_id`, mask, finished)."""
+def mask_after_eos(responses: torch.Tensor, eos_id, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(responses with every token after the first end of turn (`eos_id`: one id or several) set to `pad_id`, mask,
+    finished)."""
     mask, finished = response_mask(responses, eos_id)
     return responses.masked_fill(mask == 0, pad_id), mask, finished
 

@@ -9,13 +9,14 @@ from rlhf_cli.data import load_stage_data
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import load_tokenizer
+from rlhf_cli.modeling import frozen_dtype, load_tokenizer
 from rlhf_cli.runs import resolve_model_dir
 from rlhf_cli.scoring import load_reward_model
 
 
 def reward_sources(recipe, run_dir: Path, trust: bool, precision: str):
-    """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage."""
+    """[(scorer, weight)] from `ppo.rewards` (default: this run's reward model), and {name: folder} for the lineage.
+    Reward models are frozen: they load in the compute dtype (`precision`)."""
     from rlhf_cli.ppo.trainer import FunctionReward, load_function
 
     spec = recipe.ppo
@@ -43,7 +44,13 @@ def reward_model_scorer(path: str, recipe, trust: bool, precision: str):
     from rlhf_cli.ppo.trainer import RewardModelScorer
 
     tok = load_tokenizer(path, trust_remote_code=trust)
-    model = load_reward_model(path, tok, trust_remote_code=trust)
+    model = load_reward_model(
+        path,
+        tok,
+        trust_remote_code=trust,
+        dtype=frozen_dtype(precision == "bf16"),
+        attn_implementation=recipe.model.attn_implementation,
+    )
     stats_path = Path(path) / "reward_stats.json"
     stats = read_json(stats_path) if stats_path.exists() else {}
     return RewardModelScorer(
@@ -57,11 +64,9 @@ def reward_model_scorer(path: str, recipe, trust: bool, precision: str):
     )
 
 
-def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool):
+def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool, attn: str = "auto"):
     """The value model: `ppo.value_from`, else the (first) reward model when it shares the policy's tokenizer, else the
     policy with a fresh scalar head. Values are read per token of the policy's answers, so the tokenizers must match."""
-    from transformers import AutoModelForSequenceClassification
-
     path = spec.value_from or next(iter(reward_dirs.values()), None)
     if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
         if spec.value_from:
@@ -72,10 +77,7 @@ def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool
         print(f"ppo: the reward model {path} has its own tokenizer; the value model starts from the policy instead.")
         path = None
     path = path or policy_dir
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, trust_remote_code=trust, use_safetensors=True
-    )
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model = load_reward_model(path, tokenizer, trust_remote_code=trust, attn_implementation=attn)  # trains: fp32
     return model, path
 
 
@@ -96,10 +98,11 @@ def ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: i
     return torch.tensor(ids[: n * block]).view(n, block)
 
 
-def reward_model_function(recipe, stage: str, run_dir: Path, trust: bool, precision: str, eos_token_id: int):
+def reward_model_function(recipe, stage: str, run_dir: Path, trust: bool, precision: str, stop_ids: list[int]):
     """A method's reward as TRL's online trainers call it — `f(prompts, completions, completion_ids, **kw) -> list` —
-    through PPO's scoring path: the run's reward model (`<stage>.reward_from`), normalised by its reward_stats.json,
-    less `<stage>.missing_eos_penalty` for an answer without end-of-text. Returns it and the reward model's folder."""
+        through PPO's scoring path: the run's reward model (`<stage>.reward_from`), normalised by its reward_stats.json,
+        less `<stage>.missing_eos_penalty` for an answer that never ended its turn (none of `stop_ids`, the policy's
+    end-of-turn tokens). Returns it and the reward model's folder."""
     import torch
 
     from rlhf_cli.ppo.core import apply_eos_penalty
@@ -107,10 +110,11 @@ def reward_model_function(recipe, stage: str, run_dir: Path, trust: bool, precis
     spec = getattr(recipe, stage)
     path = resolve_model_dir(spec.reward_from, run_dir, "reward", f"{stage}.reward_from", recipe=recipe)
     scorer = reward_model_scorer(path, recipe, trust, precision)
+    stops = set(stop_ids)
 
     def reward_model(prompts, completions, completion_ids, **_) -> list[float]:
         answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        finished = torch.tensor([eos_token_id in ids for ids in completion_ids])
+        finished = torch.tensor([any(t in stops for t in ids) for ids in completion_ids])
         return apply_eos_penalty(scorer(prompts, answers, finished), finished, spec.missing_eos_penalty).tolist()
 
     return reward_model, path

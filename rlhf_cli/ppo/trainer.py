@@ -27,6 +27,7 @@ from rlhf_cli.callbacks import NonFiniteLoss, StopOnSignal
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text  # the user's side, as the annotator and the gold reward read it
 from rlhf_cli.generation import generate, left_pad, render_prompts
+from rlhf_cli.modeling import end_of_turn_ids, save_model
 from rlhf_cli.ppo import core
 from rlhf_cli.ppo.config import PPOConfig
 from rlhf_cli.runs import Interrupted
@@ -173,6 +174,7 @@ class PPOTrainer:
         from trl.trainer.utils import disable_dropout_in_model
 
         self.args, self.tokenizer = args, processing_class
+        self.stop_ids = end_of_turn_ids(processing_class)  # where the chat template ends an assistant turn
         self.prompts = [row["prompt"] for row in train_dataset]
         self.reward_funcs = reward_funcs
         self.monitors = monitors or {}
@@ -293,7 +295,7 @@ class PPOTrainer:
                     max_new_tokens=args.response_length,
                     temperature=temperature,
                     top_p=args.top_p,
-                    eos_token_id=tok.eos_token_id,
+                    eos_token_id=self.stop_ids,
                     pad_token_id=tok.pad_token_id,
                 )
                 resp = out[:, queries.shape[1] :]
@@ -301,7 +303,7 @@ class PPOTrainer:
                     nn.functional.pad(resp, (0, args.response_length - resp.shape[1]), value=tok.pad_token_id)
                 )
             policy.train()
-        responses, mask, finished = core.mask_after_eos(torch.cat(chunks), tok.eos_token_id, tok.pad_token_id)
+        responses, mask, finished = core.mask_after_eos(torch.cat(chunks), self.stop_ids, tok.pad_token_id)
         width = max(int(mask.sum(1).max()), 1)  # drop the columns that are padding in every row
         responses, mask = responses[:, :width], mask[:, :width]
         texts = [
@@ -578,18 +580,21 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             print(f"Resuming from {path} (step {self.step}, {self.episode} episodes).", flush=True)
 
-    def save_model(self, output_dir: str | Path) -> None:
-        """The policy as a plain causal-LM folder (a LoRA adapter merged in). Call on every process; the main one writes."""
+    def save_model(self, output_dir: str | Path, *, source: str | None = None, setting: str = "auto") -> str:
+        """The policy as a plain causal-LM folder (a LoRA adapter merged in), in the dtype `modeling.save_model`
+        picks (`source`: the checkpoint PPO started from). Call on every process; the main one writes. Returns the
+        sentence saying which dtype and why."""
         acc = self.accelerator
         if self.is_peft:
             if acc.is_main_process:
                 merged = copy.deepcopy(self.policy).merge_and_unload()
-                merged.save_pretrained(output_dir)
-            return
+                return save_model(merged, Path(output_dir), source=source, setting=setting)
+            return ""
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
             policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-            self.policy.save_pretrained(output_dir, state_dict=policy_state)
+            return save_model(self.policy, Path(output_dir), source=source, setting=setting, state_dict=policy_state)
+        return ""
 
 
 @contextlib.contextmanager

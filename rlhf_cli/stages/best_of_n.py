@@ -19,7 +19,14 @@ from rlhf_cli.answers import BEST_OF_N_SETTINGS as SETTINGS
 from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
 from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.scoring import load_reward_model
-from rlhf_cli.stages.common import method_prompts, method_summary, policy_vs_sft, save_policy, toy_world
+from rlhf_cli.stages.common import (
+    method_prompts,
+    method_summary,
+    model_options,
+    policy_vs_sft,
+    save_policy,
+    toy_world,
+)
 from rlhf_cli.stages.driver import Job, NoTraining, stage_runner
 
 STAGE = "best_of_n"
@@ -32,9 +39,9 @@ def setup(ctx) -> Job:
     policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "best_of_n.policy_from", "reward", recipe)
     reward_dir = runs.resolve_model_dir(spec.reward_from, run_dir, "reward", "best_of_n.reward_from", recipe=recipe)
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
-    model = load_causal_lm(policy_dir, trust_remote_code=trust).to(inference_device())
+    model = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe)).to(inference_device())
     judge_tokenizer = load_tokenizer(reward_dir, trust_remote_code=trust)
-    judge = (load_reward_model(reward_dir, judge_tokenizer, trust_remote_code=trust).to(inference_device()),
+    judge = (load_reward_model(reward_dir, judge_tokenizer, **model_options(recipe)).to(inference_device()),
              judge_tokenizer)  # fmt: skip
     _, prompts, toy = method_prompts(recipe, ctx.layout, STAGE)
     settings = {"n": spec.n, "temperature": spec.temperature, "reward_model": reward_dir, "generator": policy_dir}
@@ -58,7 +65,7 @@ def setup(ctx) -> Job:
             f"and keep the one the reward model `{reward_dir}` scores highest ({SETTINGS})."
         )
         parents = {"policy": policy_dir, "reward": reward_dir}
-        save_policy(tmp, model, tokenizer, recipe, STAGE, parents, None, f"best-of-{spec.n} policy", body)
+        save_policy(tmp, model, tokenizer, recipe, STAGE, parents, None, f"best-of-{spec.n} policy", body, policy_dir)
         files.write_json_atomic(tmp / SETTINGS, settings)
 
     return Job(NoTraining(ctx.stage_dir), count_parameters(model), evaluate, write_final, _summary)

@@ -14,7 +14,7 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import estimate_parameters
+from rlhf_cli.modeling import estimate_parameters, save_model
 from rlhf_cli.precision import gpu_available
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
 from rlhf_cli.runs import write_lineage, write_model_card
@@ -23,6 +23,14 @@ from rlhf_cli.steps import BY_NAME, TRAINING_STAGES, lineage
 
 # TRL's trainers (DPO, GRPO, RLOO) ask every model `is_gradient_checkpointing`, which transformers 5 renamed: noise
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def model_options(recipe) -> dict[str, Any]:
+    """How every model of a run loads (modeling.load_causal_lm, scoring.load_reward_model): remote code, attention."""
+    return {
+        "trust_remote_code": recipe.model.trust_remote_code,
+        "attn_implementation": recipe.model.attn_implementation,
+    }
 
 
 def stage_precision(recipe, stage: str, n_params: int | None):
@@ -187,12 +195,15 @@ def policy_vs_sft(recipe, stage: str, own: tuple[dict, list], reference, tokeniz
     return metrics
 
 
-def save_policy(tmp: Path, model, tokenizer, recipe, stage: str, parents: dict, data, title: str, body: str) -> None:
-    """A method's final folder: the policy (a plain causal LM), its tokenizer, lineage.json and a model card."""
-    model.save_pretrained(tmp)
+def save_policy(
+    tmp: Path, model, tokenizer, recipe, stage: str, parents: dict, data, title: str, body: str, source: str
+) -> None:
+    """A method's final folder: the policy (a plain causal LM, in the dtype `model.save_dtype` picks against `source`,
+    the checkpoint it started from), its tokenizer, lineage.json and a model card."""
+    saved = save_model(model, tmp, source=source, setting=recipe.model.save_dtype)
     tokenizer.save_pretrained(tmp)
     write_lineage(tmp, stage=stage, parents=parents, data=data, recipe=recipe)
-    write_model_card(tmp, title=f"{recipe.name}: {title}", body=body)
+    write_model_card(tmp, title=f"{recipe.name}: {title}", body=f"{body}\n\n{saved}")
 
 
 def toy_world(recipe, toy: bool) -> ToyWorld | None:

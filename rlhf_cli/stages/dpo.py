@@ -19,8 +19,15 @@ from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
-from rlhf_cli.stages.common import method_summary, policy_vs_sft, save_policy, toy_world, trainer_config
+from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.stages.common import (
+    method_summary,
+    model_options,
+    policy_vs_sft,
+    save_policy,
+    toy_world,
+    trainer_config,
+)
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stages.reward import data_spec
 
@@ -39,7 +46,6 @@ def setup(ctx) -> Job:
     recipe, spec, run_dir, stage_dir = ctx.recipe, ctx.recipe.dpo, ctx.layout.root, ctx.stage_dir
     data = data_spec(recipe, run_dir, STAGE)
     policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "dpo.policy_from", "label", recipe)
-    trust = recipe.model.trust_remote_code
     pairs = load_stage_data("reward", data, toy_dir=ctx.layout.toy, seed=recipe.seed)
     train, held = train_eval_split(pairs, data, "reward", seed=recipe.seed, toy_dir=ctx.layout.toy)
 
@@ -62,12 +68,14 @@ def setup(ctx) -> Job:
             f"dpo: {data.path or data.hub} holds no training pair of two different answers; rank more prompts."
         )
 
-    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=recipe.model.trust_remote_code)
     set_seed(recipe.seed)
-    policy = load_causal_lm(policy_dir, trust_remote_code=trust)
-    reference = load_causal_lm(policy_dir, trust_remote_code=trust)
+    policy = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe))
     n_params = count_parameters(policy)
     args = trainer_config(recipe, STAGE, stage_dir, n_params=n_params)
+    reference = load_causal_lm(
+        policy_dir, tokenizer=tokenizer, dtype=frozen_dtype(args.bf16), **model_options(recipe)
+    )  # frozen: in the compute dtype
     trainer = DPOTrainer(
         model=policy,
         ref_model=reference,
@@ -104,7 +112,9 @@ def setup(ctx) -> Job:
             f"`rlhf dpo` (rlhf-cli), {metrics['train_steps']} steps, the SFT model as the reference."
         )
         parents = {"policy": policy_dir, "reference": policy_dir}
-        save_policy(tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body)
+        save_policy(
+            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir
+        )
 
     return Job(trainer, n_params, evaluate, write_final, _summary)
 

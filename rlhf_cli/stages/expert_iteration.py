@@ -23,6 +23,7 @@ from rlhf_cli.scoring import load_reward_model
 from rlhf_cli.stages.common import (
     method_prompts,
     method_summary,
+    model_options,
     policy_vs_sft,
     save_policy,
     toy_world,
@@ -50,9 +51,9 @@ def setup(ctx) -> Job:
     ]
 
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
-    reference = load_causal_lm(policy_dir, trust_remote_code=trust).to(inference_device())
+    reference = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe)).to(inference_device())
     judge_tokenizer = load_tokenizer(reward_dir, trust_remote_code=trust)
-    judge = (load_reward_model(reward_dir, judge_tokenizer, trust_remote_code=trust).to(inference_device()),
+    judge = (load_reward_model(reward_dir, judge_tokenizer, **model_options(recipe)).to(inference_device()),
              judge_tokenizer)  # fmt: skip
     chosen, scores = best_of_n(recipe, reference, tokenizer, judge, prompts, n=spec.n, temperature=spec.temperature,
                                seed=recipe.seed)  # fmt: skip
@@ -68,7 +69,7 @@ def setup(ctx) -> Job:
     del judge
 
     set_seed(recipe.seed)
-    model = load_causal_lm(policy_dir, trust_remote_code=trust)
+    model = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe))
     n_params = count_parameters(model)
     args = trainer_config(recipe, STAGE, ctx.stage_dir, n_params=n_params,
                           assistant_only_loss=recipe.sft.assistant_only_loss)  # fmt: skip
@@ -105,7 +106,9 @@ def setup(ctx) -> Job:
         )
         parents = {"policy": policy_dir, "reward": reward_dir}
         data = str(ctx.stage_dir / DATA)
-        save_policy(tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body)
+        save_policy(
+            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir
+        )
 
     return Job(trainer, n_params, evaluate, write_final, _summary, prepared=prepared)
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import score_answers
-from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo.sources import reward_model_function
 from rlhf_cli.stages.common import (
     method_prompts,
     method_summary,
+    model_options,
     policy_vs_sft,
     save_policy,
     stage_precision,
@@ -52,10 +53,10 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
     train, eval_prompts, toy = method_prompts(recipe, ctx.layout, stage)
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
     set_seed(recipe.seed)
-    policy = load_causal_lm(policy_dir, trust_remote_code=trust)
+    policy = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe))  # stops at the end of a turn
     n_params = count_parameters(policy)
     precision = stage_precision(recipe, stage, n_params).name
-    reward, reward_dir = reward_model_function(recipe, stage, run_dir, trust, precision, tokenizer.eos_token_id)
+    reward, reward_dir = reward_model_function(recipe, stage, run_dir, trust, precision, end_of_turn_ids(tokenizer))
     args = trainer_config(recipe, stage, ctx.stage_dir, n_params=n_params)
     trainer = trainer_class(
         model=policy,
@@ -77,7 +78,7 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
         }  # fmt: skip
         if distributed.is_main_process() and eval_prompts:
             world = toy_world(recipe, toy)
-            reference = load_causal_lm(policy_dir, trust_remote_code=trust)
+            reference = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe))
             own = score_answers(recipe, trainer.model, tokenizer, eval_prompts, world)
             metrics.update(policy_vs_sft(recipe, stage, own, reference, tokenizer, eval_prompts, world))
         return metrics
@@ -98,6 +99,7 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
             (spec.data or recipe.ppo.data).model_dump(),
             f"{stage.upper()} policy",
             body,
+            policy_dir,
         )
 
     def summary(final: Path, m: dict) -> None:

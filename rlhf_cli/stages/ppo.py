@@ -20,10 +20,10 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.feedback import prompt_text
 from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.modeling import count_parameters, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo import sources
 from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
-from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stats import paired_difference_ci
 
@@ -54,10 +54,12 @@ def setup(ctx) -> Job:
     )
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
-    policy = load_causal_lm(policy_dir, trust_remote_code=trust)
+    options = model_options(recipe)
+    policy = load_causal_lm(policy_dir, tokenizer=tokenizer, **options)  # fp32 master weights
     n_params = count_parameters(policy)
     args = trainer_config(recipe, STAGE, stage_dir, n_params=n_params)
-    ref_model = None if spec.lora else load_causal_lm(policy_dir, trust_remote_code=trust)
+    frozen = frozen_dtype(args.bf16)  # the reference and the reward models never train: the compute dtype
+    ref_model = None if spec.lora else load_causal_lm(policy_dir, tokenizer=tokenizer, dtype=frozen, **options)
     if spec.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -74,7 +76,9 @@ def setup(ctx) -> Job:
         )
     reward_funcs, reward_dirs = sources.reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
     reward_names = [getattr(f, "name", "?") for f, _ in reward_funcs]
-    value_model, value_dir = sources.value_model(spec, tokenizer, policy_dir, reward_dirs, trust)
+    value_model, value_dir = sources.value_model(
+        spec, tokenizer, policy_dir, reward_dirs, trust, recipe.model.attn_implementation
+    )
     ptx_blocks = sources.ptx_blocks(recipe, run_dir, tokenizer) if (args.ptx_coef or 0) > 0 else None
     if hasattr(train_ds, "__len__"):  # a streamed data set is not read ahead
         check_prompts_fit(
@@ -113,6 +117,12 @@ def setup(ctx) -> Job:
                 metrics.update(_evaluate(recipe, trainer, eval_prompts, toy_dir))
         return metrics
 
+    saved = {}
+
+    def export(staging: Path) -> None:
+        """Every process: the policy's weights gathered into `staging` (sharded under ZeRO-3 / FSDP)."""
+        saved["note"] = trainer.save_model(staging, source=policy_dir, setting=recipe.model.save_dtype)
+
     def write_final(tmp: Path, metrics: dict, staging: Path) -> None:
         """A plain causal-LM folder (the weights every process gathered into `staging`), tokenizer, card, lineage."""
         shutil.copytree(staging, tmp, dirs_exist_ok=True)
@@ -121,12 +131,12 @@ def setup(ctx) -> Job:
             tmp,
             title=f"{recipe.name}: PPO policy",
             body=f"PPO with a KL penalty (beta {trainer.kl_ctl.value:.4g}, {trainer.episode} episodes) from "
-            f"`{policy_dir}`, rewards: {reward_names}.\n\nMade with `rlhf ppo` (rlhf-cli).",
+            f"`{policy_dir}`, rewards: {reward_names}.\n\nMade with `rlhf ppo` (rlhf-cli).\n\n{saved.get('note', '')}",
         )
         parents = {"policy": policy_dir, "value": value_dir, **reward_dirs}
         write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
 
-    return Job(trainer, n_params, evaluate, write_final, _summary, prepared=started, export=trainer.save_model)
+    return Job(trainer, n_params, evaluate, write_final, _summary, prepared=started, export=export)
 
 
 run = stage_runner(STAGE, setup)

@@ -32,9 +32,11 @@ from rlhf_cli.modeling import (
     load_causal_lm,
     load_tokenizer,
     measure_matmul_peak,
+    save_model,
+    stop_at_end_of_turn,
     train_tokenizer,
 )
-from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.trainer_configs import PretrainArguments  # noqa: F401 - where checkpoints' pickled training args find it
 
@@ -62,10 +64,11 @@ def setup(ctx) -> Job:
         tokenizer, trained = _tokenizer(recipe, stage_dir, train_docs, ctx.resume)
 
     # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
-    if spec.init_from:
-        model = load_causal_lm(spec.init_from, trust_remote_code=recipe.model.trust_remote_code)
+    if spec.init_from:  # fp32 master weights whatever the checkpoint was saved in
+        model = load_causal_lm(spec.init_from, **model_options(recipe))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
+        stop_at_end_of_turn(model, tokenizer)
     else:
         model = build_model(recipe.model, tokenizer, seed=recipe.seed)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
@@ -143,11 +146,13 @@ def setup(ctx) -> Job:
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        saved = save_model(model, tmp, source=spec.init_from, setting=recipe.model.save_dtype)
         tokenizer.save_pretrained(tmp)
         parents = {"model": spec.init_from or "scratch"}
         runs.write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
-        runs.write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=_card(recipe, metrics))
+        body = f"{_card(recipe, metrics)}\n\n{saved}"
+        runs.write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=body)
 
     return Job(trainer, n_params, evaluate, write_final, _summary, prepared=keep_tokenizer)
 

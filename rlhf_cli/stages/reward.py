@@ -33,10 +33,10 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
 from rlhf_cli.kwise import group_pairs, kwise_trainer_class
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import count_parameters, load_tokenizer
+from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import encode, load_reward_model, pair_metrics, score, score_stats
-from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stats import proportion
 
@@ -82,7 +82,7 @@ def setup(ctx) -> Job:
 
     tokenizer = load_tokenizer(init, trust_remote_code=rec.model.trust_remote_code)
     set_seed(rec.seed)  # a fresh head or resized embeddings start the same in every run of this seed
-    model = load_reward_model(init, tokenizer, trust_remote_code=rec.model.trust_remote_code)
+    model = load_reward_model(init, tokenizer, **model_options(rec))  # fp32 master weights
     streaming = not isinstance(train, datasets.Dataset)
     kwise = rc.kwise and not streaming and max(_group_sizes(train).values(), default=1) > 1
     if kwise:
@@ -131,7 +131,7 @@ def setup(ctx) -> Job:
         return metrics
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        trainer.model.save_pretrained(tmp)
+        saved = save_model(trainer.model, tmp, source=init, setting=rec.model.save_dtype)
         tokenizer.save_pretrained(tmp)
         files.write_json_atomic(tmp / "reward_stats.json", stats)
         data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
@@ -142,7 +142,7 @@ def setup(ctx) -> Job:
             body=(
                 f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on "
                 f"`{spec.path or spec.hub}`.\n\nPairwise accuracy: {_held_out_text(metrics)}. Scores over the training "
-                f"answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json)."
+                f"answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json).\n\n{saved}"
             ),
         )
 

@@ -28,6 +28,8 @@ from rlhf_cli.modeling import (
     load_trainable_causal_lm,
     lora_config,
     resize_for_tokenizer,
+    save_model,
+    stop_at_end_of_turn,
 )
 from rlhf_cli.stages.common import trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
@@ -52,7 +54,7 @@ def setup(ctx) -> Job:
     # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
     tokenizer = load_tokenizer(init, trust_remote_code=trust)
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
-    model = load_trainable_causal_lm(init, spec, trust)
+    model = load_trainable_causal_lm(init, spec, trust, tokenizer, recipe.model.attn_implementation)
     added = resize_for_tokenizer(model, tokenizer)
 
     # Data: any SFT format, normalised to {"messages"}; the toy world's files live in the run folder.
@@ -179,7 +181,11 @@ def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, met
         model.peft_config["default"].base_model_name_or_path = (
             str(Path(init).resolve()) if Path(init).exists() else init
         )
-    model.save_pretrained(tmp, safe_serialization=True)
+    if adapter:
+        model.save_pretrained(tmp)
+        saved = "A LoRA adapter, saved in float32."
+    else:
+        saved = save_model(model, tmp, source=init, setting=recipe.model.save_dtype)
     tokenizer.save_pretrained(tmp)
     runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
     kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
@@ -187,7 +193,9 @@ def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, met
         f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
         f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
         + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
-        + "\n\nPrompts use the saved chat template: `<|user|>question<|assistant|>` and the model answers."
+        + "\n\nPrompts use the saved chat template (`tokenizer.apply_chat_template`); generation stops at the end of "
+        + "the assistant's turn (generation_config.json).\n\n"
+        + saved
     )
     runs.write_model_card(tmp, title=f"{recipe.name} — SFT model", body=body)
 
@@ -222,8 +230,9 @@ def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str
     out = {"eval_prompts": len(prompts), **sft_metrics}
     if world is not None:
         base_tok = load_tokenizer(init, trust_remote_code=trust)
-        base = load_causal_lm(init, trust_remote_code=trust)
+        base = load_causal_lm(init, trust_remote_code=trust, attn_implementation=recipe.model.attn_implementation)
         resize_for_tokenizer(base, base_tok)
+        stop_at_end_of_turn(base, base_tok)
         base_metrics, _ = score_answers(recipe, base, base_tok, prompts, world)
         out.update({f"base_{k}": v for k, v in base_metrics.items()})
         out["gold_reward_gain"] = out["gold_reward"] - out["base_gold_reward"]
