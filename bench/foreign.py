@@ -54,8 +54,9 @@ FAMILIES = {
     ),
 }  # fmt: skip
 
-# (hidden, layers, heads, kv heads, intermediate): "tiny" trains on a CPU in seconds; "0.5b" is Qwen2.5-0.5B's shape.
-SIZES = {"tiny": (64, 2, 4, 2, 160), "0.5b": (896, 24, 14, 2, 4864)}
+# (hidden, layers, heads, kv heads, intermediate, vocabulary or None for the tokenizer's): "tiny" trains on a CPU in
+# seconds; "0.5b" is Qwen2.5-0.5B's shape, its embedding table included (the tokenizer uses the first rows).
+SIZES = {"tiny": (64, 2, 4, 2, 160, None), "0.5b": (896, 24, 14, 2, 4864, 151936)}
 
 
 def trl_template(name: str) -> str:
@@ -94,9 +95,9 @@ def build_tokenizer(family: Family, texts, vocab_size: int = 600):
 
 
 def model_config(family: Family, tokenizer, size: str = "tiny"):
-    hidden, layers, heads, kv, inter = SIZES[size]
+    hidden, layers, heads, kv, inter, vocab = SIZES[size]
     ids = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": max(len(tokenizer), vocab or 0),
         "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }

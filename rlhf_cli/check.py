@@ -24,7 +24,7 @@ from rlhf_cli import hub
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import load_error, load_tokenizer, model_config, train_tokenizer
+from rlhf_cli.modeling import load_error, load_tokenizer, model_config, train_tokenizer, training_chat_template
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.stages.common import build_trainer_configs, trainer_config
 
@@ -181,7 +181,10 @@ def pick_tokenizer(recipe, run_dir: Path, data: dict, problems: list[str]):
 def render_example(recipe, tokenizer, train, problems: list[str], console: Console) -> None:
     """The first SFT conversation through the chat template, trained-on tokens in [[green brackets]]."""
     messages = _head(train, 1)[0]["messages"]
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    template = training_chat_template(tokenizer) or tokenizer.chat_template  # TRL's marked twin of a known template
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
+    )
     ids = list(enc["input_ids"])
     mask = list(enc.get("assistant_masks") or [0] * len(ids))
     if not recipe.sft.assistant_only_loss:
@@ -189,7 +192,8 @@ def render_example(recipe, tokenizer, train, problems: list[str], console: Conso
     elif not any(mask):
         problems.append(
             "sft.assistant_only_loss is true but the tokenizer's chat template marks no assistant tokens "
-            "(it has no {% generation %} block); set sft.assistant_only_loss: false or use a template with one"
+            "(it has no {% generation %} block, and TRL has no training version of it); set "
+            "sft.assistant_only_loss: false or use a template with one"
         )
     text = Text()
     i = 0
@@ -344,23 +348,26 @@ def _shape(config, classifier: bool, lora) -> dict[str, Any]:
     }
 
 
-def _activations(shape, batch: int, seq: int, checkpointing: bool, bytes_per: int) -> int:
+def _activations(
+    shape, batch: int, seq: int, checkpointing: bool, bytes_per: int, logit_positions: int | None = None
+) -> int:
     """Rough activation memory of one training step (Korthikanti et al. 2022: s·b·h·(34 + 5·a·s/h) per layer at 16 bit),
-    plus the logits and their gradient in fp32."""
+    plus the logits and their gradient in fp32 (`logit_positions` per row: PPO keeps only the answer's)."""
     s, b, h, a, n = seq, batch, shape["hidden"], shape["heads"], shape["layers"]
     per_layer = s * b * h * (34 + 5 * a * s / h) * bytes_per / 2
     layers = (2 * s * b * h * bytes_per / 2) * n + per_layer if checkpointing else per_layer * n
-    logits = 0 if shape["classifier"] else 2 * b * s * shape["vocab"] * 4
+    logits = 0 if shape["classifier"] else 2 * b * (logit_positions or s) * shape["vocab"] * 4
     return int(layers + logits)
 
 
 def _state(shape, nbytes: int) -> int:
-    """Weights + grads + AdamW moments (fp32) in bytes; with LoRA only the adapter trains (QLoRA: base in 4 bit)."""
+    """Weights + grads + AdamW moments in bytes: trained weights are fp32 masters in either precision (16 B/param);
+    with LoRA only the adapter trains (fp32), the frozen base in `nbytes` (QLoRA: 4 bit)."""
     total, trainable = shape["total"], shape["trainable"]
     if trainable == total:
-        return total * nbytes * 2 + total * 8
+        return total * 16
     base = total // 2 if shape["qlora"] else total * nbytes
-    return base + trainable * (2 * nbytes + 8)
+    return base + trainable * 16
 
 
 def memory_estimates(
@@ -424,10 +431,12 @@ def memory_estimates(
     table = Table(
         title="Parameters and training memory (estimated from configs; no weights loaded)",
         title_justify="left",
-        caption="weights + grads + AdamW moments (fp32, 8 B/param) + activations; fp32 = everything fp32, "
-        "bf16 = bf16 weights/grads/activations. PPO: policy + ref(erence) + rm (reward model) + value; frozen models (ref, rm) hold weights only. "
-        "Activations: Korthikanti et al. (2022), plus fp32 logits; PPO: "
-        f"{prompt_len}-token prompts + {response}-token answers.",
+        caption="trained weights are fp32 masters in both columns: weights + grads + AdamW moments = 16 B/param "
+        "(LoRA: the adapter's; its frozen base 4 or 2 B), + activations (fp32 or bf16). PPO: policy + ref(erence) + "
+        "rm (reward model) + value; frozen models (ref, rm) hold weights only, in the compute dtype. Activations: "
+        "Korthikanti et al. (2022), plus fp32 logits (PPO: the answer's only); PPO: "
+        f"{prompt_len}-token prompts + {response}-token answers. Under ZeRO-3 / FSDP each process holds 1/N of "
+        "the weights, grads and moments.",
         caption_justify="left",
     )
     for col in ("stage", "models", "parameters", "trainable", "batch x seq", "fp32", "bf16"):
@@ -444,7 +453,8 @@ def memory_estimates(
             params += shape["total"]
             for name, nbytes in (("fp32", 4), ("bf16", 2)):
                 if trains:
-                    totals[name] += _state(shape, nbytes) + _activations(shape, b, seq, ckpt, nbytes)
+                    answer = response if stage == "ppo" else None
+                    totals[name] += _state(shape, nbytes) + _activations(shape, b, seq, ckpt, nbytes, answer)
                 else:
                     totals[name] += shape["total"] * nbytes
             trainable += shape["trainable"] if trains else 0

@@ -712,6 +712,15 @@ def _join_cpu_process_group():
 
     if torch.cuda.is_available():
         return
+    engine = next((e for e in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{e}") == "true"), None)
+    if engine:  # accelerate runs these only on GPUs; on CPU processes it would quietly fall back to data parallel
+        name = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}[engine]
+        print(
+            f"Error: {name} runs on GPUs only (accelerate's {name} mode needs CUDA devices); on this machine without "
+            "a GPU use --config_file rlhf_cli/recipes/accelerate/cpu.yaml (data parallel over CPU processes).",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     os.environ.setdefault("ACCELERATE_USE_CPU", "1")
     from accelerate import PartialState
 

@@ -70,29 +70,30 @@ def sample_with_ids(
 
 
 def sequence_logprobs(model, pairs, pad_id: int, batch_size: int = 32, precision: str = "auto") -> list[float]:
-    """Sum of log p(answer token | context) over each answer's tokens."""
+    """Sum of log p(answer token | context) over each answer's tokens.
+
+    Prompts are left-padded and answers right-padded, so every answer starts at the same column: only the answers'
+    logits are computed (`logits_to_keep`) and only their log-softmax is taken in fp32, row by row (TRL's
+    selective_log_softmax) — at a 150k-token vocabulary the whole sequence's fp32 log-softmax is gigabytes."""
     import torch
+    from trl.trainer.utils import selective_log_softmax
 
     totals, device = [], next(model.parameters()).device
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        rows = [p + a for p, a in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        prompts, prompt_mask = left_pad([p for p, _ in chunk], pad_id)
+        width = max(1, *(len(a) for _, a in chunk))
+        answers = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        answer_mask = torch.zeros_like(answers)
+        for i, (_, a) in enumerate(chunk):
+            answers[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+            answer_mask[i, : len(a)] = 1
+        ids, mask = torch.cat([prompts, answers], 1).to(device), torch.cat([prompt_mask, answer_mask], 1).to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad(), precisions.inference(model, precision):
-            logp = torch.log_softmax(
-                model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1
-            )
-        for i, (p, a) in enumerate(chunk):
-            if not a:
-                totals.append(0.0)
-                continue
-            positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)
-            totals.append(float(logp[i, positions.to(device), torch.tensor(a, device=device)].sum()))
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1).logits
+        logps = selective_log_softmax(logits[:, :-1].float(), answers.to(device)) * answer_mask.to(device)
+        totals += logps.sum(1).tolist()
     return totals
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhf_cli import precision as precisions
+from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import end_of_turn_ids
 
@@ -155,7 +156,7 @@ def generate_answers(
 
 
 def _progress(label: str | None, total: int):
-    if not label:
+    if not label or not is_main_process():  # every process may generate (sharded models); one bar
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -252,6 +252,31 @@ def frozen_dtype(bf16: bool) -> str:
     return "bfloat16" if bf16 else "float32"
 
 
+def training_chat_template(tokenizer) -> str | None:
+    """The chat template SFT trains with when the loss is on the assistant's tokens only: the tokenizer's own when it
+    marks them (`{% generation %}`), else the training version TRL ships of a known template (Qwen2.5, Llama 3,
+    Phi-3, ...: the same text with the markers), else None (then only `assistant_only_loss: false` can train)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if has_generation_markers(template if isinstance(template, str) else (template or {}).get("default", "")):
+        return template
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:
+        return None
+
+
+def check_trainable_template(tokenizer, ref: str, stage: str) -> None:
+    """Refuse, before anything is written, a chat template SFT cannot mask the assistant's tokens of."""
+    if training_chat_template(tokenizer) is None:
+        raise UserError(
+            f"{stage}: the chat template of {ref} does not mark the assistant's tokens ({{% generation %}}) and TRL "
+            f"has no training version of it, so the loss cannot be on the answers alone; set "
+            f"sft.assistant_only_loss: false, or give a tokenizer whose template has {{% generation %}} markers."
+        )
+
+
 def end_of_turn_ids(tokenizer) -> list[int]:
     """The tokens that end an assistant turn: the one the chat template writes after an assistant message (Qwen's
     <|im_end|>, Llama 3's <|eot_id|>, Phi-3's <|end|>, the project's <|endoftext|>), then the tokenizer's eos.
@@ -466,6 +491,22 @@ def resize_for_tokenizer(model, tokenizer) -> list[int]:
     model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     return list(range(old, len(tokenizer)))
+
+
+def frozen_base_in_bf16(model, source: str) -> None:
+    """With LoRA only the adapter trains (peft keeps it in fp32: autocast_adapter_dtype), so the frozen base may sit in
+    bf16 — half the memory — when the checkpoint is bf16 anyway (nothing is lost; `merged` upcasts before merging)."""
+    import torch
+
+    if checkpoint_dtype(source) == "bfloat16":
+        model.to(torch.bfloat16)
+
+
+def merged(peft_model):
+    """The adapter merged into its base, in fp32, so the merge keeps updates smaller than a bf16 step."""
+    import torch
+
+    return peft_model.to(torch.float32).merge_and_unload()
 
 
 def lora_config(lora, added_tokens: list[int]):

@@ -68,6 +68,13 @@ def has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def has_tf32() -> bool:
+    """A CUDA GPU with TF32 tensor cores (Ampere and newer): fp32 matrix products there run in TF32 when allowed."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
 def describe_hardware() -> str:
     import torch
 

@@ -207,7 +207,11 @@ class OnlineMethodSpec(Section):
     reward_from: str | None = None  # default: this run's reward/final
     missing_eos_penalty: float | None = 1.0  # subtracted from an answer without end-of-text, as PPO does
     eval_prompts: int = Field(64, ge=0)
+    # Rollouts by vLLM inside the training processes (TRL's colocate mode): a CUDA GPU and `pip install rlhf-cli[vllm]`
+    use_vllm: bool = False
     training: dict[str, Any] = Field(default_factory=dict)
+
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("use_vllm",)
 
 
 class RewardFunctionSpec(Section):

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.slow
 
 # The tiny recipe with a shorter pre-training (the checkpoints are 64 wide, 2 layers) and 800 ranked prompts:
 # ~50 s a family on 2 cores.
-SETTINGS = ["pretrain.training.max_steps=300", "pretrain.probes=false", "sft.eval_prompts=32", "feedback.num_prompts=800"]
+SETTINGS = [
+    "pretrain.training.max_steps=300",
+    "pretrain.probes=false",
+    "sft.eval_prompts=32",
+    "feedback.num_prompts=800",
+]
 END_OF_TURN = {"qwen2.5": "<|im_end|>", "llama3": "<|eot_id|>", "gpt2": "<|endoftext|>", "phi3": "<|end|>"}
 
 

@@ -9,7 +9,7 @@ from rlhf_cli.data import load_stage_data
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import frozen_dtype, load_tokenizer
+from rlhf_cli.modeling import frozen_dtype, inference_device, load_tokenizer
 from rlhf_cli.runs import resolve_model_dir
 from rlhf_cli.scoring import load_reward_model
 
@@ -110,6 +110,7 @@ def reward_model_function(recipe, stage: str, run_dir: Path, trust: bool, precis
     spec = getattr(recipe, stage)
     path = resolve_model_dir(spec.reward_from, run_dir, "reward", f"{stage}.reward_from", recipe=recipe)
     scorer = reward_model_scorer(path, recipe, trust, precision)
+    scorer.model.to(inference_device())  # beside the policy: TRL's trainers leave a reward function's model alone
     stops = set(stop_ids)
 
     def reward_model(prompts, completions, completion_ids, **_) -> list[float]:

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from rlhf_cli.callbacks import NonFiniteLoss, StopOnSignal
+from rlhf_cli.distributed import whole_model
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text  # the user's side, as the annotator and the gold reward read it
 from rlhf_cli.generation import generate, left_pad, render_prompts
-from rlhf_cli.modeling import end_of_turn_ids, save_model
+from rlhf_cli.modeling import end_of_turn_ids, merged, save_model
 from rlhf_cli.ppo import core
 from rlhf_cli.ppo.config import PPOConfig
 from rlhf_cli.runs import Interrupted
@@ -125,10 +126,16 @@ class PolicyAndValue(nn.Module):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 
-    def forward(self, input_ids, attention_mask, ptx_ids=None):
+    def forward(self, input_ids, attention_mask, ptx_ids=None, logits_to_keep: int = 0):
+        """Logits of the last `logits_to_keep` positions (0: all; PPO keeps the answer's: at 150k tokens of vocabulary
+        a prompt's logits are most of the memory), values at every position, and PPO-ptx's language-model loss."""
         pos = position_ids_of(attention_mask)
         logits = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=pos,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
         values = token_values(self.value_model, input_ids, attention_mask, pos)
         ptx_loss = self.policy(input_ids=ptx_ids, labels=ptx_ids, use_cache=False).loss if ptx_ids is not None else None
@@ -180,8 +187,12 @@ class PPOTrainer:
         self.monitors = monitors or {}
         self.metrics_path = Path(metrics_path) if metrics_path else None
         report_to = [r for r in (args.report_to or []) if r != "none"]
+        from accelerate.utils import GradientAccumulationPlugin
+
         self.accelerator = acc = Accelerator(
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            # a plugin, not the number: `accelerate launch` with a DeepSpeed config exports "auto" for it, which
+            # Accelerator(gradient_accumulation_steps=...) would read from the environment and fail on
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps),
             mixed_precision="bf16" if args.bf16 else "no",
             log_with=report_to or None,
         )
@@ -206,6 +217,12 @@ class PPOTrainer:
         num_updates = self.num_steps * args.num_ppo_epochs * args.num_mini_batches
 
         torch.manual_seed(args.seed)
+        if args.activation_checkpointing:  # recompute activations in the update; generation runs in eval mode, cached
+            kwargs = args.activation_checkpointing_kwargs or {"use_reentrant": False}
+            for m in (model, value_model):
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+                if hasattr(m, "enable_input_require_grads"):
+                    m.enable_input_require_grads()
         wrapper = PolicyAndValue(model, value_model)
         params = [p for p in wrapper.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -221,6 +238,7 @@ class PPOTrainer:
             num_warmup_steps=args.get_warmup_steps(num_updates),
             num_training_steps=num_updates,
         )
+        _fill_deepspeed_auto(acc, args)  # no DataLoader passes through prepare for DeepSpeed to read them from
         self.model, self.optimizer = acc.prepare(wrapper, optimizer)
         self.kl_ctl = core.KLController(args.kl_coef, args.kl_target, args.kl_horizon)
         acc.register_for_checkpointing(self.scheduler, self.kl_ctl)
@@ -231,9 +249,13 @@ class PPOTrainer:
                 fn.model = self._prepare_frozen(fn.model)
         self.ptx_blocks = ptx_blocks
         self.step, self.episode = 0, 0
+        if acc.num_processes > 1:  # each process samples its own answers (the same seed would draw the same ones)
+            torch.manual_seed(args.seed + acc.process_index)
         self.signals = StopOnSignal("PPO step")
 
     def _prepare_frozen(self, model):
+        """A frozen model (reference, reward model) for the engine: DeepSpeed's inference engine (sharded under
+        ZeRO-3), FSDP-sharded under FSDP (TRL's prepare_deepspeed / prepare_fsdp), else on this process's device."""
         if model is None:
             return None
         model.requires_grad_(False)
@@ -241,6 +263,10 @@ class PPOTrainer:
             from trl.models.utils import prepare_deepspeed
 
             return prepare_deepspeed(model, self.accelerator)
+        if getattr(self.accelerator.state, "fsdp_plugin", None) is not None:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(model.to(self.accelerator.device), self.accelerator)
         return model.to(self.accelerator.device).eval()
 
     # -------------------------------------------------------------------------------------------- pieces
@@ -248,6 +274,23 @@ class PPOTrainer:
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model).policy
+
+    @contextlib.contextmanager
+    def whole_policy(self):
+        """The policy, usable on this process for generation and scoring: ZeRO-3's partitions gathered; under FSDP2
+        the root unit's own parameters (the embeddings, the heads: the units' blocks gather in their own hooks)
+        unsharded, since a call to `.policy` bypasses the root's hooks. Every process must take part."""
+        from torch.distributed.fsdp import FSDPModule
+
+        with whole_model(self.model, self.accelerator) as unwrapped:
+            root = self.model if isinstance(self.model, FSDPModule) else None
+            if root is not None:
+                root.unshard()
+            try:
+                yield unwrapped.policy
+            finally:
+                if root is not None:
+                    root.reshard()
 
     @contextlib.contextmanager
     def reference(self):
@@ -275,16 +318,13 @@ class PPOTrainer:
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], temperature: float):
         """Sample answers: (query ids, query mask, responses cut after EOS, response mask, finished, answer texts)."""
-        from trl.models.utils import unwrap_model_for_generation
-
         tok, args = self.tokenizer, self.args
         queries, qmask = left_pad(render_prompts(tok, prompts), tok.pad_token_id)
         queries, qmask = queries.to(self.accelerator.device), qmask.to(self.accelerator.device)
         chunks = []
         # Under the training precision, like every forward of the step (the policy's own forward is autocast by
         # accelerate's wrapper; generate and the reference bypass it).
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
-            policy = unwrapped.policy
+        with self.whole_policy() as policy, self.accelerator.autocast():
             policy.eval()
             for i in range(0, len(prompts), args.local_rollout_forward_batch_size):
                 sl = slice(i, i + args.local_rollout_forward_batch_size)
@@ -313,21 +353,28 @@ class PPOTrainer:
         return queries, qmask, responses, mask, finished, texts
 
     def _forward_logprobs(self, model, query_responses, attention_mask, context: int, values: bool = False):
-        """Log-probabilities of the response tokens (at the sampling temperature), and optionally values, in chunks."""
+        """Log-probabilities of the response tokens (at the sampling temperature), and optionally values, in chunks.
+        Only the answer's logits are computed (`logits_to_keep`), and only their log-softmax, row by row (TRL's
+        selective_log_softmax), is taken in fp32."""
         from trl.trainer.utils import selective_log_softmax
 
         logps, vals = [], []
         step = self.args.local_rollout_forward_batch_size
+        keep = query_responses.shape[1] - context + 1  # the logits predicting each answer token, and one more
         for i in range(0, len(query_responses), step):
             ids, am = query_responses[i : i + step], attention_mask[i : i + step]
             if values:
-                logits, v, _ = model(ids, am)
+                logits, v, _ = model(ids, am, logits_to_keep=keep)
                 vals.append(v[:, context - 1 : -1])
             else:
                 logits = model(
-                    input_ids=ids, attention_mask=am, position_ids=position_ids_of(am), use_cache=False
+                    input_ids=ids,
+                    attention_mask=am,
+                    position_ids=position_ids_of(am),
+                    use_cache=False,
+                    logits_to_keep=keep,
                 ).logits
-            logits = logits[:, context - 1 : -1].float() / (self.args.temperature + 1e-7)
+            logits = logits[:, :-1].float() / (self.args.temperature + 1e-7)
             logps.append(selective_log_softmax(logits, ids[:, context:]))
         return torch.cat(logps), (torch.cat(vals) if values else None)
 
@@ -346,8 +393,8 @@ class PPOTrainer:
         """KL(policy || reference) summed over each sampled answer's tokens (k1), and the answer lengths."""
         queries, qmask, responses, mask, _, _ = self.generate(prompts, self.args.temperature)
         qr, am = torch.cat([queries, responses], 1), torch.cat([qmask, mask], 1)
-        with self.accelerator.autocast():
-            logps, _ = self._forward_logprobs(self.policy, qr, am, queries.shape[1])
+        with self.accelerator.autocast(), self.whole_policy() as policy:
+            logps, _ = self._forward_logprobs(policy, qr, am, queries.shape[1])
             with self.reference() as ref:
                 ref_logps, _ = self._forward_logprobs(ref, qr, am, queries.shape[1])
         kl = (core.kl_per_token(logps, ref_logps, "k1") * mask).sum(1)
@@ -395,8 +442,9 @@ class PPOTrainer:
                 idx = order[start : start + micro]
                 with acc.accumulate(self.model):
                     ptx = self._ptx_batch() if args.ptx_coef > 0 and self.ptx_blocks is not None else None
-                    logits, vpred, ptx_loss = self.model(qr[idx], am[idx], ptx_ids=ptx)
-                    logits = logits[:, context - 1 : -1].float() / (args.temperature + 1e-7)
+                    keep = qr.shape[1] - context + 1  # only the answer's logits
+                    logits, vpred, ptx_loss = self.model(qr[idx], am[idx], ptx_ids=ptx, logits_to_keep=keep)
+                    logits = logits[:, :-1].float() / (args.temperature + 1e-7)
                     new_logprobs = selective_log_softmax(logits, responses[idx])
                     m = maskf[idx]
                     pg_loss, pg_clip, approxkl = core.policy_loss(
@@ -587,14 +635,34 @@ class PPOTrainer:
         acc = self.accelerator
         if self.is_peft:
             if acc.is_main_process:
-                merged = copy.deepcopy(self.policy).merge_and_unload()
-                return save_model(merged, Path(output_dir), source=source, setting=setting)
+                return save_model(merged(copy.deepcopy(self.policy)), Path(output_dir), source=source, setting=setting)
             return ""
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
             policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
             return save_model(self.policy, Path(output_dir), source=source, setting=setting, state_dict=policy_state)
         return ""
+
+
+def _fill_deepspeed_auto(accelerator, args) -> None:
+    """DeepSpeed reads `auto` batch sizes from a DataLoader passed to `prepare`; PPO passes none (it rolls out its own
+    batches), so a config with `train_micro_batch_size_per_gpu: auto` (the shipped ones) would refuse to start: fill
+    them from the PPO config, as TRL's trainers do for their reference models."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    values = {
+        "train_micro_batch_size_per_gpu": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "train_batch_size": args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * accelerator.num_processes,
+        "gradient_clipping": args.max_grad_norm or 1.0,
+    }
+    for key, value in values.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
 
 
 @contextlib.contextmanager

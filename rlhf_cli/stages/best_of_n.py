@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import distributed, files, runs
+from rlhf_cli import files, runs
 from rlhf_cli.answers import BEST_OF_N_SETTINGS as SETTINGS
 from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
 from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
@@ -48,7 +48,7 @@ def setup(ctx) -> Job:
 
     def evaluate(_output, _checkpoint) -> dict:
         metrics = {**settings, "kl_to_sft_bound": round(best_of_n_kl(spec.n), 6), "episodes": spec.n * len(prompts)}
-        if distributed.is_main_process() and prompts:
+        if prompts:  # every process (as every stage's evaluation; the main one writes)
             world = toy_world(recipe, toy)
             draw = {"n": spec.n, "temperature": spec.temperature, "seed": recipe.seed}
             chosen, scores = best_of_n(recipe, model, tokenizer, judge, prompts, **draw)

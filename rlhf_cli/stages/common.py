@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli import precision
+from rlhf_cli import distributed, precision
 from rlhf_cli.answers import score_answers
 from rlhf_cli.callbacks import nan_guard_args
 from rlhf_cli.data import load_stage_data, train_eval_split
@@ -60,6 +60,7 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
         # Without it TrainingArguments refuses bf16 on a machine without a GPU ("Your setup doesn't support bf16/gpu"),
         # which is every CPU with AMX: that path never runs on a CPU without fast bf16, so only a forced test sees it.
         "use_cpu": not gpu_available(),
+        **({"tf32": True} if precision.has_tf32() else {}),  # fp32 matmuls on tensor cores (Ampere and newer)
         **nan_guard_args(),
         "output_dir": str(Path(stage_dir) / "checkpoints"),
         "seed": recipe.seed,
@@ -195,12 +196,31 @@ def policy_vs_sft(recipe, stage: str, own: tuple[dict, list], reference, tokeniz
     return metrics
 
 
+def gather_weights(trainer) -> dict | None:
+    """Every process (a collective under ZeRO-3 and FSDP): the trained model's whole state dict when each process holds
+    a shard of it — on the main process; None where the model in memory is whole (one process, DDP, ZeRO-1/2)."""
+    if not distributed.sharded(trainer.accelerator):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
 def save_policy(
-    tmp: Path, model, tokenizer, recipe, stage: str, parents: dict, data, title: str, body: str, source: str
+    tmp: Path,
+    model,
+    tokenizer,
+    recipe,
+    stage: str,
+    parents: dict,
+    data,
+    title: str,
+    body: str,
+    source: str,
+    state_dict: dict | None = None,
 ) -> None:
     """A method's final folder: the policy (a plain causal LM, in the dtype `model.save_dtype` picks against `source`,
-    the checkpoint it started from), its tokenizer, lineage.json and a model card."""
-    saved = save_model(model, tmp, source=source, setting=recipe.model.save_dtype)
+    the checkpoint it started from; `state_dict`: its gathered weights when it trained sharded), its tokenizer,
+    lineage.json and a model card."""
+    saved = save_model(model, tmp, source=source, setting=recipe.model.save_dtype, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     write_lineage(tmp, stage=stage, parents=parents, data=data, recipe=recipe)
     write_model_card(tmp, title=f"{recipe.name}: {title}", body=f"{body}\n\n{saved}")

@@ -21,6 +21,7 @@ from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
 from rlhf_cli.stages.common import (
+    gather_weights,
     method_summary,
     model_options,
     policy_vs_sft,
@@ -100,11 +101,17 @@ def setup(ctx) -> Job:
             "beta": args.beta,
             "train_pairs": len(trainer.train_dataset),
         }
-        if distributed.is_main_process() and prompts:
+        if prompts:  # every process: generation is collective when the model is sharded
             world = toy_world(recipe, toy)
-            own = score_answers(recipe, trainer.model, tokenizer, prompts, world)
+            with distributed.whole_model(trainer.model_wrapped, trainer.accelerator) as model:
+                own = score_answers(recipe, model, tokenizer, prompts, world)
             metrics.update(policy_vs_sft(recipe, STAGE, own, reference, tokenizer, prompts, world))
         return metrics
+
+    weights = {}
+
+    def export(_staging) -> None:
+        weights["state"] = gather_weights(trainer)
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
@@ -113,10 +120,11 @@ def setup(ctx) -> Job:
         )
         parents = {"policy": policy_dir, "reference": policy_dir}
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir
-        )
+            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
+            weights["state"],
+        )  # fmt: skip
 
-    return Job(trainer, n_params, evaluate, write_final, _summary)
+    return Job(trainer, n_params, evaluate, write_final, _summary, export=export)
 
 
 run = stage_runner(STAGE, setup)

@@ -100,7 +100,7 @@ def run_stage(
         print(f"{name}: no complete checkpoint in {job.checkpoints}; starting from the beginning.")
     output = job.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    metrics = {**job.evaluate(output, checkpoint), **chosen}
+    metrics = {**job.evaluate(output, checkpoint), **chosen, **distributed.peak_gpu_memory()}
     final = layout.final(name)
     with tempfile.TemporaryDirectory() as staging:  # every process takes part in gathering sharded weights
         if job.export:

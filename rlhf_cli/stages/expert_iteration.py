@@ -21,6 +21,7 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.scoring import load_reward_model
 from rlhf_cli.stages.common import (
+    gather_weights,
     method_prompts,
     method_summary,
     model_options,
@@ -93,11 +94,17 @@ def setup(ctx) -> Job:
             "train_examples": len(rows),
             "best_answer_score": sum(r["score"] for r in rows) / len(rows),
         }
-        if distributed.is_main_process() and eval_prompts:
+        if eval_prompts:  # every process: generation is collective when the model is sharded
             world = toy_world(recipe, toy)
-            own = score_answers(recipe, trainer.model, tokenizer, eval_prompts, world)
+            with distributed.whole_model(trainer.model_wrapped, trainer.accelerator) as model:
+                own = score_answers(recipe, model, tokenizer, eval_prompts, world)
             metrics.update(policy_vs_sft(recipe, STAGE, own, reference, tokenizer, eval_prompts, world))
         return metrics
+
+    weights = {}
+
+    def export(_staging) -> None:
+        weights["state"] = gather_weights(trainer)
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
@@ -107,10 +114,11 @@ def setup(ctx) -> Job:
         parents = {"policy": policy_dir, "reward": reward_dir}
         data = str(ctx.stage_dir / DATA)
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir
-        )
+            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir,
+            weights["state"],
+        )  # fmt: skip
 
-    return Job(trainer, n_params, evaluate, write_final, _summary, prepared=prepared)
+    return Job(trainer, n_params, evaluate, write_final, _summary, prepared=prepared, export=export)
 
 
 run = stage_runner(STAGE, setup)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from rlhf_cli import callbacks, distributed, runs
 from rlhf_cli.answers import score_answers
+from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo.sources import reward_model_function
 from rlhf_cli.stages.common import (
+    gather_weights,
     method_prompts,
     method_summary,
     model_options,
@@ -49,6 +51,8 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
 
     recipe, run_dir, spec = ctx.recipe, ctx.layout.root, getattr(ctx.recipe, stage)
     trust = recipe.model.trust_remote_code
+    if spec.use_vllm:
+        check_vllm(stage)
     policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", f"{stage}.policy_from", "reward", recipe)
     train, eval_prompts, toy = method_prompts(recipe, ctx.layout, stage)
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
@@ -76,12 +80,18 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
             "episodes": output.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
             * trainer.accelerator.num_processes,
         }  # fmt: skip
-        if distributed.is_main_process() and eval_prompts:
+        if eval_prompts:  # every process: generation is collective when the model is sharded
             world = toy_world(recipe, toy)
             reference = load_causal_lm(policy_dir, tokenizer=tokenizer, **model_options(recipe))
-            own = score_answers(recipe, trainer.model, tokenizer, eval_prompts, world)
+            with distributed.whole_model(trainer.model_wrapped, trainer.accelerator) as model:
+                own = score_answers(recipe, model, tokenizer, eval_prompts, world)
             metrics.update(policy_vs_sft(recipe, stage, own, reference, tokenizer, eval_prompts, world))
         return metrics
+
+    weights = {}
+
+    def export(_staging) -> None:
+        weights["state"] = gather_weights(trainer)
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
@@ -100,12 +110,25 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
             f"{stage.upper()} policy",
             body,
             policy_dir,
+            weights["state"],
         )
 
     def summary(final: Path, m: dict) -> None:
         method_summary(stage, final, m, f"{m['train_steps']} steps, {m['episodes']} answers")
 
-    return Job(trainer, n_params, evaluate, write_final, summary)
+    return Job(trainer, n_params, evaluate, write_final, summary, export=export)
+
+
+def check_vllm(stage: str) -> None:
+    """vLLM rollouts need a CUDA GPU and the vllm package: refuse before any model loads."""
+    import importlib.util
+
+    from rlhf_cli.precision import gpu_available
+
+    if not gpu_available():
+        raise UserError(f"{stage}.use_vllm needs a CUDA GPU (vLLM generates there); set {stage}.use_vllm: false here.")
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(f"{stage}.use_vllm needs vLLM: `pip install 'rlhf-cli[vllm]'`, or set {stage}.use_vllm: false.")
 
 
 run = stage_runner(STAGE, setup)

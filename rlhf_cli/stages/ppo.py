@@ -18,9 +18,10 @@ from pathlib import Path
 
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.distributed import whole_loading
 from rlhf_cli.feedback import prompt_text
 from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import count_parameters, frozen_base_in_bf16, frozen_dtype, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo import sources
 from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
 from rlhf_cli.stages.common import model_options, trainer_config
@@ -59,9 +60,14 @@ def setup(ctx) -> Job:
     n_params = count_parameters(policy)
     args = trainer_config(recipe, STAGE, stage_dir, n_params=n_params)
     frozen = frozen_dtype(args.bf16)  # the reference and the reward models never train: the compute dtype
-    ref_model = None if spec.lora else load_causal_lm(policy_dir, tokenizer=tokenizer, dtype=frozen, **options)
+    with whole_loading():  # on every process, whatever FSDP's ram-efficient loading does for the trained model
+        ref_model = None if spec.lora else load_causal_lm(policy_dir, tokenizer=tokenizer, dtype=frozen, **options)
+        reward_funcs, reward_dirs = sources.reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
     if spec.lora:
         from peft import LoraConfig, get_peft_model
+
+        if args.bf16:
+            frozen_base_in_bf16(policy, policy_dir)
 
         lora = spec.lora
         policy = get_peft_model(
@@ -74,7 +80,6 @@ def setup(ctx) -> Job:
                 task_type="CAUSAL_LM",
             ),
         )
-    reward_funcs, reward_dirs = sources.reward_sources(recipe, run_dir, trust, "bf16" if args.bf16 else "fp32")
     reward_names = [getattr(f, "name", "?") for f, _ in reward_funcs]
     value_model, value_dir = sources.value_model(
         spec, tokenizer, policy_dir, reward_dirs, trust, recipe.model.attn_implementation
@@ -105,14 +110,15 @@ def setup(ctx) -> Job:
         )
 
     def evaluate(last, _checkpoint) -> dict:
-        """The PPO policy next to the SFT model on held-out prompts (main process)."""
+        """The PPO policy next to the SFT model on held-out prompts (every process: generation is collective when the
+        policy is sharded; the main one writes)."""
         metrics = {
             "episodes": trainer.episode,
             "steps": trainer.step,
             "kl_coef": trainer.kl_ctl.value,
             "train_last_step": last,
         }
-        if trainer.accelerator.is_main_process and eval_prompts:
+        if eval_prompts:
             with torch.no_grad():
                 metrics.update(_evaluate(recipe, trainer, eval_prompts, toy_dir))
         return metrics
@@ -155,7 +161,8 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
         "batch_size": args.local_rollout_forward_batch_size,
     }
     gen["precision"] = recipe.precision
-    ppo_answers = [a[0] for a in generate_answers(trainer.policy, tok, prompts, **gen, progress="eval ppo")]
+    with trainer.whole_policy() as policy:
+        ppo_answers = [a[0] for a in generate_answers(policy, tok, prompts, **gen, progress="eval ppo")]
     with trainer.reference() as ref:
         sft_answers = [a[0] for a in generate_answers(ref, tok, prompts, **gen, progress="eval sft")]
     world = None

@@ -36,7 +36,7 @@ from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import encode, load_reward_model, pair_metrics, score, score_stats
-from rlhf_cli.stages.common import model_options, trainer_config
+from rlhf_cli.stages.common import gather_weights, model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stats import proportion
 
@@ -105,12 +105,15 @@ def setup(ctx) -> Job:
         **extra,
     )
     stats = {}  # score mean/std over the training answers: reward_stats.json, for PPO to normalise with
+    weights = {}
 
     def evaluate(_output, _checkpoint) -> dict:
-        """Held-out and training-pair accuracy, agreement with the gold order (toy world), score statistics."""
-        if not distributed.is_main_process():
-            return {}
-        model = trainer.model
+        """Held-out and training-pair accuracy, agreement with the gold order (toy world), score statistics; on every
+        process (scoring is collective when the model is sharded), the main one writes them."""
+        with distributed.whole_model(trainer.model_wrapped, trainer.accelerator) as model:
+            return _evaluate(model)
+
+    def _evaluate(model) -> dict:
         metrics = {
             "objective": "kwise" if kwise else "pairwise",
             "train_pairs": len(train) if not streaming else None,
@@ -130,8 +133,11 @@ def setup(ctx) -> Job:
             metrics.update(accuracy=None, mean_margin=None)
         return metrics
 
+    def export(_staging) -> None:
+        weights["state"] = gather_weights(trainer)
+
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        saved = save_model(trainer.model, tmp, source=init, setting=rec.model.save_dtype)
+        saved = save_model(trainer.model, tmp, source=init, setting=rec.model.save_dtype, state_dict=weights["state"])
         tokenizer.save_pretrained(tmp)
         files.write_json_atomic(tmp / "reward_stats.json", stats)
         data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
@@ -146,7 +152,7 @@ def setup(ctx) -> Job:
             ),
         )
 
-    return Job(trainer, n_params, evaluate, write_final, _summary)
+    return Job(trainer, n_params, evaluate, write_final, _summary, export=export)
 
 
 run = stage_runner(STAGE, setup)

@@ -22,16 +22,19 @@ from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import (
     check_qlora,
+    check_trainable_template,
     count_parameters,
+    frozen_base_in_bf16,
     load_causal_lm,
     load_tokenizer,
     load_trainable_causal_lm,
     lora_config,
+    merged,
     resize_for_tokenizer,
     save_model,
     stop_at_end_of_turn,
 )
-from rlhf_cli.stages.common import trainer_config
+from rlhf_cli.stages.common import gather_weights, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 
 STAGE = "sft"
@@ -53,6 +56,8 @@ def setup(ctx) -> Job:
 
     # Model and tokenizer: a tokenizer without a chat template gets the project's (new tokens need new embeddings).
     tokenizer = load_tokenizer(init, trust_remote_code=trust)
+    if spec.assistant_only_loss:
+        check_trainable_template(tokenizer, init, STAGE)
     set_seed(recipe.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     model = load_trainable_causal_lm(init, spec, trust, tokenizer, recipe.model.attn_implementation)
     added = resize_for_tokenizer(model, tokenizer)
@@ -69,7 +74,15 @@ def setup(ctx) -> Job:
         )
 
     trainer = make_trainer(
-        recipe, stage_dir, model, tokenizer, train_ds, eval_ds, added, [callbacks.make_callbacks(stage_dir, STAGE)]
+        recipe,
+        stage_dir,
+        model,
+        tokenizer,
+        train_ds,
+        eval_ds,
+        added,
+        [callbacks.make_callbacks(stage_dir, STAGE)],
+        init,
     )
     if isinstance(trainer.train_dataset, datasets.Dataset) and len(trainer.train_dataset) == 0:
         # TRL drops conversations whose assistant turns truncation cut off entirely; torch would fail on an empty set
@@ -90,20 +103,22 @@ def setup(ctx) -> Job:
         if len(eval_ds):
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         model = trainer.model
-        trained["model"] = model.merge_and_unload() if spec.lora is not None and spec.lora.merge else model
-        if (
-            distributed.is_main_process()
-        ):  # generation on held-out prompts: the main process writes eval.json and prints
+        trained["model"] = merged(model) if spec.lora is not None and spec.lora.merge else model
+        # Held-out answers on every process (generation is collective when the model is sharded); the main one
+        # writes eval.json and prints.
+        with distributed.whole_model(trainer.model_wrapped, trainer.accelerator), torch.no_grad():
             trained["model"].eval()
-            with torch.no_grad():
-                metrics.update(evaluate_answers(recipe, trained["model"], tokenizer, eval_ds, toy_dir, init, trust))
-            metrics["model_dir"] = str(ctx.layout.final(STAGE))
+            metrics.update(evaluate_answers(recipe, trained["model"], tokenizer, eval_ds, toy_dir, init, trust))
+        metrics["model_dir"] = str(ctx.layout.final(STAGE))
         return metrics
 
-    def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        write_model_folder(tmp, trained["model"], tokenizer, recipe, init, spec, metrics)
+    def export(_staging) -> None:
+        trained["state"] = gather_weights(trainer)
 
-    return Job(trainer, count_parameters(model), evaluate, write_final, print_summary)
+    def write_final(tmp: Path, metrics: dict, _staging) -> None:
+        write_model_folder(tmp, trained["model"], tokenizer, recipe, init, spec, metrics, trained.get("state"))
+
+    return Job(trainer, count_parameters(model), evaluate, write_final, print_summary, export=export)
 
 
 run = stage_runner(STAGE, setup)
@@ -112,7 +127,9 @@ run = stage_runner(STAGE, setup)
 # ------------------------------------------------------------------------------------------------------ model set-up
 
 
-def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, added_tokens=(), callbacks=()):
+def make_trainer(
+    recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, added_tokens=(), callbacks=(), init: str | None = None
+):
     """TRL's SFTTrainer with the recipe's SFTConfig: assistant-only loss, max_length, packing, optimiser, LoRA."""
     from trl import SFTTrainer
 
@@ -129,6 +146,8 @@ def make_trainer(recipe, stage_dir: Path, model, tokenizer, train_ds, eval_ds, a
     )
     if spec.packing:
         one_packed_row_per_micro_batch(config, model)
+    if spec.lora is not None and not spec.lora.qlora and config.bf16:
+        frozen_base_in_bf16(model, init)
     return SFTTrainer(
         model=model,
         args=config,
@@ -174,7 +193,7 @@ def count_truncated(tokenizer, dataset, max_length: int) -> tuple[int, int]:
     return sum(n > max_length for n in lengths), len(lengths)
 
 
-def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, metrics: dict) -> None:
+def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, metrics: dict, state=None) -> None:
     """`sft/final`: the model (or the LoRA adapter), the tokenizer with its chat template, lineage and a model card."""
     adapter = spec.lora is not None and not spec.lora.merge
     if adapter:  # the adapter must find its base model from any working directory
@@ -185,7 +204,7 @@ def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, met
         model.save_pretrained(tmp)
         saved = "A LoRA adapter, saved in float32."
     else:
-        saved = save_model(model, tmp, source=init, setting=recipe.model.save_dtype)
+        saved = save_model(model, tmp, source=init, setting=recipe.model.save_dtype, state_dict=state)
     tokenizer.save_pretrained(tmp)
     runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
     kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
@@ -236,7 +255,8 @@ def evaluate_answers(recipe, model, tokenizer, eval_ds, toy_dir: Path, init: str
         base_metrics, _ = score_answers(recipe, base, base_tok, prompts, world)
         out.update({f"base_{k}": v for k, v in base_metrics.items()})
         out["gold_reward_gain"] = out["gold_reward"] - out["base_gold_reward"]
-    print_samples(samples[:SAMPLES_SHOWN])
+    if distributed.is_main_process():
+        print_samples(samples[:SAMPLES_SHOWN])
     return out
 
 
