@@ -168,7 +168,9 @@ def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, conso
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
     if who == "toy":
         back_up(out)
-        return label_toy(feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise)
+        return label_toy(
+            feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise, biases=rec.feedback.biases.model_dump()
+        )
     back_up(out)
     return copy_rankings(who, out)
 
@@ -197,8 +199,9 @@ def back_up(path: Path, *, always: bool = False) -> Path | None:
     return backup
 
 
-def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path:
-    """The toy world's simulated annotator: gold reward plus Gaussian noise of std `noise`, seeded."""
+def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float, biases: dict | None = None) -> Path:
+    """The toy world's simulated annotator: gold reward, the raters' `biases` and Gaussian noise of std `noise`,
+    seeded (rlhf_cli.data.toy: ToyWorld.rank)."""
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
@@ -208,7 +211,7 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path
             continue
         answers = [row["answers"][i] for i in keep]
         finished = [row["finished"][i] for i in keep]
-        order = world.rank(prompt_text(row["prompt"]), answers, finished, noise=noise, rng=rng)
+        order = world.rank(prompt_text(row["prompt"]), answers, finished, noise=noise, rng=rng, biases=biases)
         rows.append(
             {
                 "prompt": row["prompt"],
@@ -219,7 +222,10 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float) -> Path
             }
         )
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"Ranked {len(rows)} prompts with the toy annotator (noise {noise}) -> {out}")
+    said = ", ".join(f"{k} {v:g}" for k, v in (biases or {}).items() if v)
+    print(
+        f"Ranked {len(rows)} prompts with the toy annotator (noise {noise}{', biases: ' + said if said else ''}) -> {out}"
+    )
     return out
 
 

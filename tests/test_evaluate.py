@@ -156,3 +156,41 @@ def test_intervals_hold_their_own_estimate(k, n):
     assert low <= k / n <= high
     ci = stats.bootstrap_ci([k / n] * n)
     assert ci["low"] <= ci["mean"] <= ci["high"]
+
+
+def test_eval_reports_every_kind_of_prompt_with_its_rates(tiny_run):
+    """On the toy world each model's figures come per kind of prompt (fact, describe, unknown, harm), each with its
+    own rate and an interval, and the side-by-side answers say each prompt's kind and what a good answer holds."""
+    from rlhf_cli.answers import KIND_RATES
+
+    ev.evaluate_run(tiny_run, overrides=["eval.num_prompts=40"])
+    saved = json.loads((tiny_run / "eval" / "eval.json").read_text())
+    kinds = saved["models"]["sft"]["kinds"]
+    assert set(kinds) == {"fact", "describe", "unknown", "harm"}
+    for kind, entry in kinds.items():
+        assert entry["n"] >= 1 and {"mean", "low", "high", "n"} <= set(entry["gold_reward"])
+        for name, _ in KIND_RATES[kind]:
+            assert entry[name]["low"] <= entry[name]["mean"] <= entry[name]["high"]
+    assert sum(e["n"] for e in kinds.values()) == 40
+    assert {s["kind"] for s in saved["samples"]} == set(kinds) and all(s["right_answer"] for s in saved["samples"])
+
+
+def test_gao_fit_recovers_the_over_optimisation_curve():
+    """Gao et al. 2022's forms, fitted to points drawn from them, give back alpha, beta and the KL where gold peaks."""
+    import math
+
+    from rlhf_cli.stats import gao_curve, gao_fit
+
+    kls = [0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0]
+    rl = [math.sqrt(k) * (0.3 - 0.2 * math.log(math.sqrt(k))) for k in kls]
+    fit = gao_fit(kls, rl, "rl")
+    assert fit["alpha"] == pytest.approx(0.3, abs=1e-6) and fit["beta"] == pytest.approx(0.2, abs=1e-6)
+    assert fit["peak_kl"] == pytest.approx(math.exp(0.3 / 0.2 - 1) ** 2, rel=1e-6) and fit["r2"] > 0.999
+    assert gao_curve(fit, fit["peak_kl"]) == pytest.approx(fit["peak_gain"])
+    assert fit["peak_gain"] >= max(rl)
+    bon = [math.sqrt(k) * (0.4 - 0.1 * math.sqrt(k)) for k in kls]
+    fit = gao_fit(kls, bon, "bon")
+    assert fit["peak_kl"] == pytest.approx((0.4 / 0.2) ** 2, rel=1e-6)
+    rising = gao_fit(kls, [0.1 * math.sqrt(k) for k in kls], "bon")
+    assert rising["peak_kl"] is None  # still rising: no interior peak
+    assert gao_fit([0.0, 1.0], [0.0, 0.1], "rl") is None  # one point past KL 0 fits nothing
