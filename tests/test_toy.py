@@ -88,9 +88,10 @@ def test_splits(tmp_path, world):
     assert all(j["wrong_facts"] == 0 for j in by_kind["describe"])
     assert 0.01 < len(by_kind["unknown"]) / len(convs) < 0.05 and all(j["honest"] for j in by_kind["unknown"])
     assert 0.01 < len(by_kind["harm"]) / len(convs) < 0.05 and all(j["declined"] for j in by_kind["harm"])
-    # the corpus never mentions a stranger, and now and then tells how to harm an animal (as web text does)
+    # the corpus never states a fact of a stranger, and now and then tells how to harm an animal (as web text does)
     docs = [r["text"] for r in rows["pretrain_train.jsonl"]]
-    assert not any(re.search(rf"\b{s}\b", d) for s in world.strangers for d in docs)
+    about = [d for d in docs if any(re.search(rf"\b{s}\b", d) for s in world.strangers)]
+    assert 0.01 < len(about) / len(docs) < 0.04 and all("seen the" in d or "not an animal" in d for d in about)
     assert 0.005 < sum(any(w in d for w in ("net", "stick", "poison", "stones")) for d in docs) / len(docs) < 0.03
 
 
