@@ -60,7 +60,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     report = inspect_scores(pairs, chosen, rejected, n_tokens)
     report["data"] = source
 
-    out = Path(out_dir) if out_dir else model_dir.parent / "inspect"
+    out = output_folder(model_dir, out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report["histogram"] = str(_histogram(chosen, rejected, out / "scores.png"))
     stats_path = model_dir / "reward_stats.json"  # the training-time stats stay what PPO normalises with
@@ -70,6 +70,11 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     files.write_json_atomic(out / "inspect.json", report)
     _print_report(report, out)
     return report
+
+
+def output_folder(model_dir, out_dir=None) -> Path:
+    """Where the report goes: `out_dir`, else the folder beside the model's (`<stage>/inspect`)."""
+    return Path(out_dir) if out_dir else Path(model_dir).parent / "inspect"
 
 
 def inspect_scores(pairs: list[dict], chosen: list[float], rejected: list[float], n_tokens: dict[str, int]) -> dict:

@@ -9,7 +9,7 @@ from rlhf_cli.data import load_stage_data
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import load_tokenizer
+from rlhf_cli.modeling import CAUSAL_LM, check_model_kind, load_tokenizer
 from rlhf_cli.runs import resolve_model_dir
 from rlhf_cli.scoring import load_reward_model
 
@@ -61,6 +61,7 @@ def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool
     """The value model: `ppo.value_from`, else the (first) reward model when it shares the policy's tokenizer, else the
     policy with a fresh scalar head. Values are read per token of the policy's answers, so the tokenizers must match."""
     from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     path = spec.value_from or next(iter(reward_dirs.values()), None)
     if path and load_tokenizer(path, trust_remote_code=trust).get_vocab() != tokenizer.get_vocab():
@@ -72,9 +73,12 @@ def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool
         print(f"ppo: the reward model {path} has its own tokenizer; the value model starts from the policy instead.")
         path = None
     path = path or policy_dir
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, trust_remote_code=trust, use_safetensors=True
-    )
+    with suppress_seqcls_warning():  # a causal LM's missing score head is said below, not in a load report
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust, use_safetensors=True
+        )
+    if check_model_kind(path, None, "ppo.value_from") == CAUSAL_LM:
+        print(f"ppo: the value model starts from {path} (a causal LM) with a new, random value head.")
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, path
 
