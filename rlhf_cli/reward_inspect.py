@@ -13,7 +13,7 @@ from rlhf_cli import files
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
-from rlhf_cli.modeling import inference_device, load_tokenizer
+from rlhf_cli.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import load_reward_model, score_pairs
 from rlhf_cli.stats import bucket_name, pearson, tertiles, wilson
@@ -32,6 +32,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise UserError(f"{model_dir} is not a model folder (no config.json); give a reward model's final/ folder.")
+    check_model_kind(str(model_dir), REWARD_MODEL, "rlhf reward inspect")
     if data is None:
         lineage = model_dir / "lineage.json"
         if not lineage.exists():
