@@ -241,7 +241,7 @@ def back_up(path: Path, *, always: bool = False, why: str = "") -> Path | None:
     backup.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, backup)
     because = f"; {why}" if why else ""
-    count = f"{len(rows)} rows" if rows is not None else "the file (not all of it readable)"
+    count = f"{len(rows)} row{'s' * (len(rows) != 1)}" if rows is not None else "the file (not all of it readable)"
     print(f"{path.name}: {count} moved to {backup}{because} (restore it by moving it back).")
     return backup
 

@@ -41,6 +41,8 @@ def check_stage_dir(
     `accept_changes` (`--accept-recipe-change`: continue with the new settings on purpose, e.g. more max_steps).
     """
     stage_dir = Path(run_dir) / stage
+    if resume and overwrite:
+        raise UserError("--resume continues the stage and --overwrite replaces it: pass one of the two.")
     if _holds_work(stage_dir) and not resume and not overwrite:
         raise UserError(
             f"{stage_dir} already exists; pass --resume to continue it, --overwrite to replace it, "

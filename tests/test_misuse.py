@@ -280,3 +280,40 @@ def test_the_finished_run_is_left_as_it_was_by_every_refusal_above(run, tmp_path
     result = runner.invoke(app, ["ppo", *R(run)])  # exists already: refused after taking the lock
     assert result.exit_code == 2 and "already exists" in result.output
     assert snapshot(tmp_path) == before
+
+
+def test_the_kind_is_read_from_a_folder_an_adapter_or_a_hub_ids_cached_config(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from rlhf_cli.errors import UserError
+    from rlhf_cli.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
+
+    def folder(name, files):
+        path = tmp_path / name
+        path.mkdir(parents=True)
+        for file, content in files.items():
+            (path / file).write_text(json.dumps(content))
+        return str(path)
+
+    causal = folder("lm", {"config.json": {"architectures": ["GPT2LMHeadModel"]}})
+    scorer = folder("rm", {"config.json": {"architectures": ["Qwen2ForSequenceClassification"]}})
+    adapter = folder("adapter", {"adapter_config.json": {"task_type": "SEQ_CLS", "base_model_name_or_path": causal}})
+    odd = folder("odd", {"config.json": {"architectures": ["T5ForConditionalGeneration"]}})
+    assert check_model_kind(causal, CAUSAL_LM, "x") == CAUSAL_LM and check_model_kind(scorer, None, "x") == REWARD_MODEL
+    assert check_model_kind(odd, REWARD_MODEL, "x") is None  # cannot be told: the load decides
+    with pytest.raises(UserError, match="^ppo.reward_from: .* is a causal LM, not a reward model"):
+        check_model_kind(causal, REWARD_MODEL, "ppo.reward_from")
+    with pytest.raises(UserError, match="^ppo.policy_from: .* is a reward model"):
+        check_model_kind(adapter, CAUSAL_LM, "ppo.policy_from")
+
+    # A hub id: the config in the local cache (never a download), else let through.
+    cache = tmp_path / "hub"
+    snapshot_dir = cache / "models--someone--scorer" / "snapshots" / "abc123"
+    snapshot_dir.mkdir(parents=True)
+    (snapshot_dir / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"]}))
+    (cache / "models--someone--scorer" / "refs").mkdir()
+    (cache / "models--someone--scorer" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(UserError, match="someone/scorer is a reward model"):
+        check_model_kind("someone/scorer", CAUSAL_LM, "sft.init_from")
+    assert check_model_kind("someone/not-cached", CAUSAL_LM, "sft.init_from") is None
