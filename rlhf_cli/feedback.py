@@ -114,13 +114,14 @@ def answer_prompts(rec, run_dir: Path, model_dir: str, data, num_prompts: int | 
     return prompts, generate_answers(lm, tokenizer, prompts, seed=rec.seed, precision=rec.precision, **gen)
 
 
-def read_samples(path: Path) -> list[dict]:
-    """The rows of samples.jsonl, each checked for what the screens and the toy annotator read; UserError else."""
+def read_samples(path: Path, *, to_rank: bool = False) -> list[dict]:
+    """The rows of samples.jsonl (a line that is not JSON is named); `to_rank`: each row also checked for what the
+    labelling screens and the toy annotator read (a prompt's messages and its answers), else a UserError."""
     if not Path(path).exists():
         raise UserError(f"{path} does not exist; run `rlhf sample` for this run first.")
     rows = _read_jsonl(Path(path))
-    for number, row in enumerate(rows, 1):
-        answers = row.get("answers") if isinstance(row, dict) else None
+    for number, row in enumerate(rows if to_rank else [], 1):
+        answers = row.get("answers")
         if not (
             isinstance(answers, list)
             and all(isinstance(a, str) for a in answers)
@@ -188,7 +189,7 @@ def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, conso
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
     if who == "toy":
-        samples = read_samples(feedback / SAMPLES)
+        samples = read_samples(feedback / SAMPLES, to_rank=True)
         back_up(out)
         return label_toy(feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise, samples=samples)
     source, pairs = check_rankings_file(who, out)
@@ -198,7 +199,7 @@ def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, conso
 
 def start_over(feedback: Path) -> None:
     """A person's labelling starts over (--overwrite): what was ranked or skipped is moved aside, never deleted."""
-    read_samples(Path(feedback) / SAMPLES)  # a missing samples file is refused before anything moves
+    read_samples(Path(feedback) / SAMPLES, to_rank=True)  # a missing or damaged one is refused before anything moves
     for name in (RANKINGS, SKIPPED):
         back_up(Path(feedback) / name, always=True)
 
@@ -252,7 +253,7 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float, samples
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
-    for index, row in enumerate(samples if samples is not None else read_samples(samples_path)):
+    for index, row in enumerate(samples if samples is not None else read_samples(samples_path, to_rank=True)):
         keep = unique_answers(row)
         if len(keep) < 2:
             continue
@@ -412,7 +413,7 @@ def check_rows_match(samples: list[dict], rows: list[dict], samples_path: Path) 
 
 def labelling_progress(feedback: Path) -> tuple[int, int]:
     """(prompts ranked or skipped, prompts to rank) of the human screen in this feedback folder."""
-    samples = read_samples(Path(feedback) / SAMPLES)
+    samples = read_samples(Path(feedback) / SAMPLES, to_rank=True)
     done = {r.get("sample") for r in _read_jsonl(Path(feedback) / RANKINGS) + _read_jsonl(Path(feedback) / SKIPPED)}
     todo = [i for i, row in enumerate(samples) if len(unique_answers(row)) >= 2]
     return sum(i in done for i in todo), len(todo)
@@ -437,7 +438,7 @@ def label_human(
 
     console = console or Console()
     ask = ask or console.input
-    samples = read_samples(samples_path)
+    samples = read_samples(samples_path, to_rank=True)
     skipped_path = out.with_name(SKIPPED)
     rankings, skipped = _read_jsonl(out), _read_jsonl(skipped_path)
     check_rows_match(samples, rankings + skipped, samples_path)

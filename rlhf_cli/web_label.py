@@ -93,7 +93,7 @@ class Board(Offers):
         self.samples_path = self.feedback / "samples.jsonl"
         self.rankings_path = self.feedback / "rankings.jsonl"
         self.skipped_path = self.feedback / "skipped.jsonl"
-        self.samples = read_samples(self.samples_path)
+        self.samples = read_samples(self.samples_path, to_rank=True)
         rankings, skipped = ([], []) if fresh else (_read_jsonl(self.rankings_path), _read_jsonl(self.skipped_path))
         check_rows_match(self.samples, rankings + skipped, self.samples_path)
         self.keep = {i: unique_answers(row) for i, row in enumerate(self.samples)}
