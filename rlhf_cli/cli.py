@@ -410,9 +410,10 @@ def write(
     again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator}"]
     with _writing(run_dir), no_trace_on_user_error(run_dir):
         if annotator == "web":
-            from rlhf_cli.web_label import require_web_extra, write_web
+            from rlhf_cli.web_label import check_can_serve, require_web_extra, write_web
 
             require_web_extra()  # before any drafting
+            check_can_serve(host, port)  # a busy port is refused before drafts are made or answers moved
         prepare_drafts(rec, run_dir, model=model, prompts=prompts, overwrite=overwrite)
         if annotator == "web":
             again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)

@@ -306,6 +306,24 @@ class LabelServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
+def check_can_serve(host: str, port: int) -> None:
+    """Refuse now (one sentence) a host or port the page could not be served on: before anything is drafted or moved.
+    The server binds again when it starts; port 0 (any free port) always passes."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does (allow_reuse_address)
+        probe.bind((host, port))
+    except OSError as err:
+        raise UserError(
+            f"Cannot serve on {host}:{port} ({err.strerror or err}); pass another --port, or a --host of this machine."
+        ) from None
+    finally:
+        probe.close()
+
+
 def make_server(
     feedback: Path | None,
     host: str = "127.0.0.1",

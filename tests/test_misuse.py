@@ -317,3 +317,24 @@ def test_the_kind_is_read_from_a_folder_an_adapter_or_a_hub_ids_cached_config(tm
     with pytest.raises(UserError, match="someone/scorer is a reward model"):
         check_model_kind("someone/scorer", CAUSAL_LM, "sft.init_from")
     assert check_model_kind("someone/not-cached", CAUSAL_LM, "sft.init_from") is None
+
+
+def test_a_busy_port_is_refused_before_anything_moves_or_is_drafted(run, tmp_path):
+    import socket
+
+    by_a_person(run)
+    wrote = runner.invoke(
+        app, ["write", *R(run), "--annotator", "human", "--set", "write.num_prompts=2"], input="mine\nq\n"
+    )
+    assert wrote.exit_code == 0 and len(rows(run / "demonstrations" / "demonstrations.jsonl")) == 1, wrote.output
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = str(busy.getsockname()[1])
+    try:
+        label = ["label", *R(run), "--annotator", "web", "--port", port, "--overwrite"]
+        assert_refused(tmp_path, label, "Cannot serve on 127.0.0.1:" + port)  # the rankings stay where they are
+        write = ["write", *R(run), "--annotator", "web", "--port", port, "--overwrite", "--set", "write.num_prompts=2"]
+        assert_refused(tmp_path, write, "Cannot serve on 127.0.0.1:" + port)  # no drafts made, no answers moved
+    finally:
+        busy.close()
