@@ -730,6 +730,9 @@ def data_toy(
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give --out a folder (it is created if missing).")
+    inside = next((p for p in out.absolute().parents if p.exists()), None)
+    if inside is not None and not inside.is_dir():
+        raise UserError(f"--out {out}: {inside} is a file, so no folder can be made inside it; give another --out.")
     if (out / "world.json").exists() and not overwrite:
         raise UserError(f"{out} already holds a toy world; pass --overwrite to replace it, or another --out.")
 

@@ -238,6 +238,11 @@ def _acquire(run_dir: Path, key: str, command: str) -> _Held:
     created, parent_times = _make_folder(run_dir)
     lock_file = run_dir / LOCK_NAME
     try:
+        if lock_file.is_dir() or lock_file.is_symlink():
+            raise UserError(
+                f"{lock_file} is a {'link' if lock_file.is_symlink() else 'folder'}, where rlhf keeps the run's lock "
+                "file; remove it, then run this again."
+            )
         before = run_dir.stat()
         while True:
             try:

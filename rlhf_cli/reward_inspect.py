@@ -30,6 +30,8 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     """
 
     model_dir = Path(model_dir)
+    if output_folder(model_dir, out_dir).exists() and not output_folder(model_dir, out_dir).is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder for the report (it is created if missing).")
     if not (model_dir / "config.json").exists():
         raise UserError(f"{model_dir} is not a model folder (no config.json); give a reward model's final/ folder.")
     check_model_kind(str(model_dir), REWARD_MODEL, "rlhf reward inspect")

@@ -153,6 +153,7 @@ def test_a_damaged_rankings_file_is_named_by_its_line(run, tmp_path):
         (["best-of-n", "--set", "best_of_n.reward_from={run}/sft/final"], "best_of_n.reward_from"),
         (["expert-iteration", "--set", "expert_iteration.reward_from={run}/sft/final"], "reward_from"),
         (["sft", "--overwrite", "--set", "sft.init_from={run}/reward/final"], "sft.init_from"),
+        (["pretrain", "--overwrite", "--set", "pretrain.init_from={run}/reward/final"], "pretrain.init_from"),
         (["sample", "--overwrite", "--model", "{run}/reward/final"], "--model: "),
         (["write", "--annotator", "human", "--model", "{run}/reward/final"], "--model: "),
     ],
@@ -338,3 +339,32 @@ def test_a_busy_port_is_refused_before_anything_moves_or_is_drafted(run, tmp_pat
         assert_refused(tmp_path, write, "Cannot serve on 127.0.0.1:" + port)  # no drafts made, no answers moved
     finally:
         busy.close()
+
+
+# ------------------------------------------------------------------------------------------------------ more misuse
+
+
+def test_odd_paths_are_one_sentence(run, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_refused(tmp_path, ["pretrain", "--output-dir", "afile/run"], "afile is a file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = runner.invoke(app, ["pretrain", "--output-dir", "dangling"])
+    assert result.exit_code == 2 and "a link to a folder that does not exist" in result.output
+    assert (tmp_path / "dangling").is_symlink() and not (tmp_path / "nowhere").exists()
+    (tmp_path / "dangling").unlink()
+    assert_refused(tmp_path, ["data", "toy", "--out", "afile/toy"], "afile is a file")
+    inspect = ["reward", "inspect", str(run / "reward" / "final"), "--out", "afile"]
+    assert_refused(tmp_path, inspect, "--out afile is a file")
+    (run / ".rlhf.lock").mkdir()
+    assert_refused(tmp_path, ["label", *R(run), "--annotator", "toy", "--overwrite"], ".rlhf.lock is a folder")
+
+
+def test_damaged_samples_and_contradicting_flags_are_one_sentence(run, tmp_path):
+    assert_refused(tmp_path, ["sft", *R(run), "--resume", "--overwrite"], "pass one of the two")
+    samples = run / "feedback" / "samples.jsonl"
+    original = samples.read_text()
+    samples.write_text(original + "oops\n")
+    assert_refused(tmp_path, ["label", *R(run), "--annotator", "toy", "--overwrite"], "samples.jsonl: line 13")
+    samples.write_text('{"prompt": "what?"}\n')
+    assert_refused(tmp_path, ["label", *R(run), "--annotator", "toy", "--overwrite"], "row 1 is not a sample")
+    assert_refused(tmp_path, ["label", *R(run), "--annotator", "human", "--overwrite"], "row 1 is not a sample")
