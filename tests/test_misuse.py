@@ -368,3 +368,9 @@ def test_damaged_samples_and_contradicting_flags_are_one_sentence(run, tmp_path)
     samples.write_text('{"prompt": "what?"}\n')
     assert_refused(tmp_path, ["label", *R(run), "--annotator", "toy", "--overwrite"], "row 1 is not a sample")
     assert_refused(tmp_path, ["label", *R(run), "--annotator", "human", "--overwrite"], "row 1 is not a sample")
+
+
+def test_a_stage_that_would_train_no_step_is_refused(run, tmp_path):
+    # Found by a probe: max_steps -1 with num_train_epochs 0 trained nothing and saved the starting model as trained.
+    nothing = ["--set", "sft.training.max_steps=-1", "--set", "sft.training.num_train_epochs=0"]
+    assert_refused(tmp_path, ["sft", *R(run), "--overwrite", *nothing], "nothing would train")
