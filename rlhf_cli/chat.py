@@ -17,7 +17,14 @@ from pathlib import Path
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.generation import generate
-from rlhf_cli.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.modeling import (
+    REWARD_MODEL,
+    check_model_kind,
+    end_of_turn_ids,
+    inference_device,
+    load_causal_lm,
+    load_tokenizer,
+)
 
 HELP = "Type a message; /reset clears the history, /help shows this, /quit (or Ctrl-D) exits."
 
@@ -51,6 +58,8 @@ def load_chat_model(model_dir: str):
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
         if any("SequenceClassification" in a for a in architectures):
             raise _not_causal(model_dir)
+    elif check_model_kind(model_dir, None, "rlhf chat") == REWARD_MODEL:  # a hub id whose config is cached
+        raise _not_causal(model_dir)
     return load_causal_lm(model_dir).to(inference_device()), load_tokenizer(model_dir)
 
 

@@ -161,6 +161,32 @@ def _load(recipe: str, overrides: list[str] | None):
     return load_recipe(recipe, overrides)
 
 
+def _writing(run_dir: Path | str | None):
+    """Hold the run folder's lock while this command writes into it (rlhf_cli.lock): a second writer is refused, naming
+    this command and its process. None: the command writes into no run."""
+    import contextlib
+
+    if run_dir is None:
+        return contextlib.nullcontext()
+    from rlhf_cli.lock import command_line, run_lock
+
+    return run_lock(run_dir, command_line())
+
+
+def _existing_folder(path: Path) -> Path | None:
+    """A run folder named on the command line, to lock when it exists (the command itself refuses a missing one)."""
+    return path if path.exists() else None
+
+
+def _run_of(path: Path | str | None) -> Path | None:
+    """The run folder `path` lies in (None outside any run): the one a command writing to `path` must lock."""
+    if path is None:
+        return None
+    from rlhf_cli.layout import enclosing_run
+
+    return enclosing_run(path)
+
+
 def _dry_run(rec, run_dir: Path, plan: str, stages: list[str]):
     """The resolved recipe, then the plan: the steps that would run and the trainer config each training step builds."""
     typer.echo(rec.to_yaml())
@@ -182,7 +208,7 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
 
     # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
     module = importlib.import_module(f"rlhf_cli.stages.{stage}")
-    with no_trace_on_user_error(run_dir):
+    with _writing(run_dir), no_trace_on_user_error(run_dir):
         module.run(rec, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept)
 
 
@@ -243,9 +269,11 @@ def reward_inspect(
 
     Example: `rlhf reward inspect runs/tiny/reward/final --data runs/tiny/feedback/rankings.jsonl`
     """
-    from rlhf_cli.reward_inspect import inspect_reward_model
+    from rlhf_cli.reward_inspect import inspect_reward_model, output_folder
 
-    inspect_reward_model(model_dir, data=data, out_dir=out)
+    # It writes reward_stats.json beside the model and its report to --out: into the runs they lie in, if any.
+    with _writing(_run_of(model_dir)), _writing(_run_of(output_folder(model_dir, out))):
+        inspect_reward_model(model_dir, data=data, out_dir=out)
 
 
 @app.command()
@@ -267,7 +295,7 @@ def sample(
     from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
-    with no_trace_on_user_error(rec.run_dir(output_dir)):
+    with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
         do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
 
 
@@ -309,14 +337,14 @@ def label(
         from rlhf_cli.web_label import label_web
 
         again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
-        with no_trace_on_user_error(rec.run_dir(output_dir)):
+        with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
             label_web(
                 rec, rec.run_dir(output_dir), host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again)
             )
         return
     from rlhf_cli.feedback import label as do_label
 
-    with no_trace_on_user_error(rec.run_dir(output_dir)):
+    with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
         do_label(
             rec,
             rec.run_dir(output_dir),
@@ -380,11 +408,12 @@ def write(
     run_dir = rec.run_dir(output_dir)
     again = ["rlhf", "write", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
     again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator}"]
-    with no_trace_on_user_error(run_dir):
+    with _writing(run_dir), no_trace_on_user_error(run_dir):
         if annotator == "web":
-            from rlhf_cli.web_label import require_web_extra, write_web
+            from rlhf_cli.web_label import check_can_serve, require_web_extra, write_web
 
             require_web_extra()  # before any drafting
+            check_can_serve(host, port)  # a busy port is refused before drafts are made or answers moved
         prepare_drafts(rec, run_dir, model=model, prompts=prompts, overwrite=overwrite)
         if annotator == "web":
             again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
@@ -464,14 +493,15 @@ def pipeline(
         return planned
     from rlhf_cli.pipeline import TARGETS_MISSED
 
-    record = run_pipeline(
-        rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change
-    )
-    if rounds > 1:
-        from rlhf_cli.rounds import print_rounds, run_rounds
+    with _writing(run_dir):
+        record = run_pipeline(
+            rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change
+        )
+        if rounds > 1:
+            from rlhf_cli.rounds import print_rounds, run_rounds
 
-        flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_recipe_change}
-        print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], **flags))
+            flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_recipe_change}
+            print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], **flags))
     if record.get("targets_missed") or record.get("red_flags"):
         raise typer.Exit(TARGETS_MISSED)
 
@@ -525,7 +555,8 @@ def eval_(
     """
     from rlhf_cli.evaluate import evaluate_run
 
-    evaluate_run(run_dir, recipe=recipe, overrides=set_)
+    with _writing(_existing_folder(run_dir)):  # it writes <run>/eval/eval.json
+        evaluate_run(run_dir, recipe=recipe, overrides=set_)
 
 
 @app.command()
@@ -537,7 +568,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny
     """
     from rlhf_cli.report import build_report
 
-    path = build_report(run_dir)
+    with _writing(_existing_folder(run_dir)):  # it writes <run>/report/: not while another command writes the run
+        path = build_report(run_dir)
     typer.echo(f"Report: {path}")
 
 
@@ -561,15 +593,16 @@ def sweep(
     from rlhf_cli.sweep import run_sweep
 
     rec = _load(recipe, set_)
-    run_sweep(
-        rec,
-        rec.run_dir(output_dir),
-        param=param,
-        values=[v.strip() for v in values.split(",")],
-        base_overrides=set_ or [],
-        recipe_ref=recipe,
-        overwrite=overwrite,
-    )
+    with _writing(rec.run_dir(output_dir)):
+        run_sweep(
+            rec,
+            rec.run_dir(output_dir),
+            param=param,
+            values=[v.strip() for v in values.split(",")],
+            base_overrides=set_ or [],
+            recipe_ref=recipe,
+            overwrite=overwrite,
+        )
 
 
 @app.command()
@@ -599,7 +632,8 @@ def compare(
 
     parse_methods(methods)  # a wrong name is refused before anything runs
     rec = _load(recipe, set_)
-    result = run_compare(rec, rec.run_dir(output_dir), methods, resume=resume, overwrite=overwrite)
+    with _writing(rec.run_dir(output_dir)):
+        result = run_compare(rec, rec.run_dir(output_dir), methods, resume=resume, overwrite=overwrite)
     print_table(Console(), result)
 
 
@@ -630,7 +664,8 @@ def export(
     """
     from rlhf_cli.export import export_model
 
-    path = export_model(model_dir, out, push_to_hub=push_to_hub, overwrite=overwrite)
+    with _writing(_run_of(out)):  # an export into a run folder waits its turn like any other writer
+        path = export_model(model_dir, out, push_to_hub=push_to_hub, overwrite=overwrite)
     typer.echo(f"Exported to {path}")
 
 
@@ -695,11 +730,15 @@ def data_toy(
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give --out a folder (it is created if missing).")
+    inside = next((p for p in out.absolute().parents if p.exists()), None)
+    if inside is not None and not inside.is_dir():
+        raise UserError(f"--out {out}: {inside} is a file, so no folder can be made inside it; give another --out.")
     if (out / "world.json").exists() and not overwrite:
         raise UserError(f"{out} already holds a toy world; pass --overwrite to replace it, or another --out.")
 
-    for name, path in ToyWorld(seed).write(out).items():
-        typer.echo(f"{name:16s} {path}")
+    with _writing(_run_of(out)):
+        for name, path in ToyWorld(seed).write(out).items():
+            typer.echo(f"{name:16s} {path}")
 
 
 def _join_cpu_process_group():

@@ -22,6 +22,7 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.lock import run_lock
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.steps import DEFAULT_STEPS, METHODS, step_name
 
@@ -42,8 +43,14 @@ def parse_methods(methods: str | list[str] | None) -> list[str]:
 
 
 def run_compare(recipe, run_dir: str | Path, methods=None, *, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run the shared steps, every method and `rlhf eval` into `run_dir`; write compare/compare.{json,md,png}."""
-    run_dir, chosen = Path(run_dir), parse_methods(methods)
+    """Run the shared steps, every method and `rlhf eval` into `run_dir`; write compare/compare.{json,md,png}. Every
+    step's trainer config and named models are checked before the first step runs (`pipeline.check_steps`)."""
+    with run_lock(run_dir):
+        return _run_compare(recipe, Path(run_dir), methods, resume=resume, overwrite=overwrite)
+
+
+def _run_compare(recipe, run_dir: Path, methods, *, resume: bool, overwrite: bool) -> dict:
+    chosen = parse_methods(methods)
     shared = [s for s in SHARED_STEPS if recipe.stages is None or s in recipe.stages]
     if methods is None and "label" not in shared and recipe.dpo.data is None:  # DPO learns from rankings
         print("compare: this recipe makes no rankings (no label step) and sets no dpo.data; leaving out dpo.")

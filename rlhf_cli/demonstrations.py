@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -29,7 +28,8 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import _append, _drop_last_action, _read_jsonl, answer_prompts, back_up
 from rlhf_cli.files import write_text_atomic
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.people import LEASE_SECONDS, Offers, lock_folder
+from rlhf_cli.lock import run_lock
+from rlhf_cli.people import LEASE_SECONDS, Offers
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.runs import resolve_model_dir
 
@@ -300,8 +300,7 @@ def write_human(
     if not layout.drafts.exists():
         raise UserError(f"{layout.drafts} does not exist; run `rlhf write` for this run to draft the answers.")
     writer = writer or _user()
-    lock = lock_folder(layout.demonstrations_dir, "`rlhf write` (its page, or its terminal screen)")
-    try:
+    with run_lock(layout.root):  # one writer of the run at a time: a web page serving it refuses this screen
         board = WriteBoard(run_dir)
         state = board.next_for(writer)
         p = state["progress"]
@@ -355,9 +354,6 @@ def write_human(
                     state = {**state, "message": f"Not saved: {err}. {HELP}"}
                     continue
                 this_session += 1
-    finally:
-        if lock is not None:
-            os.close(lock)
     return layout.demonstrations
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import save_dir_atomic, write_json_atomic
+from rlhf_cli.layout import is_run_folder, is_stage_folder
 from rlhf_cli.modeling import check_model_ref, count_parameters, load_tokenizer
 from rlhf_cli.runs import library_versions, write_model_card
 
@@ -133,12 +134,7 @@ def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None
     """Write a clean HF folder for `model_dir` at `out` (atomically); push it to `push_to_hub` if given. Returns `out`."""
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; --out must be a folder.")
-    if Path(model_dir).resolve() == out.resolve():
-        raise UserError("--out is the model folder itself; export to another folder.")
+    check_out(model_dir, out, overwrite)
     model, tokenizer, info = load_for_export(model_dir)
     lineage = _read_json(Path(model_dir) / "lineage.json")
     record = {**info, "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": library_versions()}
@@ -160,6 +156,50 @@ def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None
     if push_to_hub:
         push(out, push_to_hub)
     return out
+
+
+def is_export(folder: Path) -> bool:
+    """A folder `rlhf export` wrote: its lineage.json records the export."""
+    return "export" in _read_json(Path(folder) / "lineage.json")
+
+
+def check_out(model_dir: str, out: Path, overwrite: bool) -> None:
+    """Refuse an --out whose replacement would lose work, before anything loads: the model folder itself, a folder
+    inside it or holding it, a run folder or a stage's folder (or one holding them), a file, and — even with
+    --overwrite — a folder holding anything but a previous export. Only an empty folder or an earlier export of
+    `rlhf export` is replaced, and that only with --overwrite."""
+    source = Path(model_dir).expanduser()
+    target = out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder to export into (it is created if missing).")
+    if source.exists():
+        source = source.resolve()
+        if target == source:
+            raise UserError(f"--out {out} is the model folder itself; export to another folder.")
+        if target in source.parents:
+            raise UserError(
+                f"--out {out} holds the model being exported ({model_dir}); replacing it would delete the model "
+                "(and the run around it): export to a new folder."
+            )
+        if source in target.parents:
+            raise UserError(f"--out {out} is inside the model folder {model_dir}; export to a folder outside it.")
+    if not out.exists():
+        return
+    if is_stage_folder(target) or is_run_folder(target):
+        what = "a stage's folder" if is_stage_folder(target) else "a run folder"
+        raise UserError(
+            f"--out {out} is {what} (replacing it would delete its models, checkpoints and rankings); export to a new "
+            "folder."
+        )
+    held = sorted(out.iterdir())
+    if held and not is_export(out):
+        shown = ", ".join(p.name for p in held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(
+            f"--out {out} holds files that are not an `rlhf export` ({shown}); export to a new folder (--overwrite "
+            "replaces only an earlier export or an empty folder)."
+        )
+    if not overwrite and held:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
 
 
 def push(folder: Path, repo_id: str) -> str:

@@ -58,8 +58,11 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
         wait_for_everyone()
         return out
     if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to sample again (its rankings will no longer match).")
-    model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "feedback.model")
+        raise UserError(
+            f"{out} already exists; pass --overwrite to sample again (its rankings and skips then move to "
+            f"{out.parent / 'backup'})."
+        )
+    model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "--model" if model else "feedback.model")
     start = time.time()
     prompts, answers = answer_prompts(
         rec, run_dir, model_dir, fb.data, fb.num_prompts, ("sample", "feedback.max_new_tokens"),
@@ -84,6 +87,8 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
         }
         for p, group in zip(prompts, answers, strict=True)
     ]
+    if overwrite:  # every check passed and the answers are made: the rankings of the old ones go aside first
+        set_aside_rankings(out.parent)
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     finished = sum(sum(r["finished"]) for r in rows) / max(1, sum(len(r["answers"]) for r in rows))
     print(
@@ -109,10 +114,26 @@ def answer_prompts(rec, run_dir: Path, model_dir: str, data, num_prompts: int | 
     return prompts, generate_answers(lm, tokenizer, prompts, seed=rec.seed, precision=rec.precision, **gen)
 
 
-def read_samples(path: Path) -> list[dict]:
+def read_samples(path: Path, *, to_rank: bool = False) -> list[dict]:
+    """The rows of samples.jsonl (a line that is not JSON is named); `to_rank`: each row also checked for what the
+    labelling screens and the toy annotator read (a prompt's messages and its answers), else a UserError."""
     if not Path(path).exists():
         raise UserError(f"{path} does not exist; run `rlhf sample` for this run first.")
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _read_jsonl(Path(path))
+    for number, row in enumerate(rows if to_rank else [], 1):
+        answers = row.get("answers")
+        if not (
+            isinstance(answers, list)
+            and all(isinstance(a, str) for a in answers)
+            and isinstance(row.get("prompt"), list)
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in row["prompt"])
+        ):
+            raise UserError(
+                f"{path}: row {number} is not a sample (a prompt's messages and its answers); make the file again "
+                "with `rlhf sample --overwrite`."
+            )
+        row.setdefault("finished", [True] * len(answers))
+    return rows
 
 
 def unique_answers(row: dict) -> list[int]:
@@ -157,6 +178,7 @@ def label(
 
 
 def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console, continue_with, limit) -> Path:
+    """Every check of the annotator's input comes before the old rankings move to backup/ (`--overwrite`)."""
     who = annotator or rec.feedback.annotator
     if who == "web":
         raise UserError("The web ranking page is served by `rlhf label --annotator web` (it runs until you stop it).")
@@ -167,45 +189,86 @@ def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, conso
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
     if who == "toy":
+        samples = read_samples(feedback / SAMPLES, to_rank=True)
         back_up(out)
         return label_toy(
-            feedback / SAMPLES, out, seed=rec.seed, noise=rec.feedback.noise, biases=rec.feedback.biases.model_dump()
+            feedback / SAMPLES,
+            out,
+            seed=rec.seed,
+            noise=rec.feedback.noise,
+            biases=rec.feedback.biases.model_dump(),
+            samples=samples,
         )
+    source, pairs = check_rankings_file(who, out)
     back_up(out)
-    return copy_rankings(who, out)
+    return copy_rankings(source, out, pairs)
 
 
 def start_over(feedback: Path) -> None:
     """A person's labelling starts over (--overwrite): what was ranked or skipped is moved aside, never deleted."""
-    read_samples(Path(feedback) / SAMPLES)  # a missing samples file is refused before anything moves
+    read_samples(Path(feedback) / SAMPLES, to_rank=True)  # a missing or damaged one is refused before anything moves
     for name in (RANKINGS, SKIPPED):
         back_up(Path(feedback) / name, always=True)
 
 
-def back_up(path: Path, *, always: bool = False) -> Path | None:
+def set_aside_rankings(feedback: Path) -> None:
+    """New samples replace the old (`rlhf sample --overwrite`): the rankings and skips made of the old ones would no
+    longer match them. A person's (or a file's) move to feedback/backup/; the toy annotator's, made again in a second,
+    are removed. Each says so."""
+    for name in (RANKINGS, SKIPPED):
+        path = Path(feedback) / name
+        if not path.exists():
+            continue
+        rows = _rows_if_readable(path)
+        if rows is not None and all(r.get("annotator") == "toy" for r in rows):
+            path.unlink()
+            if rows:
+                print(f"{name}: {len(rows)} rankings of the old samples by the toy annotator removed (label again).")
+        else:
+            back_up(path, always=True, why="they rank the old samples")
+
+
+def _rows_if_readable(path: Path) -> list[dict] | None:
+    try:
+        return _read_jsonl(path)
+    except UserError:  # a damaged file is a person's work all the same: it is moved, never judged
+        return None
+
+
+def back_up(path: Path, *, always: bool = False, why: str = "") -> Path | None:
     """Move `path` to feedback/backup/<name>.<time>.jsonl before it is replaced, when it holds rankings a person (or a
     file from elsewhere) made — the simulated annotator's are made again in a second — or, with `always`, whatever it
-    holds. Returns the backup's path (None when nothing was moved)."""
+    holds (a file that cannot be read too). Returns the backup's path (None when nothing was moved)."""
     path = Path(path)
-    rows = _read_jsonl(path) if path.exists() else []
-    if not rows or (not always and all(r.get("annotator") == "toy" for r in rows)):
+    rows = _rows_if_readable(path) if path.exists() else []
+    if rows is not None and (not rows or (not always and all(r.get("annotator") == "toy" for r in rows))):
         return None
     stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
     while (backup := path.parent / "backup" / f"{path.stem}.{stamp}{f'-{n}' if n else ''}{path.suffix}").exists():
         n += 1
     backup.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, backup)
-    print(f"{path.name}: {len(rows)} rows moved to {backup} (restore it by moving it back).")
+    because = f"; {why}" if why else ""
+    count = f"{len(rows)} row{'s' * (len(rows) != 1)}" if rows is not None else "the file (not all of it readable)"
+    print(f"{path.name}: {count} moved to {backup}{because} (restore it by moving it back).")
     return backup
 
 
-def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float, biases: dict | None = None) -> Path:
+def label_toy(
+    samples_path: Path,
+    out: Path,
+    *,
+    seed: int,
+    noise: float,
+    biases: dict | None = None,
+    samples: list[dict] | None = None,
+) -> Path:
     """The toy world's simulated annotator: gold reward, the raters' `biases` and Gaussian noise of std `noise`,
-    seeded (rlhf_cli.data.toy: ToyWorld.rank)."""
+    seeded (rlhf_cli.data.toy: ToyWorld.rank; `samples`: the rows of `samples_path`, when read already)."""
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
-    for index, row in enumerate(read_samples(samples_path)):
+    for index, row in enumerate(samples if samples is not None else read_samples(samples_path, to_rank=True)):
         keep = unique_answers(row)
         if len(keep) < 2:
             continue
@@ -229,13 +292,28 @@ def label_toy(samples_path: Path, out: Path, *, seed: int, noise: float, biases:
     return out
 
 
-def copy_rankings(source: str, out: Path) -> Path:
-    """A preference file made elsewhere: validated through the data layer, then copied (as JSON lines)."""
-
+def check_rankings_file(source: str, out: Path) -> tuple[Path, int]:
+    """A preference file made elsewhere, validated whole through the data layer (every row, and not every pair of one
+    answer with itself) before anything moves; (its path, its preference pairs)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"--annotator {source!r}: use human, toy, or the path of an existing rankings file.")
-    pairs = load_stage_data("reward", DataSpec(path=str(path)))
+    if path.is_dir() and not any(path.iterdir()):
+        raise UserError(f"--annotator {source}: the folder is empty; give a rankings file.")
+    if out.exists() and path.resolve() == out.resolve():
+        raise UserError(
+            f"--annotator {source} is this run's own rankings file; give a file made elsewhere (or another run's)."
+        )
+    return path, len(load_stage_data("reward", DataSpec(path=str(path))))
+
+
+def copy_rankings(source: str | Path, out: Path, pairs: int | None = None) -> Path:
+    """A preference file made elsewhere: validated through the data layer (unless `pairs` says it was), then copied (as
+    JSON lines)."""
+
+    if pairs is None:
+        source, pairs = check_rankings_file(str(source), out)
+    path = Path(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         tmp = out.with_name(f".{out.name}.tmp")
@@ -244,7 +322,7 @@ def copy_rankings(source: str, out: Path) -> Path:
     else:
         rows = read_table(path=str(path)).to_list()
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
-    print(f"Copied {path} ({len(pairs)} preference pairs) -> {out}")
+    print(f"Copied {path} ({pairs} preference pairs) -> {out}")
     return out
 
 
@@ -252,11 +330,31 @@ def copy_rankings(source: str, out: Path) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return (
-        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if path.exists()
-        else []
-    )
+    """The rows of a JSON-lines file the run keeps (none when it is missing); a line that is not a JSON object is a
+    UserError naming the file and the line."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); restore it or remove it."
+        ) from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}: line {number} is not a JSON object (cut short by a crash, or edited by hand?); fix or "
+                "remove that line."
+            )
+        rows.append(row)
+    return rows
 
 
 def _append(path: Path, row: dict) -> None:
@@ -313,19 +411,27 @@ def _show(console, row: dict, keep: list[int], position: str) -> None:
 
 
 def check_rows_match(samples: list[dict], rows: list[dict], samples_path: Path) -> None:
-    """Every ranking or skip names a prompt of these samples (by index, with the same prompt), or UserError."""
+    """Every ranking or skip names a prompt of these samples (by index, with the same prompt), and every ranking ranks
+    the answers that sample offers (the same prompts sampled again give other answers), or UserError."""
     for r in rows:
         index = r.get("sample")
-        if not isinstance(index, int) or index >= len(samples) or samples[index]["prompt"] != r.get("prompt"):
+        ok = isinstance(index, int) and 0 <= index < len(samples) and samples[index]["prompt"] == r.get("prompt")
+        if ok and "responses" in r:
+            offered = {samples[index]["answers"][i] for i in unique_answers(samples[index])}
+            responses = r["responses"]
+            ok = isinstance(responses, list) and len(responses) == len(offered) and set(responses) == offered
+        if not ok:
+            which = f"sample {index + 1}" if isinstance(index, int) else "a row without a sample number"
             raise UserError(
-                f"{Path(samples_path).parent} holds rankings of other samples than {samples_path}; "
-                "pass --overwrite to start labelling again."
+                f"{Path(samples_path).parent} holds rankings of other samples than {samples_path} ({which}: another "
+                "prompt or other answers); pass --overwrite to start labelling again (the rankings so far move to its "
+                "backup/ folder)."
             )
 
 
 def labelling_progress(feedback: Path) -> tuple[int, int]:
     """(prompts ranked or skipped, prompts to rank) of the human screen in this feedback folder."""
-    samples = read_samples(Path(feedback) / SAMPLES)
+    samples = read_samples(Path(feedback) / SAMPLES, to_rank=True)
     done = {r.get("sample") for r in _read_jsonl(Path(feedback) / RANKINGS) + _read_jsonl(Path(feedback) / SKIPPED)}
     todo = [i for i, row in enumerate(samples) if len(unique_answers(row)) >= 2]
     return sum(i in done for i in todo), len(todo)
@@ -350,7 +456,7 @@ def label_human(
 
     console = console or Console()
     ask = ask or console.input
-    samples = read_samples(samples_path)
+    samples = read_samples(samples_path, to_rank=True)
     skipped_path = out.with_name(SKIPPED)
     rankings, skipped = _read_jsonl(out), _read_jsonl(skipped_path)
     check_rows_match(samples, rankings + skipped, samples_path)

@@ -1,6 +1,7 @@
 """The run folder: every path a run holds, and when a step counts as finished — in one place.
 
 <run>/recipe.yaml            the resolved recipe (rewritten as stages run)
+<run>/.rlhf.lock             while a command writes into the run: who (rlhf_cli.lock; one writer at a time)
 <run>/pipeline.json          `rlhf pipeline`'s record: each step's status, seconds and headline
 <run>/data/toy/              the toy world's files (a run's own world: its seed draws it)
 <run>/<stage>/               pretrain, sft, reward, ppo: recipe.yaml (what the stage trains on), checkpoints/,
@@ -20,6 +21,8 @@ from rlhf_cli.steps import MODEL_STAGES, STEPS
 
 FINAL = "final"
 STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
+LOCK_NAME = ".rlhf.lock"  # the run's lock (rlhf_cli.lock): the command writing into the run, and its process
+RUN_MARKERS = ("recipe.yaml", "pipeline.json")  # a folder holding one of these (and not a stage's) is a run folder
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class RunLayout:
     @property
     def recipe(self) -> Path:
         return self.root / "recipe.yaml"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_NAME
 
     @property
     def pipeline_record(self) -> Path:
@@ -155,3 +162,33 @@ class RunLayout:
         if step == "label" and annotator in ("human", "web"):  # people may have stopped part-way
             return False
         return self.output(step).is_file()
+
+
+def is_stage_folder(path: str | Path) -> bool:
+    """`<run>/<stage>` of a model stage (its recipe.yaml is the stage's, not a run's)."""
+    path = Path(path)
+    return path.name in MODEL_STAGES and is_run_folder(path.parent)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A folder a run writes into: it holds the run's recipe.yaml or pipeline.json, or a model stage's folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / "pipeline.json").is_file():
+        return True
+    if (path / "recipe.yaml").is_file() and not (path.name in MODEL_STAGES and (path.parent / "recipe.yaml").is_file()):
+        return True
+    return any((path / s / FINAL).is_dir() or (path / s / STAGE_RECIPE).is_file() for s in MODEL_STAGES)
+
+
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run folder `path` is in (or is): the nearest folder, `path` included, that is a run folder; None outside
+    any run. A path that does not exist yet is looked up from its nearest existing folder."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    for folder in (probe, *probe.parents):
+        if is_run_folder(folder):
+            return folder
+    return None

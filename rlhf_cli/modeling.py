@@ -104,6 +104,64 @@ def check_model_ref(ref: str, *, needs: tuple[str, ...] = ("config.json",)) -> N
         hub.offline_unless_reachable()
 
 
+CAUSAL_LM, REWARD_MODEL = "causal LM", "reward model"
+
+
+def check_model_kind(ref: str, expected: str | None, what: str) -> str | None:
+    """Refuse, before anything loads, a model of the other kind than `expected` (CAUSAL_LM or REWARD_MODEL): a reward
+    model (a sequence classifier with a score head) where a causal LM is wanted, or the reverse, which transformers
+    would load with a fresh random head and a MISSING line in its load report. The kind is read from config.json's
+    `architectures` (a LoRA adapter: adapter_config.json's `task_type`), of a local folder or a hub id's cached
+    config; returns it, or None when it cannot be told (the load decides). `what` names the setting, e.g.
+    `ppo.reward_from`; `expected` None only reads the kind."""
+    import json
+
+    def read(path: Path | None) -> dict:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def find(name: str) -> Path | None:
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return path / name
+        if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+            return None
+        try:  # a hub id: its cached file only, never a download
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(ref, name)
+        except Exception:  # noqa: BLE001 - an id the cache cannot hold, a cache that cannot be read: not known
+            return None
+        return Path(cached) if isinstance(cached, str) else None
+
+    kind = None
+    task = read(find("adapter_config.json")).get("task_type")
+    if task is not None:
+        kind = {"SEQ_CLS": REWARD_MODEL, "CAUSAL_LM": CAUSAL_LM}.get(str(task))
+    else:
+        names = read(find("config.json")).get("architectures") or []
+        names = [str(a) for a in names] if isinstance(names, list) else []
+        if names and all(a.endswith("ForSequenceClassification") for a in names):
+            kind = REWARD_MODEL
+        elif names and all(a.endswith(("ForCausalLM", "LMHeadModel")) for a in names):
+            kind = CAUSAL_LM
+    if kind is None or expected is None or kind == expected:
+        return kind
+    if expected == REWARD_MODEL:
+        raise UserError(
+            f"{what}: {ref} is a causal LM, not a reward model (a sequence classifier with a score head): it would "
+            "score with a fresh, random head; give a reward model, such as a run's reward/final made by `rlhf reward`."
+        )
+    raise UserError(
+        f"{what}: {ref} is a reward model (a sequence classifier with a score head), not a causal LM that writes "
+        f"answers; give a language model, such as a run's sft/final (`rlhf reward inspect {ref}` looks at a reward "
+        "model)."
+    )
+
+
 def load_error(what: str, ref: str, err: Exception) -> str:
     """One sentence for a model that would not load; offline, what to do instead."""
     if hub.reachable() is False and not Path(ref).expanduser().exists():

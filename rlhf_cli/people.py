@@ -1,6 +1,6 @@
 """Work shared by several people at once — the ranking page's raters (web_label.Board), the writers of demonstrations
-(demonstrations.WriteBoard): who did which item, what to offer each person next, an item on someone's screen held for
-them, and one server per folder.
+(demonstrations.WriteBoard): who did which item, what to offer each person next, and an item on someone's screen held
+for them. One server per run is the run's lock (rlhf_cli.lock).
 
 Bookkeeping only: a board built on `Offers` writes its files (under `lock`) before it records the change here, and
 rebuilds this state from those files when a server starts (the files are the state).
@@ -8,13 +8,10 @@ rebuilds this state from those files when a server starts (the files are the sta
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-
-from rlhf_cli.errors import UserError
 
 LEASE_SECONDS = 30 * 60  # an item shown to a person is held for them this long (or until they act)
 
@@ -106,19 +103,3 @@ class Offers:
         else:
             self.skipped_by[person].discard(index)
         self.leases[person] = (index, time.monotonic() + self.lease_seconds)
-
-
-def lock_folder(folder, served_by: str):
-    """Hold an exclusive lock on `folder` itself (no file is written) while one process serves it; a second gets a
-    UserError naming `served_by`. Returns the descriptor to close (None where there are no such locks)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        return None
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise UserError(f"{folder} is already being served by another {served_by}.") from None
-    return fd

@@ -25,9 +25,11 @@ from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.feedback import label, labelling_progress, sample
 from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.lock import run_lock
 from rlhf_cli.recipe import save_resolved
 from rlhf_cli.report import assess, build_report, step_headline
-from rlhf_cli.runs import Interrupted, no_trace_on_user_error
+from rlhf_cli.runs import Interrupted, check_model_kinds, no_trace_on_user_error
+from rlhf_cli.stages.common import build_trainer_configs
 from rlhf_cli.steps import DEFAULT_STEPS, MODEL_STAGES, STEPS, step_name
 
 TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was missed or a red flag raised
@@ -49,6 +51,16 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
         what = f"unknown stage {', '.join(hints)}" if unknown else "no stage given"
         raise UserError(f"--stages: {what}; valid stages are {','.join(STEPS)}.")
     return [s for s in STEPS if s in names]
+
+
+def check_steps(recipe, run_dir: Path, steps: list[str]) -> None:
+    """Before the first step runs: every training step's trainer config builds from the recipe, and every model the
+    recipe names for a step is of the kind its key needs (rlhf_cli.runs.check_model_kinds) — a mistake in the last
+    step costs a second, not the minutes of the steps before it."""
+    build_trainer_configs(recipe, run_dir, [s for s in steps if s in MODEL_STAGES])
+    for step in steps:
+        if step in MODEL_STAGES:
+            check_model_kinds(recipe, step)
 
 
 def _model_stage(name: str) -> Callable[..., Any]:
@@ -133,11 +145,16 @@ def run_pipeline(
         overwrite: replace the chosen steps' existing outputs.
         accept_changes: with resume, continue an unfinished stage although the recipe now differs from its own.
     Raises:
-        UserError: an unknown stage name, or existing outputs without --resume/--overwrite.
+        UserError: an unknown stage name, or existing outputs without --resume/--overwrite, or another command
+        writing into the run (its lock, rlhf_cli.lock).
     """
+    with run_lock(run_dir):
+        return _run_pipeline(recipe, Path(run_dir), stages, resume, overwrite, accept_changes)
+
+
+def _run_pipeline(recipe, run_dir: Path, stages, resume: bool, overwrite: bool, accept_changes: bool) -> dict:
     from rich.console import Console
 
-    run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     steps = parse_stages(stages if stages is not None else recipe.stages)
     if resume and overwrite:
@@ -148,6 +165,7 @@ def run_pipeline(
             f"{run_dir} already has {', '.join(existing)}; pass --resume to keep finished stages and run the rest, "
             f"--overwrite to replace them, or --output-dir to write elsewhere."
         )
+    check_steps(recipe, run_dir, steps)
     console = Console(quiet=not is_main_process())  # several processes: one prints
     record_path = layout.pipeline_record
     record = {"recipe": recipe.name, "run_dir": str(run_dir), "steps": {}}

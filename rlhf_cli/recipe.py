@@ -315,8 +315,13 @@ class Recipe(Section):
     targets: TargetsSpec = Field(default_factory=TargetsSpec)
 
     def run_dir(self, output_dir: str | Path | None = None) -> Path:
-        """Where this run writes: `--output-dir`, else the recipe's `output_dir`, else `runs/<name>`."""
-        return Path(output_dir or self.output_dir or Path("runs") / self.name)
+        """Where this run writes: `--output-dir`, else the recipe's `output_dir`, else `runs/<name>`; a file there is a
+        UserError (a run folder is a folder)."""
+        path = Path(output_dir or self.output_dir or Path("runs") / self.name)
+        if path.exists() and not path.is_dir():
+            where = "--output-dir" if output_dir else ("output_dir" if self.output_dir else f"runs/{self.name}")
+            raise UserError(f"{where} {path} is a file, not a folder; give a run folder (it is created if missing).")
+        return path
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
@@ -345,11 +350,45 @@ def _yaml_problem(err) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "") + "."
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, which also refuses a key given twice in one mapping (plain YAML keeps the last one: a
+    second `ppo:` section would silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line)
+                except TypeError:  # an unhashable key: the base class says what is wrong with it
+                    continue
+                if first != key_node.start_mark.line:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key '{key}' (also on line {first + 1}); keep one — YAML would silently use the last",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_recipe(text: str) -> Any:
+    """`yaml.safe_load` that refuses duplicate keys (rlhf_cli.recipe._RecipeLoader)."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
     """The raw mapping of a built-in name or a YAML path."""
     path = Path(recipe)
     if path.suffix.lower() not in (".yaml", ".yml") and builtin_path(str(recipe)).exists():  # names may hold dots
         path = builtin_path(str(recipe))
+    if path.is_dir():
+        raise UserError(
+            f"--recipe {recipe} is a folder; give a recipe YAML file or a built-in name ({', '.join(builtin_names())})."
+        )
     if not path.exists():
         near = difflib.get_close_matches(str(recipe), builtin_names(), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
@@ -357,7 +396,7 @@ def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
             f"No recipe '{recipe}': not a file and not a built-in recipe ({', '.join(builtin_names())}).{hint}"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_recipe(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise UserError(f"Recipe {path} is not UTF-8 text ({err.reason} at byte {err.start}).") from None
     except yaml.YAMLError as err:

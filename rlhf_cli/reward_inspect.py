@@ -13,7 +13,7 @@ from rlhf_cli import files
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
-from rlhf_cli.modeling import inference_device, load_tokenizer
+from rlhf_cli.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import load_reward_model, score_pairs
 from rlhf_cli.stats import bucket_name, pearson, tertiles, wilson
@@ -30,8 +30,11 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     """
 
     model_dir = Path(model_dir)
+    if output_folder(model_dir, out_dir).exists() and not output_folder(model_dir, out_dir).is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder for the report (it is created if missing).")
     if not (model_dir / "config.json").exists():
         raise UserError(f"{model_dir} is not a model folder (no config.json); give a reward model's final/ folder.")
+    check_model_kind(str(model_dir), REWARD_MODEL, "rlhf reward inspect")
     if data is None:
         lineage = model_dir / "lineage.json"
         if not lineage.exists():
@@ -60,7 +63,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     report = inspect_scores(pairs, chosen, rejected, n_tokens)
     report["data"] = source
 
-    out = Path(out_dir) if out_dir else model_dir.parent / "inspect"
+    out = output_folder(model_dir, out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report["histogram"] = str(_histogram(chosen, rejected, out / "scores.png"))
     stats_path = model_dir / "reward_stats.json"  # the training-time stats stay what PPO normalises with
@@ -70,6 +73,11 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     files.write_json_atomic(out / "inspect.json", report)
     _print_report(report, out)
     return report
+
+
+def output_folder(model_dir, out_dir=None) -> Path:
+    """Where the report goes: `out_dir`, else the folder beside the model's (`<stage>/inspect`)."""
+    return Path(out_dir) if out_dir else Path(model_dir).parent / "inspect"
 
 
 def inspect_scores(pairs: list[dict], chosen: list[float], rejected: list[float], n_tokens: dict[str, int]) -> dict:

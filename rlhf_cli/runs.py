@@ -16,6 +16,7 @@ from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.files import write_json_atomic, write_text_atomic
 from rlhf_cli.layout import STAGE_RECIPE, RunLayout
+from rlhf_cli.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
 from rlhf_cli.recipe import resume_differences, save_resolved
 from rlhf_cli.steps import DEFAULT_STEPS, STEPS
 
@@ -40,6 +41,8 @@ def check_stage_dir(
     `accept_changes` (`--accept-recipe-change`: continue with the new settings on purpose, e.g. more max_steps).
     """
     stage_dir = Path(run_dir) / stage
+    if resume and overwrite:
+        raise UserError("--resume continues the stage and --overwrite replaces it: pass one of the two.")
     if _holds_work(stage_dir) and not resume and not overwrite:
         raise UserError(
             f"{stage_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
@@ -125,14 +128,17 @@ def _holds_work(stage_dir: Path) -> bool:
 def resolve_model_dir(
     explicit: str | None, run_dir: Path, parent_stage: str, what: str, needs_up_to: str | None = None, recipe=None
 ) -> str:
-    """A stage's starting model: `init_from` (a local path or hub id) or the parent stage's `final/` in this run.
-    `needs_up_to`: the last step the stage needs from this run (PPO: the reward model too), for the message that
-    names every step still to run."""
+    """A stage's starting model: `init_from` (a local path or hub id) or the parent stage's `final/` in this run,
+    checked for the kind of model the setting `what` needs (`expected_kind`). `needs_up_to`: the last step the stage
+    needs from this run (PPO: the reward model too), for the message that names every step still to run."""
+    kind = expected_kind(what)
     if explicit:
         if _looks_local(explicit) and not Path(explicit).exists():
             raise UserError(f"{what}: '{explicit}' does not exist; give a model folder or a hub id (owner/name).")
         if Path(explicit).is_dir() and not (Path(explicit) / "config.json").exists():
             raise UserError(f"{what}: {explicit} is not a model folder (it has no config.json).")
+        if kind is not None:
+            check_model_kind(explicit, kind, what)
         return explicit
     layout = RunLayout(run_dir)
     final = layout.final(parent_stage)
@@ -141,7 +147,36 @@ def resolve_model_dir(
             f"{what.split('.')[0]}: {final} does not exist — run {run_first(layout, needs_up_to or parent_stage, recipe)} for this run "
             f"first, or set {what} to a model folder or hub id."
         )
+    if kind is not None:
+        check_model_kind(str(final), kind, what)
     return str(final)
+
+
+def expected_kind(what: str) -> str | None:
+    """The kind of model a setting names: a reward model for `*.reward_from` and `ppo.rewards[i].model`, either for
+    `reward.init_from` (a causal LM gets a fresh score head; a reward model trains on) and `ppo.value_from` (the same
+    for the value head), a causal LM for every other (policies, references, `init_from`, `--model`)."""
+    key = what.removeprefix("--")
+    if key.endswith(".reward_from") or (key.startswith("ppo.rewards[") and key.endswith(".model")):
+        return REWARD_MODEL
+    if key in ("reward.init_from", "ppo.value_from"):
+        return None
+    return CAUSAL_LM
+
+
+def check_model_kinds(recipe, stage: str) -> None:
+    """Every model `stage`'s recipe section names by path or hub id (`init_from`, `policy_from`, `reward_from`,
+    `rewards[i].model`, `value_from`), checked for its kind before anything loads: a mistake in the reward model is
+    refused before the policy has loaded, not minutes later."""
+    section = getattr(recipe, stage, None)
+    if section is None:
+        return
+    named = [(f"{stage}.{key}", getattr(section, key, None)) for key in ("init_from", "policy_from", "reward_from")]
+    named += [(f"{stage}.rewards[{i}].model", t.model) for i, t in enumerate(getattr(section, "rewards", None) or [])]
+    for what, ref in named:
+        kind = expected_kind(what)
+        if ref and kind is not None:
+            check_model_kind(str(ref), kind, what)
 
 
 def run_first(layout: RunLayout, step: str, recipe=None) -> str:

@@ -23,6 +23,27 @@ def encode(tokenizer, prompt: list[dict], answer: str, max_length: int | None = 
     return ids[-max_length:] if max_length else ids  # the score is read at the end; cut the oldest context
 
 
+def count_cut(tokenizer, pairs, max_length: int) -> tuple[int, int]:
+    """(pairs with an answer longer than `max_length` tokens with its prompt, pairs counted): `encode` keeps such a
+    conversation's last `max_length` tokens, so its start is lost. Each distinct (prompt, answer) is counted once; a
+    streamed data set is not read ahead of training: (0, 0)."""
+    import datasets
+
+    if not isinstance(pairs, datasets.Dataset):
+        return 0, 0
+    lengths: dict[tuple[str, str], int] = {}
+    cut = 0
+    for prompt, chosen, rejected in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], strict=True):
+        key = json.dumps(prompt)
+        longest = 0
+        for text in (chosen, rejected):
+            if (key, text) not in lengths:
+                lengths[(key, text)] = len(encode(tokenizer, prompt, text))
+            longest = max(longest, lengths[(key, text)])
+        cut += longest > max_length
+    return cut, len(pairs)
+
+
 def score(
     model,
     tokenizer,

@@ -25,14 +25,44 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.lock import run_lock
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.recipe import load_recipe, save_resolved
+from rlhf_cli.stages.common import build_trainer_configs
 from rlhf_cli.stats import gao_curve, gao_fit
 
 PREREQUISITES = "pretrain,sft,sample,label,reward"
 
 
 SWEEPABLE = ("ppo", "best_of_n")  # stages whose eval.json holds a KL to SFT and an RM score
+# Keys a sweep cannot vary: the models every point shares (the sweep sets them), the prompts every point is judged
+# on, and where a point writes.
+NOT_SWEPT = ("policy_from", "reward_from", "data", "training.output_dir")
+
+
+def check_param(param: str, values: list[str]) -> str:
+    """The stage a sweep of `param` over `values` runs; a UserError for a key or values it cannot sweep."""
+    stage, _, key = param.partition(".")
+    if stage not in SWEEPABLE or not key:
+        raise UserError(
+            f"--param {param}: a sweep trains PPO (or runs best-of-n) once per value, so the key must be a ppo.* or "
+            f"best_of_n.* setting (for example ppo.kl_coef, ppo.training.learning_rate or best_of_n.n)."
+        )
+    if any(key == k or key.startswith(k + ".") for k in NOT_SWEPT):
+        raise UserError(
+            f"--param {param}: every point of a sweep starts from the run's SFT and reward models and is judged on "
+            f"the same prompts, so {', '.join(f'{stage}.{k}' for k in NOT_SWEPT)} cannot vary; sweep a setting such "
+            "as ppo.kl_coef."
+        )
+    if not values:
+        raise UserError("--values is empty; give comma-separated values, for example --values 0,0.01,0.05,0.2.")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise UserError(f"--values lists {', '.join(twice)} more than once; give each value once.")
+    odd = [v for v in values if "/" in v or "\\" in v or v in (".", "..")]
+    if odd:
+        raise UserError(f"--values {odd[0]}: each value names a point's folder, so it cannot hold / or be . or ..")
+    return stage
 
 
 def _point_metrics(stage: str, stage_eval: dict) -> dict:
@@ -70,45 +100,49 @@ def run_sweep(
         recipe_ref: the recipe name or path each point is loaded from (default: recipe.name as a built-in).
         overwrite: redo points already finished.
     """
+    with run_lock(run_dir):
+        return _run_sweep(recipe, Path(run_dir), param, values, base_overrides, recipe_ref, overwrite)
+
+
+def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref, overwrite) -> dict:
     from rich.console import Console
 
-    run_dir = Path(run_dir)
     values = [v.strip() for v in values if v.strip()]
-    stage = param.split(".")[0]
-    if stage not in SWEEPABLE or "." not in param or param.endswith("training.output_dir"):
-        raise UserError(
-            f"--param {param}: a sweep trains PPO (or runs best-of-n) once per value, so the key must be a ppo.* or "
-            f"best_of_n.* setting (for example ppo.kl_coef, ppo.training.learning_rate or best_of_n.n)."
-        )
-    if not values:
-        raise UserError("--values is empty; give comma-separated values, for example --values 0,0.01,0.05,0.2.")
+    stage = check_param(param, values)
+    shared = [
+        f"{stage}.policy_from={(run_dir / 'sft' / 'final').resolve()}",
+        f"{stage}.reward_from={(run_dir / 'reward' / 'final').resolve()}",
+    ]
+    # Every point's recipe and trainer config is built now, before the first stage runs: a misspelt key or a value of
+    # the wrong type costs a second, not the minutes of the prerequisite stages.
+    recipes = {
+        v: load_recipe(recipe_ref or recipe.name, [*(base_overrides or []), *shared, f"{param}={v}"]) for v in values
+    }
+    for rec in recipes.values():
+        build_trainer_configs(rec, run_dir, [stage])
     console = Console()
     if not all(RunLayout(run_dir).finished(s) for s in ("sft", "reward")):
         console.print(f"[bold]sweep:[/] {run_dir} has no finished sft/reward models yet; running {PREREQUISITES} first")
         run_pipeline(recipe, run_dir, stages=PREREQUISITES, resume=True)
 
     sweep_dir = run_dir / ("sweep" if stage == "ppo" else f"sweep-{stage}")  # PPO's sweep keeps its folder
-    shared = [
-        f"{stage}.policy_from={(run_dir / 'sft' / 'final').resolve()}",
-        f"{stage}.reward_from={(run_dir / 'reward' / 'final').resolve()}",
-    ]
     run_stage = importlib.import_module(f"rlhf_cli.stages.{stage}").run
     points = []
     for value in values:
         point_dir = sweep_dir / f"{param}={value}"
-        rec = load_recipe(recipe_ref or recipe.name, [*(base_overrides or []), *shared, f"{param}={value}"])
-        point_dir.mkdir(parents=True, exist_ok=True)
-        data_link = point_dir / "data"
-        if not data_link.exists() and (run_dir / "data").is_dir():
-            try:  # share the toy world's files instead of writing them again
-                os.symlink((run_dir / "data").resolve(), data_link, target_is_directory=True)
-            except OSError:
-                pass
-        save_resolved(rec, point_dir)
-        done = RunLayout(point_dir).finished(stage)
-        console.rule(f"[bold]sweep {param}={value}" + (" (finished: kept)" if done and not overwrite else ""))
-        if overwrite or not done:
-            run_stage(rec, point_dir, resume=not overwrite, overwrite=overwrite)
+        rec = recipes[value]
+        with run_lock(point_dir):  # a point is a run folder of its own: not while another command writes it
+            data_link = point_dir / "data"
+            if not data_link.exists() and (run_dir / "data").is_dir():
+                try:  # share the toy world's files instead of writing them again
+                    os.symlink((run_dir / "data").resolve(), data_link, target_is_directory=True)
+                except OSError:
+                    pass
+            save_resolved(rec, point_dir)
+            done = RunLayout(point_dir).finished(stage)
+            console.rule(f"[bold]sweep {param}={value}" + (" (finished: kept)" if done and not overwrite else ""))
+            if overwrite or not done:
+                run_stage(rec, point_dir, resume=not overwrite, overwrite=overwrite)
         point = {
             "value": value,
             "run_dir": str(point_dir),

@@ -16,8 +16,9 @@ files are the state). Undo takes back the rater's own last ranking or skip, also
 
 Safe by default: the server binds 127.0.0.1 (and answers only requests addressed to a local host name, against DNS
 rebinding); any other --host needs the random token the printed link carries (a request without it gets 403). It
-writes nothing but those two files of the run's feedback folder (and, writing, those of its demonstrations folder);
-only one server serves a run at a time. One server serves both pages when the run has both to do (a link joins them).
+writes nothing but those two files of the run's feedback folder (and, writing, those of its demonstrations folder),
+and holds the run's lock (rlhf_cli.lock) while it serves: only one server serves a run, and no other command writes
+into it meanwhile (`rlhf label --annotator toy --overwrite` is refused, naming the server's command and process). One server serves both pages when the run has both to do (a link joins them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hmac
 import importlib.util
 import json
-import os
 import random
 import secrets
 import signal
@@ -50,7 +50,8 @@ from rlhf_cli.feedback import (
     unique_answers,
 )
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.people import LEASE_SECONDS, Offers, lock_folder
+from rlhf_cli.lock import run_lock
+from rlhf_cli.people import LEASE_SECONDS, Offers
 
 PAGE = Path(__file__).parent / "web" / "label.html"
 CRITERIA = ("helpfulness", "honesty", "harmlessness", "clarity", "relevance")  # the seeds' criteria
@@ -84,13 +85,16 @@ class Board(Offers):
     The files are the state: the board is rebuilt from them when a server starts, and every change is written to
     them (under the lock) before the board changes."""
 
-    def __init__(self, feedback: Path, raters_per_prompt: int = 1, lease_seconds: float = LEASE_SECONDS):
+    def __init__(
+        self, feedback: Path, raters_per_prompt: int = 1, lease_seconds: float = LEASE_SECONDS, fresh: bool = False
+    ):
+        """`fresh`: the rankings and skips so far are about to be moved aside (--overwrite): start from none."""
         self.feedback = Path(feedback)
         self.samples_path = self.feedback / "samples.jsonl"
         self.rankings_path = self.feedback / "rankings.jsonl"
         self.skipped_path = self.feedback / "skipped.jsonl"
-        self.samples = read_samples(self.samples_path)
-        rankings, skipped = _read_jsonl(self.rankings_path), _read_jsonl(self.skipped_path)
+        self.samples = read_samples(self.samples_path, to_rank=True)
+        rankings, skipped = ([], []) if fresh else (_read_jsonl(self.rankings_path), _read_jsonl(self.skipped_path))
         check_rows_match(self.samples, rankings + skipped, self.samples_path)
         self.keep = {i: unique_answers(row) for i, row in enumerate(self.samples)}
         todo = [i for i, kept in self.keep.items() if len(kept) >= 2]
@@ -302,17 +306,37 @@ class LabelServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
+def check_can_serve(host: str, port: int) -> None:
+    """Refuse now (one sentence) a host or port the page could not be served on: before anything is drafted or moved.
+    The server binds again when it starts; port 0 (any free port) always passes."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does (allow_reuse_address)
+        probe.bind((host, port))
+    except OSError as err:
+        raise UserError(
+            f"Cannot serve on {host}:{port} ({err.strerror or err}); pass another --port, or a --host of this machine."
+        ) from None
+    finally:
+        probe.close()
+
+
 def make_server(
     feedback: Path | None,
     host: str = "127.0.0.1",
     port: int = 8765,
     raters_per_prompt: int = 1,
     writing: WriteBoard | None = None,
+    fresh: bool = False,
 ) -> tuple[LabelServer, str]:
     """The server (bound, not yet serving) and the link to print: ranking the samples of `feedback` (None: no ranking),
-    writing on the board `writing` (None: no writing). Any host but a local one gets a token."""
+    writing on the board `writing` (None: no writing). Any host but a local one gets a token. `fresh`: ranking starts
+    over (the caller moves the rankings so far aside once the server is bound)."""
     require_web_extra()
-    board = Board(feedback, raters_per_prompt) if feedback is not None else None
+    board = Board(feedback, raters_per_prompt, fresh=fresh) if feedback is not None else None
     token = None if host in LOCAL_HOSTS else secrets.token_urlsafe(16)
     try:
         server = LabelServer((host, port), board, token, writing)
@@ -327,39 +351,16 @@ def make_server(
     return server, url
 
 
-SERVED_BY = "`rlhf label --annotator web` or `rlhf write` (one page serves both)"
-
-
-def _lock_run(folder: Path):
-    """Hold an exclusive lock on the feedback (or demonstrations) folder itself, no file written: one server per run."""
-    return lock_folder(folder, SERVED_BY)
-
-
-def _also(make, folder: Path):
-    """The other page's board for the same server, with its folder's lock, when the run has that work and no other
-    server holds it; else (None, None)."""
-    if not folder.is_dir():
-        return None, None
+def _also(make):
+    """The other page's board for the same server, when the run has that work to do (else None)."""
     try:
-        lock = _lock_run(folder)
+        return make()
     except UserError:
-        return None, None
-    try:
-        return make(), lock
-    except UserError:
-        if lock is not None:
-            os.close(lock)
-        return None, None
+        return None
 
 
-def _close(locks) -> None:
-    for lock in locks:
-        if lock is not None:
-            os.close(lock)
-
-
-def _serve(server: LabelServer, locks: list) -> None:
-    """Serve until Ctrl-C or SIGTERM (a scheduler's stop is a Ctrl-C too), then close the server and the locks."""
+def _serve(server: LabelServer) -> None:
+    """Serve until Ctrl-C or SIGTERM (a scheduler's stop is a Ctrl-C too), then close the server."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if main else None
     try:
@@ -368,7 +369,6 @@ def _serve(server: LabelServer, locks: list) -> None:
         pass
     finally:
         server.server_close()
-        _close(locks)
         if main:
             signal.signal(signal.SIGTERM, previous)
 
@@ -391,21 +391,33 @@ def label_web(
     overwrite: bool = False,
     continue_with: str = "rlhf label --annotator web",
 ) -> Path:
-    """Serve the ranking page for the run's samples until Ctrl-C; returns the rankings file."""
+    """Serve the ranking page for the run's samples until Ctrl-C; returns the rankings file. The server holds the run's
+    lock (rlhf_cli.lock) while it serves: no other command writes into the run meanwhile, a second server included."""
     layout = RunLayout(run_dir)
     require_web_extra()
     if not layout.feedback.is_dir():
         read_samples(layout.samples)  # says to run `rlhf sample` first
-    locks = [_lock_run(layout.feedback)]
-    try:
-        if overwrite:
-            start_over(layout.feedback)
-        writing, lock = _also(lambda: WriteBoard(layout.root), layout.demonstrations_dir)
-        locks.append(lock)
-        server, url = make_server(layout.feedback, host, port, rec.feedback.raters_per_prompt, writing)
-    except BaseException:
-        _close(locks)
-        raise
+    with run_lock(layout.root):
+        writing = _also(lambda: WriteBoard(layout.root)) if layout.demonstrations_dir.is_dir() else None
+        server, url = make_server(layout.feedback, host, port, rec.feedback.raters_per_prompt, writing, fresh=overwrite)
+        if overwrite:  # every check passed and the port is ours: only now move the rankings so far aside
+            try:
+                start_over(layout.feedback)
+            except BaseException:
+                server.server_close()
+                raise
+        _announce_and_serve(server, url, layout, writing)
+    rows = _read_jsonl(layout.rankings)
+    by = Counter(rater_of(r) for r in rows)
+    print(
+        f"{len(rows)} ranking{'s' * (len(rows) != 1)} in {layout.rankings}"
+        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
+        + f". To continue: {continue_with}"
+    )
+    return layout.rankings
+
+
+def _announce_and_serve(server: LabelServer, url: str, layout: RunLayout, writing) -> None:
     board = server.board
     print(
         f"Ranking page for {len(board.todo)} prompts of {layout.samples} "
@@ -416,15 +428,7 @@ def label_web(
         + "Stop with Ctrl-C; starting again continues where everyone was.",
         flush=True,
     )
-    _serve(server, locks)
-    rows = _read_jsonl(layout.rankings)
-    by = Counter(rater_of(r) for r in rows)
-    print(
-        f"{len(rows)} ranking{'s' * (len(rows) != 1)} in {layout.rankings}"
-        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
-        + f". To continue: {continue_with}"
-    )
-    return layout.rankings
+    _serve(server)
 
 
 def write_web(
@@ -436,20 +440,26 @@ def write_web(
     continue_with: str = "rlhf write --annotator web",
 ) -> Path:
     """Serve the writing page (/write) for the run's drafts until Ctrl-C (and the ranking page too, when the run has
-    samples to rank that no other server holds); returns the demonstrations file."""
+    samples to rank); returns the demonstrations file. The server holds the run's lock (rlhf_cli.lock) while it serves."""
     layout = RunLayout(run_dir)
     require_web_extra()
-    locks = [_lock_run(layout.demonstrations_dir)]
-    try:
+    with run_lock(layout.root):
         writing = WriteBoard(layout.root)
-        ranking, lock = _also(lambda: Board(layout.feedback, rec.feedback.raters_per_prompt), layout.feedback)
-        locks.append(lock)
-        server, url = make_server(
-            layout.feedback if ranking is not None else None, host, port, rec.feedback.raters_per_prompt, writing
-        )
-    except BaseException:
-        _close(locks)
-        raise
+        raters = rec.feedback.raters_per_prompt
+        ranking = _also(lambda: Board(layout.feedback, raters)) if layout.feedback.is_dir() else None
+        server, url = make_server(layout.feedback if ranking is not None else None, host, port, raters, writing)
+        _announce_writing_and_serve(server, url, layout, writing)
+    rows = _read_jsonl(layout.demonstrations)
+    by = Counter(writer_of(r) for r in rows)
+    print(
+        f"{len(rows)} answer{'s' * (len(rows) != 1)} in {layout.demonstrations}"
+        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
+        + f". Train on them: rlhf sft --set sft.data.path={layout.demonstrations}. To continue: {continue_with}"
+    )
+    return layout.demonstrations
+
+
+def _announce_writing_and_serve(server: LabelServer, url: str, layout: RunLayout, writing: WriteBoard) -> None:
     print(
         f"Writing page for {len(writing.todo)} prompts of {layout.drafts} (the model's drafts, to keep, edit or "
         f"replace): {_at(url, 'write')}"
@@ -459,12 +469,4 @@ def write_web(
         + "Stop with Ctrl-C; starting again continues where everyone was.",
         flush=True,
     )
-    _serve(server, locks)
-    rows = _read_jsonl(layout.demonstrations)
-    by = Counter(writer_of(r) for r in rows)
-    print(
-        f"{len(rows)} answer{'s' * (len(rows) != 1)} in {layout.demonstrations}"
-        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
-        + f". Train on them: rlhf sft --set sft.data.path={layout.demonstrations}. To continue: {continue_with}"
-    )
-    return layout.demonstrations
+    _serve(server)

@@ -21,6 +21,7 @@ LAYERS = [
         "precision",
         "files",
         "distributed",
+        "lock",
         "data.toy",
         "ppo.core",
         "ppo.config",

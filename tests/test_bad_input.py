@@ -23,7 +23,8 @@ SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2}
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny causal LMs saved like `final/` folders: `a` and `b` have different tokenizers; `short` has a 16-token
-    context; `remote` is `a` with a config whose auto_map names custom code."""
+    context; `remote` is `a` with a config whose auto_map names custom code; `rm` is `a` with a score head (a reward
+    model)."""
     from rlhf_cli.data.toy import ToyWorld
     from rlhf_cli.modeling import build_model, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
@@ -47,6 +48,12 @@ def models(tmp_path_factory):
     (root / "remote" / "config.json").write_text(json.dumps(cfg))
     (root / "remote" / "custom.py").write_text("raise RuntimeError('custom code ran')\n")
     out["remote"] = root / "remote"
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm = AutoModelForSequenceClassification.from_pretrained(root / "a", num_labels=1)
+    rm.save_pretrained(root / "rm")
+    AutoTokenizer.from_pretrained(root / "a").save_pretrained(root / "rm")
+    out["rm"] = root / "rm"
     return out
 
 
@@ -240,7 +247,7 @@ def test_prompts_longer_than_context(work, models):
             "--set",
             f"ppo.policy_from={models['short']}",
             "--set",
-            f"ppo.reward_from={models['short']}",
+            f"ppo.reward_from={models['rm']}",
             "--set",
             "ppo.data.path=long.jsonl",
         ],
@@ -302,7 +309,7 @@ def test_value_model_with_other_tokenizer(work, models):
             "--set",
             f"ppo.policy_from={models['a']}",
             "--set",
-            f"ppo.reward_from={models['a']}",
+            f"ppo.reward_from={models['rm']}",
             "--set",
             f"ppo.value_from={models['b']}",
         ],
@@ -349,7 +356,7 @@ def test_existing_stage_folder(work, models, stage):
     inputs = {
         "sft": [f"sft.init_from={models['a']}"],
         "reward": [f"reward.init_from={models['a']}", f"reward.data.path={path}"],
-        "ppo": [f"ppo.policy_from={models['a']}", f"ppo.reward_from={models['a']}"],
+        "ppo": [f"ppo.policy_from={models['a']}", f"ppo.reward_from={models['rm']}"],
     }.get(stage, [])
     assert_refused(work, [stage, *R, *[a for i in inputs for a in ("--set", i)]], "already exists", "--overwrite")
 
@@ -379,7 +386,7 @@ def test_overwrite_with_a_training_value_torch_refuses_late_keeps_old_stage(work
 def test_export_onto_existing_folder(work, models):
     (work / "exported").mkdir()
     (work / "exported" / "mine.txt").write_text("keep me")
-    assert_refused(work, ["export", str(models["a"]), "--out", "exported"], "already exists")
+    assert_refused(work, ["export", str(models["a"]), "--out", "exported"], "not an `rlhf export`")
 
 
 def test_sample_onto_existing_samples(work, models):

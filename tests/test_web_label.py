@@ -414,14 +414,33 @@ def test_cli_web_errors_are_one_sentence_exit_2(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "run" / "feedback").iterdir()) == ["samples.jsonl"]
 
 
-def test_one_server_per_run(tmp_path):
+def test_one_server_per_run_and_no_other_writer_while_it_serves(tmp_path, monkeypatch):
+    """The page holds the run's lock while it serves (rlhf_cli.lock): a second page, and a toy labelling over the
+    rankings, are refused in one sentence naming the server's command; the rankings stay where they are."""
     write_samples(tmp_path)
-    fd = web_label._lock_run(tmp_path / "feedback")
+    (tmp_path / "feedback" / "rankings.jsonl").write_text("")
+    serving_now, stop = threading.Event(), threading.Event()
+
+    def serve(server):  # instead of serving until Ctrl-C: hold the lock until the test is done
+        serving_now.set()
+        stop.wait(20)
+        server.server_close()
+
+    monkeypatch.setattr(web_label, "_serve", serve)
+    rec = load_recipe("tiny")
+    first = threading.Thread(target=web_label.label_web, args=(rec, tmp_path), kwargs={"port": 0}, daemon=True)
+    first.start()
     try:
-        with pytest.raises(UserError, match="already being served"):
-            web_label._lock_run(tmp_path / "feedback")
+        assert serving_now.wait(20)
+        with pytest.raises(UserError, match="is in use by `.*` \\(PID"):
+            web_label.label_web(rec, tmp_path, port=0)
+        result = runner.invoke(app, ["label", "--annotator", "toy", "--overwrite", "-o", str(tmp_path)])
+        assert result.exit_code == 2 and "in use by" in result.output and "Traceback" not in result.output
+        assert sorted(p.name for p in (tmp_path / "feedback").iterdir()) == ["rankings.jsonl", "samples.jsonl"]
     finally:
-        os.close(fd)
+        stop.set()
+        first.join(20)
+    assert not (tmp_path / ".rlhf.lock").exists()  # released when the server stopped
 
 
 def test_the_pipeline_label_step_points_web_to_the_command(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import threading
 from contextlib import contextmanager
@@ -410,10 +409,9 @@ def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkey
 
     served = []
 
-    def serve(server, locks):  # instead of serving until Ctrl-C: note what would be served, then close
+    def serve(server):  # instead of serving until Ctrl-C: note what would be served, then close
         served.append((server.board is not None, server.writing is not None))
         server.server_close()
-        web_label._close(locks)
 
     monkeypatch.setattr(web_label, "_serve", serve)
     rec = load_recipe("tiny")
@@ -427,20 +425,25 @@ def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkey
     web_label.label_web(rec, tmp_path, port=0)
     assert served[-1] == (True, True) and "and writing answers" in capsys.readouterr().out
 
-    held = web_label._lock_run(tmp_path / "feedback")  # ranking is served by another server: write on this one
+    from rlhf_cli.lock import run_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # another server (here: another thread) holds the run
+        with run_lock(tmp_path, "rlhf label --annotator web"):
+            held.set()
+            release.wait(20)
+
+    other = threading.Thread(target=hold, daemon=True)
+    other.start()
     try:
-        web_label.write_web(rec, tmp_path, port=0)
-        assert served[-1] == (False, True)
+        assert held.wait(20)
+        for serve_page in (web_label.write_web, web_label.label_web):
+            with pytest.raises(UserError, match="in use by `rlhf label --annotator web`"):
+                serve_page(rec, tmp_path, port=0)
     finally:
-        os.close(held)
-    held = web_label._lock_run(tmp_path / "demonstrations")
-    try:
-        with pytest.raises(UserError, match="already being served"):
-            web_label.write_web(rec, tmp_path, port=0)
-        web_label.label_web(rec, tmp_path, port=0)
-        assert served[-1] == (True, False)
-    finally:
-        os.close(held)
+        release.set()
+        other.join(20)
 
 
 # ------------------------------------------------------------------------------------------------------ screenshot

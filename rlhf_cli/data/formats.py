@@ -31,7 +31,9 @@ Rules worth knowing:
 - a ranking of K responses becomes its K*(K-1)/2 (chosen, rejected) pairs, better first (`expand_rankings`);
   with `scores`, tied responses give no pair and the margin of a pair is the score difference;
 - every reward row has a `group`: a stable 63-bit hash of its prompt, so one prompt's pairs share it in any file;
-- SFT conversations lose trailing non-assistant turns (nothing to learn from them).
+- SFT conversations lose trailing non-assistant turns (nothing to learn from them);
+- a prompt (ppo) whose last user turn is empty or only whitespace is refused, naming the file and row;
+- preference data whose every pair has the same chosen and rejected answer is refused (it teaches nothing).
 """
 
 from __future__ import annotations
@@ -242,7 +244,15 @@ def _ppo_prompt(row: dict) -> list[dict]:
     prompt = _with_system(_history(row["prompt"], "prompt"), row)
     if prompt[-1]["role"] != "user":
         raise BadRow("a PPO prompt should end with a user turn (the answer is what the policy writes)")
-    return [{"prompt": prompt}]
+    return [{"prompt": _asked(prompt)}]
+
+
+def _asked(prompt: list[dict]) -> list[dict]:
+    """A prompt whose question (its last user turn) is empty or only whitespace is refused: a model would be sampled,
+    and people asked to rank its answers, for a question nobody asked."""
+    if not prompt[-1]["content"].strip():
+        raise BadRow("the prompt is empty (or only whitespace); write the question or remove the row")
+    return prompt
 
 
 def _ppo_from_sft(convert: Callable[[dict], list[dict]]) -> Callable[[dict], list[dict]]:
@@ -251,7 +261,7 @@ def _ppo_from_sft(convert: Callable[[dict], list[dict]]) -> Callable[[dict], lis
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         if last == 0 or messages[last - 1]["role"] != "user":
             raise BadRow("the last assistant turn should follow a user turn (the PPO prompt)")
-        return [{"prompt": messages[:last]}]
+        return [{"prompt": _asked(messages[:last])}]
 
     return from_sft
 

@@ -61,7 +61,15 @@ def _normalised(stage, spec, path=None, hub=None, split="train", toy=False, stre
     source = str(path) if hub is None else f"{hub} (split {split})"
     fmt = None if toy else _get(spec, "format")
     out = normalise(ds, stage, source, format=fmt, text_column=None if toy else _get(spec, "text_column"))
-    return out if streaming else not_empty(out, source)
+    if streaming:
+        return out
+    out = not_empty(out, source)
+    if stage == "reward" and all(c == r for c, r in zip(out["chosen"], out["rejected"], strict=True)):
+        raise UserError(
+            f"{source}: every one of its {len(out)} preference pairs has the same chosen and rejected answer, which "
+            "teaches a reward model nothing; rank different answers (or check which columns hold them)."
+        )
+    return out
 
 
 def _n_eval(n: int, fraction: float) -> int:

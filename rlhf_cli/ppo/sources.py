@@ -9,7 +9,7 @@ from rlhf_cli.data import load_stage_data
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
 from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import frozen_dtype, inference_device, load_tokenizer
+from rlhf_cli.modeling import CAUSAL_LM, check_model_kind, frozen_dtype, inference_device, load_tokenizer
 from rlhf_cli.runs import resolve_model_dir
 from rlhf_cli.scoring import load_reward_model
 
@@ -78,6 +78,8 @@ def value_model(spec, tokenizer, policy_dir: str, reward_dirs: dict, trust: bool
         path = None
     path = path or policy_dir
     model = load_reward_model(path, tokenizer, trust_remote_code=trust, attn_implementation=attn)  # trains: fp32
+    if check_model_kind(path, None, "ppo.value_from") == CAUSAL_LM:
+        print(f"ppo: the value model starts from {path} (a causal LM) with a new, random value head.")
     return model, path
 
 

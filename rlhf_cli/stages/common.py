@@ -107,6 +107,12 @@ def trainer_config(recipe, stage: str, stage_dir: Path, *, n_params: int | None 
             raise UserError(f"{stage}.training.{name} is {value!r}; it must be a number.")
     if config.learning_rate < 0:  # torch refuses it only when the optimiser is built, after the stage folder exists
         raise UserError(f"{stage}.training.learning_rate is {config.learning_rate}; it must be positive (e.g. 1e-3).")
+    steps, epochs = getattr(config, "max_steps", None), getattr(config, "num_train_epochs", None)
+    if isinstance(steps, (int, float)) and steps <= 0 and isinstance(epochs, (int, float)) and epochs <= 0:
+        raise UserError(  # the Trainer would train no step and the stage save its starting model as trained
+            f"{stage}.training: max_steps is {steps} and num_train_epochs {epochs}, so nothing would train; set "
+            "max_steps (or num_train_epochs) to 1 or more."
+        )
     return config
 
 

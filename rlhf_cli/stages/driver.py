@@ -82,6 +82,7 @@ def run_stage(
     layout = RunLayout(run_dir)
     folder = dict(resume=resume, overwrite=overwrite, recipe=recipe, accept_changes=accept_changes)
     stage_dir = runs.check_stage_dir(layout.root, name, **folder)  # nothing written before the checks
+    runs.check_model_kinds(recipe, name)  # a model of the wrong kind is refused before any model loads
     if resume and not accept_changes and layout.finished(name):
         if distributed.is_main_process():
             print(f"{name}: already finished, keeping {layout.final(name)}")

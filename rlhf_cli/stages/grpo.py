@@ -15,6 +15,7 @@ beside the SFT model's.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from rlhf_cli import callbacks, distributed, runs
@@ -22,6 +23,7 @@ from rlhf_cli.answers import score_answers
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo.sources import reward_model_function
+from rlhf_cli.precision import gpu_available
 from rlhf_cli.stages.common import (
     gather_weights,
     method_prompts,
@@ -121,10 +123,6 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
 
 def check_vllm(stage: str) -> None:
     """vLLM rollouts need a CUDA GPU and the vllm package: refuse before any model loads."""
-    import importlib.util
-
-    from rlhf_cli.precision import gpu_available
-
     if not gpu_available():
         raise UserError(f"{stage}.use_vllm needs a CUDA GPU (vLLM generates there); set {stage}.use_vllm: false here.")
     if importlib.util.find_spec("vllm") is None:

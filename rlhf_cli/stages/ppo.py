@@ -36,6 +36,7 @@ def setup(ctx) -> Job:
     """Prompts, policy, reference, reward sources, value model and the PPO trainer, every input checked; the driver
     (rlhf_cli.stages.driver) does the rest: `ppo/final`, `ppo/eval.json`."""
     import torch
+    from accelerate import PartialState
     from transformers import set_seed
 
     from rlhf_cli.ppo.trainer import PPOTrainer
@@ -45,8 +46,9 @@ def setup(ctx) -> Job:
 
     # Data: training prompts, and held-out prompts for the evaluation.
     toy_dir = ctx.layout.toy
-    data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
-    train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
+    with PartialState().main_process_first():  # one process prepares and caches the data, the others read it
+        data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
+        train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
     eval_prompts = [row["prompt"] for row in eval_ds.select(range(min(spec.eval_prompts, len(eval_ds))))]
 
     # Models: policy + reference (SFT), reward sources, value model.

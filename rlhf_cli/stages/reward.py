@@ -35,7 +35,7 @@ from rlhf_cli.kwise import group_pairs, kwise_trainer_class
 from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.scoring import encode, load_reward_model, pair_metrics, score, score_stats
+from rlhf_cli.scoring import count_cut, encode, load_reward_model, pair_metrics, score, score_stats
 from rlhf_cli.stages.common import gather_weights, model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stats import proportion
@@ -81,6 +81,7 @@ def setup(ctx) -> Job:
     warn_if_few_prompts(pairs, run_dir, spec)
 
     tokenizer = load_tokenizer(init, trust_remote_code=rec.model.trust_remote_code)
+    warn_if_cut(tokenizer, train, rc.max_length)
     set_seed(rec.seed)  # a fresh head or resized embeddings start the same in every run of this seed
     model = load_reward_model(init, tokenizer, **model_options(rec))  # fp32 master weights
     streaming = not isinstance(train, datasets.Dataset)
@@ -199,6 +200,18 @@ def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
         f"here rests on very few pairs, and PPO will optimise whatever it happened to learn.",
         flush=True,
     )
+
+
+def warn_if_cut(tokenizer, pairs, max_length: int) -> None:
+    """Say how many training pairs `reward.max_length` cuts (as SFT says of its conversations): the score is read at
+    the end, so the start of the prompt is what is lost."""
+    cut, counted = count_cut(tokenizer, pairs, max_length)
+    if cut and distributed.is_main_process():
+        print(
+            f"reward: {cut} of {counted} training pairs are longer than max_length={max_length} tokens and will be "
+            "cut (their start is dropped; raise reward.max_length to keep them whole).",
+            flush=True,
+        )
 
 
 def _group_sizes(pairs) -> dict[int, int]:

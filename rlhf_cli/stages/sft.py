@@ -46,6 +46,7 @@ def setup(ctx) -> Job:
     the rest: `sft/final`, `sft/eval.json`."""
     import datasets
     import torch
+    from accelerate import PartialState
     from transformers import set_seed
 
     recipe, spec, stage_dir = ctx.recipe, ctx.recipe.sft, ctx.stage_dir
@@ -64,9 +65,10 @@ def setup(ctx) -> Job:
 
     # Data: any SFT format, normalised to {"messages"}; the toy world's files live in the run folder.
     toy_dir = ctx.layout.toy
-    data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
-    train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
-    truncated, counted = count_truncated(tokenizer, train_ds, spec.max_length)
+    with PartialState().main_process_first():  # one process prepares and caches the data, the others read it
+        data = load_stage_data(STAGE, spec.data, toy_dir=toy_dir, seed=recipe.seed)
+        train_ds, eval_ds = train_eval_split(data, spec.data, STAGE, seed=recipe.seed, toy_dir=toy_dir)
+        truncated, counted = count_truncated(tokenizer, train_ds, spec.max_length)
     if truncated:
         print(
             f"sft: {truncated} of {counted} training conversations are longer than max_length={spec.max_length} "
