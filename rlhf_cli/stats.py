@@ -179,3 +179,47 @@ def kendall_tau(concordant: int, discordant: int) -> float | None:
 def ranking_scores(best_first: list) -> dict:
     """A ranking (best first) as item -> score, higher better, for `pair_agreement`."""
     return {item: -position for position, item in enumerate(best_first)}
+
+
+def gao_fit(kls: list[float], gains: list[float], form: str = "rl") -> dict | None:
+    """Gao et al. 2022's over-optimisation curve fitted to (KL, gold-reward gain over the starting policy) points, by
+    least squares: with d = sqrt(KL), RL gives gain = d (alpha - beta log d), best-of-n gain = d (alpha - beta d).
+    Returns {"form", "alpha", "beta", "peak_kl", "peak_gain", "r2"} (peak_kl None when the curve has no interior
+    maximum: beta <= 0, the gain still rising), or None with fewer than two points at KL > 0."""
+    import numpy as np
+
+    pts = [(math.sqrt(k), g) for k, g in zip(kls, gains, strict=True) if k is not None and g is not None and k > 1e-9]
+    if len(pts) < 2:
+        return None
+    d = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    shape = np.log(d) if form == "rl" else d
+    features = np.stack([d, -d * shape], axis=1)
+    (alpha, beta), *_ = np.linalg.lstsq(features, y, rcond=None)
+    predicted = features @ np.array([alpha, beta])
+    spread = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float(((y - predicted) ** 2).sum()) / spread if spread > 0 else None
+    if beta <= 1e-9 * max(1.0, abs(alpha)):  # flat or rising: no maximum (a rounding-size beta is no curve)
+        peak_d = None
+    else:
+        peak_d = math.exp(alpha / beta - 1) if form == "rl" else alpha / (2 * beta)
+    peak_gain = None
+    if peak_d is not None:
+        peak_gain = peak_d * (alpha - beta * (math.log(peak_d) if form == "rl" else peak_d))
+    return {
+        "form": form,
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "peak_kl": None if peak_d is None else peak_d**2,
+        "peak_gain": peak_gain,
+        "r2": r2,
+    }
+
+
+def gao_curve(fit: dict, kl: float) -> float:
+    """The fitted gain at `kl` (gao_fit's curve)."""
+    d = math.sqrt(max(kl, 0.0))
+    if d == 0:
+        return 0.0
+    shape = math.log(d) if fit["form"] == "rl" else d
+    return d * (fit["alpha"] - fit["beta"] * shape)

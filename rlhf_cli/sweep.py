@@ -29,6 +29,7 @@ from rlhf_cli.lock import run_lock
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.recipe import load_recipe, save_resolved
 from rlhf_cli.stages.common import build_trainer_configs
+from rlhf_cli.stats import gao_curve, gao_fit
 
 PREREQUISITES = "pretrain,sft,sample,label,reward"
 
@@ -158,10 +159,28 @@ def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref,
         }
         write_json_atomic(sweep_dir / "sweep.json", record)  # after every point: a killed sweep keeps what it had
 
+    record["fit"] = fit_goodhart(record)
     record["plot"] = str(plot_sweep(record, sweep_dir / "sweep.png"))
     write_json_atomic(sweep_dir / "sweep.json", record)
     _print_table(console, record)
     return record
+
+
+def fit_goodhart(record: dict) -> dict | None:
+    """Gao et al. 2022's form fitted to the points' gold-reward gain over SFT against KL (RL for PPO, best-of-n's
+    own), with where the fitted gold reward peaks, and the point with the highest measured gold reward."""
+    ref = record["reference"].get("gold_reward")
+    pts = [p for p in record["points"] if _ok(p.get("kl")) and _ok(p.get("gold_reward"))]
+    if ref is None or len(pts) < 2:
+        return None
+    fit = gao_fit([p["kl"] for p in pts], [p["gold_reward"] - ref for p in pts],
+                  "bon" if record["stage"] == "best_of_n" else "rl")  # fmt: skip
+    if fit is None:
+        return None
+    best = max(pts, key=lambda p: p["gold_reward"])
+    fit["peak_gold_reward"] = None if fit["peak_gain"] is None else ref + fit["peak_gain"]
+    fit["best_point"] = {"value": best["value"], "kl": best["kl"], "gold_reward": best["gold_reward"]}
+    return fit
 
 
 def _reference(points: list[dict]) -> dict:
@@ -207,6 +226,17 @@ def plot_sweep(record: dict, path: Path) -> Path:
             )
     if _ok(ref.get("gold_reward")):
         ax.annotate("SFT", (0, ref["gold_reward"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fit = record.get("fit")
+    if fit and pts and _ok(ref.get("gold_reward")):  # Gao et al.'s form through the points, and where it peaks
+        top = max(p["kl"] for p in pts) * 1.05
+        grid = [top * i / 100 for i in range(101)]
+        form = "d(α − β log d)" if fit["form"] == "rl" else "d(α − βd)"
+        ax.plot(grid, [ref["gold_reward"] + gao_curve(fit, k) for k in grid], color="tab:green", ls=":", lw=1.2,
+                label=f"gold fitted: {form}, d = √KL")  # fmt: skip
+        if fit.get("peak_kl") is not None and fit["peak_kl"] <= top:
+            ax.axvline(fit["peak_kl"], color="tab:green", ls="--", lw=0.8)
+            ax.annotate(f"fitted peak, KL {fit['peak_kl']:.2f}", (fit["peak_kl"], fit["peak_gold_reward"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=8, color="tab:green")  # fmt: skip
     policy = {"ppo": "PPO policy", "best_of_n": "best-of-n"}.get(record.get("stage", "ppo"), "policy")
     ax.set_xlabel(f"KL({policy} || SFT model), nats per answer (held-out prompts)")
     ax.set_title(
@@ -249,4 +279,18 @@ def _print_table(console, record: dict) -> None:
             str(p["value"]), f(p["kl"]), f(p["gold_reward"]), gain, f(p["rm_score"]), f(p.get("length"), "{:.1f}")
         )
     console.print(table)
+    fit = record.get("fit")
+    if fit:
+        form = "d(α − β log d)" if fit["form"] == "rl" else "d(α − βd)"
+        peak = (
+            f"the fitted gold reward peaks at KL {fit['peak_kl']:.3f} ({fit['peak_gold_reward']:.3f})"
+            if fit["peak_kl"] is not None
+            else "the fitted gold reward is still rising at the largest KL (no peak)"
+        )
+        best, r2 = fit["best_point"], "" if fit["r2"] is None else f", R² {fit['r2']:.2f}"
+        console.print(
+            f"Gao et al. 2022's fit, gold gain = {form} with d = √KL: α {fit['alpha']:.3f}, β {fit['beta']:.3f}{r2}; "
+            f"{peak}; measured best: {record['param']}={best['value']} (KL {best['kl']:.3f}, gold "
+            f"{best['gold_reward']:.3f})"
+        )
     console.print(f"Plot: {record['plot']}  Numbers: {Path(record['plot']).with_name('sweep.json')}")

@@ -156,3 +156,24 @@ def test_intervals_hold_their_own_estimate(k, n):
     assert low <= k / n <= high
     ci = stats.bootstrap_ci([k / n] * n)
     assert ci["low"] <= ci["mean"] <= ci["high"]
+
+
+def test_gao_fit_recovers_the_over_optimisation_curve():
+    """Gao et al. 2022's forms, fitted to points drawn from them, give back alpha, beta and the KL where gold peaks."""
+    import math
+
+    from rlhf_cli.stats import gao_curve, gao_fit
+
+    kls = [0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0]
+    rl = [math.sqrt(k) * (0.3 - 0.2 * math.log(math.sqrt(k))) for k in kls]
+    fit = gao_fit(kls, rl, "rl")
+    assert fit["alpha"] == pytest.approx(0.3, abs=1e-6) and fit["beta"] == pytest.approx(0.2, abs=1e-6)
+    assert fit["peak_kl"] == pytest.approx(math.exp(0.3 / 0.2 - 1) ** 2, rel=1e-6) and fit["r2"] > 0.999
+    assert gao_curve(fit, fit["peak_kl"]) == pytest.approx(fit["peak_gain"])
+    assert fit["peak_gain"] >= max(rl)
+    bon = [math.sqrt(k) * (0.4 - 0.1 * math.sqrt(k)) for k in kls]
+    fit = gao_fit(kls, bon, "bon")
+    assert fit["peak_kl"] == pytest.approx((0.4 / 0.2) ** 2, rel=1e-6)
+    rising = gao_fit(kls, [0.1 * math.sqrt(k) for k in kls], "bon")
+    assert rising["peak_kl"] is None  # still rising: no interior peak
+    assert gao_fit([0.0, 1.0], [0.0, 0.1], "rl") is None  # one point past KL 0 fits nothing
