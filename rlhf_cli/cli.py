@@ -587,6 +587,8 @@ def sweep(
 
     Runs the stages it needs (pretrain ... reward) first, keeping those already finished in the run folder; each point
     trains into `<run>/sweep/<param>=<value>/`, and finished points are kept on the next call (--overwrite redoes them).
+    Gao et al. 2022's form is fitted to the gold gain (d = sqrt(KL); PPO: d(a - b log d), best-of-n: d(a - b d)) and
+    the KL where it peaks is printed, drawn and saved in sweep.json ("fit").
 
     Example: `rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2`
     """

@@ -196,6 +196,9 @@ def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, mon
     assert [p["value"] for p in saved["points"]] == ["0", "0.05", "0.2"]
     assert saved["points"][0]["kl"] == pytest.approx(10.0) and saved["reference"]["gold_reward"] == pytest.approx(0.8)
     assert (run / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # Gao et al.'s RL form through the points: gold rises then falls with KL, so the fit has an interior peak
+    fit = saved["fit"]
+    assert fit["form"] == "rl" and fit["beta"] > 0 and 0 < fit["peak_kl"] < 10 and fit["best_point"]["value"] == "0.2"
     assert (run / "sweep" / "ppo.kl_coef=0.05" / "data").resolve() == (run / "data").resolve()
     # a second call keeps the finished points
     seen.clear()
