@@ -177,7 +177,7 @@ def toy_corpus(seed: int = 0) -> list[str]:
 def pipeline_over_seeds(families: list[str], seeds: list[int], out: Path) -> list[dict]:
     """tests/test_foreign.py's pipeline from each family's checkpoint on each seed (the world, the checkpoint's init and
     the training all drawn from it), as a user runs the CLI; one row per run, written to out/foreign-seeds.json."""
-    from bench.seeds import rlhf_command
+    from bench.seeds import _read, rlhf_command
 
     rows = []
     for family in families:
@@ -206,10 +206,6 @@ def pipeline_over_seeds(families: list[str], seeds: list[int], out: Path) -> lis
             print(json.dumps(row), flush=True)
             (out / "foreign-seeds.json").write_text(json.dumps(rows, indent=1) + "\n")
     return rows
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def main():
