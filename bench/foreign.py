@@ -3,6 +3,8 @@ tests (tests/test_foreign.py) and the GPU bench (bench/gpu.py) start from them.
 
     python -m bench.foreign --family qwen2.5 --out /tmp/qwen     # a small Qwen2.5-shaped checkpoint
     python -m bench.foreign --family qwen2.5 --size 0.5b --out /tmp/qwen-0.5b   # Qwen2.5-0.5B's shape (random weights)
+    python -m bench.foreign --seeds 0-4 --out bench/out/foreign     # tests/test_foreign.py's pipeline, every family
+                                                                    # and seed: SFT finished, PPO's gold gain interval
 
 Each family keeps what matters to a pipeline that did not build the model: the architecture class, the special-token
 layout of the real tokenizer (names, which one is eos, bos and pad), the real chat template (TRL ships them under
@@ -21,8 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# The tiny recipe from a foreign checkpoint (64 wide, 2 layers): a shorter pre-training and 800 ranked prompts, ~50 s a
+# family on 2 cores. tests/test_foreign.py and `--seeds` run it.
+PIPELINE_SETTINGS = [
+    "pretrain.training.max_steps=300",
+    "pretrain.probes=false",
+    "sft.eval_prompts=32",
+    "feedback.num_prompts=800",
+]
 
 
 @dataclass(frozen=True)
@@ -161,12 +174,63 @@ def toy_corpus(seed: int = 0) -> list[str]:
         return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def pipeline_over_seeds(families: list[str], seeds: list[int], out: Path) -> list[dict]:
+    """tests/test_foreign.py's pipeline from each family's checkpoint on each seed (the world, the checkpoint's init and
+    the training all drawn from it), as a user runs the CLI; one row per run, written to out/foreign-seeds.json."""
+    from bench.seeds import _read, rlhf_command
+
+    rows = []
+    for family in families:
+        for seed in seeds:
+            folder = out / f"{family}-seed-{seed}"
+            source = build(family, folder / "checkpoint", seed=seed)
+            sets = [f"seed={seed}", f"pretrain.init_from={source}", *PIPELINE_SETTINGS]
+            args = ["pipeline", "--recipe", "tiny", "--overwrite", "-o", str(folder / "run")]
+            args += ["--stages", "pretrain,sft,sample,label,reward,ppo", *(f"--set={s}" for s in sets)]
+            start = time.perf_counter()
+            with open(folder / "pipeline.log", "w") as log:
+                code = subprocess.run(rlhf_command(*args), stdout=log, stderr=subprocess.STDOUT).returncode
+            ppo = _read(folder / "run" / "ppo" / "eval.json")
+            gain = ppo.get("gold_gain") or {}
+            row = {
+                "family": family,
+                "seed": seed,
+                "exit_code": code,
+                "sft_finished": _read(folder / "run" / "sft" / "eval.json").get("finished_rate"),
+                "gain": gain.get("mean"),
+                "gain_low": gain.get("low"),
+                "gain_high": gain.get("high"),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            (out / "foreign-seeds.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    parser.add_argument("--family", choices=sorted(FAMILIES), help="One family (default with --seeds: all).")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--seeds", help="Run the pipeline from each family on these seeds (0-4, or 0,2) instead.")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.seeds:
+        from bench.seeds import parse_seeds
+
+        families = [args.family] if args.family else sorted(FAMILIES)
+        rows = pipeline_over_seeds(families, parse_seeds(args.seeds), Path(args.out))
+        for family in families:
+            own = [r for r in rows if r["family"] == family]
+            lows = [r["gain_low"] for r in own if r["gain_low"] is not None]
+            print(
+                f"{family}: PPO gold gain > 0 (interval) on {sum(low > 0 for low in lows)} of {len(own)} seeds; "
+                f"worst interval low {min(lows, default=float('nan')):+.3f}; SFT finished at worst "
+                f"{min((r['sft_finished'] or 0) for r in own):.2f}"
+            )
+        return
+    if not args.family:
+        parser.error("--family is needed to build a checkpoint (or give --seeds)")
     print(build(args.family, args.out, size=args.size))
 
 

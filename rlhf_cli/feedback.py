@@ -191,14 +191,7 @@ def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, conso
     if who == "toy":
         samples = read_samples(feedback / SAMPLES, to_rank=True)
         back_up(out)
-        return label_toy(
-            feedback / SAMPLES,
-            out,
-            seed=rec.seed,
-            noise=rec.feedback.noise,
-            biases=rec.feedback.biases.model_dump(),
-            samples=samples,
-        )
+        return label_toy(samples, out, seed=rec.seed, noise=rec.feedback.noise, biases=rec.feedback.biases.model_dump())
     source, pairs = check_rankings_file(who, out)
     back_up(out)
     return copy_rankings(source, out, pairs)
@@ -254,21 +247,13 @@ def back_up(path: Path, *, always: bool = False, why: str = "") -> Path | None:
     return backup
 
 
-def label_toy(
-    samples_path: Path,
-    out: Path,
-    *,
-    seed: int,
-    noise: float,
-    biases: dict | None = None,
-    samples: list[dict] | None = None,
-) -> Path:
-    """The toy world's simulated annotator: gold reward, the raters' `biases` and Gaussian noise of std `noise`,
-    seeded (rlhf_cli.data.toy: ToyWorld.rank; `samples`: the rows of `samples_path`, when read already)."""
+def label_toy(samples: list[dict], out: Path, *, seed: int, noise: float, biases: dict | None = None) -> Path:
+    """The toy world's simulated annotator on the rows of samples.jsonl (`read_samples`, to rank): gold reward, the
+    raters' `biases` and Gaussian noise of std `noise`, seeded (rlhf_cli.data.toy: ToyWorld.rank)."""
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
-    for index, row in enumerate(samples if samples is not None else read_samples(samples_path, to_rank=True)):
+    for index, row in enumerate(samples):
         keep = unique_answers(row)
         if len(keep) < 2:
             continue
@@ -307,13 +292,9 @@ def check_rankings_file(source: str, out: Path) -> tuple[Path, int]:
     return path, len(load_stage_data("reward", DataSpec(path=str(path))))
 
 
-def copy_rankings(source: str | Path, out: Path, pairs: int | None = None) -> Path:
-    """A preference file made elsewhere: validated through the data layer (unless `pairs` says it was), then copied (as
-    JSON lines)."""
+def copy_rankings(path: Path, out: Path, pairs: int) -> Path:
+    """A preference file made elsewhere, validated by `check_rankings_file` (its `pairs`), copied as JSON lines."""
 
-    if pairs is None:
-        source, pairs = check_rankings_file(str(source), out)
-    path = Path(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         tmp = out.with_name(f".{out.name}.tmp")

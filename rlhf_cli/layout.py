@@ -22,7 +22,6 @@ from rlhf_cli.steps import MODEL_STAGES, STEPS
 FINAL = "final"
 STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
 LOCK_NAME = ".rlhf.lock"  # the run's lock (rlhf_cli.lock): the command writing into the run, and its process
-RUN_MARKERS = ("recipe.yaml", "pipeline.json")  # a folder holding one of these (and not a stage's) is a run folder
 
 
 @dataclass(frozen=True)

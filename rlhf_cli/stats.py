@@ -203,17 +203,8 @@ def gao_fit(kls: list[float], gains: list[float], form: str = "rl") -> dict | No
         peak_d = None
     else:
         peak_d = math.exp(alpha / beta - 1) if form == "rl" else alpha / (2 * beta)
-    peak_gain = None
-    if peak_d is not None:
-        peak_gain = peak_d * (alpha - beta * (math.log(peak_d) if form == "rl" else peak_d))
-    return {
-        "form": form,
-        "alpha": float(alpha),
-        "beta": float(beta),
-        "peak_kl": None if peak_d is None else peak_d**2,
-        "peak_gain": peak_gain,
-        "r2": r2,
-    }
+    fit = {"form": form, "alpha": float(alpha), "beta": float(beta), "peak_kl": None if peak_d is None else peak_d**2}
+    return {**fit, "peak_gain": None if peak_d is None else gao_curve(fit, fit["peak_kl"]), "r2": r2}
 
 
 def gao_curve(fit: dict, kl: float) -> float:

@@ -166,12 +166,15 @@ def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref,
     return record
 
 
+GAO_FORMS = {"rl": "d(α − β log d)", "bon": "d(α − βd)"}  # Gao et al. 2022's gold gain, d = √KL
+
+
 def fit_goodhart(record: dict) -> dict | None:
     """Gao et al. 2022's form fitted to the points' gold-reward gain over SFT against KL (RL for PPO, best-of-n's
     own), with where the fitted gold reward peaks, and the point with the highest measured gold reward."""
     ref = record["reference"].get("gold_reward")
     pts = [p for p in record["points"] if _ok(p.get("kl")) and _ok(p.get("gold_reward"))]
-    if ref is None or len(pts) < 2:
+    if ref is None:
         return None
     fit = gao_fit([p["kl"] for p in pts], [p["gold_reward"] - ref for p in pts],
                   "bon" if record["stage"] == "best_of_n" else "rl")  # fmt: skip
@@ -230,7 +233,7 @@ def plot_sweep(record: dict, path: Path) -> Path:
     if fit and pts and _ok(ref.get("gold_reward")):  # Gao et al.'s form through the points, and where it peaks
         top = max(p["kl"] for p in pts) * 1.05
         grid = [top * i / 100 for i in range(101)]
-        form = "d(α − β log d)" if fit["form"] == "rl" else "d(α − βd)"
+        form = GAO_FORMS[fit["form"]]
         ax.plot(grid, [ref["gold_reward"] + gao_curve(fit, k) for k in grid], color="tab:green", ls=":", lw=1.2,
                 label=f"gold fitted: {form}, d = √KL")  # fmt: skip
         if fit.get("peak_kl") is not None and fit["peak_kl"] <= top:
@@ -281,7 +284,7 @@ def _print_table(console, record: dict) -> None:
     console.print(table)
     fit = record.get("fit")
     if fit:
-        form = "d(α − β log d)" if fit["form"] == "rl" else "d(α − βd)"
+        form = GAO_FORMS[fit["form"]]
         peak = (
             f"the fitted gold reward peaks at KL {fit['peak_kl']:.3f} ({fit['peak_gold_reward']:.3f})"
             if fit["peak_kl"] is not None

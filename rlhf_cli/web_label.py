@@ -407,14 +407,16 @@ def label_web(
                 server.server_close()
                 raise
         _announce_and_serve(server, url, layout, writing)
-    rows = _read_jsonl(layout.rankings)
-    by = Counter(rater_of(r) for r in rows)
-    print(
-        f"{len(rows)} ranking{'s' * (len(rows) != 1)} in {layout.rankings}"
-        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
-        + f". To continue: {continue_with}"
-    )
+    print(f"{_tally(layout.rankings, 'ranking', rater_of)}. To continue: {continue_with}")
     return layout.rankings
+
+
+def _tally(path: Path, noun: str, person_of) -> str:
+    """ "N <noun>s in <path> (alice 3, bob 2)": what a page's people left in its file when it stopped."""
+    rows = _read_jsonl(path)
+    by = Counter(person_of(r) for r in rows)
+    who = f" ({', '.join(f'{name} {n}' for name, n in by.most_common())})" if by else ""
+    return f"{len(rows)} {noun}{'s' * (len(rows) != 1)} in {path}{who}"
 
 
 def _announce_and_serve(server: LabelServer, url: str, layout: RunLayout, writing) -> None:
@@ -449,12 +451,9 @@ def write_web(
         ranking = _also(lambda: Board(layout.feedback, raters)) if layout.feedback.is_dir() else None
         server, url = make_server(layout.feedback if ranking is not None else None, host, port, raters, writing)
         _announce_writing_and_serve(server, url, layout, writing)
-    rows = _read_jsonl(layout.demonstrations)
-    by = Counter(writer_of(r) for r in rows)
     print(
-        f"{len(rows)} answer{'s' * (len(rows) != 1)} in {layout.demonstrations}"
-        + (f" ({', '.join(f'{who} {n}' for who, n in by.most_common())})" if by else "")
-        + f". Train on them: rlhf sft --set sft.data.path={layout.demonstrations}. To continue: {continue_with}"
+        f"{_tally(layout.demonstrations, 'answer', writer_of)}. Train on them: rlhf sft --set "
+        f"sft.data.path={layout.demonstrations}. To continue: {continue_with}"
     )
     return layout.demonstrations
 

@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench.foreign import FAMILIES, build
+from bench.foreign import FAMILIES, PIPELINE_SETTINGS, build
 from rlhf_cli.cli import app
 
 pytestmark = pytest.mark.slow
 
-# The tiny recipe with a shorter pre-training (the checkpoints are 64 wide, 2 layers) and 800 ranked prompts:
-# ~50 s a family on 2 cores.
-SETTINGS = [
-    "pretrain.training.max_steps=300",
-    "pretrain.probes=false",
-    "sft.eval_prompts=32",
-    "feedback.num_prompts=800",
-]
 END_OF_TURN = {"qwen2.5": "<|im_end|>", "llama3": "<|eot_id|>", "gpt2": "<|endoftext|>", "phi3": "<|end|>"}
 
 
@@ -37,7 +29,7 @@ def run(request, tmp_path_factory):
     source = build(family, root / "checkpoint")
     out = root / "run"
     args = ["pipeline", "--recipe", "tiny", "-o", str(out), "--stages", "pretrain,sft,sample,label,reward,ppo"]
-    args += ["--set", f"pretrain.init_from={source}"] + [a for s in SETTINGS for a in ("--set", s)]
+    args += ["--set", f"pretrain.init_from={source}"] + [a for s in PIPELINE_SETTINGS for a in ("--set", s)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return family, source, out

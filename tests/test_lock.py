@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,13 @@ def test_a_folder_made_for_the_lock_is_removed_when_nothing_was_written(tmp_path
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["recipe.yaml"]
 
 
-def test_another_thread_and_a_run_inside_a_held_run_are_refused(tmp_path):
-    run = tmp_path / "run"
+@contextmanager
+def held_by_another_thread(run: Path, command: str):
+    """The run's lock held by another thread (as another server of this process would) for the `with` block."""
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with run_lock(run, "rlhf label --annotator web"):
+        with run_lock(run, command):
             held.set()
             release.wait(20)
 
@@ -93,15 +95,21 @@ def test_another_thread_and_a_run_inside_a_held_run_are_refused(tmp_path):
     other.start()
     try:
         assert held.wait(20)
+        yield
+    finally:
+        release.set()
+        other.join(20)
+
+
+def test_another_thread_and_a_run_inside_a_held_run_are_refused(tmp_path):
+    run = tmp_path / "run"
+    with held_by_another_thread(run, "rlhf label --annotator web"):
         with pytest.raises(UserError, match=r"is in use by `rlhf label --annotator web` \(PID \d+"):
             with run_lock(run):
                 pass
         with pytest.raises(UserError, match="is inside the run folder .*, which is in use by `rlhf label"):
             with run_lock(run / "sweep" / "ppo.kl_coef=0.1"):
                 pass
-    finally:
-        release.set()
-        other.join(20)
     with run_lock(run), run_lock(run / "rounds" / "round-2"):  # nested runs of one command: fine
         pass
 

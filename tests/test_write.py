@@ -425,25 +425,12 @@ def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkey
     web_label.label_web(rec, tmp_path, port=0)
     assert served[-1] == (True, True) and "and writing answers" in capsys.readouterr().out
 
-    from rlhf_cli.lock import run_lock
+    from test_lock import held_by_another_thread
 
-    held, release = threading.Event(), threading.Event()
-
-    def hold():  # another server (here: another thread) holds the run
-        with run_lock(tmp_path, "rlhf label --annotator web"):
-            held.set()
-            release.wait(20)
-
-    other = threading.Thread(target=hold, daemon=True)
-    other.start()
-    try:
-        assert held.wait(20)
+    with held_by_another_thread(tmp_path, "rlhf label --annotator web"):  # another server holds the run
         for serve_page in (web_label.write_web, web_label.label_web):
             with pytest.raises(UserError, match="in use by `rlhf label --annotator web`"):
                 serve_page(rec, tmp_path, port=0)
-    finally:
-        release.set()
-        other.join(20)
 
 
 # ------------------------------------------------------------------------------------------------------ screenshot
