@@ -1,7 +1,11 @@
 """`rlhf chat`: talk to any stage's causal LM through its chat template, tokens streamed as they are generated.
 
-    rlhf chat runs/tiny/ppo/final                                   # interactive: /reset clears history, /quit exits
-    rlhf chat runs/tiny/sft/final --prompt "what does the owl eat?" --temperature 0   # one answer, for scripts
+    rlhf chat runs/tiny/ppo/final                                   # interactive: /world lists the toy world, /quit exits
+    rlhf chat runs/tiny/sft/final --prompt "what does the owl eat?"  # one answer, for scripts
+    rlhf chat runs/tiny/sft/final --temperature 0.7                 # sampled answers instead of greedy ones
+
+Answers are greedy by default, as the report's evaluation (`rlhf eval`) is, so what chat shows of a stage is what the
+report measured. In a toy-world run, /world prints the world's animals and their facts (the run's data/toy/world.json).
 
 A LoRA adapter folder (adapter_config.json) loads as its base model plus the adapter. A reward model (a sequence
 classifier) cannot chat: `rlhf reward inspect` is the tool for it.
@@ -17,6 +21,7 @@ from pathlib import Path
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.generation import generate
+from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import (
     REWARD_MODEL,
     check_model_kind,
@@ -26,7 +31,11 @@ from rlhf_cli.modeling import (
     load_tokenizer,
 )
 
-HELP = "Type a message; /reset clears the history, /help shows this, /quit (or Ctrl-D) exits."
+HELP = (
+    "Type a message; /world lists the toy world's animals and facts, /reset clears the history, /help shows this, "
+    "/quit (or Ctrl-D) exits."
+)
+WORLD_COLUMNS = ("colour", "food", "home", "friend")  # the facts of each animal in world.json (rlhf_cli.data.toy)
 
 
 def load_chat_model(model_dir: str):
@@ -147,7 +156,7 @@ def _fit_context(model, tokenizer, messages: list[dict], max_new_tokens: int, pr
 def chat(
     model_dir: str,
     prompt: str | None = None,
-    temperature: float = 0.7,
+    temperature: float = 0.0,
     top_p: float = 0.95,
     max_new_tokens: int = 128,
     precision: str = "auto",
@@ -157,6 +166,7 @@ def chat(
 ) -> list[dict]:
     """Chat with a model; returns the conversation. With `prompt`, print only its answer and return. `system`: a
     system message before every conversation (kept when the history is cleared or cut to fit the context).
+    `temperature` 0 (the default) answers greedily, as the report's evaluation does; above 0 it samples.
 
     `ask` reads one user line (raises EOFError at the end of input); tests pass scripted input here.
     """
@@ -178,7 +188,15 @@ def chat(
         write("\n")
         return [*messages, {"role": "assistant", "content": answer}]
 
-    print(f"Chatting with {model_dir}{_stage_note(model_dir)}. {HELP}", file=sys.stderr)
+    world = world_file(model_dir)
+    decoding = "greedy, as the report's evaluation" if temperature == 0 else f"sampling at temperature {temperature}"
+    print(f"Chatting with {model_dir}{_stage_note(model_dir)}; answers {decoding}.", file=sys.stderr)
+    if world is not None:
+        print(
+            f"It lives in a toy world of {_world_size(world)} animals: /world lists them and their facts.",
+            file=sys.stderr,
+        )
+    print(HELP, file=sys.stderr)
     history: list[dict] = []
     while True:
         try:
@@ -193,6 +211,9 @@ def chat(
             break
         if text == "/help":
             print(HELP, file=sys.stderr)
+            continue
+        if text == "/world":
+            show_world(world)
             continue
         if text == "/reset":
             history = []
@@ -216,3 +237,44 @@ def _stage_note(model_dir: str) -> str:
         return f" (stage: {json.loads(lineage.read_text(encoding='utf-8'))['stage']})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""
+
+
+def world_file(model_dir: str) -> Path | None:
+    """The toy world a model of a run learned: world.json in the data/toy/ folder of the nearest run folder above it
+    (a later round's run shares its first round's world); None for a model outside a toy-world run."""
+    for folder in Path(model_dir).absolute().parents:
+        path = RunLayout(folder).toy / "world.json"
+        if path.is_file():
+            return path
+    return None
+
+
+def _world_size(path: Path) -> int:
+    return len(_read_world(path))
+
+
+def _read_world(path: Path) -> dict[str, dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["facts"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a toy world's world.json ({err}); `rlhf data toy` writes one.") from None
+
+
+def show_world(path: Path | None) -> None:
+    """One table of the toy world: each animal and its facts, as world.json holds them."""
+    if path is None:
+        print(
+            "This model is not in a toy-world run (no data/toy/world.json in a folder above it), so there is no "
+            "world to show.",
+            file=sys.stderr,
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"The toy world ({path})")
+    for column in ("animal", *WORLD_COLUMNS):
+        table.add_column(column)
+    for animal, facts in sorted(_read_world(path).items()):
+        table.add_row(animal, *(str(facts.get(c, "")) for c in WORLD_COLUMNS))
+    Console(file=sys.stdout).print(table)

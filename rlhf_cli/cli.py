@@ -513,8 +513,11 @@ def chat(
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Answer this once and exit (for scripts).")
     ] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
+    temperature: Annotated[
+        float,
+        typer.Option(help="0 = greedy, as the report's evaluation (the default); above 0 samples, e.g. 0.7."),
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling (with --temperature above 0).")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where it is faster for this model here; see `rlhf env`), bf16 or fp32.")
@@ -523,7 +526,10 @@ def chat(
         str | None, typer.Option("--system", help="A system message before the conversation (e.g. a persona).")
     ] = None,
 ):
-    """Talk to any stage's model through its chat template (history kept; /reset, /help, /quit).
+    """Talk to any stage's model through its chat template (history kept; /world, /reset, /help, /quit).
+
+    Greedy by default, as the report's evaluation; `--temperature 0.7` samples. In a toy-world run, /world lists the
+    world's animals and their facts (the run's data/toy/world.json), so you know what to ask.
 
     Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the owl eat?"`
     """
