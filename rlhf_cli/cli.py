@@ -716,11 +716,16 @@ def recipe_list():
 def recipe_show(
     name: Annotated[str, typer.Argument(help="A built-in name or a YAML path.")] = "tiny", set_: SetOpt = None
 ):
-    """Print the resolved recipe (defaults < file < --set).
+    """Print the recipe as a run uses it (defaults < file < --set): the values the stages resolve at run time filled in,
+    and beside each setting the recipe file changes from the default, the file's own reason for it (a YAML document).
 
     Example: `rlhf recipe show tiny --set pretrain.training.max_steps=5`
     """
-    typer.echo(_load(name, set_).to_yaml(), nl=False)
+    from rlhf_cli.recipe import show_yaml
+    from rlhf_cli.stages.common import resolved_settings
+
+    rec = _load(name, set_)
+    typer.echo(show_yaml(rec, name, set_, resolved_settings(rec)), nl=False)
 
 
 @data_app.command("toy")

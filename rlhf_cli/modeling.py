@@ -202,14 +202,28 @@ def ensure_chat_ready(tok):
 # ------------------------------------------------------------------------------------------------------ models
 
 
-def model_config(spec, tokenizer):
-    """A transformers config from the recipe's `model:` section (a preset, with explicit dimensions overriding)."""
+def model_dimensions(spec) -> dict[str, int]:
+    """The dimensions of a fresh model of the recipe's `model:` section: its size preset, explicit ones overriding."""
     hidden, layers, heads, inter, ctx = SIZE_PRESETS[spec.size]
     hidden = spec.hidden_size or hidden
-    layers = spec.num_layers or layers
-    heads = spec.num_heads or heads
-    inter = spec.intermediate_size or (inter if not spec.hidden_size else int(8 * hidden / 3 / 16 + 1) * 16)
-    ctx = spec.max_position_embeddings or ctx
+    if spec.arch == "gpt2":
+        inter = 4 * hidden
+    else:
+        inter = spec.intermediate_size or (inter if not spec.hidden_size else int(8 * hidden / 3 / 16 + 1) * 16)
+    return {
+        "hidden_size": hidden,
+        "num_layers": spec.num_layers or layers,
+        "num_heads": spec.num_heads or heads,
+        "intermediate_size": inter,
+        "max_position_embeddings": spec.max_position_embeddings or ctx,
+    }
+
+
+def model_config(spec, tokenizer):
+    """A transformers config from the recipe's `model:` section (model_dimensions)."""
+    dims = model_dimensions(spec)
+    hidden, layers, heads = dims["hidden_size"], dims["num_layers"], dims["num_heads"]
+    inter, ctx = dims["intermediate_size"], dims["max_position_embeddings"]
     if hidden % heads:
         raise UserError(f"model.hidden_size {hidden} must be a multiple of model.num_heads {heads}.")
     common = {
@@ -222,7 +236,7 @@ def model_config(spec, tokenizer):
     if spec.arch == "gpt2":
         from transformers import GPT2Config
 
-        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=4 * hidden, n_positions=ctx, **common)
+        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=inter, n_positions=ctx, **common)
     from transformers import LlamaConfig
 
     return LlamaConfig(

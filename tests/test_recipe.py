@@ -136,3 +136,31 @@ def test_training_values_torch_refuses_late_are_refused_early(tmp_path, override
     stage = override.split(".")[0]
     with pytest.raises(UserError, match=message):
         trainer_config(rec, stage, tmp_path / stage)
+
+
+def test_recipe_show_prints_resolved_values_and_the_files_reasons():
+    """`rlhf recipe show tiny`: a YAML document with the values PPO's config resolves (no null where a stage fills one
+    in), and beside tiny's own settings the reason its file's comment gives; a --set value loses the file's reason."""
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+    from rlhf_cli.ppo.config import PPOConfig
+
+    result = CliRunner().invoke(app, ["recipe", "show", "tiny", "--set", "pretrain.block_size=32"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert shown["ppo"]["temperature"] == PPOConfig.temperature == 0.9
+    assert shown["ppo"]["kl_estimator"] == PPOConfig.kl_estimator
+    assert shown["ppo"]["kl_coef"] == 0.2 and shown["ppo"]["response_length"] == 32  # tiny's own
+    assert shown["model"]["hidden_size"] == 128  # the tiny size preset (modeling.SIZE_PRESETS)
+    resolved = [f"ppo.{k}" for k in ("kl_estimator", "kl_horizon", "temperature", "missing_eos_penalty", "ptx_coef")]
+    assert all(shown[s][k] is not None for s, k in (r.split(".") for r in resolved))
+    lines, section = {}, ""
+    for line in result.stdout.splitlines():
+        section = section if line.startswith(" ") else line.split(":")[0]
+        lines[f"{section}.{line.split(':')[0].strip()}"] = line
+    text = (BUILTIN_DIR / "tiny.yaml").read_text(encoding="utf-8")
+    comment = next(line for line in text.splitlines() if line.startswith("  response_length:")).split("# ", 1)[1]
+    assert lines["ppo.response_length"].endswith(f"# {comment}")
+    assert "#" not in lines["pretrain.block_size"]  # set by --set: the file's reason no longer applies
+    assert "# PPOConfig's default" in lines["ppo.temperature"]

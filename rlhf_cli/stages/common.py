@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.distributed import is_main_process
 from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import estimate_parameters, save_model
+from rlhf_cli.modeling import attention, estimate_parameters, model_dimensions, save_model
 from rlhf_cli.precision import gpu_available
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
 from rlhf_cli.runs import write_lineage, write_model_card
@@ -169,6 +170,34 @@ def build_trainer_configs(recipe, run_dir: Path, stages=TRAINING_STAGES) -> dict
             for stage in TRAINING_STAGES
             if stage in stages
         }
+
+
+def resolved_settings(recipe) -> dict[str, tuple[Any, str]]:
+    """{key.path: (value, where it comes from)} for the recipe's settings that are None or `auto` and that the stages
+    resolve when they run (`rlhf recipe show`), each by the stages' own function: a stage's algorithm keys left to its
+    trainer config's default (build_trainer_configs), a fresh model's dimensions (model_dimensions), the precision
+    and attention rules on this machine."""
+    out: dict[str, tuple[Any, str]] = {}
+    unset = {
+        stage: [k for k in getattr(recipe, stage).TRAINER_KEYS if getattr(getattr(recipe, stage), k) is None]
+        for stage in TRAINING_STAGES
+    }
+    configs = build_trainer_configs(recipe, Path("."), [s for s, keys in unset.items() if keys])
+    for stage, config in configs.items():
+        meaning = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}
+        for key in unset[stage]:
+            value = getattr(config, key)
+            said = f": {meaning[key]}" if value is None and meaning.get(key) else ""  # what None means there
+            out[f"{stage}.{key}"] = (value, f"{type(config).__name__}'s default{said}")
+    if planned_parameters(recipe, "pretrain") is not None:  # a fresh model, not one loaded from init_from
+        for key, value in model_dimensions(recipe.model).items():
+            if getattr(recipe.model, key) is None:
+                out[f"model.{key}"] = (value, f"size {recipe.model.size}")
+    if recipe.precision == "auto":
+        out["precision"] = ("auto", f"on this machine: {precision.rule_here()}")
+    if recipe.model.attn_implementation == "auto":
+        out["model.attn_implementation"] = ("auto", f"on this machine: {attention('auto')}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ methods
