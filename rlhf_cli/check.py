@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -32,8 +33,11 @@ SAMPLE = 2000  # examples tokenized for the histogram / texts for a stand-in tok
 GIB = 1024**3
 
 
-def check_recipe(recipe, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
-    """Print every check as rich tables; raise one UserError listing every problem found. Returns what was measured."""
+def check_recipe(
+    recipe, run_dir: Path, console: Console | None = None, start_with: str | None = None
+) -> dict[str, Any]:
+    """Print every check as rich tables; raise one UserError listing every problem found. Returns what was measured.
+    `start_with`: the command that runs this recipe into this run folder, which the closing line offers."""
     import datasets
 
     console = console or Console()
@@ -61,7 +65,9 @@ def check_recipe(recipe, run_dir: Path, console: Console | None = None) -> dict[
         )
     console.print(
         "\n[bold green]All checks passed.[/bold green] Start with "
-        f"`rlhf pipeline --recipe {recipe.name}` (or one stage, e.g. `rlhf pretrain`)."
+        f"`{escape(start_with or f'rlhf pipeline --recipe {recipe.name}')}` (or one stage: `pretrain` in place of "
+        "`pipeline`, and so on).",
+        highlight=False,
     )
     return summary
 

@@ -17,6 +17,7 @@ import typer
 
 from rlhf_cli import __version__
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import RunLayout
 from rlhf_cli.steps import BY_NAME, MODEL_STAGES, TABLE
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
@@ -116,6 +117,13 @@ AcceptOpt = Annotated[
         "run's (e.g. a larger max_steps to train longer). Without it such a resume is refused.",
     ),
 ]
+
+
+def _command_for_run(command: str, recipe: str, set_: list[str] | None, output_dir: Path | None) -> list[str]:
+    """`rlhf COMMAND` on the run this command works on, for a printed hint that must work as printed: the recipe and
+    --set overrides as given, and the run folder when it is not the recipe's own (`--output-dir`)."""
+    words = ["rlhf", *command.split(), "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
+    return words + ["--output-dir", str(output_dir)] * bool(output_dir)
 
 
 def _version(value: bool):
@@ -331,8 +339,7 @@ def label(
     rec = _load(recipe, set_)
     who = annotator or rec.feedback.annotator
     # The quit message's way back in: this command without --overwrite (which starts over).
-    again = ["rlhf", "label", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
-    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={who}"]
+    again = [*_command_for_run("label", recipe, set_, output_dir), f"--annotator={who}"]
     if who == "web":
         from rlhf_cli.web_label import label_web
 
@@ -406,8 +413,11 @@ def write(
         raise UserError(f"--annotator {annotator}: use web (a page for several writers) or human (this terminal).")
     rec = _load(recipe, set_)
     run_dir = rec.run_dir(output_dir)
-    again = ["rlhf", "write", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
-    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator}"]
+    again = [*_command_for_run("write", recipe, set_, output_dir), f"--annotator={annotator}"]
+    demonstrations = RunLayout(run_dir).demonstrations
+    train_with = shlex.join(
+        [*_command_for_run("sft", recipe, set_, output_dir), f"--set=sft.data.path={demonstrations}"]
+    )
     with _writing(run_dir), no_trace_on_user_error(run_dir):
         if annotator == "web":
             from rlhf_cli.web_label import check_can_serve, require_web_extra, write_web
@@ -417,9 +427,9 @@ def write(
         prepare_drafts(rec, run_dir, model=model, prompts=prompts, overwrite=overwrite)
         if annotator == "web":
             again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
-            write_web(rec, run_dir, host=host, port=port, continue_with=shlex.join(again))
+            write_web(rec, run_dir, host=host, port=port, continue_with=shlex.join(again), train_with=train_with)
         else:
-            write_human(run_dir, limit=limit, continue_with=shlex.join(again))
+            write_human(run_dir, limit=limit, continue_with=shlex.join(again), train_with=train_with)
 
 
 @label_app.command("stats")
@@ -655,7 +665,9 @@ def check(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = 
     from rlhf_cli.check import check_recipe
 
     rec = _load(recipe, set_)
-    check_recipe(rec, rec.run_dir(output_dir))
+    check_recipe(
+        rec, rec.run_dir(output_dir), start_with=shlex.join(_command_for_run("pipeline", recipe, set_, output_dir))
+    )
 
 
 @app.command()

@@ -289,9 +289,11 @@ def write_human(
     console=None,
     limit: int | None = None,
     continue_with: str = "rlhf write --annotator human",
+    train_with: str | None = None,
 ) -> Path:
     """The terminal screen: each prompt and the model's draft; Enter keeps it, a typed line replaces it, s skips,
-    u undoes, q quits; resumable. `limit`: stop after this many prompts written or skipped in this sitting."""
+    u undoes, q quits; resumable. `limit`: stop after this many prompts written or skipped in this sitting.
+    `train_with`: the command that trains SFT on the answers, said when every prompt is done."""
     from rich.console import Console
 
     console = console or Console()
@@ -341,7 +343,13 @@ def write_human(
                 saved = sum(writer_of(r) == writer for r in _read_jsonl(layout.demonstrations))
                 console.print(
                     f"{saved} answers of yours in {layout.demonstrations}"
-                    + ("." if state["done"] else f"; to continue where you stopped: {continue_with}")
+                    + (
+                        f". Train on them: {train_with}"
+                        if state["done"] and train_with
+                        else "."
+                        if state["done"]
+                        else f"; to continue where you stopped: {continue_with}"
+                    )
                 )
                 break
             elif command in ("s", "skip"):

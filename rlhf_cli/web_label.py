@@ -440,6 +440,7 @@ def write_web(
     host: str = "127.0.0.1",
     port: int = 8765,
     continue_with: str = "rlhf write --annotator web",
+    train_with: str | None = None,
 ) -> Path:
     """Serve the writing page (/write) for the run's drafts until Ctrl-C (and the ranking page too, when the run has
     samples to rank); returns the demonstrations file. The server holds the run's lock (rlhf_cli.lock) while it serves."""
@@ -451,9 +452,9 @@ def write_web(
         ranking = _also(lambda: Board(layout.feedback, raters)) if layout.feedback.is_dir() else None
         server, url = make_server(layout.feedback if ranking is not None else None, host, port, raters, writing)
         _announce_writing_and_serve(server, url, layout, writing)
+    train_with = train_with or f"rlhf sft --output-dir {layout.root} --set sft.data.path={layout.demonstrations}"
     print(
-        f"{_tally(layout.demonstrations, 'answer', writer_of)}. Train on them: rlhf sft --set "
-        f"sft.data.path={layout.demonstrations}. To continue: {continue_with}"
+        f"{_tally(layout.demonstrations, 'answer', writer_of)}. Train on them: {train_with}. To continue: {continue_with}"
     )
     return layout.demonstrations
 

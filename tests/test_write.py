@@ -374,6 +374,15 @@ def test_drafts_are_made_once_by_the_base_then_the_sft_model(run, monkeypatch):
     assert _answers(run) == [] and len(list((run / "demonstrations" / "backup").iterdir())) == 1  # moved, not lost
 
 
+def test_the_closing_hint_trains_on_this_run_folder(run):
+    """Done writing, the printed `rlhf sft` command names the run folder (not the recipe's runs/tiny) and the recipe."""
+    result = _write(run, input="one\ntwo\nthree\n\n")
+    assert result.exit_code == 0, result.output
+    hint = " ".join(result.output.split()).split("Train on them: ", 1)[1]
+    assert hint.startswith("rlhf sft --recipe tiny") and f"--output-dir {run} " in hint
+    assert f"--set=sft.data.path={run / 'demonstrations' / 'demonstrations.jsonl'}" in hint
+
+
 def test_a_prompts_file(run, tmp_path):
     prompts = tmp_path / "my_prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
