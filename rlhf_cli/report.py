@@ -17,9 +17,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from rlhf_cli.data.toy import GOLD_IN_WORDS
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import write_json_atomic, write_text_atomic
 from rlhf_cli.layout import RunLayout
+from rlhf_cli.scoring import length_caution
 from rlhf_cli.steps import METHODS
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -153,14 +155,18 @@ def red_flags(run_dir: Path) -> list[str]:
 
 def cautions(run_dir: Path) -> list[str]:
     """Findings to read before trusting the reward model further (listed; not a failed run): it disagrees with the gold
-    reward about SFT against base - answers from another model than the one whose samples it was trained on."""
+    reward about SFT against base - answers from another model than the one whose samples it was trained on - or its
+    score follows answer length (the same sentence `rlhf reward inspect` prints)."""
     ev = _read_json(RunLayout(run_dir).eval_json("eval"))
+    out = []
     if found := _disagreement(ev, "sft_vs_base", "SFT", "base"):
-        return [
+        out.append(
             f"{found}: off the SFT model's answers, on which it was trained, the reward model does not judge as "
             "the raters do (optimising against it from the base model would mislead)"
-        ]
-    return []
+        )
+    if found := length_caution(_read_json(RunLayout(run_dir).eval_json("reward")).get("length")):
+        out.append(found)  # the sentence `rlhf reward inspect` prints
+    return out
 
 
 def assess(run_dir: Path) -> dict:
@@ -371,7 +377,7 @@ def plot_ppo(ppo_metrics: list[dict], path: Path) -> Path | None:
         ax.plot(*_series(ppo_metrics, reward_key), color="tab:blue", marker="o", ms=3, label="reward-model score")
     if gold_key:
         ax.plot(*_series(ppo_metrics, gold_key), color="tab:green", marker="o", ms=3, label="gold reward")
-    ax.set_title("PPO: reward of the rollouts")
+    ax.set_title("PPO: its sampled answers to training prompts")
     ax.set_ylabel("mean score of the batch's answers")
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -423,7 +429,8 @@ def plot_models(models: dict, path: Path) -> Path | None:
         ax.set_ylabel(title)
         ax.set_title(f"Held-out {title}")
     who = "Base, SFT and PPO" if set(models) <= {"base", "sft", "ppo"} else "Every model of the run"
-    fig.suptitle(f"{who} on the same prompts (greedy; best-of-n: the reward model's pick; 95 % interval)")
+    how = "greedy; best-of-n: the reward model's pick" if "best_of_n" in models else "greedy"
+    fig.suptitle(f"{who} on the same held-out prompts ({how}; 95 % interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -518,9 +525,197 @@ def build_report(run_dir: str | Path) -> Path:
     rounds = _read_json(RunLayout(run_dir).rounds_json)
     if rounds:  # `rlhf pipeline --rounds N`
         report["rounds"] = rounds
+    report["account"] = account(run_dir, report, ev)
     write_json_atomic(out / "report.json", report)
     path = write_text_atomic(out / "report.md", _markdown(run_dir, report, ev))
     return path
+
+
+# ------------------------------------------------------------------------------------------------------ in words
+
+# Terms the report uses, explained where a student meets them; the glossary lists those the report's text holds.
+GLOSSARY = {
+    "gold reward": "the toy world's own score of an answer (see the account above); people and the reward model only "
+    "approximate it, and only a toy world has one, which is what lets this report check every stage",
+    "bits per byte": "how surprised the model is by held-out text: the average number of bits it needs to encode each "
+    "byte (lower is better; 8 is no knowledge of the bytes at all)",
+    "probes": 'fact completions the base model is asked to finish ("the fox eats" -> "berries"); right means its '
+    "first words are the fact",
+    "SFT": "supervised fine-tuning: training on written demonstrations (a prompt and a good answer) so the model "
+    "answers in the chat format instead of continuing text",
+    "reward model": "a model trained on people's rankings to give any answer a score, so that PPO can be trained on "
+    "millions of answers no person read",
+    "pairwise accuracy": "how often the reward model scores the answer the raters preferred above the other one",
+    "gold order": "the pairs of answers whose gold reward differs, counted right when the reward model orders them as "
+    "the gold reward does",
+    "PPO": "proximal policy optimisation: reinforcement learning that changes the model to raise the reward model's "
+    "score of its own sampled answers, in small, clipped steps",
+    "KL": "Kullback-Leibler divergence, here how far the trained model's answers have moved from the SFT model's "
+    "(in nats: natural-log units; 0 = unchanged); PPO pays kl_coef times it, which keeps it from exploiting the "
+    "reward model",
+    "nats": "the unit of KL with natural logarithms (1 nat = 1.44 bits)",
+    "win rate": "how often one model's answer beats another's on the same prompt (ties count half)",
+    "length-controlled": "a win rate read at equal answer length, from a logistic regression on the length "
+    "difference, so that longer answers do not win by length alone (extrapolated: few pairs had equal length)",
+    "95 % interval": "the range a figure would fall in on 95 % of re-drawn prompt sets (a bootstrap), so two models "
+    "whose intervals of the difference include 0 are not told apart",
+    "best-of-n": "no training: sample n answers and keep the one the reward model scores highest",
+    "DPO": "direct preference optimisation: trains the model on the ranked pairs directly, without a reward model",
+    "RLOO": "REINFORCE leave-one-out: reinforcement learning that compares each answer with the others to the same "
+    "prompt instead of a learned value model",
+    "GRPO": "group relative policy optimisation: like RLOO, answers are scored against their group's mean and spread",
+    "expert iteration": "sample answers, keep the reward model's best and fine-tune on them (SFT on its own best)",
+    "PPO-ptx": "PPO with a pre-training loss mixed in, so that the model keeps its language skills",
+    "Goodhart": "Goodhart's law: a measure optimised hard stops measuring what it stood for - a reward model pushed too "
+    "far rewards answers the raters would not prefer",
+}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def _share(texts: list[str], phrase: str) -> float:
+    return sum(f" {phrase} " in f" {' '.join(_words(t))} " for t in texts) / max(1, len(texts))
+
+
+def phrase_shift(before: list[str], after: list[str], min_shift: float = 0.2) -> tuple[str, float, float] | None:
+    """The three-word phrase whose share of answers changed most from `before` to `after` (the same prompts):
+    (phrase, share before, share after), or None when no phrase moved by `min_shift`. What a student should see first
+    is what a policy learned to say, e.g. a courtesy PPO added to every answer."""
+    counts: dict[str, float] = {}
+    for texts, sign in ((before, -1), (after, 1)):
+        for t in texts:
+            words = _words(t)
+            for g in {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}:
+                counts[g] = counts.get(g, 0.0) + sign / max(1, len(texts))
+    if not counts:
+        return None
+    phrase = max(counts, key=lambda g: (abs(counts[g]), g))
+    if abs(counts[phrase]) < min_shift:
+        return None
+    return phrase, _share(before, phrase), _share(after, phrase)
+
+
+def _example(ev: dict, name: str) -> str | None:
+    """One held-out prompt and `name`'s answer, from the answers side by side (the first whose answer is not empty)."""
+    for s in ev.get("samples", []):
+        if s.get(name):
+            return f'asked "{s["prompt"]}", it answered "{s[name]}"'
+    return None
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{v:.0%}"
+
+
+def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
+    """The report's opening: what each stage changed, in plain words, from the run's own numbers (markdown lines;
+    a stage the run lacks is left out)."""
+    h, stages = report["headline"], report["stages"]
+    models, n = ev.get("models", {}), ev.get("num_prompts")
+    on = f"{n} held-out prompts (`rlhf eval`, greedy)" if n else "held-out prompts"
+    lines = ["## What happened, in plain words", ""]
+    if h.get("sft_gold_reward") is not None:
+        lines += [f"The **gold reward** is {GOLD_IN_WORDS}. Raters rank answers by it (with noise); nobody in "
+                  "the pipeline after the raters sees it, so it is the yardstick for every stage below.", ""]  # fmt: skip
+    steps = []
+    if h.get("base_bits_per_byte") is not None:
+        text = (
+            f"**Pre-training** learned the world's text from scratch: held-out text costs it "
+            f"{h['base_bits_per_byte']:.3f} bits per byte, against {_f(h['untrained_bits_per_byte'])} before training "
+            "(lower is better)"
+        )
+        if h.get("base_probe_accuracy") is not None:
+            text += f", and it finishes {_pct(h['base_probe_accuracy'])} of the fact probes right"
+        if ex := _example(ev, "base"):
+            text += f". It continues text rather than answering: {ex}"
+        steps.append(text + ".")
+    if "sft" in models or h.get("sft_finished_rate") is not None:
+        sft = stages.get("sft", {})
+        demos = f" on {sft['train_examples']:,} written demonstrations" if sft.get("train_examples") else ""
+        text = f"**SFT** (supervised fine-tuning){demos} taught it to answer"
+        if h.get("sft_finished_rate") is not None:
+            text += f": {_pct(h['sft_finished_rate'])} of its answers end properly"
+        base, sftm = models.get("base", {}), models.get("sft", {})
+        if _number(sftm.get("gold_reward")) is not None and _number(base.get("gold_reward")) is not None:
+            text += (
+                f", and on {on} the gold reward rose from {_number(base['gold_reward']):.3f} (base) to "
+                f"{_number(sftm['gold_reward']):.3f}"
+            )
+        if h.get("sft_right_fact_rate") is not None:
+            text += f", right facts from {_pct(h['base_right_fact_rate'])} to {_pct(h['sft_right_fact_rate'])}"
+        if ex := _example(ev, "sft"):
+            text += f". For example, {ex}"
+        steps.append(text + ".")
+    rew = stages.get("reward", {})
+    if h.get("reward_accuracy") is not None:
+        text = (
+            f"**The reward model** learned from the raters' rankings to score any answer: it orders "
+            f"{_pct(h['reward_accuracy'])} of {rew.get('eval_pairs', '')} held-out pairs as the raters did"
+        )
+        if h.get("reward_gold_accuracy") is not None:
+            text += (
+                f", and {_pct(h['reward_gold_accuracy'])} of held-out pairs whose gold reward differs as the gold "
+                "reward does. The first is lower because it also counts pairs the raters told apart only by their "
+                "noise (answers of equal gold reward)"
+            )
+        warn = [f for f in report["red_flags"] if "reward model" in f] + report["cautions"]
+        text += ". Verdict: " + (
+            f"{len(warn)} finding(s) to read before trusting it, listed under the headline: {warn[0]}"
+            if warn
+            else "no caution (the same checks as `rlhf reward inspect`)"
+        )
+        steps.append(text + ".")
+    gain = h.get("ppo_gold_gain")
+    if gain is not None and h.get("ppo_gold_reward") is not None:
+        text = (
+            f"**PPO** trained the SFT model on the reward model's scores of its own answers, held near SFT by a KL "
+            f"penalty: on {on} the gold reward went from {_f(h['sft_gold_reward'])} to {_f(h['ppo_gold_reward'])} "
+            f"(gain {_ci(gain)}, 95 % interval)"
+        )
+        if h.get("ppo_kl_to_sft") is not None:
+            text += f", {h['ppo_kl_to_sft']:.2f} nats of KL from SFT"
+        per = ev.get("per_prompt", {})
+        if "sft" in per and "ppo" in per and (shift := phrase_shift(per["sft"]["answers"], per["ppo"]["answers"])):
+            phrase, before, after = shift
+            text += f'. Most of what changed: "{phrase}" is in {after:.0%} of its answers, {before:.0%} of SFT\'s'
+        if "sft" in models and "ppo" in models:
+            text += (
+                f"; mean length {models['sft'].get('mean_length', 0):.1f} -> {models['ppo'].get('mean_length', 0):.1f}"
+                " tokens"
+            )
+        if ex := _example(ev, "ppo"):
+            text += f". For example, {ex}"
+        steps.append(text + ".")
+    lines += [f"{i}. {t}" for i, t in enumerate(steps, 1)]
+    if steps:
+        lines.append("")
+    checks = report["checks"]
+    if checks:
+        held = [k for k, c in checks.items() if c["met"]]
+        missed = report["targets_missed"]
+        lines.append(
+            f"**Targets:** {len(held)} of {len(checks)} of the recipe's targets held"
+            + (f"; missed: {', '.join(missed)}." if missed else ".")
+        )
+        lines.append("")
+    run = str(run_dir)
+    lines += [
+        "**Look next at** the answers side by side (below): they show what each stage changed; talk to a model with "
+        f"`rlhf chat {run}/ppo/final` (or `sft/final`, `pretrain/final`); check the reward model with "
+        f"`rlhf reward inspect {run}/reward/final`. The glossary at the end explains the terms.",
+        "",
+    ]
+    return lines
+
+
+def glossary(text: str) -> list[str]:
+    """The glossary's entries for the terms `text` uses (markdown lines; none when it uses none)."""
+    used = [t for t in GLOSSARY if re.search(rf"(?<![A-Za-z-]){re.escape(t)}(?![A-Za-z-])", text, re.IGNORECASE)]
+    if not used:
+        return []
+    return ["## Glossary", "", *(f"- **{t}**: {GLOSSARY[t]}." for t in used), ""]
 
 
 def _rounds_markdown(rounds: dict) -> list[str]:
@@ -564,23 +759,41 @@ def _ci(d) -> str:
 
 def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
     h = report["headline"]
-    lines = [f"# rlhf report: {run_dir}", ""]
+    lines = [f"# rlhf report: {run_dir}", "", *report["account"]]
+    stages, n = report["stages"], ev.get("num_prompts")
+    held = f"{n} held-out prompts, greedy (`rlhf eval`)" if n else "held-out prompts"
+    sft_on = held if h["source"]["sft_finished_rate"] == "eval/eval.json" else "SFT's own held-out prompts"
+    pre, rew = stages.get("pretrain", {}), stages.get("reward", {})
+
+    def pct(key: str) -> str:
+        return _f(h[key], ".1%") if h[key] is not None else "–"
+
+    def pairs(key: str, what: str) -> str:
+        n_pairs = (rew.get(key) or {}).get("n") if isinstance(rew.get(key), dict) else None
+        return f"{n_pairs} {what}" if n_pairs else what
+
     lines += [
         "## Headline",
         "",
-        "| metric | value |",
-        "|---|---|",
-        f"| base model: held-out bits per byte (untrained model) | {_f(h['base_bits_per_byte'])} ({_f(h['untrained_bits_per_byte'])}) |",
-        f"| base model: completion probes right | {_f(h['base_probe_accuracy'], '.1%') if h['base_probe_accuracy'] is not None else '–'} |",
-        f"| SFT: finished-answer rate | {_f(h['sft_finished_rate'], '.1%') if h['sft_finished_rate'] is not None else '–'} |",
-        f"| reward model: held-out pairwise accuracy | {_f(h['reward_accuracy'], '.1%') if h['reward_accuracy'] is not None else '–'} |",
-        f"| reward model: accuracy on training pairs | {_f(h['reward_train_accuracy'], '.1%') if h['reward_train_accuracy'] is not None else '–'} |",
-        f"| reward model: agreement with the gold order | {_f(h['reward_gold_accuracy'], '.1%') if h['reward_gold_accuracy'] is not None else '–'} |",
-        f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} |",
+        "| metric | value | measured on |",
+        "|---|---|---|",
+        f"| base model: bits per byte (lower is better) | {_f(h['base_bits_per_byte'])} | the last tenth of the "
+        f"pre-training text ({pre.get('eval_bytes', '?')} bytes) |",
+        f"| untrained model: bits per byte | {_f(h['untrained_bits_per_byte'])} | the same text |",
+        f"| base model: completion probes right | {pct('base_probe_accuracy')} | the world's fact probes |",
+        f"| SFT: finished-answer rate | {pct('sft_finished_rate')} | {sft_on} |",
+        f"| reward model: pairwise accuracy | {pct('reward_accuracy')} | "
+        f"{pairs('accuracy', 'held-out pairs of the raters')} |",
+        f"| reward model: accuracy on training pairs | {pct('reward_train_accuracy')} | "
+        f"{pairs('train_accuracy', 'training pairs')} |",
+        f"| reward model: agreement with the gold order | {pct('reward_gold_accuracy')} | "
+        f"{pairs('gold_accuracy', 'held-out pairs whose gold reward differs')} |",
+        f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} | {held} |",
         f"| right-fact rate (states the asked fact, no wrong one): base / SFT / PPO | "
-        f"{' / '.join(_f(h[f'{m}_right_fact_rate'], '.1%') for m in ('base', 'sft', 'ppo'))} |",
-        f"| PPO gold-reward gain over SFT (95 % bootstrap) | {_ci(h['ppo_gold_gain'])} |",
-        f"| PPO KL to SFT (nats per answer) | {_f(h['ppo_kl_to_sft'])} |",
+        f"{' / '.join(_f(h[f'{m}_right_fact_rate'], '.1%') for m in ('base', 'sft', 'ppo'))} | {held} |",
+        f"| PPO gold-reward gain over SFT (95 % bootstrap) | {_ci(h['ppo_gold_gain'])} | "
+        f"{held if h['source']['ppo_gold_gain'] == 'eval/eval.json' else 'PPO stage check prompts'} |",
+        f"| PPO KL to SFT (nats per answer) | {_f(h['ppo_kl_to_sft'])} | {held} (KL from temperature-1 samples) |",
         "",
     ]
     if report["checks"]:
@@ -666,4 +879,5 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
                 "</details>",
                 "",
             ]
+    lines += glossary("\n".join(lines))
     return "\n".join(lines)

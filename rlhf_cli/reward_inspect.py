@@ -15,10 +15,8 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
 from rlhf_cli.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.scoring import load_reward_model, score_pairs
-from rlhf_cli.stats import bucket_name, pearson, tertiles, wilson
-
-LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
+from rlhf_cli.scoring import answer_tokens, length_caution, length_preference, load_reward_model, score_pairs
+from rlhf_cli.stats import bucket_name, tertiles, wilson
 
 
 def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> dict:
@@ -56,11 +54,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     model = load_reward_model(str(model_dir), tokenizer).to(inference_device())
     pairs = [r for r in pairs if r["chosen"] != r["rejected"]]
     chosen, rejected = score_pairs(model, tokenizer, pairs, max_length=None)
-    n_tokens = {}
-    for row in pairs:
-        for text in (row["chosen"], row["rejected"]):
-            n_tokens.setdefault(text, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    report = inspect_scores(pairs, chosen, rejected, n_tokens)
+    report = inspect_scores(pairs, chosen, rejected, answer_tokens(tokenizer, pairs))
     report["data"] = source
 
     out = output_folder(model_dir, out_dir)
@@ -103,14 +97,11 @@ def inspect_scores(pairs: list[dict], chosen: list[float], rejected: list[float]
         margin_names = [bucket_name(g, cuts) for g in gaps]
     diffs = [n_tokens[r["chosen"]] - n_tokens[r["rejected"]] for r in pairs]
     length_names = ["chosen shorter" if d < 0 else "same length" if d == 0 else "chosen longer" for d in diffs]
-
-    answers = {}
+    distinct = {}  # an answer ranked against several others counts once
     for row, c, r in zip(pairs, chosen, rejected, strict=True):
-        answers[(str(row["prompt"]), row["chosen"])] = (c, n_tokens[row["chosen"]])
-        answers[(str(row["prompt"]), row["rejected"])] = (r, n_tokens[row["rejected"]])
-    scores, lengths = [s for s, _ in answers.values()], [n for _, n in answers.values()]
-    corr = pearson(scores, lengths)
-    longer = [(c > r) == (d > 0) for c, r, d in zip(chosen, rejected, diffs, strict=True) if d != 0]
+        distinct[(str(row["prompt"]), row["chosen"])] = c
+        distinct[(str(row["prompt"]), row["rejected"])] = r
+    scores = list(distinct.values())
     return {
         "pairs": len(pairs),
         "accuracy": sum(right) / max(1, len(right)),
@@ -121,10 +112,7 @@ def inspect_scores(pairs: list[dict], chosen: list[float], rejected: list[float]
         "scores": {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores), "n": len(scores)},
         "chosen_mean": statistics.fmean(chosen),
         "rejected_mean": statistics.fmean(rejected),
-        "length_correlation": corr,
-        "prefers_longer": sum(longer) / max(1, len(longer)),
-        "chosen_longer_in_data": sum(d > 0 for d in diffs) / max(1, sum(d != 0 for d in diffs)),
-        "length_alarm": abs(corr) >= LENGTH_ALARM,
+        **length_preference(pairs, chosen, rejected, n_tokens),
     }
 
 
@@ -177,9 +165,6 @@ def _print_report(report: dict, out: Path) -> None:
         f"correlation of score with answer length: {report['length_correlation']:+.2f}; prefers the longer "
         f"answer in {report['prefers_longer']:.0%} of pairs (the data: {report['chosen_longer_in_data']:.0%})"
     )
-    if report["length_alarm"]:
-        console.print(
-            f"[bold red]Length-hacking alarm[/bold red]: |correlation| >= {LENGTH_ALARM}; this reward model "
-            "may reward length itself, and PPO will learn to write longer answers rather than better ones."
-        )
+    if caution := length_caution(report):  # the same sentence the report and the pipeline's summary give
+        console.print(f"[bold yellow]Caution[/bold yellow]: {caution}.")
     console.print(f"Report: {out / 'inspect.json'}, histogram: {report['histogram']}")

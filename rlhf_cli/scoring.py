@@ -11,9 +11,10 @@ import statistics
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.modeling import attention
-from rlhf_cli.stats import proportion
+from rlhf_cli.stats import pearson, proportion
 
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
+LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which a reward model is suspected of rewarding length
 
 
 def encode(tokenizer, prompt: list[dict], answer: str, max_length: int | None = None) -> list[int]:
@@ -124,15 +125,67 @@ def score_pairs(model, tokenizer, pairs, max_length: int, precision: str = "auto
     return chosen, rejected
 
 
-def pair_metrics(model, tokenizer, pairs, max_length: int, precision: str = "auto") -> dict:
-    """Pairwise accuracy ({mean, low, high, n}: a 95 % Wilson interval) and mean margin r_chosen - r_rejected on `pairs`."""
+def pair_metrics(
+    model, tokenizer, pairs, max_length: int, precision: str = "auto", *, with_length: bool = False
+) -> dict:
+    """Pairwise accuracy ({mean, low, high, n}: a 95 % Wilson interval) and mean margin r_chosen - r_rejected on `pairs`;
+    `with_length`: also how the scores follow answer length (`length_preference`, under "length")."""
     pairs = [r for r in pairs if r["chosen"] != r["rejected"]]
     chosen, rejected = score_pairs(model, tokenizer, pairs, max_length, precision)
     right = sum(c > r for c, r in zip(chosen, rejected, strict=True))
-    return {
+    out = {
         "accuracy": proportion(right, len(pairs)),
         "mean_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(pairs)),
     }
+    if with_length and pairs:
+        out["length"] = length_preference(pairs, chosen, rejected, answer_tokens(tokenizer, pairs))
+    return out
+
+
+def answer_tokens(tokenizer, pairs) -> dict[str, int]:
+    """{answer text: its length in tokens} over every chosen and rejected answer of `pairs`."""
+    n_tokens: dict[str, int] = {}
+    for row in pairs:
+        for text in (row["chosen"], row["rejected"]):
+            n_tokens.setdefault(text, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return n_tokens
+
+
+def length_preference(pairs, chosen: list[float], rejected: list[float], n_tokens: dict[str, int]) -> dict:
+    """How a reward model's scores follow answer length on `pairs`: the correlation of score with length over the
+    distinct answers, how often it prefers the longer answer of a pair and how often the data's chosen one is the
+    longer, and the alarm (|correlation| >= LENGTH_ALARM)."""
+    diffs = [n_tokens[r["chosen"]] - n_tokens[r["rejected"]] for r in pairs]
+    answers = {}
+    for row, c, r in zip(pairs, chosen, rejected, strict=True):
+        answers[(str(row["prompt"]), row["chosen"])] = (c, n_tokens[row["chosen"]])
+        answers[(str(row["prompt"]), row["rejected"])] = (r, n_tokens[row["rejected"]])
+    corr = pearson([s for s, _ in answers.values()], [n for _, n in answers.values()])
+    longer = [(c > r) == (d > 0) for c, r, d in zip(chosen, rejected, diffs, strict=True) if d != 0]
+    return {
+        "length_correlation": corr,
+        "prefers_longer": sum(longer) / max(1, len(longer)),
+        "chosen_longer_in_data": sum(d > 0 for d in diffs) / max(1, sum(d != 0 for d in diffs)),
+        "length_alarm": abs(corr) >= LENGTH_ALARM,
+    }
+
+
+def length_caution(length: dict) -> str | None:
+    """The one sentence every view of a reward model (`rlhf reward inspect`, the reward stage, the report and the
+    pipeline's summary) gives when its scores follow answer length: None when they do not."""
+    if not length or not length.get("length_alarm"):
+        return None
+    corr, model, data = length["length_correlation"], length["prefers_longer"], length["chosen_longer_in_data"]
+    text = (
+        f"the reward model's score follows answer length (correlation {corr:+.2f}, |r| >= {LENGTH_ALARM}): it "
+        f"prefers the longer answer in {model:.0%} of held-out pairs"
+    )
+    if model <= data + 0.1:  # the raters' own choices carry length: quality and length go together in this data
+        return (
+            f"{text}, about as often as the raters chose the longer one ({data:.0%}) - length and what raters value "
+            "go together in this data, so PPO may learn length with it; compare the models' mean length"
+        )
+    return f"{text}, more often than the raters chose it ({data:.0%}) - it may reward length itself"
 
 
 def score_stats(

@@ -183,6 +183,9 @@ def test_hh_transcripts_pairwise_and_inspect_flags_length(tmp_path, tiny_model):
         final, out_dir=tmp_path / "inspect"
     )  # default data: its held-out prompts
     assert report["length_alarm"] and report["length_correlation"] > 0.5 and report["prefers_longer"] > 0.8
+    # the stage measured the same on the same held-out pairs: its summary, the report and inspect give one verdict
+    assert metrics["length"]["length_alarm"]
+    assert abs(metrics["length"]["length_correlation"] - report["length_correlation"]) < 0.01
     assert report["pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["accuracy"]["mean"]) < 1e-9
     assert report["accuracy_low"] <= report["accuracy"] <= report["accuracy_high"]
     assert (tmp_path / "inspect" / "scores.png").stat().st_size > 1000

@@ -34,6 +34,13 @@ import random
 import re
 from pathlib import Path
 
+# The gold reward in one sentence, for people (the report's account and glossary); the docstring above has the numbers.
+GOLD_IN_WORDS = (
+    "the toy world's own score of an answer, from -1 to 1: the right fact counts most, then naming the animal, a "
+    "polite courtesy and a finished, well-formed sentence; wrong facts, rudeness, repeats, padding and cut-off answers "
+    "cost (a perfect answer scores 1.0, the bare right sentence 0.85)"
+)
+
 ANIMALS = [
     "fox",
     "owl",

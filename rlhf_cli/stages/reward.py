@@ -35,7 +35,15 @@ from rlhf_cli.kwise import group_pairs, kwise_trainer_class
 from rlhf_cli.layout import RunLayout
 from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.scoring import count_cut, encode, load_reward_model, pair_metrics, score, score_stats
+from rlhf_cli.scoring import (
+    count_cut,
+    encode,
+    length_caution,
+    load_reward_model,
+    pair_metrics,
+    score,
+    score_stats,
+)
 from rlhf_cli.stages.common import gather_weights, model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 from rlhf_cli.stats import proportion
@@ -44,7 +52,6 @@ STAGE = "reward"
 # Training pairs scored for train_accuracy: next to the held-out accuracy it tells underfitting from overfitting.
 FIT_PAIRS = 1024
 FEW_PROMPTS = 100  # ranked prompts under which the stage warns that the reward model can learn little
-LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
 
 
 # ------------------------------------------------------------------------------------------------------ the stage
@@ -119,7 +126,7 @@ def setup(ctx) -> Job:
             "objective": "kwise" if kwise else "pairwise",
             "train_pairs": len(train) if not streaming else None,
             "eval_pairs": len(held),
-            **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision),
+            **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision, with_length=True),
         }
         if not streaming:
             picked = random.Random(0).sample(range(len(train)), min(FIT_PAIRS, len(train)))
@@ -174,6 +181,8 @@ def _summary(final: Path, m: dict) -> None:
     fit = m.get("train_accuracy")
     fit = f" ({fit['mean']:.3f} on {fit['n']} training pairs)" if fit else ""
     print(f"Reward model saved to {final} ({m['objective']} loss): {_held_out_text(m)}{fit}{gold}")
+    if caution := length_caution(m.get("length")):  # as `rlhf reward inspect` and the report say it
+        print(f"Caution: {caution}.")
 
 
 def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
