@@ -19,7 +19,7 @@ from typing import Any
 
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run
 from rlhf_cli.steps import METHODS
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
@@ -189,11 +189,8 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
         n = len(read_metrics(path))
         return {"name": "rows", "value": n, "text": f"{n} {'prompts sampled' if step == 'sample' else 'rankings'}"}
     if step == "report":
-        return {
-            "name": "report",
-            "value": str(RunLayout(run_dir).report_md),
-            "text": str(RunLayout(run_dir).report_md),
-        }
+        report = path_in_run(RunLayout(run_dir).report_md, run_dir)  # pipeline.json stores it: relative to the run
+        return {"name": "report", "value": report, "text": report}
     head = headline(run_dir)
     if step == "pretrain":
         v = head["base_bits_per_byte"]
@@ -504,7 +501,7 @@ def build_report(run_dir: str | Path) -> Path:
     head = headline(run_dir)
     verdict = assess(run_dir)
     report = {
-        "run_dir": str(run_dir),
+        "run_dir": path_in_run(run_dir, run_dir),  # "." : the paths this file names are relative to the run
         "headline": head,
         "checks": verdict["checks"],
         "targets_missed": verdict["missed"],
@@ -564,7 +561,7 @@ def _ci(d) -> str:
 
 def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
     h = report["headline"]
-    lines = [f"# rlhf report: {run_dir}", ""]
+    lines = [f"# rlhf report: {run_dir.absolute().name}", ""]  # the run's name, not where it lies: it can move
     lines += [
         "## Headline",
         "",

@@ -120,7 +120,7 @@ def setup(ctx) -> Job:
         )
         parents = {"policy": policy_dir, "reference": policy_dir}
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
+            tmp, run_dir, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
             weights["state"],
         )  # fmt: skip
 

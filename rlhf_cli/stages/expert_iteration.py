@@ -114,7 +114,7 @@ def setup(ctx) -> Job:
         parents = {"policy": policy_dir, "reward": reward_dir}
         data = str(ctx.stage_dir / DATA)
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir,
+            tmp, run_dir, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir,
             weights["state"],
         )  # fmt: skip
 

@@ -103,6 +103,7 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
         parents = {"policy": policy_dir, "reference": policy_dir, "reward": reward_dir}
         save_policy(
             tmp,
+            run_dir,
             trainer.model,
             tokenizer,
             recipe,

@@ -142,7 +142,7 @@ def setup(ctx) -> Job:
             f"`{policy_dir}`, rewards: {reward_names}.\n\nMade with `rlhf ppo` (rlhf-cli).\n\n{saved.get('note', '')}",
         )
         parents = {"policy": policy_dir, "value": value_dir, **reward_dirs}
-        write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
+        write_lineage(tmp, run_dir=run_dir, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
 
     return Job(trainer, n_params, evaluate, write_final, _summary, prepared=started, export=export)
 

@@ -142,7 +142,7 @@ def setup(ctx) -> Job:
         tokenizer.save_pretrained(tmp)
         files.write_json_atomic(tmp / "reward_stats.json", stats)
         data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
-        runs.write_lineage(tmp, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
+        runs.write_lineage(tmp, run_dir=run_dir, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
         runs.write_model_card(
             tmp,
             title=f"{rec.name}: reward model",
