@@ -67,8 +67,8 @@ def setup(ctx) -> Job:
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
             f"An inference-time policy made by `rlhf best-of-n` (rlhf-cli): these weights are the generator "
-            f"`{policy_dir}`; to answer as the policy does, sample {spec.n} answers at temperature {spec.temperature} "
-            f"and keep the one the reward model `{reward_dir}` scores highest ({SETTINGS})."
+            f"`{path_in_run(policy_dir, run_dir)}`; to answer as the policy does, sample {spec.n} answers at temperature {spec.temperature} "
+            f"and keep the one the reward model `{path_in_run(reward_dir, run_dir)}` scores highest ({SETTINGS})."
         )
         parents = {"policy": policy_dir, "reward": reward_dir}
         save_policy(

@@ -218,7 +218,7 @@ def write_model_folder(
     )
     kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
     body = (
-        f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
+        f"Supervised fine-tuning of `{path_in_run(init, run_dir)}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
         f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
         + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
         + "\n\nPrompts use the saved chat template (`tokenizer.apply_chat_template`); generation stops at the end of "
