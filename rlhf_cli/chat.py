@@ -21,7 +21,7 @@ from pathlib import Path
 from rlhf_cli import precision as precisions
 from rlhf_cli.errors import UserError
 from rlhf_cli.generation import generate
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, enclosing_run, resolve_in_run
 from rlhf_cli.modeling import (
     REWARD_MODEL,
     check_model_kind,
@@ -49,7 +49,9 @@ def load_chat_model(model_dir: str):
         settings = json.loads(adapter.read_text(encoding="utf-8"))
         if settings.get("task_type") == "SEQ_CLS":
             raise _not_causal(model_dir)
-        base = settings.get("base_model_name_or_path")
+        # peft stores the base as an absolute path (it loads from any working directory); in a moved run it is found
+        # at the same place in the run
+        base = resolve_in_run(settings.get("base_model_name_or_path"), enclosing_run(path) or path)
         if not base:
             raise UserError(f"{adapter} names no base model (base_model_name_or_path); cannot load the adapter.")
         from peft import PeftModel

@@ -21,7 +21,7 @@ from typing import Any
 from rlhf_cli.errors import UserError
 from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run
 from rlhf_cli.lock import run_lock
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.steps import DEFAULT_STEPS, METHODS, step_name
@@ -61,7 +61,7 @@ def _run_compare(recipe, run_dir: Path, methods, *, resume: bool, overwrite: boo
     layout = RunLayout(run_dir)
     write_json_atomic(layout.compare_dir / "compare.json", result)
     write_text_atomic(layout.compare_dir / "compare.md", markdown(result))
-    result["plot"] = str(plot(result, layout.compare_dir / "compare.png", _sweep_curve(layout)))
+    result["plot"] = path_in_run(plot(result, layout.compare_dir / "compare.png", _sweep_curve(layout)), run_dir)
     write_json_atomic(layout.compare_dir / "compare.json", result)
     return result
 
@@ -83,7 +83,7 @@ def summarise(run_dir: Path, methods: list[str], record: dict) -> dict[str, Any]
         rows[method] = _row(models[method], wins.get(f"{method}_vs_sft"), episodes=episodes or 0, seconds=seconds)
     training = {m: r["episodes"] for m, r in rows.items() if m not in ("sft", "dpo", "best_of_n")}
     return {
-        "run_dir": str(run_dir),
+        "run_dir": path_in_run(run_dir, run_dir),  # "." : the paths this file names are relative to the run
         "recipe": record["recipe"],
         "num_prompts": ev["num_prompts"],
         "methods": rows,
@@ -105,7 +105,7 @@ def _row(model: dict, win: dict | None, *, episodes: int, seconds: float | None)
 
 def _sweep_curve(layout: RunLayout) -> list[tuple[float, float]]:
     """PPO's (KL, gold reward) per point of `rlhf sweep` in this run (its own KL estimate, from ppo/eval.json)."""
-    path = layout.root / "sweep" / "sweep.json"
+    path = layout.sweep_dir("ppo") / "sweep.json"
     if not path.exists():
         return []
     record = read_json(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import _append, _drop_last_action, _read_jsonl, answer_prompts, back_up
 from rlhf_cli.files import write_text_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run
 from rlhf_cli.lock import run_lock
 from rlhf_cli.people import LEASE_SECONDS, Offers
 from rlhf_cli.recipe import DataSpec
@@ -113,9 +113,9 @@ def prepare_drafts(
         cached = read_drafts(out)[0]
         wanted = {}
         if model is not None or rec.write.model is not None:
-            wanted["model"] = draft_model(rec, run_dir, model)
+            wanted["model"] = path_in_run(draft_model(rec, run_dir, model), run_dir)  # as drafts.jsonl stores it
         if prompts is not None or rec.write.data is not None:
-            wanted["prompts"] = source
+            wanted["prompts"] = path_in_run(source, run_dir)
         differ = [k for k, v in wanted.items() if cached.get(k) != v]
         if differ:
             raise UserError(
@@ -132,9 +132,9 @@ def prepare_drafts(
         max_new_tokens=ws.max_new_tokens, temperature=ws.temperature, batch_size=rec.feedback.batch_size,
         progress="drafting answers",
     )  # fmt: skip
-    settings = {
-        "model": model_dir,
-        "prompts": source,
+    settings = {  # the paths relative to the run when they are the run's own (a run can move)
+        "model": path_in_run(model_dir, run_dir),
+        "prompts": path_in_run(source, run_dir),
         "temperature": ws.temperature,
         "max_new_tokens": ws.max_new_tokens,
         "seed": rec.seed,

@@ -26,7 +26,7 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text
 from rlhf_cli.files import read_json, write_json_atomic
 from rlhf_cli.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run, resolve_in_run
 from rlhf_cli.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.recipe import Recipe, load_recipe
 from rlhf_cli.scoring import load_reward_model, score
@@ -177,7 +177,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         models[name] = (model, tok)
         if name == "best_of_n":  # an inference-time policy: its answers are the judge's pick of n samples
             made = read_json(Path(path) / BEST_OF_N_SETTINGS)  # the n, temperature and judge the stage was run with
-            n, judge, own_judge = made["n"], rm, Path(made["reward_model"])
+            n, judge, own_judge = made["n"], rm, Path(resolve_in_run(made["reward_model"], run_dir))
             if own_judge.exists() and (rm is None or own_judge.resolve() != rm_dir.resolve()):
                 judge_tok = load_tokenizer(str(own_judge))
                 judge = (load_reward_model(str(own_judge), judge_tok).to(inference_device()), judge_tok)
@@ -200,7 +200,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
                 )
             ]
         row: dict[str, Any] = {
-            "model": str(path),
+            "model": path_in_run(path, run_dir),
             "answers": [a.text for a in answers],
             "finished": [a.finished for a in answers],
             "lengths": [a.num_tokens for a in answers],
@@ -238,7 +238,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         if a in per_model and b in per_model:
             wins[f"{a}_vs_{b}"] = _compare(per_model[a], per_model[b])
     result = {
-        "run_dir": str(run_dir),
+        "run_dir": path_in_run(run_dir, run_dir),  # "." : the paths this file names are relative to the run
         "recipe": rec.name,
         "num_prompts": len(prompts),
         "max_new_tokens": rec.eval.max_new_tokens,

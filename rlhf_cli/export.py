@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import save_dir_atomic, write_json_atomic
-from rlhf_cli.layout import is_run_folder, is_stage_folder
+from rlhf_cli.layout import enclosing_run, is_run_folder, is_stage_folder, path_in_run, resolve_in_run
 from rlhf_cli.modeling import check_model_ref, count_parameters, load_tokenizer
-from rlhf_cli.runs import library_versions, write_model_card
+from rlhf_cli.runs import library_versions, lineage_paths, read_lineage, write_model_card
 
 
 def _read_json(path: Path) -> dict:
@@ -40,7 +40,8 @@ def load_for_export(model_dir: str):
             f"{model_dir} is not a model folder (no config.json or adapter_config.json); "
             "give a stage's final/ folder, e.g. runs/tiny/ppo/final."
         )
-    base = adapter.get("base_model_name_or_path") if adapter else None
+    # peft stores the base as an absolute path; in a moved run it is found at the same place in the run
+    base = resolve_in_run(adapter.get("base_model_name_or_path"), enclosing_run(path) or path) if adapter else None
     if adapter and not base:
         raise UserError(
             f"{path / 'adapter_config.json'} names no base model (base_model_name_or_path); cannot merge it."
@@ -136,14 +137,19 @@ def export_model(model_dir: str, out: str | Path, push_to_hub: str | None = None
     out = Path(out)
     check_out(model_dir, out, overwrite)
     model, tokenizer, info = load_for_export(model_dir)
-    lineage = _read_json(Path(model_dir) / "lineage.json")
+    lineage = read_lineage(model_dir)  # its paths as they are now, wherever the source run was when it was written
     record = {**info, "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": library_versions()}
     params = count_parameters(model)
+    out_run = enclosing_run(out)  # an export into a run folder names the run's paths relative to it, as the run does
+
+    def stored(path):
+        return path_in_run(path, out_run)
 
     def write(tmp: Path):
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)  # with the chat template
-        write_json_atomic(tmp / "lineage.json", {**lineage, "export": record})
+        paths = {k: stored(record[k]) for k in ("source", "out", "base_model")}
+        write_json_atomic(tmp / "lineage.json", {**lineage_paths(lineage, stored), "export": {**record, **paths}})
         stage = lineage.get("stage")
         title = f"{out.name}: {'the ' + stage + ' stage' if stage else 'a model'} of an rlhf-cli run"
         write_model_card(tmp, title=title, body=_card(title, info, lineage, params, out))

@@ -37,7 +37,7 @@ from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import write_text_atomic
 from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run
 from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.runs import resolve_model_dir
@@ -70,7 +70,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
         batch_size=fb.batch_size, progress=f"sampling {fb.k} answers per prompt",
     )  # fmt: skip
     settings = {
-        "model": model_dir,
+        "model": path_in_run(model_dir, run_dir),  # relative to the run when it is the run's own (a run can move)
         "k": fb.k,
         "temperature": fb.temperature,
         "top_p": fb.top_p,

@@ -10,10 +10,16 @@
 <run>/demonstrations/        drafts.jsonl, demonstrations.jsonl (`rlhf write`: people's SFT answers), skipped.jsonl, backup/
 <run>/eval/eval.json         `rlhf eval`
 <run>/report/                report.json, report.md and the plots
+<run>/rounds/round-k/, <run>/sweep*/<point>/   run folders of their own, inside the run (`rlhf pipeline --rounds`,
+                             `rlhf sweep`)
+
+A run can be moved or copied: every path its files store that points inside it is relative to the run folder
+(`path_in_run`), and every reader resolves it against the run folder it found the file in (`resolve_in_run`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +134,10 @@ class RunLayout:
         """Round k (from 2) of `rlhf pipeline --rounds`: a run folder of its own; round 1 is this run."""
         return self.root / "rounds" / f"round-{k}"
 
+    def sweep_dir(self, stage: str) -> Path:
+        """`rlhf sweep` of a `stage` setting: one run folder per value in it (PPO's sweep keeps its older name)."""
+        return self.root / ("sweep" if stage == "ppo" else f"sweep-{stage}")
+
     @property
     def compare_dir(self) -> Path:
         return self.root / "compare"
@@ -191,3 +201,64 @@ def enclosing_run(path: str | Path) -> Path | None:
         if is_run_folder(folder):
             return folder
     return None
+
+
+# ------------------------------------------------------------------------------------------------ paths a run stores
+# A run folder can be moved or copied (to another disk, another machine, a student's laptop): the paths its files
+# store that point inside it are relative to it, and resolved against the folder a reader finds the file in.
+
+
+def holding_run(run_dir: str | Path) -> Path | None:
+    """The run a nested run belongs to (`<run>/rounds/round-k`, `<run>/sweep*/<point>`: run folders of their own that
+    use the run's models); None for a run of its own."""
+    folder = Path(run_dir).absolute()
+    parent = folder.parent
+    if (parent.name == "rounds" or parent.name.startswith("sweep")) and is_run_folder(parent.parent):
+        return holding_run(parent.parent) or parent.parent
+    return None
+
+
+def path_in_run(path: str | Path | None, run_dir: str | Path | None) -> str | None:
+    """`path` as a run's files store it: relative to `run_dir` when it lies inside the run (for a nested run, inside
+    the run holding it: `../../sft/final`), so the folder can be moved; anything else as given (a user's data file,
+    a hub id, a model folder elsewhere; any path when `run_dir` is None: a file in no run)."""
+    if path is None or run_dir is None:
+        return None if path is None else str(path)
+    here, run = Path(path).expanduser(), Path(run_dir)
+    if not (here.is_absolute() or here.exists() or run in here.parents):
+        return str(path)  # a hub id or a name (pretrain's "scratch"), not a place on disk
+    top = holding_run(run) or run
+    for target, base, root in (
+        (Path(os.path.abspath(here)), Path(os.path.abspath(run)), Path(os.path.abspath(top))),
+        (here.resolve(), run.resolve(), top.resolve()),  # through links (a round's sft/ is one)
+    ):
+        if target == root or root in target.parents:
+            return Path(os.path.relpath(target, base)).as_posix()
+    return str(path)
+
+
+def link_in_run(link: Path, target: Path) -> None:
+    """A symbolic link `link` -> `target`, both inside one run (a round or sweep point sharing the run's folders),
+    stored relative to the link's folder: it still points at the run's own folder once the run is moved."""
+    os.symlink(os.path.relpath(Path(target).resolve(), Path(link).parent.resolve()), link, target_is_directory=True)
+
+
+def resolve_in_run(stored: str | None, run_dir: str | Path) -> str | None:
+    """A path read from a run's files, to open: a relative one against `run_dir` (the folder the file was found in);
+    an absolute one (older runs wrote those) as it is, or, when it is gone because the run was moved, the same place
+    in this run (`/old/place/run/feedback/rankings.jsonl` -> `<run_dir>/feedback/rankings.jsonl`). A path that
+    is neither (a hub id, a path relative to where the command ran) comes back as stored."""
+    if not stored:
+        return stored
+    run, path = Path(run_dir), Path(stored).expanduser()
+    if not path.is_absolute():
+        inside = Path(os.path.normpath(run / path))
+        return str(inside) if inside.exists() else stored
+    if path.exists():
+        return stored
+    top = holding_run(run) or run
+    for i in range(1, len(path.parts) - 1):  # the longest tail that exists in the run, of two names at least
+        moved = top / Path(*path.parts[i:])
+        if moved.exists():
+            return str(moved)
+    return stored

@@ -24,7 +24,7 @@ from rlhf_cli.errors import UserError, is_input_error
 from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.feedback import label, labelling_progress, sample
 from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run, resolve_in_run
 from rlhf_cli.lock import run_lock
 from rlhf_cli.recipe import save_resolved
 from rlhf_cli.report import assess, build_report, step_headline
@@ -168,7 +168,7 @@ def _run_pipeline(recipe, run_dir: Path, stages, resume: bool, overwrite: bool, 
     check_steps(recipe, run_dir, steps)
     console = Console(quiet=not is_main_process())  # several processes: one prints
     record_path = layout.pipeline_record
-    record = {"recipe": recipe.name, "run_dir": str(run_dir), "steps": {}}
+    record = {"recipe": recipe.name, "run_dir": path_in_run(run_dir, run_dir), "steps": {}}  # paths relative to the run
     if resume and record_path.exists():
         old = read_json(record_path)
         record["steps"] = old.get("steps", {})
@@ -212,7 +212,7 @@ def _run_pipeline(recipe, run_dir: Path, stages, resume: bool, overwrite: bool, 
         entry["headline"] = step_headline(run_dir, step)
     record["total_seconds"] = round(time.time() - start, 2)
     report = layout.report_md
-    record["report"] = str(report) if report.exists() else None
+    record["report"] = path_in_run(report, run_dir) if report.exists() else None
     verdict = assess(run_dir)
     # The steps that ran decide: a missed target of a stage this call did not reach is not a finding.
     record["targets_missed"] = verdict["missed"] if set(steps) >= {"eval"} else []
@@ -220,11 +220,11 @@ def _run_pipeline(recipe, run_dir: Path, stages, resume: bool, overwrite: bool, 
     record["cautions"] = verdict["cautions"] if set(steps) >= {"eval"} else []
     if is_main_process():
         write_json_atomic(record_path, record)
-        _print_summary(console, record)
+        _print_summary(console, record, run_dir)
     return record
 
 
-def _print_summary(console, record: dict) -> None:
+def _print_summary(console, record: dict, run_dir: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"rlhf pipeline: {record['recipe']}")
@@ -242,9 +242,9 @@ def _print_summary(console, record: dict) -> None:
             step, entry.get("status", ""), f"{seconds:.1f} s" if seconds is not None else "-", headline.get("text", "")
         )
     console.print(table)
-    console.print(f"Total {record['total_seconds']:.1f} s. Timings: {Path(record['run_dir']) / 'pipeline.json'}")
+    console.print(f"Total {record['total_seconds']:.1f} s. Timings: {RunLayout(run_dir).pipeline_record}")
     if record.get("report"):
-        console.print(f"[bold]Report: {record['report']}[/]")
+        console.print(f"[bold]Report: {resolve_in_run(record['report'], run_dir)}[/]")
     for missed in record.get("targets_missed", []):
         console.print(f"[bold red]Target missed:[/] {missed}")
     for note in record.get("cautions", []):

@@ -20,7 +20,7 @@ from typing import Any
 from rlhf_cli.data.toy import GOLD_IN_WORDS
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run
 from rlhf_cli.scoring import length_caution
 from rlhf_cli.steps import METHODS
 
@@ -195,11 +195,8 @@ def step_headline(run_dir: Path, step: str) -> dict[str, Any]:
         n = len(read_metrics(path))
         return {"name": "rows", "value": n, "text": f"{n} {'prompts sampled' if step == 'sample' else 'rankings'}"}
     if step == "report":
-        return {
-            "name": "report",
-            "value": str(RunLayout(run_dir).report_md),
-            "text": str(RunLayout(run_dir).report_md),
-        }
+        report = path_in_run(RunLayout(run_dir).report_md, run_dir)  # pipeline.json stores it: relative to the run
+        return {"name": "report", "value": report, "text": report}
     head = headline(run_dir)
     if step == "pretrain":
         v = head["base_bits_per_byte"]
@@ -511,7 +508,7 @@ def build_report(run_dir: str | Path) -> Path:
     head = headline(run_dir)
     verdict = assess(run_dir)
     report = {
-        "run_dir": str(run_dir),
+        "run_dir": path_in_run(run_dir, run_dir),  # "." : the paths this file names are relative to the run
         "headline": head,
         "checks": verdict["checks"],
         "targets_missed": verdict["missed"],
@@ -700,11 +697,14 @@ def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
             + (f"; missed: {', '.join(missed)}." if missed else ".")
         )
         lines.append("")
-    run = str(run_dir)
+    try:  # as typed from where the command ran (runs/tiny); never an absolute path, since a run can move
+        run, where = str(Path(run_dir).absolute().relative_to(Path.cwd())), ""
+    except ValueError:
+        run, where = "RUN", " (RUN: this run's folder)"
     lines += [
         "**Look next at** the answers side by side (below): they show what each stage changed; talk to a model with "
         f"`rlhf chat {run}/ppo/final` (or `sft/final`, `pretrain/final`); check the reward model with "
-        f"`rlhf reward inspect {run}/reward/final`. The glossary at the end explains the terms.",
+        f"`rlhf reward inspect {run}/reward/final`{where}. The glossary at the end explains the terms.",
         "",
     ]
     return lines
@@ -759,7 +759,7 @@ def _ci(d) -> str:
 
 def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
     h = report["headline"]
-    lines = [f"# rlhf report: {run_dir}", "", *report["account"]]
+    lines = [f"# rlhf report: {run_dir.absolute().name}", "", *report["account"]]  # its name: a run can move
     stages, n = report["stages"], ev.get("num_prompts")
     held = f"{n} held-out prompts, greedy (`rlhf eval`)" if n else "held-out prompts"
     sft_on = held if h["source"]["sft_finished_rate"] == "eval/eval.json" else "SFT's own held-out prompts"

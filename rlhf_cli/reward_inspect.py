@@ -13,8 +13,10 @@ from rlhf_cli import files
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json
+from rlhf_cli.layout import enclosing_run, path_in_run
 from rlhf_cli.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
 from rlhf_cli.recipe import DataSpec
+from rlhf_cli.runs import read_lineage
 from rlhf_cli.scoring import answer_tokens, length_caution, length_preference, load_reward_model, score_pairs
 from rlhf_cli.stats import bucket_name, tertiles, wilson
 
@@ -28,17 +30,18 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
     """
 
     model_dir = Path(model_dir)
+    run = enclosing_run(model_dir)  # the files written below name paths inside it relative to it (a run can move)
     if output_folder(model_dir, out_dir).exists() and not output_folder(model_dir, out_dir).is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder for the report (it is created if missing).")
     if not (model_dir / "config.json").exists():
         raise UserError(f"{model_dir} is not a model folder (no config.json); give a reward model's final/ folder.")
     check_model_kind(str(model_dir), REWARD_MODEL, "rlhf reward inspect")
     if data is None:
-        lineage = model_dir / "lineage.json"
-        if not lineage.exists():
+        if not (model_dir / "lineage.json").exists():
             raise UserError(f"{model_dir} has no lineage.json telling what it was trained on; pass --data FILE.")
-        info = read_json(lineage).get("data") or {}
-        if read_json(lineage).get("stage") != "reward" or "spec" not in info:
+        lineage = read_lineage(model_dir)  # its data's path resolved against the run the model is in now
+        info = lineage.get("data") or {}
+        if lineage.get("stage") != "reward" or "spec" not in info:
             raise UserError(
                 f"{model_dir} is not a reward model trained by `rlhf reward`; pass --data FILE to score it."
             )
@@ -47,7 +50,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
             raise UserError(f"{spec.path} (the data {model_dir} was trained on) is gone; pass --data FILE.")
         pairs = load_stage_data("reward", spec, seed=info["seed"])
         pairs = train_eval_split(pairs, spec, "reward", seed=info["seed"])[1]
-        source = f"{spec.path or spec.hub} (held-out prompts)"
+        source = f"{path_in_run(spec.path, run) or spec.hub} (held-out prompts)"
     else:
         pairs, source = load_stage_data("reward", DataSpec(path=data)), data
     tokenizer = load_tokenizer(str(model_dir))
@@ -59,7 +62,7 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
 
     out = output_folder(model_dir, out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report["histogram"] = str(_histogram(chosen, rejected, out / "scores.png"))
+    report["histogram"] = path_in_run(_histogram(chosen, rejected, out / "scores.png"), run)
     stats_path = model_dir / "reward_stats.json"  # the training-time stats stay what PPO normalises with
     stats = read_json(stats_path) if stats_path.exists() else {**report["scores"], "source": source}
     stats["inspect"] = {**report["scores"], "source": source}
@@ -167,4 +170,4 @@ def _print_report(report: dict, out: Path) -> None:
     )
     if caution := length_caution(report):  # the same sentence the report and the pipeline's summary give
         console.print(f"[bold yellow]Caution[/bold yellow]: {caution}.")
-    console.print(f"Report: {out / 'inspect.json'}, histogram: {report['histogram']}")
+    console.print(f"Report: {out / 'inspect.json'}, histogram: {out / 'scores.png'}")

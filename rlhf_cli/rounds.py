@@ -14,7 +14,6 @@ reward, the reward model's accuracy on the new round's samples before retraining
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from rlhf_cli.errors import UserError
 from rlhf_cli.evaluate import evaluate_run
 from rlhf_cli.feedback import read_samples
 from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, link_in_run, path_in_run
 from rlhf_cli.modeling import inference_device, load_tokenizer
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.recipe import DataSpec, load_recipe
@@ -54,7 +53,7 @@ def run_rounds(
         )
     if not all(layout.finished(s) for s in ("reward", "ppo", "eval")):
         raise UserError(f"--rounds: {run_dir} has no finished reward, ppo and eval steps to start round 2 from.")
-    history = [_round_row(1, layout, None)]
+    history = [_round_row(1, layout, layout, None)]
     for k in range(2, rounds + 1):
         previous = layout if k == 2 else RunLayout(layout.round_dir(k - 1))
         flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_changes}
@@ -81,7 +80,7 @@ def _one_round(k: int, layout, recipe_ref: str, overrides: list[str], flags: dic
     for name in SHARED:  # the same toy world, base model and SFT model in every round (when the run has them)
         link, source = folder.root / name, layout.root / name
         if source.exists() and not (link.is_symlink() or link.exists()):
-            os.symlink(source.resolve(), link, target_is_directory=True)
+            link_in_run(link, source)
     rec = load_recipe(recipe_ref, overrides)
     print(f"round {k}: the round-{k - 1} policy answers, people (or the toy annotator) rank -> {folder.root}")
     run_pipeline(rec, folder.root, stages=["sample", "label"], **flags)
@@ -93,7 +92,7 @@ def _one_round(k: int, layout, recipe_ref: str, overrides: list[str], flags: dic
     before = _judge_before_retraining(rec, previous, folder)
     run_pipeline(rec, folder.root, stages=["reward", "ppo"], **flags)
     evaluate_run(folder.root, recipe=rec, quiet=True)  # the round's models judged; its targets are round 1's business
-    return _round_row(k, folder, before)
+    return _round_row(k, layout, folder, before)
 
 
 def _judge_before_retraining(rec, previous, folder) -> dict[str, Any]:
@@ -108,12 +107,13 @@ def _judge_before_retraining(rec, previous, folder) -> dict[str, Any]:
     return out
 
 
-def _round_row(k: int, layout, before: dict | None) -> dict[str, Any]:
+def _round_row(k: int, run, layout, before: dict | None) -> dict[str, Any]:
+    """Round k's line of rounds.json (in `run`, the whole run; `layout`: the round's own folder)."""
     ev, rm = read_json(layout.eval_json("eval")), read_json(layout.eval_json("reward"))
     ppo = ev.get("models", {}).get("ppo", {})
     return {
         "round": k,
-        "run_dir": str(layout.root),
+        "run_dir": path_in_run(layout.root, run.root),  # relative to the run: it can move
         "rankings": sum(1 for _ in (layout.rankings_so_far if k > 1 else layout.rankings).open(encoding="utf-8")),
         "rm_before_retraining": before,  # round 1: none (its reward model is the first)
         "rm_gold_accuracy": rm.get("gold_accuracy"),

@@ -14,8 +14,8 @@ from typing import Any
 
 from rlhf_cli.distributed import is_main_process, wait_for_everyone
 from rlhf_cli.errors import UserError, is_input_error
-from rlhf_cli.files import write_json_atomic, write_text_atomic
-from rlhf_cli.layout import STAGE_RECIPE, RunLayout
+from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
+from rlhf_cli.layout import STAGE_RECIPE, RunLayout, enclosing_run, path_in_run, resolve_in_run
 from rlhf_cli.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
 from rlhf_cli.recipe import resume_differences, save_resolved
 from rlhf_cli.steps import DEFAULT_STEPS, STEPS
@@ -209,20 +209,52 @@ def newest_checkpoint(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def write_lineage(final_dir: Path, *, stage: str, parents: dict[str, str], data: Any, recipe) -> None:
-    """`lineage.json`: where this model came from, so a later stage can check its inputs."""
-    write_json_atomic(
-        Path(final_dir) / "lineage.json",
-        {
-            "stage": stage,
-            "parents": parents,
-            "data": data,
-            "recipe_name": recipe.name,
-            "recipe_hash": recipe.fingerprint(),
-            "versions": library_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
+def write_lineage(final_dir: Path, *, run_dir: Path, stage: str, parents: dict[str, str], data: Any, recipe) -> None:
+    """`lineage.json`: where this model came from, so a later stage can check its inputs; the paths inside `run_dir`
+    relative to it (a moved run still reads: `read_lineage`)."""
+    lineage = {
+        "stage": stage,
+        "parents": parents,
+        "data": data,
+        "recipe_name": recipe.name,
+        "recipe_hash": recipe.fingerprint(),
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(Path(final_dir) / "lineage.json", lineage_paths(lineage, lambda p: path_in_run(p, run_dir)))
+
+
+def read_lineage(model_dir: str | Path) -> dict:
+    """A model folder's lineage.json ({} without a readable one), every path it names ready to open: resolved against
+    the run the folder is in now, wherever the run was when it was written."""
+    try:
+        lineage = read_json(Path(model_dir) / "lineage.json")
+    except (OSError, ValueError):
+        return {}
+    run = enclosing_run(model_dir) or Path(model_dir)
+    return lineage_paths(lineage, lambda p: resolve_in_run(p, run)) if isinstance(lineage, dict) else {}
+
+
+DATA_PATHS = ("path", "eval_path")  # the keys of a data spec (recipe.DataSpec) that name local files
+
+
+def lineage_paths(lineage: dict, convert) -> dict:
+    """`lineage` with every path it names (the parent models; the data's files, at any depth) passed through
+    `convert`: `path_in_run` to write it, `resolve_in_run` to read it."""
+
+    def data(value):
+        if isinstance(value, str):  # a file of the stage's own (expert iteration's filtered answers)
+            return convert(value)
+        if not isinstance(value, dict):
+            return value
+        return {k: convert(v) if k in DATA_PATHS and isinstance(v, str) else data(v) for k, v in value.items()}
+
+    out = dict(lineage)
+    if isinstance(lineage.get("parents"), dict):
+        out["parents"] = {k: convert(v) if isinstance(v, str) else v for k, v in lineage["parents"].items()}
+    if "data" in lineage:
+        out["data"] = data(lineage["data"])
+    return out
 
 
 def library_versions() -> dict[str, str]:

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from pathlib import Path
 
 from rlhf_cli.errors import UserError
 from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, link_in_run, path_in_run
 from rlhf_cli.lock import run_lock
 from rlhf_cli.pipeline import run_pipeline
 from rlhf_cli.recipe import load_recipe, save_resolved
@@ -125,7 +124,7 @@ def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref,
         console.print(f"[bold]sweep:[/] {run_dir} has no finished sft/reward models yet; running {PREREQUISITES} first")
         run_pipeline(recipe, run_dir, stages=PREREQUISITES, resume=True)
 
-    sweep_dir = run_dir / ("sweep" if stage == "ppo" else f"sweep-{stage}")  # PPO's sweep keeps its folder
+    sweep_dir = RunLayout(run_dir).sweep_dir(stage)
     run_stage = importlib.import_module(f"rlhf_cli.stages.{stage}").run
     points = []
     for value in values:
@@ -135,7 +134,7 @@ def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref,
             data_link = point_dir / "data"
             if not data_link.exists() and (run_dir / "data").is_dir():
                 try:  # share the toy world's files instead of writing them again
-                    os.symlink((run_dir / "data").resolve(), data_link, target_is_directory=True)
+                    link_in_run(data_link, run_dir / "data")
                 except OSError:
                     pass
             save_resolved(rec, point_dir)
@@ -145,7 +144,7 @@ def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref,
                 run_stage(rec, point_dir, resume=not overwrite, overwrite=overwrite)
         point = {
             "value": value,
-            "run_dir": str(point_dir),
+            "run_dir": path_in_run(point_dir, run_dir),  # sweep.json's paths are relative to the run
             **_point_metrics(stage, read_json(RunLayout(point_dir).eval_json(stage))),
         }
         points.append(point)
@@ -153,14 +152,14 @@ def _run_sweep(recipe, run_dir: Path, param, values, base_overrides, recipe_ref,
             "param": param,
             "stage": stage,
             "values": values,
-            "run_dir": str(run_dir),
+            "run_dir": path_in_run(run_dir, run_dir),
             "points": points,
             "reference": _reference(points),
         }
         write_json_atomic(sweep_dir / "sweep.json", record)  # after every point: a killed sweep keeps what it had
 
     record["fit"] = fit_goodhart(record)
-    record["plot"] = str(plot_sweep(record, sweep_dir / "sweep.png"))
+    record["plot"] = path_in_run(plot_sweep(record, sweep_dir / "sweep.png"), run_dir)
     write_json_atomic(sweep_dir / "sweep.json", record)
     _print_table(console, record)
     return record

@@ -96,7 +96,7 @@ def test_each_method_writes_a_loadable_policy_and_its_eval(run, method):
     assert set(saved["gold_gain"]) == {"mean", "low", "high", "n"}  # the toy world judges it against SFT
     assert saved["episodes"] == metrics["episodes"] > 0
     lineage = json.loads((final / "lineage.json").read_text())
-    assert lineage["stage"] == method and lineage["parents"]["policy"] == str(run / "sft" / "final")
+    assert lineage["stage"] == method and lineage["parents"]["policy"] == "sft/final"  # relative to the run
     if method == "best_of_n":
         assert json.loads((final / "best_of_n.json").read_text())["n"] == 4
         assert saved["kl_to_sft_bound"] == pytest.approx(best_of_n_kl(4), abs=1e-6)

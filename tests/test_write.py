@@ -341,7 +341,7 @@ def test_drafts_are_made_once_by_the_base_then_the_sft_model(run, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Drafted 3 answers" in result.output and "(greedy)" in result.output
     drafts = _rows(run / "demonstrations" / "drafts.jsonl")
-    assert len(drafts) == 3 and {d["model"] for d in drafts} == {str(run / "pretrain" / "final")}
+    assert len(drafts) == 3 and {d["model"] for d in drafts} == {"pretrain/final"}  # relative to the run
     assert all(d["temperature"] == 0 and d["prompts"] == "the toy world's training prompts" for d in drafts)
     prompts = [json.loads(line)["prompt"] for line in open(run / "data" / "toy" / "prompts_train.jsonl")][:3]
     assert [d["prompt"][0]["content"] for d in drafts] == prompts  # the toy world's training prompts, as `sample`
@@ -370,7 +370,7 @@ def test_drafts_are_made_once_by_the_base_then_the_sft_model(run, monkeypatch):
     result = _write(run, "--model", "sft", "--overwrite", "--set=write.temperature=0.7")
     assert result.exit_code == 0, result.output
     assert "temperature 0.7" in result.output
-    assert {d["model"] for d in _rows(run / "demonstrations" / "drafts.jsonl")} == {str(run / "sft" / "final")}
+    assert {d["model"] for d in _rows(run / "demonstrations" / "drafts.jsonl")} == {"sft/final"}
     assert _answers(run) == [] and len(list((run / "demonstrations" / "backup").iterdir())) == 1  # moved, not lost
 
 

@@ -241,6 +241,7 @@ def gather_weights(trainer) -> dict | None:
 
 def save_policy(
     tmp: Path,
+    run_dir: Path,
     model,
     tokenizer,
     recipe,
@@ -257,7 +258,7 @@ def save_policy(
     lineage.json and a model card."""
     saved = save_model(model, tmp, source=source, setting=recipe.model.save_dtype, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
-    write_lineage(tmp, stage=stage, parents=parents, data=data, recipe=recipe)
+    write_lineage(tmp, run_dir=run_dir, stage=stage, parents=parents, data=data, recipe=recipe)
     write_model_card(tmp, title=f"{recipe.name}: {title}", body=f"{body}\n\n{saved}")
 
 

@@ -19,6 +19,7 @@ from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.errors import UserError
+from rlhf_cli.layout import path_in_run
 from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
 from rlhf_cli.stages.common import (
     gather_weights,
@@ -115,12 +116,12 @@ def setup(ctx) -> Job:
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
-            f"Direct Preference Optimization (beta {args.beta}) of `{policy_dir}` on `{data.path or data.hub}` by "
+            f"Direct Preference Optimization (beta {args.beta}) of `{path_in_run(policy_dir, run_dir)}` on `{path_in_run(data.path, run_dir) or data.hub}` by "
             f"`rlhf dpo` (rlhf-cli), {metrics['train_steps']} steps, the SFT model as the reference."
         )
         parents = {"policy": policy_dir, "reference": policy_dir}
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
+            tmp, run_dir, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
             weights["state"],
         )  # fmt: skip
 

@@ -150,7 +150,9 @@ def setup(ctx) -> Job:
         saved = save_model(model, tmp, source=spec.init_from, setting=recipe.model.save_dtype)
         tokenizer.save_pretrained(tmp)
         parents = {"model": spec.init_from or "scratch"}
-        runs.write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
+        runs.write_lineage(
+            tmp, run_dir=ctx.layout.root, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe
+        )
         body = f"{_card(recipe, metrics)}\n\n{saved}"
         runs.write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=body)
 

@@ -32,7 +32,7 @@ from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.errors import UserError
 from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
 from rlhf_cli.kwise import group_pairs, kwise_trainer_class
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.layout import RunLayout, path_in_run
 from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.scoring import (
@@ -149,13 +149,13 @@ def setup(ctx) -> Job:
         tokenizer.save_pretrained(tmp)
         files.write_json_atomic(tmp / "reward_stats.json", stats)
         data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
-        runs.write_lineage(tmp, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
+        runs.write_lineage(tmp, run_dir=run_dir, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
         runs.write_model_card(
             tmp,
             title=f"{rec.name}: reward model",
             body=(
-                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on "
-                f"`{spec.path or spec.hub}`.\n\nPairwise accuracy: {_held_out_text(metrics)}. Scores over the training "
+                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{path_in_run(init, run_dir)}` on "
+                f"`{path_in_run(spec.path, run_dir) or spec.hub}`.\n\nPairwise accuracy: {_held_out_text(metrics)}. Scores over the training "
                 f"answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json).\n\n{saved}"
             ),
         )
