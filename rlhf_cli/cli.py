@@ -347,7 +347,7 @@ def label(
     Example: `rlhf label --recipe tiny --annotator human --limit 50` (skip, undo, quit, revisit the skipped ones at the
     end; starting again resumes); `rlhf label --recipe tiny --annotator web` (a page for several raters at
     http://127.0.0.1:8765/; `feedback.raters_per_prompt` sets how many rank each prompt); on the demo run, whose samples
-    the toy annotator has ranked: `rlhf label --recipe tiny --people --annotator web`, then `rlhf reward --overwrite`
+    the toy annotator has ranked: `rlhf label --recipe tiny --people --annotator web`, then `rlhf reward --recipe tiny --overwrite`
     """
     if ctx.invoked_subcommand is not None:
         return
