@@ -104,6 +104,14 @@ OverwriteRankingsOpt = Annotated[
         help="Rank again from the start; rankings a person made are moved to feedback/backup/, not deleted.",
     ),
 ]
+PeopleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--people",
+        help="A people's round: fresh answers in feedback/people/ for people to rank beside the annotator's rankings "
+        "(which stay as they are); `rlhf reward` trains on both.",
+    ),
+]
 OverwritePointsOpt = Annotated[bool, typer.Option("--overwrite", help="Train the sweep's finished points again.")]
 OverwriteRunOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace the chosen stages' outputs (a person's rankings are backed up).")
@@ -294,17 +302,29 @@ def sample(
     model: Annotated[
         str | None, typer.Option("--model", help="Model to sample from (default: the run's sft/final).")
     ] = None,
+    people: PeopleOpt = False,
 ):
-    """K answers per prompt from a model, to feedback/samples.jsonl.
+    """K answers per prompt from a model, to feedback/samples.jsonl; with --people, fresh prompts for a people's round
+    (feedback/people/samples.jsonl, `feedback.people_prompts` more each time), the annotator's files untouched.
 
-    Example: `rlhf sample --recipe tiny --set feedback.k=6`
+    Example: `rlhf sample --recipe tiny --set feedback.k=6`; on a finished run, for people to rank beside the toy
+    annotator: `rlhf sample --recipe tiny --people --model runs/tiny/ppo/final` (then `rlhf label --people`)
     """
     from rlhf_cli.feedback import sample as do_sample
+    from rlhf_cli.feedback import sample_people
     from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
+    if people and overwrite:
+        raise UserError(
+            "--people adds fresh prompts to the people's round and never replaces what people ranked; leave out "
+            "--overwrite."
+        )
     with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
-        do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
+        if people:
+            sample_people(rec, rec.run_dir(output_dir), model=model)
+        else:
+            do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
 
 
 @label_app.callback(invoke_without_command=True)
@@ -324,42 +344,73 @@ def label(
     ] = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8765,
+    people: PeopleOpt = False,
 ):
     """Rank the samples best to worst: a person in the terminal or on a local web page, the toy world's simulated
-    annotator, or a file.
+    annotator, or a file. With --people: people rank a people's round of fresh answers (feedback/people/, sampled from
+    the run's SFT model the first time) beside the annotator's rankings, which stay as they are; `rlhf reward` trains on
+    both.
 
     Example: `rlhf label --recipe tiny --annotator human --limit 50` (skip, undo, quit, revisit the skipped ones at the
     end; starting again resumes); `rlhf label --recipe tiny --annotator web` (a page for several raters at
-    http://127.0.0.1:8765/; `feedback.raters_per_prompt` sets how many rank each prompt)
+    http://127.0.0.1:8765/; `feedback.raters_per_prompt` sets how many rank each prompt); on the demo run, whose samples
+    the toy annotator has ranked: `rlhf label --recipe tiny --people --annotator web`, then `rlhf reward --recipe tiny --overwrite`
     """
     if ctx.invoked_subcommand is not None:
         return
     from rlhf_cli.runs import no_trace_on_user_error
 
     rec = _load(recipe, set_)
+    run_dir = rec.run_dir(output_dir)
     who = annotator or rec.feedback.annotator
-    # The quit message's way back in: this command without --overwrite (which starts over).
-    again = [*_command_for_run("label", recipe, set_, output_dir), f"--annotator={who}"]
-    if who == "web":
-        from rlhf_cli.web_label import label_web
+    if people and annotator is None and who not in ("human", "web"):
+        who = "web"  # the recipe's annotator is the toy world's (or a file): a people's round is ranked on the page
+    if people and who not in ("human", "web"):
+        raise UserError(f"--people is a round ranked by people: use --annotator human or web, not {who}.")
+    # The quit message's way back in: this command without --overwrite (which starts over); and the way to more.
+    base = _command_for_run("label", recipe, set_, output_dir)
+    served = [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
+    again = base + ["--people"] * people + [f"--annotator={who}"] + served * (who == "web")
+    more = _more_to_rank(rec, recipe, set_, output_dir, who, people, base, served, run_dir)
+    with _writing(run_dir), no_trace_on_user_error(run_dir):
+        if people and not RunLayout(run_dir).people_samples.exists():  # the first people's round: sample it now
+            from rlhf_cli.feedback import sample_people
 
-        again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
-        with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
+            if who == "web":
+                from rlhf_cli.web_label import check_can_serve
+
+                check_can_serve(host, port)  # a busy port is refused before any sampling
+            sample_people(rec, run_dir)
+        if who == "web":
+            from rlhf_cli.web_label import label_web
+
             label_web(
-                rec, rec.run_dir(output_dir), host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again)
-            )
-        return
-    from rlhf_cli.feedback import label as do_label
+                rec, run_dir, host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again),
+                people=people, more=more,
+            )  # fmt: skip
+            return
+        from rlhf_cli.feedback import label as do_label
 
-    with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
         do_label(
-            rec,
-            rec.run_dir(output_dir),
-            annotator=annotator,
-            overwrite=overwrite,
-            continue_with=shlex.join(again),
-            limit=limit,
+            rec, run_dir, annotator=who if people else annotator, overwrite=overwrite,
+            continue_with=shlex.join(again), limit=limit, people=people, more=more,
+        )  # fmt: skip
+
+
+def _more_to_rank(rec, recipe, set_, output_dir, who, people, base, served, run_dir) -> str:
+    """What a person who finds nothing left to rank can run: on the run's samples (e.g. all ranked by the toy
+    annotator) a people's round; in a people's round, more fresh prompts for it. Commands that work as printed."""
+    stop = "stop this server (Ctrl-C), then run" if who == "web" else "run"
+    person = who if who in ("human", "web") else "web"
+    label_people = shlex.join(base + ["--people", f"--annotator={person}"] + served * (person == "web"))
+    if not people:
+        return (
+            f"To rank fresh answers yourself beside these rankings (a people's round, in "
+            f"{RunLayout(run_dir).people}), {stop}: {label_people}"
         )
+    sample_more = [*_command_for_run("sample", recipe, set_, output_dir), "--people"]
+    more = f"For {rec.feedback.people_prompts} more fresh prompts, {stop}: {shlex.join(sample_more)}"
+    return f"{more} && {label_people}"
 
 
 @app.command()

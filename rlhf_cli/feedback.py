@@ -5,6 +5,7 @@
     rlhf label --recipe tiny --annotator human     # you, in the terminal (skip, undo, quit; starting again resumes)
     rlhf label --recipe tiny --annotator web       # several people on a local web page (rlhf_cli.web_label)
     rlhf label --recipe tiny --annotator my_rankings.jsonl   # rankings made elsewhere (any reward format, validated)
+    rlhf label --recipe tiny --people --annotator web   # a people's round beside them (feedback/people/, below)
 
 samples.jsonl, one row per prompt:
     {"prompt": [messages], "answers": [K str], "finished": [K bool], "num_tokens": [K int],
@@ -19,6 +20,12 @@ it is given, and every skip to skipped.jsonl; starting again continues with the 
 the old rankings to feedback/backup/ first). Undo
 takes back the last ranking or skip, also one given in an earlier session, and asks that prompt again; after the last
 prompt the screen offers one more undo before it closes. When nothing is left to ask it returns at once.
+
+A people's round (`--people`, on a run whose samples the toy annotator has ranked already): fresh prompts with K answers
+each (`sample_people`, `feedback.people_prompts` at a time, a new seed each time) go to feedback/people/samples.jsonl,
+people rank them (human or web) into feedback/people/rankings.jsonl, and `rlhf reward` trains on both rankings files.
+The annotator's files are never touched by it, and people's rows are only ever added to. `feedback.rubric` (what the
+raters value) is shown above every prompt.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,24 +77,7 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
         num_return_sequences=fb.k, max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p,
         batch_size=fb.batch_size, progress=f"sampling {fb.k} answers per prompt",
     )  # fmt: skip
-    settings = {
-        "model": path_in_run(model_dir, run_dir),  # relative to the run when it is the run's own (a run can move)
-        "k": fb.k,
-        "temperature": fb.temperature,
-        "top_p": fb.top_p,
-        "max_new_tokens": fb.max_new_tokens,
-        "seed": rec.seed,
-    }
-    rows = [
-        {
-            "prompt": p,
-            "answers": [a.text for a in group],
-            "finished": [a.finished for a in group],
-            "num_tokens": [a.num_tokens for a in group],
-            **settings,
-        }
-        for p, group in zip(prompts, answers, strict=True)
-    ]
+    rows = _sample_rows(rec, run_dir, model_dir, prompts, answers, rec.seed)
     if overwrite:  # every check passed and the answers are made: the rankings of the old ones go aside first
         set_aside_rankings(out.parent)
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -99,19 +90,92 @@ def sample(rec, run_dir: Path, model: str | None = None, overwrite: bool = False
     return out
 
 
-def answer_prompts(rec, run_dir: Path, model_dir: str, data, num_prompts: int | None, setting: tuple[str, str], **gen):
+def sample_people(rec, run_dir: Path, model: str | None = None) -> Path:
+    """A people's round: `feedback.people_prompts` prompts of feedback.data not yet in it, drawn afresh, with K answers
+    each (a new generation seed each time), added to feedback/people/samples.jsonl for people to rank. The rows there
+    are never changed (their rankings name them by index), and the annotator's feedback/samples.jsonl and rankings are
+    not touched."""
+
+    fb, out = rec.feedback, RunLayout(run_dir).people_samples
+    if not is_main_process():
+        wait_for_everyone()
+        return out
+    before = read_samples(out, to_rank=True) if out.exists() else []
+    # the annotator's samples used rec.seed; each people's sitting the next seed: other answers, another draw
+    seed = max((r.get("seed", rec.seed) for r in before), default=rec.seed) + 1
+    model_dir = resolve_model_dir(model or fb.model, run_dir, "sft", "--model" if model else "feedback.model")
+    start = time.time()
+    prompts, answers = answer_prompts(
+        rec, run_dir, model_dir, fb.data, fb.people_prompts, ("sample --people", "feedback.max_new_tokens"),
+        draw=(seed, [r["prompt"] for r in before]), seed=seed, num_return_sequences=fb.k,
+        max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p, batch_size=fb.batch_size,
+        progress=f"sampling {fb.k} answers per prompt for people",
+    )  # fmt: skip
+    if not prompts:
+        raise UserError(f"Every prompt of feedback.data is in {out} already; rank those, or set feedback.data.")
+    rows = before + _sample_rows(rec, run_dir, model_dir, prompts, answers, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(
+        f"Sampled {fb.k} answers for each of {len(prompts)} fresh prompts (seed {seed}) in {time.time() - start:.1f}s "
+        f"-> {out} ({len(rows)} prompts for people to rank)"
+    )
+    wait_for_everyone()
+    return out
+
+
+def _sample_rows(rec, run_dir: Path, model_dir: str, prompts: list, answers: list, seed: int) -> list[dict]:
+    """Rows of samples.jsonl: each prompt, its K answers and the settings that made them (the model relative to the
+    run when it is the run's own: a run can move)."""
+    fb = rec.feedback
+    settings = {"model": path_in_run(model_dir, run_dir), "k": fb.k, "temperature": fb.temperature, "top_p": fb.top_p,
+                "max_new_tokens": fb.max_new_tokens, "seed": seed}  # fmt: skip
+    return [
+        {
+            "prompt": p,
+            "answers": [a.text for a in group],
+            "finished": [a.finished for a in group],
+            "num_tokens": [a.num_tokens for a in group],
+            **settings,
+        }
+        for p, group in zip(prompts, answers, strict=True)
+    ]
+
+
+def answer_prompts(
+    rec,
+    run_dir: Path,
+    model_dir: str,
+    data,
+    num_prompts: int | None,
+    setting: tuple[str, str],
+    *,
+    draw: tuple[int, list] | None = None,
+    seed: int | None = None,
+    **gen,
+):
     """The first `num_prompts` prompts of `data` (a prompt data spec) and a model's answers to them, through the one
-    generation path (`gen`: generate_answers' options); a prompt too long for the model is refused, naming `setting`
-    (the command and the recipe key of its max_new_tokens)."""
+    generation path (`gen`: generate_answers' options; `seed`: the generation seed, default the recipe's); a prompt too
+    long for the model is refused, naming `setting` (the command and the recipe key of its max_new_tokens).
+    `draw` (seed, prompts to leave out): `num_prompts` drawn at random from the others instead of the first ones."""
     rows = load_stage_data("ppo", data, toy_dir=RunLayout(run_dir).toy, seed=rec.seed)
-    if num_prompts is not None:
-        rows = rows.select(range(min(num_prompts, len(rows))))
-    prompts = [row["prompt"] for row in rows]
+    if draw is None:
+        if num_prompts is not None:
+            rows = rows.select(range(min(num_prompts, len(rows))))
+        prompts = [row["prompt"] for row in rows]
+    else:
+        taken = {json.dumps(p, sort_keys=True) for p in draw[1]}
+        prompts = [row["prompt"] for row in rows if json.dumps(row["prompt"], sort_keys=True) not in taken]
+        random.Random(f"draw-{draw[0]}").shuffle(prompts)
+        prompts = prompts[:num_prompts]
+        if not prompts:
+            return [], []
     trust = rec.model.trust_remote_code
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
     lm = load_causal_lm(model_dir, trust_remote_code=trust).to(inference_device())
     check_prompts_fit(tokenizer, lm, prompts, gen["max_new_tokens"], *setting)
-    return prompts, generate_answers(lm, tokenizer, prompts, seed=rec.seed, precision=rec.precision, **gen)
+    seed = rec.seed if seed is None else seed
+    return prompts, generate_answers(lm, tokenizer, prompts, seed=seed, precision=rec.precision, **gen)
 
 
 def read_samples(path: Path, *, to_rank: bool = False) -> list[dict]:
@@ -161,31 +225,38 @@ def label(
     console=None,
     continue_with: str = "rlhf label --annotator human",
     limit: int | None = None,
+    people: bool = False,
+    more: str | None = None,
 ) -> Path:
     """Rank the samples best to worst into feedback/rankings.jsonl: `toy`, `human` or a file of rankings; a person
-    stops after `limit` prompts (ranked or skipped) in this session.
+    stops after `limit` prompts (ranked or skipped) in this session. `people`: a person ranks the people's round
+    (feedback/people/, `sample_people`) instead; `more`: what to run for more to rank, said when nothing is left.
 
     Rankings a person made are never deleted: `overwrite` moves them to feedback/backup/ first (`back_up`)."""
 
-    feedback = RunLayout(run_dir).feedback
+    layout = RunLayout(run_dir)
+    feedback = layout.people if people else layout.feedback
     out = feedback / RANKINGS
     if not is_main_process():  # several processes (accelerate launch): the main one labels, the others wait for it
         wait_for_everyone()
         return out
-    path = _label_main(rec, feedback, out, annotator, overwrite, ask, console, continue_with, limit)
+    who = annotator or rec.feedback.annotator
+    if people and who not in ("human", "web"):
+        raise UserError(f"--people is a round ranked by people: use --annotator human or web, not {who}.")
+    screen = {"ask": ask, "console": console, "continue_with": continue_with, "limit": limit, "more": more}
+    path = _label_main(rec, feedback, out, who, overwrite, screen)
     wait_for_everyone()
     return path
 
 
-def _label_main(rec, feedback: Path, out: Path, annotator, overwrite, ask, console, continue_with, limit) -> Path:
+def _label_main(rec, feedback: Path, out: Path, who: str, overwrite: bool, screen: dict) -> Path:
     """Every check of the annotator's input comes before the old rankings move to backup/ (`--overwrite`)."""
-    who = annotator or rec.feedback.annotator
     if who == "web":
         raise UserError("The web ranking page is served by `rlhf label --annotator web` (it runs until you stop it).")
     if who == "human":
         if overwrite:
             start_over(feedback)
-        return label_human(feedback / SAMPLES, out, ask=ask, console=console, continue_with=continue_with, limit=limit)
+        return label_human(feedback / SAMPLES, out, rubric=rec.feedback.rubric, **screen)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to label again.")
     if who == "toy":
@@ -374,10 +445,12 @@ def parse_ranking(text: str, k: int) -> list[int]:
     return [n - 1 for n in numbers]
 
 
-def _show(console, row: dict, keep: list[int], position: str) -> None:
+def _show(console, row: dict, keep: list[int], position: str, rubric: list[str]) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
+    if rubric:  # what the raters value, with every prompt (the screen is redrawn for each)
+        console.print(Panel(Text("\n".join(f"- {line}" for line in rubric)), title="what we value", title_align="left"))
     convo = Text()
     for m in row["prompt"]:
         convo.append(f"{m['role']}: ", style="bold cyan" if m["role"] == "user" else "bold magenta")
@@ -423,12 +496,15 @@ def label_human(
     console=None,
     continue_with: str = "rlhf label --annotator human",
     limit: int | None = None,
+    rubric: list[str] | tuple = (),
+    more: str | None = None,
 ) -> Path:
     """The terminal screen: show each prompt and its answers, take a full ranking, skip, undo or quit; resumable.
     When every prompt is done, the skipped ones can be revisited (r). On a terminal each prompt is drawn on a clean
     screen. `limit`: stop after this many prompts ranked or skipped in this session (a sitting of a set length).
 
-    `continue_with` is the command the quit message offers to carry on (never one with --overwrite, which starts over).
+    `continue_with` is the command the quit message offers to carry on (never one with --overwrite, which starts over);
+    `more`, what to run for more prompts when none is left; `rubric`, what the raters value, shown with each prompt.
     """
     from rich.console import Console
 
@@ -454,14 +530,18 @@ def label_human(
             )
             break
         if not pending and not acted:  # nothing left from the start (e.g. `rlhf pipeline --resume`): return at once
-            console.print(f"All {len(todo)} prompts are ranked or skipped ({out}).")
+            by = Counter(r.get("annotator", "unknown") for r in rankings)
+            who = f" (rankings by {', '.join(f'{a} {n}' for a, n in by.most_common())})" if by else ""
+            console.print(f"All {len(todo)} prompts are ranked or skipped ({out}{who}).")
+            if more:
+                console.print(more)
             break
         if pending:
             index = pending[0]
             row, keep = samples[index], unique_answers(samples[index])
             if console.is_terminal:  # redraw, do not scroll: one prompt on the screen at a time
                 console.clear()
-            _show(console, row, keep, f"{len(done) + 1} of {len(todo)}")
+            _show(console, row, keep, f"{len(done) + 1} of {len(todo)}", list(rubric))
             question = f"ranking [1-{len(keep)}] / s / u / q: "
         else:  # the last answer can still be taken back, the skipped prompts revisited
             n_skipped = len(_read_jsonl(skipped_path))
@@ -492,6 +572,8 @@ def label_human(
             saved = len(_read_jsonl(out))
             where = f"{saved} rankings saved in {out}" if saved else "No rankings given yet"
             console.print(where + ("." if not pending else f"; to continue where you stopped: {continue_with}"))
+            if not pending and more:
+                console.print(more)
             break
         elif reply in ("s", "skip"):
             _append(skipped_path, {"prompt": row["prompt"], "sample": index, "n": action})

@@ -7,6 +7,8 @@
 <run>/<stage>/               pretrain, sft, reward, ppo: recipe.yaml (what the stage trains on), checkpoints/,
                              metrics.jsonl, eval.json, and final/ (written atomically: its presence means complete)
 <run>/feedback/              samples.jsonl (sample), rankings.jsonl (label), skipped.jsonl, backup/
+<run>/feedback/people/       a people's round (`rlhf label --people`): the same files, ranked by people beside the
+                             annotator's rankings above (which stay as they are); `rlhf reward` trains on both
 <run>/demonstrations/        drafts.jsonl, demonstrations.jsonl (`rlhf write`: people's SFT answers), skipped.jsonl, backup/
 <run>/eval/eval.json         `rlhf eval`
 <run>/report/                report.json, report.md and the plots
@@ -96,6 +98,19 @@ class RunLayout:
     @property
     def skipped(self) -> Path:
         return self.feedback / "skipped.jsonl"
+
+    @property
+    def people(self) -> Path:
+        """A people's round: fresh samples that people rank beside the annotator's rankings (a feedback folder)."""
+        return self.feedback / "people"
+
+    @property
+    def people_samples(self) -> Path:
+        return self.people / "samples.jsonl"
+
+    @property
+    def people_rankings(self) -> Path:
+        return self.people / "rankings.jsonl"
 
     # demonstrations people write (`rlhf write`)
     @property

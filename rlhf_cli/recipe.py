@@ -139,6 +139,12 @@ class FeedbackSpec(Section):
     # The web page (`rlhf label --annotator web`): rankings each prompt gets, by different raters (a prompt is offered
     # until it has this many, never twice to one rater); `rlhf label stats` measures how far they agree.
     raters_per_prompt: int = Field(1, ge=1)
+    # What the raters value, in words: shown above the answers on the ranking page and the terminal screen (people
+    # rank to a rubric, as InstructGPT's labelers did; without one they guess). Empty: nothing is shown.
+    rubric: list[str] = Field(default_factory=list)
+    # A people's round (`rlhf label --people`, `rlhf sample --people`): fresh prompts each sampling adds to
+    # feedback/people/samples.jsonl for people to rank beside the annotator's rankings.
+    people_prompts: int = Field(32, gt=0)
 
 
 class WriteSpec(Section):

@@ -9,7 +9,9 @@ raters at once lose nothing), in the form `rlhf reward` reads, with the rater, t
 
     {"prompt", "responses": [best first], "sample", "annotator": "web", "rater", "time", "criteria": [...], "n"}
 
-Skips go to feedback/skipped.jsonl (per rater). A prompt is offered until it has `feedback.raters_per_prompt`
+Skips go to feedback/skipped.jsonl (per rater). `--people`: the same, in a people's round's folder (feedback/people/,
+rlhf_cli.feedback.sample_people) beside the annotator's rankings. `feedback.rubric` (what the raters value) is shown
+above the answers. A prompt is offered until it has `feedback.raters_per_prompt`
 rankings, never twice to one rater; a prompt shown to a rater is held for them (LEASE_SECONDS) so that two raters do not
 rank the same prompt beyond the count. Stopping the server and starting it again continues where everyone was (the
 files are the state). Undo takes back the rater's own last ranking or skip, also one of an earlier session.
@@ -86,10 +88,19 @@ class Board(Offers):
     them (under the lock) before the board changes."""
 
     def __init__(
-        self, feedback: Path, raters_per_prompt: int = 1, lease_seconds: float = LEASE_SECONDS, fresh: bool = False
+        self,
+        feedback: Path,
+        raters_per_prompt: int = 1,
+        lease_seconds: float = LEASE_SECONDS,
+        fresh: bool = False,
+        rubric: list[str] | tuple = (),
+        more: str | None = None,
     ):
-        """`fresh`: the rankings and skips so far are about to be moved aside (--overwrite): start from none."""
+        """`fresh`: the rankings and skips so far are about to be moved aside (--overwrite): start from none.
+        `rubric`: what the raters value, shown above the answers; `more`: what to run for more prompts to rank, shown
+        when nothing is left."""
         self.feedback = Path(feedback)
+        self.rubric, self.more = list(rubric), more
         self.samples_path = self.feedback / "samples.jsonl"
         self.rankings_path = self.feedback / "rankings.jsonl"
         self.skipped_path = self.feedback / "skipped.jsonl"
@@ -103,6 +114,13 @@ class Board(Offers):
         super().__init__(todo, raters_per_prompt, lease_seconds)
         self.load(rankings, skipped, rater_of)
         self.per_prompt, self.ranked_by = self.per_item, self.done_by
+
+    def ranked_by_count(self) -> dict[str, int]:
+        """Rankings of this board's prompts by each rater (or annotator), most first."""
+        return dict(Counter(r for i in self.todo for r in self.ranked_by[i]).most_common())
+
+    def all_ranked(self) -> bool:
+        return all(len(self.ranked_by[i]) >= self.per_prompt for i in self.todo)
 
     def progress(self, rater: str) -> dict:
         c = self.counts(rater)
@@ -122,8 +140,9 @@ class Board(Offers):
         with self.lock:
             index = self.next_index(rater)
             state = {"rater": rater, "progress": self.progress(rater), "criteria": list(CRITERIA), "message": message}
+            state["rubric"] = self.rubric
             if index is None:
-                return {**state, "done": True}
+                return {**state, "done": True, "ranked_by": self.ranked_by_count(), "more": self.more}
             row = self.samples[index]
             shown = list(self.keep[index])
             random.Random(f"{rater}\0{index}").shuffle(shown)  # no position bias shared by every rater
@@ -331,12 +350,15 @@ def make_server(
     raters_per_prompt: int = 1,
     writing: WriteBoard | None = None,
     fresh: bool = False,
+    rubric: list[str] | tuple = (),
+    more: str | None = None,
 ) -> tuple[LabelServer, str]:
     """The server (bound, not yet serving) and the link to print: ranking the samples of `feedback` (None: no ranking),
     writing on the board `writing` (None: no writing). Any host but a local one gets a token. `fresh`: ranking starts
-    over (the caller moves the rankings so far aside once the server is bound)."""
+    over (the caller moves the rankings so far aside once the server is bound); `rubric`, `more`: as `Board`'s."""
     require_web_extra()
-    board = Board(feedback, raters_per_prompt, fresh=fresh) if feedback is not None else None
+    ranking = {"fresh": fresh, "rubric": rubric, "more": more}
+    board = Board(feedback, raters_per_prompt, **ranking) if feedback is not None else None
     token = None if host in LOCAL_HOSTS else secrets.token_urlsafe(16)
     try:
         server = LabelServer((host, port), board, token, writing)
@@ -390,25 +412,32 @@ def label_web(
     port: int = 8765,
     overwrite: bool = False,
     continue_with: str = "rlhf label --annotator web",
+    people: bool = False,
+    more: str | None = None,
 ) -> Path:
-    """Serve the ranking page for the run's samples until Ctrl-C; returns the rankings file. The server holds the run's
-    lock (rlhf_cli.lock) while it serves: no other command writes into the run meanwhile, a second server included."""
+    """Serve the ranking page for the run's samples (`people`: the people's round's, feedback/people/) until Ctrl-C;
+    returns the rankings file. `more`: the command for more prompts to rank, shown when none is left. The server holds
+    the run's lock (rlhf_cli.lock) while it serves: no other command writes into the run meanwhile, a second server
+    included."""
     layout = RunLayout(run_dir)
+    feedback = layout.people if people else layout.feedback
     require_web_extra()
-    if not layout.feedback.is_dir():
-        read_samples(layout.samples)  # says to run `rlhf sample` first
+    if not feedback.is_dir():
+        read_samples(feedback / "samples.jsonl")  # says to run `rlhf sample` first
     with run_lock(layout.root):
         writing = _also(lambda: WriteBoard(layout.root)) if layout.demonstrations_dir.is_dir() else None
-        server, url = make_server(layout.feedback, host, port, rec.feedback.raters_per_prompt, writing, fresh=overwrite)
+        raters, rubric = rec.feedback.raters_per_prompt, rec.feedback.rubric
+        server, url = make_server(feedback, host, port, raters, writing, fresh=overwrite, rubric=rubric, more=more)
         if overwrite:  # every check passed and the port is ours: only now move the rankings so far aside
             try:
-                start_over(layout.feedback)
+                start_over(feedback)
             except BaseException:
                 server.server_close()
                 raise
-        _announce_and_serve(server, url, layout, writing)
-    print(f"{_tally(layout.rankings, 'ranking', rater_of)}. To continue: {continue_with}")
-    return layout.rankings
+        _announce_and_serve(server, url, feedback, writing)
+    rankings = feedback / "rankings.jsonl"
+    print(f"{_tally(rankings, 'ranking', rater_of)}. To continue: {continue_with}")
+    return rankings
 
 
 def _tally(path: Path, noun: str, person_of) -> str:
@@ -419,10 +448,15 @@ def _tally(path: Path, noun: str, person_of) -> str:
     return f"{len(rows)} {noun}{'s' * (len(rows) != 1)} in {path}{who}"
 
 
-def _announce_and_serve(server: LabelServer, url: str, layout: RunLayout, writing) -> None:
+def _announce_and_serve(server: LabelServer, url: str, feedback: Path, writing) -> None:
     board = server.board
+    if board.all_ranked():  # e.g. the toy annotator ranked every sample of the demo run: say so, and what to run
+        by = ", ".join(f"{who} {n}" for who, n in board.ranked_by_count().items())
+        print(f"All {len(board.todo)} prompts of {board.samples_path} are ranked already ({by}).")
+        if board.more:
+            print(board.more)
     print(
-        f"Ranking page for {len(board.todo)} prompts of {layout.samples} "
+        f"Ranking page for {len(board.todo)} prompts of {board.samples_path} "
         f"({board.per_prompt} rater{'s' * (board.per_prompt > 1)} each): {url}"
         + (f" (and writing answers: {_at(url, 'write')})" if writing is not None else "")
         + "\n"
@@ -449,8 +483,10 @@ def write_web(
     with run_lock(layout.root):
         writing = WriteBoard(layout.root)
         raters = rec.feedback.raters_per_prompt
-        ranking = _also(lambda: Board(layout.feedback, raters)) if layout.feedback.is_dir() else None
-        server, url = make_server(layout.feedback if ranking is not None else None, host, port, raters, writing)
+        rubric = rec.feedback.rubric
+        ranking = _also(lambda: Board(layout.feedback, raters, rubric=rubric)) if layout.feedback.is_dir() else None
+        feedback = layout.feedback if ranking is not None else None
+        server, url = make_server(feedback, host, port, raters, writing, rubric=rubric)
         _announce_writing_and_serve(server, url, layout, writing)
     train_with = train_with or f"rlhf sft --output-dir {layout.root} --set sft.data.path={layout.demonstrations}"
     print(

@@ -272,3 +272,45 @@ def test_sample_writes_k_answers_per_prompt(tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         sample(rec, tmp_path / "run", model=str(model_dir))
     sample(rec, tmp_path / "run", model=str(model_dir), overwrite=True)
+
+
+def test_the_terminal_shows_the_rubric_and_names_the_peoples_round_when_nothing_is_left(tmp_path):
+    """The recipe's rubric is on the screen with every prompt (none set: nothing extra); a person who finds every
+    prompt ranked by the toy annotator is told who ranked them and what to run (`more`), and ranks a people's round
+    into feedback/people/ with the annotator's rankings untouched."""
+    from rlhf_cli.feedback import label_toy, read_samples
+
+    samples = _write_samples(tmp_path)
+    toy = tmp_path / "feedback" / "rankings.jsonl"
+    label_toy(read_samples(samples, to_rank=True), toy, seed=0, noise=0.1)
+    toy_bytes = toy.read_bytes()
+    rubric = load_recipe("tiny").feedback.rubric
+    assert rubric and any("right fact" in line for line in rubric)  # the toy world's, in words
+
+    screen = io.StringIO()
+    label_human(samples, toy, ask=_script(), console=Console(file=screen, width=200), rubric=rubric, more="RUN THIS")
+    assert "All 3 prompts are ranked or skipped" in screen.getvalue() and "toy 3" in screen.getvalue()
+    assert screen.getvalue().rstrip().endswith("RUN THIS") and toy.read_bytes() == toy_bytes
+
+    people = tmp_path / "feedback" / "people"
+    people.mkdir()
+    (people / "samples.jsonl").write_bytes(samples.read_bytes())
+    rec = load_recipe("tiny")
+    screen = io.StringIO()
+    label(
+        rec,
+        tmp_path,
+        annotator="human",
+        people=True,
+        ask=_script("2 1 3", "q"),
+        console=Console(file=screen, width=200),
+    )
+    assert rubric[0] in screen.getvalue() and "what we value" in screen.getvalue()
+    assert [r["responses"] for r in _rows(people / "rankings.jsonl")] == [["b0", "a0", "c0"]]
+    assert toy.read_bytes() == toy_bytes
+    with pytest.raises(UserError, match="--annotator human or web"):
+        label(rec, tmp_path, annotator="toy", people=True)
+
+    screen = io.StringIO()
+    label_human(samples, tmp_path / "fresh.jsonl", ask=_script("q"), console=Console(file=screen, width=200))
+    assert "what we value" not in screen.getvalue()  # no rubric: nothing extra

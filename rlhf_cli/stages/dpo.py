@@ -31,7 +31,7 @@ from rlhf_cli.stages.common import (
     trainer_config,
 )
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stages.reward import data_spec
+from rlhf_cli.stages.reward import data_spec, with_people_rankings
 
 STAGE = "dpo"
 
@@ -49,6 +49,7 @@ def setup(ctx) -> Job:
     data = data_spec(recipe, run_dir, STAGE)
     policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "dpo.policy_from", "label", recipe)
     pairs = load_stage_data("reward", data, toy_dir=ctx.layout.toy, seed=recipe.seed)
+    pairs, _ = with_people_rankings(pairs, data, ctx.layout, STAGE)  # a people's round's too, when the run has one
     train, held = train_eval_split(pairs, data, "reward", seed=recipe.seed, toy_dir=ctx.layout.toy)
 
     def conversational(rows):  # DPOTrainer's conversational preference format; a pair of equal answers teaches nothing

@@ -6,7 +6,9 @@
 The model is the SFT model with a scalar head (`AutoModelForSequenceClassification`, num_labels=1; `reward.init_from`
 starts elsewhere). It scores a conversation rendered with the chat template, the whole answer including its end-of-text;
 the score is read at the last token. Data: any reward format of the data layer (`reward.data`; default this run's
-feedback/rankings.jsonl), split by prompt so one prompt's pairs never straddle train and eval.
+feedback/rankings.jsonl, and with it a people's round's feedback/people/rankings.jsonl when the run has one: the toy
+annotator's and the people's comparisons together, each file's count printed and saved in eval.json "comparisons"),
+split by prompt so one prompt's pairs never straddle train and eval.
 
 Loss. With `reward.kwise: true` (default) and data where prompts have several comparisons (rankings), one batch element
 is one prompt: its distinct answers are scored once and the loss is the mean of -log σ(r_better - r_worse) over all its
@@ -84,6 +86,7 @@ def setup(ctx) -> Job:
     init = runs.resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from", recipe=rec)
     toy_dir = ctx.layout.toy
     pairs = load_stage_data(STAGE, spec, toy_dir=toy_dir, seed=rec.seed)
+    pairs, comparisons = with_people_rankings(pairs, spec, ctx.layout)
     train, held = train_eval_split(pairs, spec, STAGE, seed=rec.seed, toy_dir=toy_dir)
     warn_if_few_prompts(pairs, run_dir, spec)
 
@@ -124,6 +127,7 @@ def setup(ctx) -> Job:
     def _evaluate(model) -> dict:
         metrics = {
             "objective": "kwise" if kwise else "pairwise",
+            "comparisons": comparisons,  # preference pairs from each file (the annotator's, the people's)
             "train_pairs": len(train) if not streaming else None,
             "eval_pairs": len(held),
             **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision, with_length=True),
@@ -148,7 +152,12 @@ def setup(ctx) -> Job:
         saved = save_model(trainer.model, tmp, source=init, setting=rec.model.save_dtype, state_dict=weights["state"])
         tokenizer.save_pretrained(tmp)
         files.write_json_atomic(tmp / "reward_stats.json", stats)
-        data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
+        data = {
+            "spec": spec.model_dump(),
+            "seed": rec.seed,
+            "objective": metrics["objective"],
+            "comparisons": comparisons,
+        }
         runs.write_lineage(tmp, run_dir=run_dir, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
         runs.write_model_card(
             tmp,
@@ -183,6 +192,41 @@ def _summary(final: Path, m: dict) -> None:
     print(f"Reward model saved to {final} ({m['objective']} loss): {_held_out_text(m)}{fit}{gold}")
     if caution := length_caution(m.get("length")):  # as `rlhf reward inspect` and the report say it
         print(f"Caution: {caution}.")
+
+
+def with_people_rankings(pairs, spec, layout: RunLayout, stage: str = STAGE):
+    """The run's own rankings and, when it has a people's round (rlhf_cli.feedback.sample_people), the people's
+    rankings beside them: (the pairs together, {file: its preference pairs}). Another source (reward.data) is read
+    as it is. Says how many comparisons come from each file."""
+    import datasets
+
+    source = path_in_run(spec.path, layout.root) if spec.path else spec.hub  # relative when the run's own: it can move
+    if not isinstance(pairs, datasets.Dataset):  # streamed from elsewhere: counted as it goes, not here
+        return pairs, {str(source): None}
+    comparisons = {str(source): len(pairs)}
+    own = spec.path and Path(spec.path).resolve() == layout.rankings.resolve()
+    people = layout.people_rankings
+    if not (own and people.exists() and people.read_text(encoding="utf-8").strip()):
+        return pairs, comparisons
+    theirs = load_stage_data(STAGE, DataSpec(path=str(people)))
+    comparisons[path_in_run(str(people), layout.root)] = len(theirs)
+    if distributed.is_main_process():
+        raters = ", ".join(f"{who} {n}" for who, n in _raters(people).most_common())
+        print(
+            f"{stage}: {len(pairs)} comparisons from {spec.path} and {len(theirs)} from the people's round "
+            f"{people} ({raters}): {len(pairs) + len(theirs)} in all",
+            flush=True,
+        )
+    return datasets.concatenate_datasets([pairs, theirs.cast(pairs.features)]), comparisons
+
+
+def _raters(path: Path):
+    """Rankings in a rankings file by each rater (the web page's) or annotator."""
+    import json
+    from collections import Counter
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return Counter(str(r.get("rater") or r.get("annotator") or "unknown") for r in rows)
 
 
 def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
