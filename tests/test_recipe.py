@@ -92,15 +92,15 @@ def test_a_data_path_set_on_a_hub_recipe_replaces_the_hub_source():
     assert hub.sft.data.hub == "HuggingFaceH4/ultrachat_200k" and not hub.sft.data.toy
 
 
-# PPO's algorithm keys are null in the recipe and take rlhf_cli.ppo.PPOConfig's defaults, which the README shows.
+# PPO's algorithm keys are null in the recipe and take rlhf_cli.ppo.PPOConfig's defaults, which docs/recipes.md shows.
 PPO_RESOLVED_LATER = {"kl_coef", "kl_estimator", "response_length", "temperature", "missing_eos_penalty", "ptx_coef"}
 
 
-def test_readme_recipe_reference_is_a_valid_recipe_of_the_defaults(tmp_path):
-    # The README's "every key with its default" block must load, and its values must be the defaults it claims.
+def test_recipe_reference_is_a_valid_recipe_of_the_defaults(tmp_path):
+    # docs/recipes.md's "every key with its default" block must load, and its values must be the defaults it claims.
     from rlhf_cli.ppo.config import PPOConfig
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parent.parent / "docs" / "recipes.md").read_text(encoding="utf-8")
     start = readme.index("```yaml\nname: my-run") + len("```yaml\n")
     block = readme[start : readme.index("```", start)]
     (tmp_path / "ref.yaml").write_text(block)
@@ -164,3 +164,26 @@ def test_recipe_show_prints_resolved_values_and_the_files_reasons():
     assert lines["ppo.response_length"].endswith(f"# {comment}")
     assert "#" not in lines["pretrain.block_size"]  # set by --set: the file's reason no longer applies
     assert "# PPOConfig's default" in lines["ppo.temperature"]
+
+
+def test_readme_own_model_recipe_loads_as_printed(tmp_path):
+    """The README's "your data and your model" recipe is a valid recipe that says what it claims."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```yaml\n# my-run.yaml") + len("```yaml\n")
+    (tmp_path / "my-run.yaml").write_text(readme[start : readme.index("```", start)])
+    rec = load_recipe(str(tmp_path / "my-run.yaml"))
+    assert rec.name == "my-run" and rec.sft.init_from == "Qwen/Qwen2.5-0.5B-Instruct" and rec.sft.lora.r == 16
+    assert rec.feedback.data.path == "my_prompts.jsonl" and rec.ppo.data.path == "my_prompts.jsonl"
+
+
+def test_every_link_of_the_readme_and_the_docs_points_to_a_file():
+    import re
+
+    root = Path(__file__).parent.parent
+    pages = [root / "README.md", root / "bench" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert broken == []

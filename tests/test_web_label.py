@@ -3,7 +3,7 @@
 guards, the file `rlhf reward` reads, and the agreement figures.
 
 The browser tests skip when Chromium or Playwright is missing, unless RLHF_BROWSER_TESTS=required (as `.ci/run` sets
-it), where they fail instead. `python tests/test_web_label.py docs/label-web.png` takes the README's screenshot.
+it), where they fail instead. `python tests/test_web_label.py docs/label-web.png` takes docs/people.md's screenshot.
 """
 
 from __future__ import annotations
@@ -501,7 +501,7 @@ def test_label_stats_between_raters_and_against_gold(tmp_path):
 
 
 def screenshot(out: Path) -> None:
-    """The ranking page as a rater sees it, for the README (docs/label-web.png)."""
+    """The ranking page as a rater sees it, for docs/people.md (docs/label-web.png)."""
     import tempfile
 
     from playwright.sync_api import sync_playwright

@@ -446,7 +446,7 @@ def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkey
 
 
 def screenshot(out: Path) -> None:
-    """The writing page as a writer sees it, next to ranking, for the README (docs/write-web.png)."""
+    """The writing page as a writer sees it, next to ranking, for docs/people.md (docs/write-web.png)."""
     import sys
     import tempfile
 
