@@ -17,9 +17,9 @@ from typing import Annotated
 import typer
 
 from rlhf_cli import __version__
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.steps import BY_NAME, MODEL_STAGES, TABLE
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.steps import BY_NAME, MODEL_STAGES, TABLE
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,7 +87,7 @@ SetOpt = Annotated[
 OutOpt = Annotated[
     Path | None, typer.Option("--output-dir", "-o", help="Run folder (default: runs/NAME, NAME from the recipe).")
 ]
-# The web page of `rlhf label --annotator web` and `rlhf write` (rlhf_cli.web_label)
+# The web page of `rlhf label --annotator web` and `rlhf write` (rlhf_cli.people.web_label)
 HostOpt = Annotated[
     str,
     typer.Option(
@@ -161,7 +161,7 @@ def handled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from rlhf_cli.runs import Interrupted
+        from rlhf_cli.runtime.runs import Interrupted
 
         try:
             return fn(*args, **kwargs)
@@ -195,11 +195,11 @@ def _served(host: str, port: int) -> list[str]:
 
 
 def _writing(run_dir: Path | str | None):
-    """Hold the run folder's lock while this command writes into it (rlhf_cli.lock): a second writer is refused, naming
+    """Hold the run folder's lock while this command writes into it (rlhf_cli.runtime.lock): a second writer is refused, naming
     this command and its process. None: the command writes into no run."""
     if run_dir is None:
         return contextlib.nullcontext()
-    from rlhf_cli.lock import command_line, run_lock
+    from rlhf_cli.runtime.lock import command_line, run_lock
 
     return run_lock(run_dir, command_line())
 
@@ -208,7 +208,7 @@ def _writing(run_dir: Path | str | None):
 def _writing_run(run_dir: Path):
     """Hold the run's lock, and on an input error remove what the command made before its checks failed
     (runs.no_trace_on_user_error): the frame of every command that writes stage or feedback files into a run."""
-    from rlhf_cli.runs import no_trace_on_user_error
+    from rlhf_cli.runtime.runs import no_trace_on_user_error
 
     with _writing(run_dir), no_trace_on_user_error(run_dir):
         yield
@@ -223,7 +223,7 @@ def _run_of(path: Path | str | None) -> Path | None:
     """The run folder `path` lies in (None outside any run): the one a command writing to `path` must lock."""
     if path is None:
         return None
-    from rlhf_cli.layout import enclosing_run
+    from rlhf_cli.runtime.layout import enclosing_run
 
     return enclosing_run(path)
 
@@ -251,7 +251,7 @@ def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, ove
 
 
 def _stage_cli(name: str):
-    """The command of a model stage: its recipe, overrides, run folder and lifecycle flags; help from rlhf_cli.steps.
+    """The command of a model stage: its recipe, overrides, run folder and lifecycle flags; help from rlhf_cli.runtime.steps.
     (Also `rlhf reward`'s group callback, which trains only when no subcommand such as `inspect` follows.)"""
 
     def command(
@@ -295,7 +295,7 @@ def reward_inspect(
 
     Example: `rlhf reward inspect runs/tiny/reward/final --data runs/tiny/feedback/rankings.jsonl`
     """
-    from rlhf_cli.reward_inspect import inspect_reward_model, output_folder
+    from rlhf_cli.evaluation.reward_inspect import inspect_reward_model, output_folder
 
     # It writes reward_stats.json beside the model and its report to --out: into the runs they lie in, if any.
     with _writing(_run_of(model_dir)), _writing(_run_of(output_folder(model_dir, out))):
@@ -320,8 +320,8 @@ def sample(
     Example: `rlhf sample --recipe tiny --set feedback.k=6`; on a finished run, for people to rank beside the toy
     annotator: `rlhf sample --recipe tiny --people --model runs/tiny/ppo/final` (then `rlhf label --people`)
     """
-    from rlhf_cli.feedback import sample as do_sample
-    from rlhf_cli.feedback import sample_people
+    from rlhf_cli.people.feedback import sample as do_sample
+    from rlhf_cli.people.feedback import sample_people
 
     rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
     if people and overwrite:
@@ -378,22 +378,22 @@ def label(
     more = _more_to_rank(rec, recipe, set_, output_dir, who, people, base, served, run_dir)
     with _writing_run(run_dir):
         if people and not RunLayout(run_dir).people_samples.exists():  # the first people's round: sample it now
-            from rlhf_cli.feedback import sample_people
+            from rlhf_cli.people.feedback import sample_people
 
             if who == "web":
-                from rlhf_cli.web_label import check_can_serve
+                from rlhf_cli.people.web_label import check_can_serve
 
                 check_can_serve(host, port)  # a busy port is refused before any sampling
             sample_people(rec, run_dir)
         if who == "web":
-            from rlhf_cli.web_label import label_web
+            from rlhf_cli.people.web_label import label_web
 
             label_web(
                 rec, run_dir, host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again),
                 people=people, more=more,
             )  # fmt: skip
             return
-        from rlhf_cli.feedback import label as do_label
+        from rlhf_cli.people.feedback import label as do_label
 
         do_label(
             rec, run_dir, annotator=who if people else annotator, overwrite=overwrite,
@@ -459,7 +459,7 @@ def write(
     starting again resumes), `rlhf write --recipe tiny --annotator human --model base --limit 20`; then
     `rlhf sft --recipe tiny --set sft.data.path=runs/tiny/demonstrations/demonstrations.jsonl`
     """
-    from rlhf_cli.demonstrations import prepare_drafts, write_human
+    from rlhf_cli.people.demonstrations import prepare_drafts, write_human
 
     if annotator not in ("web", "human"):
         raise UserError(f"--annotator {annotator}: use web (a page for several writers) or human (this terminal).")
@@ -471,7 +471,7 @@ def write(
     )
     with _writing_run(run_dir):
         if annotator == "web":
-            from rlhf_cli.web_label import check_can_serve, require_web_extra, write_web
+            from rlhf_cli.people.web_label import check_can_serve, require_web_extra, write_web
 
             require_web_extra()  # before any drafting
             check_can_serve(host, port)  # a busy port is refused before drafts are made or answers moved
@@ -496,7 +496,7 @@ def label_stats(
     """
     import json
 
-    from rlhf_cli.label_stats import agreement, show
+    from rlhf_cli.people.label_stats import agreement, show
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run folder; give the folder that holds feedback/rankings.jsonl.")
@@ -539,11 +539,11 @@ def pipeline(
     Example: `rlhf pipeline` (the embedded tiny recipe), `rlhf pipeline --recipe tiny --resume`, or
     `rlhf pipeline --recipe tiny --rounds 2`
     """
-    from rlhf_cli.pipeline import run_pipeline
+    from rlhf_cli.runtime.pipeline import run_pipeline
 
     rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
     if dry_run:
-        from rlhf_cli.pipeline import parse_stages
+        from rlhf_cli.runtime.pipeline import parse_stages
 
         steps = parse_stages(stages if stages is not None else rec.stages)
         planned = _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or ','.join(steps)}", steps)
@@ -551,14 +551,14 @@ def pipeline(
             later = "round 2" if rounds == 2 else f"rounds 2-{rounds}"
             print(f"# then {later}: sample, label, reward, ppo, eval each, in {run_dir / 'rounds'}/round-k/")
         return planned
-    from rlhf_cli.pipeline import TARGETS_MISSED
+    from rlhf_cli.runtime.pipeline import TARGETS_MISSED
 
     with _writing(run_dir):
         record = run_pipeline(
             rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change
         )
         if rounds > 1:
-            from rlhf_cli.rounds import print_rounds, run_rounds
+            from rlhf_cli.runtime.rounds import print_rounds, run_rounds
 
             flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_recipe_change}
             print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], **flags))
@@ -593,7 +593,7 @@ def chat(
 
     Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the owl eat?"`
     """
-    from rlhf_cli.chat import chat as do_chat
+    from rlhf_cli.models.chat import chat as do_chat
 
     do_chat(
         model_dir,
@@ -619,7 +619,7 @@ def eval_(
 
     Example: `rlhf eval runs/tiny`
     """
-    from rlhf_cli.evaluate import evaluate_run
+    from rlhf_cli.evaluation.evaluate import evaluate_run
 
     with _writing(_existing_folder(run_dir)):  # it writes <run>/eval/eval.json
         evaluate_run(run_dir, recipe=recipe, overrides=set_)
@@ -632,7 +632,7 @@ def report(run_dir: RunDirArg):
 
     Example: `rlhf report runs/tiny`
     """
-    from rlhf_cli.report import build_report
+    from rlhf_cli.evaluation.report import build_report
 
     with _writing(_existing_folder(run_dir)):  # it writes <run>/report/: not while another command writes the run
         path = build_report(run_dir)
@@ -658,7 +658,7 @@ def sweep(
 
     Example: `rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2`
     """
-    from rlhf_cli.sweep import run_sweep
+    from rlhf_cli.evaluation.sweep import run_sweep
 
     rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
     with _writing(run_dir):
@@ -696,7 +696,7 @@ def compare(
     """
     from rich.console import Console
 
-    from rlhf_cli.compare import parse_methods, print_table, run_compare
+    from rlhf_cli.evaluation.compare import parse_methods, print_table, run_compare
 
     parse_methods(methods)  # a wrong name is refused before anything runs
     rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
@@ -712,7 +712,7 @@ def check(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = 
 
     Example: `rlhf check --recipe tiny`
     """
-    from rlhf_cli.check import check_recipe
+    from rlhf_cli.evaluation.check import check_recipe
 
     rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
     check_recipe(rec, run_dir, start_with=shlex.join(_command_for_run("pipeline", recipe, set_, output_dir)))
@@ -730,7 +730,7 @@ def export(
 
     Example: `rlhf export runs/tiny/ppo/final --out my-chatbot`
     """
-    from rlhf_cli.export import export_model
+    from rlhf_cli.models.export import export_model
 
     with _writing(_run_of(out)):  # an export into a run folder waits its turn like any other writer
         path = export_model(model_dir, out, push_to_hub=push_to_hub, overwrite=overwrite)
@@ -743,8 +743,8 @@ def env():
 
     Example: `rlhf env`
     """
-    from rlhf_cli import precision
-    from rlhf_cli.runs import library_versions
+    from rlhf_cli.runtime import precision
+    from rlhf_cli.runtime.runs import library_versions
 
     for name, version in library_versions().items():
         typer.echo(f"{name:14s} {version}")
