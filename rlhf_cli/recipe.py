@@ -22,13 +22,13 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import write_text_atomic
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.steps import STEPS, TRAINING_STAGES
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.steps import STEPS, TRAINING_STAGES
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
-STAGES = TRAINING_STAGES  # the sections with a `training:` block (rlhf_cli.steps)
+STAGES = TRAINING_STAGES  # the sections with a `training:` block (rlhf_cli.runtime.steps)
 
 
 class Section(BaseModel):
@@ -261,7 +261,7 @@ class PPOSpec(Section):
 
 
 class RoundsSpec(Section):
-    """`rlhf pipeline --rounds N`: more rounds of feedback after the first (rlhf_cli.rounds)."""
+    """`rlhf pipeline --rounds N`: more rounds of feedback after the first (rlhf_cli.runtime.rounds)."""
 
     # Round k's PPO starts from: sft (every round's policy is judged against one reference, and what a round adds is
     # its better reward model) or last (the last round's policy, the reference too: the rounds compound).
@@ -293,7 +293,7 @@ class Recipe(Section):
     description: str | None = None
     seed: int = 0
     output_dir: str | None = None
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # rlhf_cli.precision: the rule behind auto
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # rlhf_cli.runtime.precision: the rule behind auto
     # The steps `rlhf pipeline` runs for this recipe, in pipeline order (None: all of them); --stages overrides it.
     stages: list[Literal[STEPS]] | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -504,7 +504,7 @@ def check_training_keys(data: dict[str, Any]) -> list[str]:
         training = section.get("training") or {}
         if not isinstance(training, dict) or not training:
             continue
-        from rlhf_cli.trainer_configs import config_class  # imports transformers: not at the top
+        from rlhf_cli.models.trainer_configs import config_class  # imports transformers: not at the top
 
         cls = config_class(stage)
         valid = [f.name for f in dataclasses.fields(cls) if f.init]

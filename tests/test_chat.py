@@ -7,8 +7,8 @@ import copy
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli import chat as chat_mod
 from rlhf_cli.cli import app
+from rlhf_cli.models import chat as chat_mod
 
 TEXTS = ["the fox eats berries. the owl likes mice. hello there, my friend!"] * 40
 
@@ -19,7 +19,7 @@ def models(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from rlhf_cli.modeling import build_model, model_config, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, model_config, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     root = tmp_path_factory.mktemp("chat")

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from rlhf_cli import check as check_mod
 from rlhf_cli.cli import app
+from rlhf_cli.evaluation import check as check_mod
 
 SMALL = [
     "--set",

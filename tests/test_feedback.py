@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import label, label_human, parse_ranking, sample
+from rlhf_cli.people.feedback import label, label_human, parse_ranking, sample
 from rlhf_cli.recipe import ModelSpec, load_recipe
+from rlhf_cli.runtime.errors import UserError
 
 PROMPTS = ["what does the fox eat?", "where does the owl live?", "what colour is the bear?", "hi"]
 
@@ -161,8 +161,8 @@ def test_overwrite_never_deletes_what_a_person_ranked(tmp_path):
     # explicit --overwrite (or a toy run over a person's file) moves their rankings to feedback/backup/ first.
     from typer.testing import CliRunner
 
-    from rlhf_cli import feedback
     from rlhf_cli.cli import app
+    from rlhf_cli.people import feedback
 
     _write_samples(tmp_path)
     out = tmp_path / "feedback" / "rankings.jsonl"
@@ -238,7 +238,7 @@ def test_rankings_file_made_elsewhere(tmp_path):
 
 
 def test_sample_writes_k_answers_per_prompt(tmp_path):
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
 
     tok = train_tokenizer([p for p in PROMPTS * 20] + ["the fox eats berries."] * 20, vocab_size=300, min_frequency=1)
     model_dir = tmp_path / "model"
@@ -278,7 +278,7 @@ def test_the_terminal_shows_the_rubric_and_names_the_peoples_round_when_nothing_
     """The recipe's rubric is on the screen with every prompt (none set: nothing extra); a person who finds every
     prompt ranked by the toy annotator is told who ranked them and what to run (`more`), and ranks a people's round
     into feedback/people/ with the annotator's rankings untouched."""
-    from rlhf_cli.feedback import label_toy, read_samples
+    from rlhf_cli.people.feedback import label_toy, read_samples
 
     samples = _write_samples(tmp_path)
     toy = tmp_path / "feedback" / "rankings.jsonl"

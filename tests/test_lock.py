@@ -1,4 +1,4 @@
-"""One writer per run folder (rlhf_cli.lock): a second writer is refused in one sentence naming the holder's command and
+"""One writer per run folder (rlhf_cli.runtime.lock): a second writer is refused in one sentence naming the holder's command and
 process; a lock left by a killed process is taken over; nothing is left behind. Between real processes (subprocess),
 and within one (re-entry, threads, run folders inside runs)."""
 
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from test_bad_input import snapshot
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.lock import holder, run_lock
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.lock import holder, run_lock
 
 RLHF = [sys.executable, "-m", "rlhf_cli"]
 HOLD = """
 import sys, time
-from rlhf_cli.lock import run_lock
+from rlhf_cli.runtime.lock import run_lock
 with run_lock(sys.argv[1], sys.argv[2]):
     print("held", flush=True)
     time.sleep(120)

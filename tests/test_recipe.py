@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import BUILTIN_DIR, apply_overrides, builtin_names, load_recipe, save_resolved
+from rlhf_cli.runtime.errors import UserError
 
 
 def test_builtin_tiny_resolves_and_override_applies():

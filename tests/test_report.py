@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from rlhf_cli import evaluate as ev
-from rlhf_cli import stats
-from rlhf_cli.errors import UserError
-from rlhf_cli.report import build_report, headline
+from rlhf_cli.evaluation import evaluate as ev
+from rlhf_cli.evaluation import stats
+from rlhf_cli.evaluation.report import build_report, headline
+from rlhf_cli.runtime.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -183,7 +183,7 @@ def test_empty_folder_is_a_user_error(tmp_path):
 
 
 def test_targets_come_from_the_recipe_and_say_what_was_missed(fake_run):
-    from rlhf_cli.report import assess
+    from rlhf_cli.evaluation.report import assess
 
     (fake_run / "recipe.yaml").write_text(
         "targets: {reward_gold_accuracy: 0.9, ppo_gold_gain_low: 0.0, sft_finished_rate: 0.95, junk_rate: 0.0}\n"
@@ -205,7 +205,7 @@ def test_targets_come_from_the_recipe_and_say_what_was_missed(fake_run):
 def test_a_reward_model_that_prefers_the_worse_model_is_flagged(tmp_path):
     """About PPO against SFT (what PPO optimised): a red flag (exit 3). About SFT against base (answers unlike the
     ones it was trained on): a caution, listed but not a failed run."""
-    from rlhf_cli.report import cautions, red_flags
+    from rlhf_cli.evaluation.report import cautions, red_flags
 
     def wins(pair, rm, gold):
         _json(
@@ -244,7 +244,7 @@ def test_report_opens_with_an_account_in_the_runs_own_numbers_and_a_glossary(fak
 
 
 def test_phrase_shift_finds_what_a_policy_learned_to_say():
-    from rlhf_cli.report import phrase_shift
+    from rlhf_cli.evaluation.report import phrase_shift
 
     before = [f"the {a} eats berries." for a in ("fox", "owl", "bear", "wolf")]
     after = [f"the {a} eats berries. happy to help!" for a in ("fox", "owl", "bear", "wolf")]
@@ -256,9 +256,9 @@ def test_phrase_shift_finds_what_a_policy_learned_to_say():
 
 def test_a_length_caution_is_the_same_sentence_in_inspect_the_report_and_the_pipeline(fake_run):
     """One verdict on the reward model: the stage's held-out length check, `rlhf reward inspect` and the report."""
-    from rlhf_cli import reward_inspect
-    from rlhf_cli.report import assess
-    from rlhf_cli.scoring import length_caution, length_preference
+    from rlhf_cli.evaluation import reward_inspect
+    from rlhf_cli.evaluation.report import assess
+    from rlhf_cli.models.scoring import length_caution, length_preference
 
     pairs = [
         {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "a " * (i % 5 + 2), "rejected": "b", "margin": 0.0}

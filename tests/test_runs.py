@@ -4,8 +4,8 @@ import pytest
 
 
 def test_a_user_error_leaves_no_trace_of_what_came_before_the_checks(tmp_path):
-    from rlhf_cli.errors import UserError
-    from rlhf_cli.runs import no_trace_on_user_error
+    from rlhf_cli.runtime.errors import UserError
+    from rlhf_cli.runtime.runs import no_trace_on_user_error
 
     run = tmp_path / "run"
     (run / "pretrain").mkdir(parents=True)
@@ -30,8 +30,8 @@ def test_a_user_error_leaves_no_trace_of_what_came_before_the_checks(tmp_path):
 
 
 def test_model_paths_that_do_not_exist_or_hold_no_model_are_named(tmp_path):
-    from rlhf_cli.errors import UserError
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.runtime.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):
         load_causal_lm(str(tmp_path / "nowhere" / "final"))
@@ -41,9 +41,9 @@ def test_model_paths_that_do_not_exist_or_hold_no_model_are_named(tmp_path):
 
 
 def test_the_steps_to_run_first_are_those_the_recipe_needs(tmp_path):
-    from rlhf_cli.layout import RunLayout
     from rlhf_cli.recipe import load_recipe
-    from rlhf_cli.runs import run_first
+    from rlhf_cli.runtime.layout import RunLayout
+    from rlhf_cli.runtime.runs import run_first
 
     layout = RunLayout(tmp_path / "run")
     tiny = run_first(layout, "reward", load_recipe("tiny"))
@@ -73,7 +73,7 @@ def test_a_moved_run_stores_no_path_of_where_it_was_and_still_reads(finished_run
     from typer.testing import CliRunner
 
     from rlhf_cli.cli import app
-    from rlhf_cli.runs import read_lineage
+    from rlhf_cli.runtime.runs import read_lineage
 
     old, new = _moved(finished_run, tmp_path)
     places = {str(p) for p in (finished_run, finished_run.resolve(), old)}
@@ -105,8 +105,8 @@ def test_a_run_written_with_absolute_paths_reads_where_it_is_now(small_run, tmp_
     from typer.testing import CliRunner
 
     from rlhf_cli.cli import app
-    from rlhf_cli.files import read_json, write_json_atomic
-    from rlhf_cli.runs import read_lineage
+    from rlhf_cli.runtime.files import read_json, write_json_atomic
+    from rlhf_cli.runtime.runs import read_lineage
 
     gone = tmp_path / "gone" / "somewhere" / "run"  # where the run was when it wrote its files
     elsewhere = tmp_path / "base-model"  # a model outside the run, still there
@@ -125,7 +125,7 @@ def test_a_run_written_with_absolute_paths_reads_where_it_is_now(small_run, tmp_
 
 
 def test_paths_inside_a_run_are_stored_relative_to_it_and_others_as_given(tmp_path):
-    from rlhf_cli.layout import path_in_run, resolve_in_run
+    from rlhf_cli.runtime.layout import path_in_run, resolve_in_run
 
     run = tmp_path / "run"
     (run / "sft" / "final").mkdir(parents=True)

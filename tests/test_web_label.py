@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli import web_label
 from rlhf_cli.cli import app
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
+from rlhf_cli.people import web_label
+from rlhf_cli.people.web_label import Board, make_server
 from rlhf_cli.recipe import load_recipe, save_resolved
-from rlhf_cli.web_label import Board, make_server
+from rlhf_cli.runtime.errors import UserError
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -415,7 +415,7 @@ def test_cli_web_errors_are_one_sentence_exit_2(tmp_path, monkeypatch):
 
 
 def test_one_server_per_run_and_no_other_writer_while_it_serves(tmp_path, monkeypatch):
-    """The page holds the run's lock while it serves (rlhf_cli.lock): a second page, and a toy labelling over the
+    """The page holds the run's lock while it serves (rlhf_cli.runtime.lock): a second page, and a toy labelling over the
     rankings, are refused in one sentence naming the server's command; the rankings stay where they are."""
     write_samples(tmp_path)
     (tmp_path / "feedback" / "rankings.jsonl").write_text("")
@@ -444,7 +444,7 @@ def test_one_server_per_run_and_no_other_writer_while_it_serves(tmp_path, monkey
 
 
 def test_the_pipeline_label_step_points_web_to_the_command(tmp_path):
-    from rlhf_cli.feedback import label
+    from rlhf_cli.people.feedback import label
 
     write_samples(tmp_path)
     rec = load_recipe("tiny", ["feedback.annotator=web"])

@@ -19,15 +19,15 @@ from rich.console import Console
 from test_web_label import XSS, _local, _page, _request, _rows, write_samples
 from typer.testing import CliRunner
 
-from rlhf_cli import demonstrations
 from rlhf_cli.cli import app
 from rlhf_cli.data import load_stage_data
 from rlhf_cli.data.toy import toy_files
-from rlhf_cli.demonstrations import WriteBoard, draft_model, write_human
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import build_model, train_tokenizer
+from rlhf_cli.models.modeling import build_model, train_tokenizer
+from rlhf_cli.people import demonstrations
+from rlhf_cli.people.demonstrations import WriteBoard, draft_model, write_human
+from rlhf_cli.people.web_label import make_server
 from rlhf_cli.recipe import ModelSpec, load_recipe
-from rlhf_cli.web_label import make_server
+from rlhf_cli.runtime.errors import UserError
 
 TINY = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=256)
 PROMPTS = ["what does the fox eat?", "where does the owl live?", "what colour is the bear?", "hi", "who is the cat?"]
@@ -414,7 +414,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(run, tmp_path):
 
 
 def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkeypatch, capsys):
-    from rlhf_cli import web_label
+    from rlhf_cli.people import web_label
 
     served = []
 

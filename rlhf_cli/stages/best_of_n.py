@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import files, runs
-from rlhf_cli.answers import BEST_OF_N_SETTINGS as SETTINGS
-from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
-from rlhf_cli.layout import path_in_run
-from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
-from rlhf_cli.scoring import load_reward_model
+from rlhf_cli.models.answers import BEST_OF_N_SETTINGS as SETTINGS
+from rlhf_cli.models.answers import answer_metrics, best_of_n, best_of_n_kl
+from rlhf_cli.models.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model
+from rlhf_cli.runtime import files, runs
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import (
     method_prompts,
     method_summary,

@@ -8,19 +8,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli import distributed, precision
-from rlhf_cli.answers import score_answers
-from rlhf_cli.callbacks import nan_guard_args
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.distributed import is_main_process
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import attention, estimate_parameters, model_dimensions, save_model
-from rlhf_cli.precision import gpu_available
+from rlhf_cli.evaluation.stats import paired_difference_ci
+from rlhf_cli.models.answers import score_answers
+from rlhf_cli.models.modeling import attention, estimate_parameters, model_dimensions, save_model
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
-from rlhf_cli.runs import write_lineage, write_model_card
-from rlhf_cli.stats import paired_difference_ci
-from rlhf_cli.steps import BY_NAME, TRAINING_STAGES, lineage
+from rlhf_cli.runtime import distributed, precision
+from rlhf_cli.runtime.callbacks import nan_guard_args
+from rlhf_cli.runtime.distributed import is_main_process
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.precision import gpu_available
+from rlhf_cli.runtime.runs import write_lineage, write_model_card
+from rlhf_cli.runtime.steps import BY_NAME, TRAINING_STAGES, lineage
 
 # TRL's trainers (DPO, GRPO, RLOO) ask every model `is_gradient_checkpointing`, which transformers 5 renamed: noise
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -85,9 +85,9 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
 def trainer_config(recipe, stage: str, stage_dir: Path, *, n_params: int | None = None, **extra):
     """Build the stage's trainer config class; a bad value becomes a UserError naming the key.
 
-    `n_params`: the size of the model the stage trains, which the precision rule reads (rlhf_cli.precision).
+    `n_params`: the size of the model the stage trains, which the precision rule reads (rlhf_cli.runtime.precision).
     """
-    from rlhf_cli.trainer_configs import config_class
+    from rlhf_cli.models.trainer_configs import config_class
 
     cls = config_class(stage)
     kwargs = {**training_kwargs(recipe, stage, stage_dir, n_params), **extra}

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, runs
-from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import path_in_run
-from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.models.answers import score_answers
+from rlhf_cli.models.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.runtime import callbacks, distributed, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import (
     gather_weights,
     method_summary,

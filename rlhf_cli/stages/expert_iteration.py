@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, files, runs
-from rlhf_cli.answers import best_of_n, score_answers
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import path_in_run
-from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
-from rlhf_cli.scoring import load_reward_model
+from rlhf_cli.models.answers import best_of_n, score_answers
+from rlhf_cli.models.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model
+from rlhf_cli.runtime import callbacks, distributed, files, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import (
     gather_weights,
     method_prompts,

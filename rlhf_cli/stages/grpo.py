@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, runs
-from rlhf_cli.answers import score_answers
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import path_in_run
-from rlhf_cli.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
+from rlhf_cli.models.answers import score_answers
+from rlhf_cli.models.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo.sources import reward_model_function
-from rlhf_cli.precision import gpu_available
+from rlhf_cli.runtime import callbacks, distributed, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
+from rlhf_cli.runtime.precision import gpu_available
 from rlhf_cli.stages.common import (
     gather_weights,
     method_prompts,

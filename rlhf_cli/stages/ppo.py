@@ -18,16 +18,16 @@ from pathlib import Path
 
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.distributed import whole_loading
-from rlhf_cli.feedback import prompt_text
-from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.layout import path_in_run
-from rlhf_cli.modeling import count_parameters, frozen_base_in_bf16, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.evaluation.stats import paired_difference_ci
+from rlhf_cli.models.generation import check_prompts_fit, generate_answers
+from rlhf_cli.models.modeling import count_parameters, frozen_base_in_bf16, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.people.feedback import prompt_text
 from rlhf_cli.ppo import sources
-from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
+from rlhf_cli.runtime.distributed import whole_loading
+from rlhf_cli.runtime.layout import path_in_run
+from rlhf_cli.runtime.runs import resolve_model_dir, write_lineage, write_model_card
 from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stats import paired_difference_ci
 
 STAGE = "ppo"
 

@@ -28,16 +28,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, files, runs
 from rlhf_cli.data import group_id, load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
-from rlhf_cli.kwise import group_pairs, kwise_trainer_class
-from rlhf_cli.layout import RunLayout, path_in_run
-from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
-from rlhf_cli.recipe import DataSpec
-from rlhf_cli.scoring import (
+from rlhf_cli.evaluation.stats import proportion
+from rlhf_cli.models.kwise import group_pairs, kwise_trainer_class
+from rlhf_cli.models.modeling import count_parameters, load_tokenizer, save_model
+from rlhf_cli.models.scoring import (
     count_cut,
     encode,
     length_caution,
@@ -46,9 +42,13 @@ from rlhf_cli.scoring import (
     score,
     score_stats,
 )
+from rlhf_cli.people.feedback import prompt_text, read_samples, unique_answers
+from rlhf_cli.recipe import DataSpec
+from rlhf_cli.runtime import callbacks, distributed, files, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout, path_in_run
 from rlhf_cli.stages.common import gather_weights, model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stats import proportion
 
 STAGE = "reward"
 # Training pairs scored for train_accuracy: next to the held-out accuracy it tells underfitting from overfitting.
@@ -195,7 +195,7 @@ def _summary(final: Path, m: dict) -> None:
 
 
 def with_people_rankings(pairs, spec, layout: RunLayout, stage: str = STAGE):
-    """The run's own rankings and, when it has a people's round (rlhf_cli.feedback.sample_people), the people's
+    """The run's own rankings and, when it has a people's round (rlhf_cli.people.feedback.sample_people), the people's
     rankings beside them: (the pairs together, {file: its preference pairs}). Another source (reward.data) is read
     as it is. Says how many comparisons come from each file."""
     import datasets

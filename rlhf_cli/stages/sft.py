@@ -14,14 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, runs
-from rlhf_cli.answers import print_samples, score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import path_in_run
-from rlhf_cli.modeling import (
+from rlhf_cli.models.answers import print_samples, score_answers
+from rlhf_cli.models.modeling import (
     check_qlora,
     check_trainable_template,
     count_parameters,
@@ -35,6 +32,9 @@ from rlhf_cli.modeling import (
     save_model,
     stop_at_end_of_turn,
 )
+from rlhf_cli.runtime import callbacks, distributed, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import gather_weights, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.data import load_stage_data
-from rlhf_cli.errors import UserError
-from rlhf_cli.evaluate import evaluate_run
-from rlhf_cli.feedback import read_samples
-from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout, link_in_run, path_in_run
-from rlhf_cli.modeling import inference_device, load_tokenizer
-from rlhf_cli.pipeline import run_pipeline
+from rlhf_cli.evaluation.evaluate import evaluate_run
+from rlhf_cli.evaluation.report import build_report
+from rlhf_cli.models.modeling import inference_device, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model, pair_metrics
+from rlhf_cli.people.feedback import read_samples
 from rlhf_cli.recipe import DataSpec, load_recipe
-from rlhf_cli.report import build_report
-from rlhf_cli.scoring import load_reward_model, pair_metrics
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import read_json, write_json_atomic, write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout, link_in_run, path_in_run
+from rlhf_cli.runtime.pipeline import run_pipeline
 from rlhf_cli.stages.reward import gold_order_accuracy
 
 SHARED = ("data", "pretrain", "sft")  # what every round takes from the run as it is (links)

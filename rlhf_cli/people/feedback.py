@@ -3,7 +3,7 @@
     rlhf sample --recipe tiny                      # <run>/feedback/samples.jsonl: K answers per prompt from sft/final
     rlhf label --recipe tiny --annotator toy       # <run>/feedback/rankings.jsonl: the toy world's simulated raters
     rlhf label --recipe tiny --annotator human     # you, in the terminal (skip, undo, quit; starting again resumes)
-    rlhf label --recipe tiny --annotator web       # several people on a local web page (rlhf_cli.web_label)
+    rlhf label --recipe tiny --annotator web       # several people on a local web page (rlhf_cli.people.web_label)
     rlhf label --recipe tiny --annotator my_rankings.jsonl   # rankings made elsewhere (any reward format, validated)
     rlhf label --recipe tiny --people --annotator web   # a people's round beside them (feedback/people/, below)
 
@@ -41,14 +41,14 @@ from pathlib import Path
 
 from rlhf_cli.data import load_stage_data, read_table
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.distributed import is_main_process, wait_for_everyone
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import write_text_atomic
-from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.layout import RunLayout, path_in_run
-from rlhf_cli.modeling import inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.models.generation import check_prompts_fit, generate_answers
+from rlhf_cli.models.modeling import inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.runs import resolve_model_dir
+from rlhf_cli.runtime.distributed import is_main_process, wait_for_everyone
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout, path_in_run
+from rlhf_cli.runtime.runs import resolve_model_dir
 
 SAMPLES, RANKINGS, SKIPPED = "samples.jsonl", "rankings.jsonl", "skipped.jsonl"
 HELP = "rank best to worst (e.g. 3 1 4 2) · s = skip · u = undo · q = quit"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf_cli import precision as precisions
-from rlhf_cli.distributed import is_main_process
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import end_of_turn_ids
+from rlhf_cli.models.modeling import end_of_turn_ids
+from rlhf_cli.runtime import precision as precisions
+from rlhf_cli.runtime.distributed import is_main_process
+from rlhf_cli.runtime.errors import UserError
 
 
 @dataclass
@@ -109,7 +109,7 @@ def generate_answers(
     precision: str = "auto",
 ) -> list[list[Answer]]:
     """`num_return_sequences` answers for each prompt (temperature 0 = greedy), batched, with an optional progress bar;
-    `precision` is the recipe's setting (rlhf_cli.precision)."""
+    `precision` is the recipe's setting (rlhf_cli.runtime.precision)."""
     import torch
 
     if seed is not None:

@@ -17,12 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import _read_jsonl, prompt_text, read_samples
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.evaluation.stats import bootstrap_ci, kendall_tau, pair_agreement, proportion, ranking_scores
+from rlhf_cli.people.feedback import _read_jsonl, prompt_text, read_samples
+from rlhf_cli.people.web_label import rater_of
 from rlhf_cli.recipe import load_recipe
-from rlhf_cli.stats import bootstrap_ci, kendall_tau, pair_agreement, proportion, ranking_scores
-from rlhf_cli.web_label import rater_of
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
 
 
 def _prompt_key(row: dict):

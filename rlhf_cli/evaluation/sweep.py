@@ -21,14 +21,14 @@ import importlib
 import math
 from pathlib import Path
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.layout import RunLayout, link_in_run, path_in_run
-from rlhf_cli.lock import run_lock
-from rlhf_cli.pipeline import run_pipeline
+from rlhf_cli.evaluation.stats import gao_curve, gao_fit
 from rlhf_cli.recipe import load_recipe, save_resolved
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import read_json, write_json_atomic
+from rlhf_cli.runtime.layout import RunLayout, link_in_run, path_in_run
+from rlhf_cli.runtime.lock import run_lock
+from rlhf_cli.runtime.pipeline import run_pipeline
 from rlhf_cli.stages.common import build_trainer_configs
-from rlhf_cli.stats import gao_curve, gao_fit
 
 PREREQUISITES = "pretrain,sft,sample,label,reward"
 

@@ -3,7 +3,7 @@
 For each prompt a model drafts an answer once (`prepare_drafts`, through the one generation path; greedy unless
 `write.temperature` says otherwise), cached in <run>/demonstrations/drafts.jsonl: starting again is instant and every
 writer sees the same draft. A person keeps, edits or replaces it, in the terminal (`write_human`) or on the web page
-(`rlhf_cli.web_label`, /write). Each answer is appended at once (flushed and fsynced, under one lock: several writers
+(`rlhf_cli.people.web_label`, /write). Each answer is appended at once (flushed and fsynced, under one lock: several writers
 at once lose nothing) to <run>/demonstrations/demonstrations.jsonl, in the `messages` form `sft.data` reads:
 
     {"messages": [prompt..., {"role": "assistant", "content": answer}], "writer", "time", "edited": answer != draft,
@@ -24,14 +24,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import _append, _drop_last_action, _read_jsonl, answer_prompts, back_up
-from rlhf_cli.files import write_text_atomic
-from rlhf_cli.layout import RunLayout, path_in_run
-from rlhf_cli.lock import run_lock
-from rlhf_cli.people import LEASE_SECONDS, Offers
+from rlhf_cli.people.feedback import _append, _drop_last_action, _read_jsonl, answer_prompts, back_up
+from rlhf_cli.people.offers import LEASE_SECONDS, Offers
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.runs import resolve_model_dir
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout, path_in_run
+from rlhf_cli.runtime.lock import run_lock
+from rlhf_cli.runtime.runs import resolve_model_dir
 
 HELP = (
     "Enter = keep the draft (or the answer taken back) · type an answer to replace it · s = skip · u = undo · q = quit"

@@ -5,7 +5,7 @@ the same held-out prompts, side by side against the toy world's gold reward.
     rlhf compare --recipe tiny --methods ppo,grpo,best-of-n --resume
 
 Runs (or with `--resume` keeps) the steps the methods share — pretrain, sft, sample, label, reward — once, then each
-method (rlhf_cli.steps.METHODS: ppo, dpo, best_of_n, expert_iteration, rloo, grpo) and `rlhf eval`, which answers the
+method (rlhf_cli.runtime.steps.METHODS: ppo, dpo, best_of_n, expert_iteration, rloo, grpo) and `rlhf eval`, which answers the
 same held-out prompts with every model. Per method: gold reward, reward-model score, right-fact rate, KL to the SFT
 model, win rate over SFT judged by gold and by the reward model (each with a 95 % bootstrap interval), the answers it
 generated to learn (its episodes) and its seconds. The plot draws gold reward against KL, one point per method, and
@@ -18,13 +18,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.evaluate import evaluate_run
-from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout, path_in_run
-from rlhf_cli.lock import run_lock
-from rlhf_cli.pipeline import run_pipeline
-from rlhf_cli.steps import DEFAULT_STEPS, METHODS, step_name
+from rlhf_cli.evaluation.evaluate import evaluate_run
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import read_json, write_json_atomic, write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout, path_in_run
+from rlhf_cli.runtime.lock import run_lock
+from rlhf_cli.runtime.pipeline import run_pipeline
+from rlhf_cli.runtime.steps import DEFAULT_STEPS, METHODS, step_name
 
 SHARED_STEPS = tuple(s for s in DEFAULT_STEPS if s not in ("ppo", "eval", "report"))  # what every method starts from
 

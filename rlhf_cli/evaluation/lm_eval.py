@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.generation import generate, left_pad
+from rlhf_cli.models.generation import generate, left_pad
 
 
 def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:

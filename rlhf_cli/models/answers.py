@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from rlhf_cli.generation import generate_answers
-from rlhf_cli.scoring import score
+from rlhf_cli.models.generation import generate_answers
+from rlhf_cli.models.scoring import score
 
 BEST_OF_N_SETTINGS = "best_of_n.json"  # in best_of_n/final/: how that policy answers (n, temperature, judge)
 

@@ -18,11 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rlhf_cli import precision as precisions
-from rlhf_cli.errors import UserError
-from rlhf_cli.generation import generate
-from rlhf_cli.layout import RunLayout, enclosing_run, resolve_in_run
-from rlhf_cli.modeling import (
+from rlhf_cli.models.generation import generate
+from rlhf_cli.models.modeling import (
     REWARD_MODEL,
     check_model_kind,
     end_of_turn_ids,
@@ -30,6 +27,9 @@ from rlhf_cli.modeling import (
     load_causal_lm,
     load_tokenizer,
 )
+from rlhf_cli.runtime import precision as precisions
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout, enclosing_run, resolve_in_run
 
 HELP = (
     "Type a message; /world lists the toy world's animals and facts, /reset clears the history, /help shows this, "

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli.distributed import any_process
-from rlhf_cli.errors import UserError
-from rlhf_cli.runs import Interrupted
+from rlhf_cli.runtime.distributed import any_process
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.runs import Interrupted
 
 
 class StopOnSignal:

@@ -9,7 +9,7 @@ log pi(answer) - log pi_sft(answer), summed over the answer's tokens (the k1 est
 Win rates (PPO over SFT, SFT over base) are judged by the reward model and by the gold reward, ties counting half, each
 with a 95 % bootstrap interval and a length-controlled variant (`length_controlled_win_rate`). Missing stages are skipped.
 
-The intervals and win rates are in rlhf_cli.stats.
+The intervals and win rates are in rlhf_cli.evaluation.stats.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli import precision as precisions
-from rlhf_cli.answers import BEST_OF_N_SETTINGS, best_of_n, best_of_n_kl
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.distributed import is_main_process
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import prompt_text
-from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
-from rlhf_cli.layout import RunLayout, path_in_run, resolve_in_run
-from rlhf_cli.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.evaluation.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
+from rlhf_cli.models.answers import BEST_OF_N_SETTINGS, best_of_n, best_of_n_kl
+from rlhf_cli.models.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
+from rlhf_cli.models.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model, score
+from rlhf_cli.people.feedback import prompt_text
 from rlhf_cli.recipe import Recipe, load_recipe
-from rlhf_cli.scoring import load_reward_model, score
-from rlhf_cli.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
-from rlhf_cli.steps import METHODS
+from rlhf_cli.runtime import precision as precisions
+from rlhf_cli.runtime.distributed import is_main_process
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import read_json, write_json_atomic
+from rlhf_cli.runtime.layout import RunLayout, path_in_run, resolve_in_run
+from rlhf_cli.runtime.steps import METHODS
 
 # name in the tables -> stage folder: the ChatGPT recipe's three models, then every method beside PPO a run holds
 MODELS = {"base": "pretrain", "sft": "sft", **{method: method for method in METHODS}}

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rlhf_cli import hub
-from rlhf_cli.errors import UserError
+from rlhf_cli.models import hub
+from rlhf_cli.runtime.errors import UserError
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}

@@ -1,7 +1,7 @@
 """People rank answers, and write them, on a local web page: `rlhf label --annotator web [--host 127.0.0.1]
-[--port 8765]` (/), `rlhf write --annotator web` (/write; the demonstrations, rlhf_cli.demonstrations).
+[--port 8765]` (/), `rlhf write --annotator web` (/write; the demonstrations, rlhf_cli.people.demonstrations).
 
-One page (rlhf_cli/web/label.html, no build step) served by the standard library's threaded HTTP server. A rater enters
+One page (rlhf_cli/people/web/label.html, no build step) served by the standard library's threaded HTTP server. A rater enters
 a name, sees a prompt and its K answers (model text is put in the page as text, never as HTML), orders them (drag, or
 select with 1-K and move with the arrow keys), optionally ticks the criteria that decided it, and submits, skips or
 undoes. Each submission is appended to feedback/rankings.jsonl at once (flushed and fsynced, under one lock: several
@@ -10,7 +10,7 @@ raters at once lose nothing), in the form `rlhf reward` reads, with the rater, t
     {"prompt", "responses": [best first], "sample", "annotator": "web", "rater", "time", "criteria": [...], "n"}
 
 Skips go to feedback/skipped.jsonl (per rater). `--people`: the same, in a people's round's folder (feedback/people/,
-rlhf_cli.feedback.sample_people) beside the annotator's rankings. `feedback.rubric` (what the raters value) is shown
+rlhf_cli.people.feedback.sample_people) beside the annotator's rankings. `feedback.rubric` (what the raters value) is shown
 above the answers. A prompt is offered until it has `feedback.raters_per_prompt`
 rankings, never twice to one rater; a prompt shown to a rater is held for them (LEASE_SECONDS) so that two raters do not
 rank the same prompt beyond the count. Stopping the server and starting it again continues where everyone was (the
@@ -19,7 +19,7 @@ files are the state). Undo takes back the rater's own last ranking or skip, also
 Safe by default: the server binds 127.0.0.1 (and answers only requests addressed to a local host name, against DNS
 rebinding); any other --host needs the random token the printed link carries (a request without it gets 403). It
 writes nothing but those two files of the run's feedback folder (and, writing, those of its demonstrations folder),
-and holds the run's lock (rlhf_cli.lock) while it serves: only one server serves a run, and no other command writes
+and holds the run's lock (rlhf_cli.runtime.lock) while it serves: only one server serves a run, and no other command writes
 into it meanwhile (`rlhf label --annotator toy --overwrite` is refused, naming the server's command and process). One server serves both pages when the run has both to do (a link joins them).
 """
 
@@ -40,9 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from rlhf_cli.demonstrations import WriteBoard, writer_of
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import (
+from rlhf_cli.people.demonstrations import WriteBoard, writer_of
+from rlhf_cli.people.feedback import (
     _append,
     _drop_last_action,
     _read_jsonl,
@@ -51,9 +50,10 @@ from rlhf_cli.feedback import (
     start_over,
     unique_answers,
 )
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.lock import run_lock
-from rlhf_cli.people import LEASE_SECONDS, Offers
+from rlhf_cli.people.offers import LEASE_SECONDS, Offers
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.lock import run_lock
 
 PAGE = Path(__file__).parent / "web" / "label.html"
 CRITERIA = ("helpfulness", "honesty", "harmlessness", "clarity", "relevance")  # the seeds' criteria
@@ -417,7 +417,7 @@ def label_web(
 ) -> Path:
     """Serve the ranking page for the run's samples (`people`: the people's round's, feedback/people/) until Ctrl-C;
     returns the rankings file. `more`: the command for more prompts to rank, shown when none is left. The server holds
-    the run's lock (rlhf_cli.lock) while it serves: no other command writes into the run meanwhile, a second server
+    the run's lock (rlhf_cli.runtime.lock) while it serves: no other command writes into the run meanwhile, a second server
     included."""
     layout = RunLayout(run_dir)
     feedback = layout.people if people else layout.feedback
@@ -477,7 +477,7 @@ def write_web(
     train_with: str | None = None,
 ) -> Path:
     """Serve the writing page (/write) for the run's drafts until Ctrl-C (and the ranking page too, when the run has
-    samples to rank); returns the demonstrations file. The server holds the run's lock (rlhf_cli.lock) while it serves."""
+    samples to rank); returns the demonstrations file. The server holds the run's lock (rlhf_cli.runtime.lock) while it serves."""
     layout = RunLayout(run_dir)
     require_web_extra()
     with run_lock(layout.root):

@@ -19,18 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli.distributed import is_main_process, wait_for_everyone
-from rlhf_cli.errors import UserError, is_input_error
-from rlhf_cli.evaluate import evaluate_run
-from rlhf_cli.feedback import label, labelling_progress, sample
-from rlhf_cli.files import read_json, write_json_atomic
-from rlhf_cli.layout import RunLayout, path_in_run, resolve_in_run
-from rlhf_cli.lock import run_lock
+from rlhf_cli.evaluation.evaluate import evaluate_run
+from rlhf_cli.evaluation.report import assess, build_report, step_headline
+from rlhf_cli.people.feedback import label, labelling_progress, sample
 from rlhf_cli.recipe import save_resolved
-from rlhf_cli.report import assess, build_report, step_headline
-from rlhf_cli.runs import Interrupted, check_model_kinds, no_trace_on_user_error
+from rlhf_cli.runtime.distributed import is_main_process, wait_for_everyone
+from rlhf_cli.runtime.errors import UserError, is_input_error
+from rlhf_cli.runtime.files import read_json, write_json_atomic
+from rlhf_cli.runtime.layout import RunLayout, path_in_run, resolve_in_run
+from rlhf_cli.runtime.lock import run_lock
+from rlhf_cli.runtime.runs import Interrupted, check_model_kinds, no_trace_on_user_error
+from rlhf_cli.runtime.steps import DEFAULT_STEPS, MODEL_STAGES, STEPS, step_name
 from rlhf_cli.stages.common import build_trainer_configs
-from rlhf_cli.steps import DEFAULT_STEPS, MODEL_STAGES, STEPS, step_name
 
 TARGETS_MISSED = 3  # exit code: every step finished, but a recipe target was missed or a red flag raised
 
@@ -55,7 +55,7 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
 
 def check_steps(recipe, run_dir: Path, steps: list[str]) -> None:
     """Before the first step runs: every training step's trainer config builds from the recipe, and every model the
-    recipe names for a step is of the kind its key needs (rlhf_cli.runs.check_model_kinds) — a mistake in the last
+    recipe names for a step is of the kind its key needs (rlhf_cli.runtime.runs.check_model_kinds) — a mistake in the last
     step costs a second, not the minutes of the steps before it."""
     build_trainer_configs(recipe, run_dir, [s for s in steps if s in MODEL_STAGES])
     for step in steps:
@@ -116,7 +116,7 @@ def _run_step(step: str, recipe, run_dir: Path, **flags):
     return RUNNERS[step](recipe, run_dir, **flags)
 
 
-# Every step: name -> run(recipe, run_dir, *, resume, overwrite, accept_changes). A model stage (rlhf_cli.steps) runs
+# Every step: name -> run(recipe, run_dir, *, resume, overwrite, accept_changes). A model stage (rlhf_cli.runtime.steps) runs
 # its module's `run`; the other four are written here.
 RUNNERS: dict[str, Callable[..., Any]] = {
     **{name: _model_stage(name) for name in MODEL_STAGES},
@@ -146,7 +146,7 @@ def run_pipeline(
         accept_changes: with resume, continue an unfinished stage although the recipe now differs from its own.
     Raises:
         UserError: an unknown stage name, or existing outputs without --resume/--overwrite, or another command
-        writing into the run (its lock, rlhf_cli.lock).
+        writing into the run (its lock, rlhf_cli.runtime.lock).
     """
     with run_lock(run_dir):
         return _run_pipeline(recipe, Path(run_dir), stages, resume, overwrite, accept_changes)

@@ -13,11 +13,11 @@ import json
 import time
 from pathlib import Path
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import save_dir_atomic, write_json_atomic
-from rlhf_cli.layout import enclosing_run, is_run_folder, is_stage_folder, path_in_run, resolve_in_run
-from rlhf_cli.modeling import check_model_ref, count_parameters, load_tokenizer
-from rlhf_cli.runs import library_versions, lineage_paths, read_lineage, write_model_card
+from rlhf_cli.models.modeling import check_model_ref, count_parameters, load_tokenizer
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import save_dir_atomic, write_json_atomic
+from rlhf_cli.runtime.layout import enclosing_run, is_run_folder, is_stage_folder, path_in_run, resolve_in_run
+from rlhf_cli.runtime.runs import library_versions, lineage_paths, read_lineage, write_model_card
 
 
 def _read_json(path: Path) -> dict:

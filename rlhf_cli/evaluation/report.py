@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.data.toy import GOLD_IN_WORDS
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import write_json_atomic, write_text_atomic
-from rlhf_cli.layout import RunLayout, path_in_run
-from rlhf_cli.scoring import length_caution
-from rlhf_cli.steps import METHODS
+from rlhf_cli.models.scoring import length_caution
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import write_json_atomic, write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout, path_in_run
+from rlhf_cli.runtime.steps import METHODS
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
 AT_MOST = {"junk_rate"}  # targets that are ceilings; every other target is a floor

@@ -1,6 +1,6 @@
 """Work shared by several people at once — the ranking page's raters (web_label.Board), the writers of demonstrations
 (demonstrations.WriteBoard): who did which item, what to offer each person next, and an item on someone's screen held
-for them. One server per run is the run's lock (rlhf_cli.lock).
+for them. One server per run is the run's lock (rlhf_cli.runtime.lock).
 
 Bookkeeping only: a board built on `Offers` writes its files (under `lock`) before it records the change here, and
 rebuilds this state from those files when a server starts (the files are the state).

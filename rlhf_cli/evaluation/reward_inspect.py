@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import files
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import read_json
-from rlhf_cli.layout import enclosing_run, path_in_run
-from rlhf_cli.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
+from rlhf_cli.evaluation.stats import bucket_name, tertiles, wilson
+from rlhf_cli.models.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
+from rlhf_cli.models.scoring import answer_tokens, length_caution, length_preference, load_reward_model, score_pairs
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.runs import read_lineage
-from rlhf_cli.scoring import answer_tokens, length_caution, length_preference, load_reward_model, score_pairs
-from rlhf_cli.stats import bucket_name, tertiles, wilson
+from rlhf_cli.runtime import files
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import read_json
+from rlhf_cli.runtime.layout import enclosing_run, path_in_run
+from rlhf_cli.runtime.runs import read_lineage
 
 
 def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from rlhf_cli.steps import BY_NAME
+from rlhf_cli.runtime.steps import BY_NAME
 
 
 @dataclass
@@ -20,6 +20,6 @@ class PretrainArguments(TrainingArguments):
 
 
 def config_class(stage: str):
-    """The config class a stage's `training:` block is handed to (its `config` in rlhf_cli.steps)."""
+    """The config class a stage's `training:` block is handed to (its `config` in rlhf_cli.runtime.steps)."""
     module, name = BY_NAME[stage].config.split(":")
     return getattr(importlib.import_module(module), name)

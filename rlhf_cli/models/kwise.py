@@ -4,7 +4,7 @@ subclass (TRL's RewardTrainer takes one pair per element)."""
 
 from __future__ import annotations
 
-from rlhf_cli.scoring import encode
+from rlhf_cli.models.scoring import encode
 
 
 def kwise_loss(rewards, chosen_index, rejected_index, pair_weight, margin=None):

@@ -21,12 +21,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from rlhf_cli import hub
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import load_error, load_tokenizer, model_config, train_tokenizer, training_chat_template
+from rlhf_cli.models import hub
+from rlhf_cli.models.modeling import load_error, load_tokenizer, model_config, train_tokenizer, training_chat_template
 from rlhf_cli.recipe import DataSpec
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
 from rlhf_cli.stages.common import build_trainer_configs, trainer_config
 
 SAMPLE = 2000  # examples tokenized for the histogram / texts for a stand-in tokenizer

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli.distributed import is_main_process, wait_for_everyone
-from rlhf_cli.errors import UserError, is_input_error
-from rlhf_cli.files import read_json, write_json_atomic, write_text_atomic
-from rlhf_cli.layout import STAGE_RECIPE, RunLayout, enclosing_run, path_in_run, resolve_in_run
-from rlhf_cli.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
+from rlhf_cli.models.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
 from rlhf_cli.recipe import resume_differences, save_resolved
-from rlhf_cli.steps import DEFAULT_STEPS, STEPS
+from rlhf_cli.runtime.distributed import is_main_process, wait_for_everyone
+from rlhf_cli.runtime.errors import UserError, is_input_error
+from rlhf_cli.runtime.files import read_json, write_json_atomic, write_text_atomic
+from rlhf_cli.runtime.layout import STAGE_RECIPE, RunLayout, enclosing_run, path_in_run, resolve_in_run
+from rlhf_cli.runtime.steps import DEFAULT_STEPS, STEPS
 
 
 class Interrupted(Exception):

@@ -8,10 +8,10 @@ import json
 import random
 import statistics
 
-from rlhf_cli import precision as precisions
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import attention
-from rlhf_cli.stats import pearson, proportion
+from rlhf_cli.evaluation.stats import pearson, proportion
+from rlhf_cli.models.modeling import attention
+from rlhf_cli.runtime import precision as precisions
+from rlhf_cli.runtime.errors import UserError
 
 STATS_ANSWERS = 1024  # training answers scored for reward_stats.json
 LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which a reward model is suspected of rewarding length
@@ -56,7 +56,7 @@ def score(
     precision: str = "auto",
 ) -> list[float]:
     """The reward model's score of each (prompt, answer), batched (longest first, right padding); `precision` is the
-    recipe's setting (rlhf_cli.precision)."""
+    recipe's setting (rlhf_cli.runtime.precision)."""
     import torch
     from trl.trainer.utils import pad
 

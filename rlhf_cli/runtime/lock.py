@@ -31,9 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_cli.distributed import is_main_process
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import LOCK_NAME
+from rlhf_cli.runtime.distributed import is_main_process
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import LOCK_NAME
 
 try:
     import fcntl

@@ -89,7 +89,7 @@ class Step:
 TABLE: tuple[Step, ...] = (
     Step("pretrain", "Stage 1: generative pre-training of a base model (transformers' Trainer).",
          "`rlhf pretrain --recipe text --set pretrain.data.path=novel.txt --set pretrain.training.max_time=60`",
-         "rlhf_cli.trainer_configs:PretrainArguments", _PRETRAIN, starts_from="pretrain.init_from"),
+         "rlhf_cli.models.trainer_configs:PretrainArguments", _PRETRAIN, starts_from="pretrain.init_from"),
     Step("sft", "Stage 2: supervised fine-tuning on conversations (TRL's SFTTrainer).",
          "`rlhf sft --recipe tiny --set sft.lora.r=8`",
          "trl:SFTConfig", {**_FINE_TUNING, "learning_rate": 1e-3}, parent="pretrain", starts_from="sft.init_from"),

@@ -1,7 +1,7 @@
 """The run folder: every path a run holds, and when a step counts as finished — in one place.
 
 <run>/recipe.yaml            the resolved recipe (rewritten as stages run)
-<run>/.rlhf.lock             while a command writes into the run: who (rlhf_cli.lock; one writer at a time)
+<run>/.rlhf.lock             while a command writes into the run: who (rlhf_cli.runtime.lock; one writer at a time)
 <run>/pipeline.json          `rlhf pipeline`'s record: each step's status, seconds and headline
 <run>/data/toy/              the toy world's files (a run's own world: its seed draws it)
 <run>/<stage>/               pretrain, sft, reward, ppo: recipe.yaml (what the stage trains on), checkpoints/,
@@ -25,11 +25,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_cli.steps import MODEL_STAGES, STEPS
+from rlhf_cli.runtime.steps import MODEL_STAGES, STEPS
 
 FINAL = "final"
 STAGE_RECIPE = "recipe.yaml"  # in each stage folder: the resolved recipe the stage started with (--resume checks it)
-LOCK_NAME = ".rlhf.lock"  # the run's lock (rlhf_cli.lock): the command writing into the run, and its process
+LOCK_NAME = ".rlhf.lock"  # the run's lock (rlhf_cli.runtime.lock): the command writing into the run, and its process
 
 
 @dataclass(frozen=True)
