@@ -208,7 +208,12 @@ def test_two_trainings_of_one_run_and_the_web_page_against_a_labeller(finished_r
         text=True,
     )
     try:
-        assert "Ranking page for" in page.stdout.readline()
+        # the page serves (and holds the lock) once it has said so; on a run the toy annotator ranked whole it first
+        # says that, and the command for a people's round
+        said = []
+        while len(said) < 6 and not any("Ranking page for" in line for line in said):
+            said.append(page.stdout.readline())
+        assert "Ranking page for" in said[-1], said
         rankings = (run / "feedback" / "rankings.jsonl").read_bytes()
         toy = rlhf("label", "--recipe", recipe, "-o", str(run), "--annotator", "toy", "--overwrite")
         assert toy.returncode == 2 and "rlhf label" in toy.stderr and "--annotator web" in toy.stderr, toy.stderr
