@@ -1,6 +1,6 @@
 # make demo   - install, then run the whole tiny pipeline (the main job)
 # make test   - install, then run the test suite
-# make bench  - benchmarks against plain baselines (see README "Performance")
+# make bench  - benchmarks against plain baselines (figures: bench/README.md)
 # make lint   - ruff
 SHELL := /bin/bash
 PYTHON ?= python3

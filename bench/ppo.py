@@ -206,8 +206,8 @@ def gold_rewards(model_dir: str, prompts: list[str], world, max_new_tokens: int)
     """Gold reward of the model's greedy answer to each prompt (the same code for every model)."""
     import torch
 
-    from rlhf_cli.generation import generate_answers
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.models.generation import generate_answers
+    from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir).eval()
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Gold reward on held-out prompts: the SFT model, then every trained policy, with the same code.
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.stats import bootstrap_ci
+    from rlhf_cli.evaluation.stats import bootstrap_ci
 
     world = ToyWorld(a.seed)
     prompts = [

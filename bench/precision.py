@@ -1,4 +1,4 @@
-"""Precision: is bf16 faster than fp32 here, and from which model size? The measurement behind `rlhf_cli.precision`.
+"""Precision: is bf16 faster than fp32 here, and from which model size? The measurement behind `rlhf_cli.runtime.precision`.
 
     python -m bench.precision                         # the default sizes; table + bench/out/precision.json
     python -m bench.precision --hidden 64,128,256 --steps 20
@@ -7,7 +7,7 @@ For each Llama size (hidden h, layers, heads = h/32 at least 2), the same traini
 backward and AdamW on a batch of token blocks — is timed in fp32 and in bf16 autocast (what `training.bf16: true` does on
 a CPU: fp32 master weights, bf16 matrix products), alternating the two in the same process, and likewise a greedy
 `generate` of 32 tokens for a batch of 64 prompts (sampling, eval, chat). The result is the bf16/fp32 speed ratio per size;
-`rlhf_cli.precision.BF16_MIN_PARAMS` is where that ratio passes 1 on a CPU with AMX. A timing is never a test.
+`rlhf_cli.runtime.precision.BF16_MIN_PARAMS` is where that ratio passes 1 on a CPU with AMX. A timing is never a test.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from rlhf_cli.precision import describe_hardware
+    from rlhf_cli.runtime.precision import describe_hardware
 
     print(f"bench.precision: {describe_hardware()}, {torch.get_num_threads()} torch threads", flush=True)
     rows = []

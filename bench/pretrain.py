@@ -78,11 +78,11 @@ def side_plain(work: Path, steps: int, batch: int) -> dict:
         TrainingArguments,
     )
 
-    from rlhf_cli.callbacks import steady_seconds_per_step
     from rlhf_cli.data import load_stage_data
     from rlhf_cli.data.toy import toy_files
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.models.modeling import load_tokenizer
     from rlhf_cli.recipe import DataSpec
+    from rlhf_cli.runtime.callbacks import steady_seconds_per_step
 
     toy_files(work / "ours" / "data" / "toy", 0)
     tok = load_tokenizer(str(work / "ours" / "pretrain" / "tokenizer"))  # the same tokenizer ours trained
@@ -152,12 +152,12 @@ def side_loop(work: Path, steps: int, batch: int) -> dict:
     packed blocks, torch.compile, and bf16 autocast where the hardware is fast at it (rlhf's precision rule decides)."""
     import torch
 
-    from rlhf_cli import precision
-    from rlhf_cli.callbacks import steady_seconds_per_step
     from rlhf_cli.data import load_stage_data
     from rlhf_cli.data.toy import toy_files
-    from rlhf_cli.modeling import build_model, count_parameters, load_tokenizer
+    from rlhf_cli.models.modeling import build_model, count_parameters, load_tokenizer
     from rlhf_cli.recipe import DataSpec, load_recipe
+    from rlhf_cli.runtime import precision
+    from rlhf_cli.runtime.callbacks import steady_seconds_per_step
 
     toy_files(work / "ours" / "data" / "toy", 0)
     tok = load_tokenizer(str(work / "ours" / "pretrain" / "tokenizer"))  # the same tokenizer ours trained
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{x['steady_tokens_per_s']:8.0f} steady",
                     flush=True,
                 )
-    from rlhf_cli.callbacks import warmup_steps_skipped
-    from rlhf_cli.modeling import measure_matmul_peak
+    from rlhf_cli.models.modeling import measure_matmul_peak
+    from rlhf_cli.runtime.callbacks import warmup_steps_skipped
 
     def median(side: str, key: str) -> float:
         return statistics.median(x[key] for x in results[side])

@@ -15,8 +15,8 @@ import random
 import statistics
 
 from rlhf_cli.data.toy import ANSWERS, ATTRIBUTES, DECLINE, DESCRIBE, DONT_KNOW, HARM, KINDNESS, ToyWorld
-from rlhf_cli.modeling import load_tokenizer
-from rlhf_cli.scoring import load_reward_model, score
+from rlhf_cli.models.modeling import load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model, score
 
 
 def probe(run: str, seed: int, n: int = 40) -> dict[str, tuple[float, float]]:

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _cpu_name() -> str:
-    from rlhf_cli.precision import describe_hardware
+    from rlhf_cli.runtime.precision import describe_hardware
 
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))

@@ -35,7 +35,7 @@ MAX_LENGTH = 512  # above the longest conversation (400 tokens): nothing is cut 
 def make_data(data_dir: Path, n_train: int, n_eval: int, seed: int = 0) -> dict:
     """Write a tokenizer and train/eval conversations with lengths spread over 20-400 tokens; returns their statistics."""
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.modeling import train_tokenizer
+    from rlhf_cli.models.modeling import train_tokenizer
 
     world = ToyWorld(seed)
     rng = random.Random(seed)
@@ -81,7 +81,7 @@ def one_run(side: str, data_dir: Path, out_json: Path, batch: int, hidden: int, 
     import datasets
     import torch
 
-    from rlhf_cli.modeling import build_model, load_tokenizer
+    from rlhf_cli.models.modeling import build_model, load_tokenizer
     from rlhf_cli.recipe import ModelSpec, load_recipe
     from rlhf_cli.stages.sft import make_trainer
 

@@ -6,6 +6,7 @@ rlhf pretrain --recipe tiny --set pretrain.training.max_steps=50
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
@@ -16,8 +17,9 @@ from typing import Annotated
 import typer
 
 from rlhf_cli import __version__
-from rlhf_cli.errors import UserError
-from rlhf_cli.steps import BY_NAME, MODEL_STAGES, TABLE
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.steps import BY_NAME, MODEL_STAGES, TABLE
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # no network call the user did not ask for
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -85,7 +87,7 @@ SetOpt = Annotated[
 OutOpt = Annotated[
     Path | None, typer.Option("--output-dir", "-o", help="Run folder (default: runs/NAME, NAME from the recipe).")
 ]
-# The web page of `rlhf label --annotator web` and `rlhf write` (rlhf_cli.web_label)
+# The web page of `rlhf label --annotator web` and `rlhf write` (rlhf_cli.people.web_label)
 HostOpt = Annotated[
     str,
     typer.Option(
@@ -93,6 +95,11 @@ HostOpt = Annotated[
     ),
 ]
 PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="web: the port to serve on.")]
+WEB_HOST, WEB_PORT = "127.0.0.1", 8765  # the defaults of --host and --port
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="human: stop after this many prompts in this sitting.")
+]
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder (runs/tiny).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint / keep finished work.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace this stage's existing folder.")]
 OverwriteSamplesOpt = Annotated[bool, typer.Option("--overwrite", help="Replace feedback/samples.jsonl.")]
@@ -101,6 +108,14 @@ OverwriteRankingsOpt = Annotated[
     typer.Option(
         "--overwrite",
         help="Rank again from the start; rankings a person made are moved to feedback/backup/, not deleted.",
+    ),
+]
+PeopleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--people",
+        help="A people's round: fresh answers in feedback/people/ for people to rank beside the annotator's rankings "
+        "(which stay as they are); `rlhf reward` trains on both.",
     ),
 ]
 OverwritePointsOpt = Annotated[bool, typer.Option("--overwrite", help="Train the sweep's finished points again.")]
@@ -116,6 +131,13 @@ AcceptOpt = Annotated[
         "run's (e.g. a larger max_steps to train longer). Without it such a resume is refused.",
     ),
 ]
+
+
+def _command_for_run(command: str, recipe: str, set_: list[str] | None, output_dir: Path | None) -> list[str]:
+    """`rlhf COMMAND` on the run this command works on, for a printed hint that must work as printed: the recipe and
+    --set overrides as given, and the run folder when it is not the recipe's own (`--output-dir`)."""
+    words = ["rlhf", *command.split(), "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
+    return words + ["--output-dir", str(output_dir)] * bool(output_dir)
 
 
 def _version(value: bool):
@@ -139,7 +161,7 @@ def handled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from rlhf_cli.runs import Interrupted
+        from rlhf_cli.runtime.runs import Interrupted
 
         try:
             return fn(*args, **kwargs)
@@ -161,16 +183,35 @@ def _load(recipe: str, overrides: list[str] | None):
     return load_recipe(recipe, overrides)
 
 
-def _writing(run_dir: Path | str | None):
-    """Hold the run folder's lock while this command writes into it (rlhf_cli.lock): a second writer is refused, naming
-    this command and its process. None: the command writes into no run."""
-    import contextlib
+def _recipe_and_run(recipe: str, overrides: list[str] | None, output_dir: Path | None):
+    """The recipe (`--recipe`, `--set`) and the run folder it names, or `--output-dir`."""
+    rec = _load(recipe, overrides)
+    return rec, rec.run_dir(output_dir)
 
+
+def _served(host: str, port: int) -> list[str]:
+    """The --host and --port flags that differ from the defaults: to repeat them in a printed command."""
+    return [f"--host={host}"] * (host != WEB_HOST) + [f"--port={port}"] * (port != WEB_PORT)
+
+
+def _writing(run_dir: Path | str | None):
+    """Hold the run folder's lock while this command writes into it (rlhf_cli.runtime.lock): a second writer is refused, naming
+    this command and its process. None: the command writes into no run."""
     if run_dir is None:
         return contextlib.nullcontext()
-    from rlhf_cli.lock import command_line, run_lock
+    from rlhf_cli.runtime.lock import command_line, run_lock
 
     return run_lock(run_dir, command_line())
+
+
+@contextlib.contextmanager
+def _writing_run(run_dir: Path):
+    """Hold the run's lock, and on an input error remove what the command made before its checks failed
+    (runs.no_trace_on_user_error): the frame of every command that writes stage or feedback files into a run."""
+    from rlhf_cli.runtime.runs import no_trace_on_user_error
+
+    with _writing(run_dir), no_trace_on_user_error(run_dir):
+        yield
 
 
 def _existing_folder(path: Path) -> Path | None:
@@ -182,7 +223,7 @@ def _run_of(path: Path | str | None) -> Path | None:
     """The run folder `path` lies in (None outside any run): the one a command writing to `path` must lock."""
     if path is None:
         return None
-    from rlhf_cli.layout import enclosing_run
+    from rlhf_cli.runtime.layout import enclosing_run
 
     return enclosing_run(path)
 
@@ -200,22 +241,21 @@ def _dry_run(rec, run_dir: Path, plan: str, stages: list[str]):
 def _stage_command(stage: str, rec_name: str, overrides, output_dir, resume, overwrite, dry_run, accept=False):
     import importlib
 
-    rec = _load(rec_name, overrides)
-    run_dir = rec.run_dir(output_dir)
+    rec, run_dir = _recipe_and_run(rec_name, overrides, output_dir)
     if dry_run:
         return _dry_run(rec, run_dir, f"rlhf {BY_NAME[stage].command}", [stage])
-    from rlhf_cli.runs import no_trace_on_user_error
-
     # The stage saves the resolved recipe (recipe.yaml) once its inputs are validated (runs.prepare_stage_dir).
     module = importlib.import_module(f"rlhf_cli.stages.{stage}")
-    with _writing(run_dir), no_trace_on_user_error(run_dir):
+    with _writing_run(run_dir):
         module.run(rec, run_dir, resume=resume, overwrite=overwrite, accept_changes=accept)
 
 
 def _stage_cli(name: str):
-    """The command of a model stage: its recipe, overrides, run folder and lifecycle flags; help from rlhf_cli.steps."""
+    """The command of a model stage: its recipe, overrides, run folder and lifecycle flags; help from rlhf_cli.runtime.steps.
+    (Also `rlhf reward`'s group callback, which trains only when no subcommand such as `inspect` follows.)"""
 
     def command(
+        ctx: typer.Context,
         recipe: RecipeOpt = "tiny",
         set_: SetOpt = None,
         output_dir: OutOpt = None,
@@ -224,7 +264,8 @@ def _stage_cli(name: str):
         dry_run: DryRunOpt = False,
         accept_recipe_change: AcceptOpt = False,
     ):
-        _stage_command(name, recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
+        if ctx.invoked_subcommand is None:
+            _stage_command(name, recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
 
     step = BY_NAME[name]
     command.__name__ = name
@@ -235,22 +276,7 @@ def _stage_cli(name: str):
 for _name in MODEL_STAGES:  # reward is a group: `rlhf reward` trains, `rlhf reward inspect` judges a model
     if _name != "reward":
         app.command(BY_NAME[_name].command)(_stage_cli(_name))
-
-
-@reward_app.callback(invoke_without_command=True)
-@handled
-def reward(
-    ctx: typer.Context,
-    recipe: RecipeOpt = "tiny",
-    set_: SetOpt = None,
-    output_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    dry_run: DryRunOpt = False,
-    accept_recipe_change: AcceptOpt = False,
-):
-    if ctx.invoked_subcommand is None:
-        _stage_command("reward", recipe, set_, output_dir, resume, overwrite, dry_run, accept_recipe_change)
+reward = reward_app.callback(invoke_without_command=True)(_stage_cli("reward"))  # its help: reward_app's
 
 
 @reward_app.command("inspect")
@@ -269,7 +295,7 @@ def reward_inspect(
 
     Example: `rlhf reward inspect runs/tiny/reward/final --data runs/tiny/feedback/rankings.jsonl`
     """
-    from rlhf_cli.reward_inspect import inspect_reward_model, output_folder
+    from rlhf_cli.evaluation.reward_inspect import inspect_reward_model, output_folder
 
     # It writes reward_stats.json beside the model and its report to --out: into the runs they lie in, if any.
     with _writing(_run_of(model_dir)), _writing(_run_of(output_folder(model_dir, out))):
@@ -286,17 +312,28 @@ def sample(
     model: Annotated[
         str | None, typer.Option("--model", help="Model to sample from (default: the run's sft/final).")
     ] = None,
+    people: PeopleOpt = False,
 ):
-    """K answers per prompt from a model, to feedback/samples.jsonl.
+    """K answers per prompt from a model, to feedback/samples.jsonl; with --people, fresh prompts for a people's round
+    (feedback/people/samples.jsonl, `feedback.people_prompts` more each time), the annotator's files untouched.
 
-    Example: `rlhf sample --recipe tiny --set feedback.k=6`
+    Example: `rlhf sample --recipe tiny --set feedback.k=6`; on a finished run, for people to rank beside the toy
+    annotator: `rlhf sample --recipe tiny --people --model runs/tiny/ppo/final` (then `rlhf label --people`)
     """
-    from rlhf_cli.feedback import sample as do_sample
-    from rlhf_cli.runs import no_trace_on_user_error
+    from rlhf_cli.people.feedback import sample as do_sample
+    from rlhf_cli.people.feedback import sample_people
 
-    rec = _load(recipe, set_)
-    with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
-        do_sample(rec, rec.run_dir(output_dir), model=model, overwrite=overwrite)
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
+    if people and overwrite:
+        raise UserError(
+            "--people adds fresh prompts to the people's round and never replaces what people ranked; leave out "
+            "--overwrite."
+        )
+    with _writing_run(run_dir):
+        if people:
+            sample_people(rec, run_dir, model=model)
+        else:
+            do_sample(rec, run_dir, model=model, overwrite=overwrite)
 
 
 @label_app.callback(invoke_without_command=True)
@@ -311,48 +348,73 @@ def label(
         str | None,
         typer.Option("--annotator", help="human | web | toy | a rankings file (default: the recipe's)."),
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="A person: stop after this many prompts in this sitting.")
-    ] = None,
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8765,
+    limit: LimitOpt = None,
+    host: HostOpt = WEB_HOST,
+    port: PortOpt = WEB_PORT,
+    people: PeopleOpt = False,
 ):
     """Rank the samples best to worst: a person in the terminal or on a local web page, the toy world's simulated
-    annotator, or a file.
+    annotator, or a file. With --people: people rank a people's round of fresh answers (feedback/people/, sampled from
+    the run's SFT model the first time) beside the annotator's rankings, which stay as they are; `rlhf reward` trains on
+    both.
 
     Example: `rlhf label --recipe tiny --annotator human --limit 50` (skip, undo, quit, revisit the skipped ones at the
     end; starting again resumes); `rlhf label --recipe tiny --annotator web` (a page for several raters at
-    http://127.0.0.1:8765/; `feedback.raters_per_prompt` sets how many rank each prompt)
+    http://127.0.0.1:8765/; `feedback.raters_per_prompt` sets how many rank each prompt); on the demo run, whose samples
+    the toy annotator has ranked: `rlhf label --recipe tiny --people --annotator web`, then `rlhf reward --recipe tiny --overwrite`
     """
     if ctx.invoked_subcommand is not None:
         return
-    from rlhf_cli.runs import no_trace_on_user_error
-
-    rec = _load(recipe, set_)
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
     who = annotator or rec.feedback.annotator
-    # The quit message's way back in: this command without --overwrite (which starts over).
-    again = ["rlhf", "label", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
-    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={who}"]
-    if who == "web":
-        from rlhf_cli.web_label import label_web
+    if people and annotator is None and who not in ("human", "web"):
+        who = "web"  # the recipe's annotator is the toy world's (or a file): a people's round is ranked on the page
+    if people and who not in ("human", "web"):
+        raise UserError(f"--people is a round ranked by people: use --annotator human or web, not {who}.")
+    # The quit message's way back in: this command without --overwrite (which starts over); and the way to more.
+    base = _command_for_run("label", recipe, set_, output_dir)
+    served = _served(host, port)
+    again = base + ["--people"] * people + [f"--annotator={who}"] + served * (who == "web")
+    more = _more_to_rank(rec, recipe, set_, output_dir, who, people, base, served, run_dir)
+    with _writing_run(run_dir):
+        if people and not RunLayout(run_dir).people_samples.exists():  # the first people's round: sample it now
+            from rlhf_cli.people.feedback import sample_people
 
-        again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
-        with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
+            if who == "web":
+                from rlhf_cli.people.web_label import check_can_serve
+
+                check_can_serve(host, port)  # a busy port is refused before any sampling
+            sample_people(rec, run_dir)
+        if who == "web":
+            from rlhf_cli.people.web_label import label_web
+
             label_web(
-                rec, rec.run_dir(output_dir), host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again)
-            )
-        return
-    from rlhf_cli.feedback import label as do_label
+                rec, run_dir, host=host, port=port, overwrite=overwrite, continue_with=shlex.join(again),
+                people=people, more=more,
+            )  # fmt: skip
+            return
+        from rlhf_cli.people.feedback import label as do_label
 
-    with _writing(rec.run_dir(output_dir)), no_trace_on_user_error(rec.run_dir(output_dir)):
         do_label(
-            rec,
-            rec.run_dir(output_dir),
-            annotator=annotator,
-            overwrite=overwrite,
-            continue_with=shlex.join(again),
-            limit=limit,
+            rec, run_dir, annotator=who if people else annotator, overwrite=overwrite,
+            continue_with=shlex.join(again), limit=limit, people=people, more=more,
+        )  # fmt: skip
+
+
+def _more_to_rank(rec, recipe, set_, output_dir, who, people, base, served, run_dir) -> str:
+    """What a person who finds nothing left to rank can run: on the run's samples (e.g. all ranked by the toy
+    annotator) a people's round; in a people's round, more fresh prompts for it. Commands that work as printed."""
+    stop = "stop this server (Ctrl-C), then run" if who == "web" else "run"
+    person = who if who in ("human", "web") else "web"
+    label_people = shlex.join(base + ["--people", f"--annotator={person}"] + served * (person == "web"))
+    if not people:
+        return (
+            f"To rank fresh answers yourself beside these rankings (a people's round, in "
+            f"{RunLayout(run_dir).people}), {stop}: {label_people}"
         )
+    sample_more = [*_command_for_run("sample", recipe, set_, output_dir), "--people"]
+    more = f"For {rec.feedback.people_prompts} more fresh prompts, {stop}: {shlex.join(sample_more)}"
+    return f"{more} && {label_people}"
 
 
 @app.command()
@@ -382,11 +444,9 @@ def write(
         bool,
         typer.Option("--overwrite", help="Draft again; the answers written so far move to demonstrations/backup/."),
     ] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="human: stop after this many prompts in this sitting.")
-    ] = None,
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8765,
+    limit: LimitOpt = None,
+    host: HostOpt = WEB_HOST,
+    port: PortOpt = WEB_PORT,
 ):
     """People write SFT demonstrations: they keep, edit or replace a model's draft answers, in the terminal or on a
     local web page.
@@ -399,27 +459,28 @@ def write(
     starting again resumes), `rlhf write --recipe tiny --annotator human --model base --limit 20`; then
     `rlhf sft --recipe tiny --set sft.data.path=runs/tiny/demonstrations/demonstrations.jsonl`
     """
-    from rlhf_cli.demonstrations import prepare_drafts, write_human
-    from rlhf_cli.runs import no_trace_on_user_error
+    from rlhf_cli.people.demonstrations import prepare_drafts, write_human
 
     if annotator not in ("web", "human"):
         raise UserError(f"--annotator {annotator}: use web (a page for several writers) or human (this terminal).")
-    rec = _load(recipe, set_)
-    run_dir = rec.run_dir(output_dir)
-    again = ["rlhf", "write", "--recipe", recipe, *(f"--set={s}" for s in set_ or [])]
-    again += [f"--output-dir={output_dir}"] * bool(output_dir) + [f"--annotator={annotator}"]
-    with _writing(run_dir), no_trace_on_user_error(run_dir):
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
+    again = [*_command_for_run("write", recipe, set_, output_dir), f"--annotator={annotator}"]
+    demonstrations = RunLayout(run_dir).demonstrations
+    train_with = shlex.join(
+        [*_command_for_run("sft", recipe, set_, output_dir), f"--set=sft.data.path={demonstrations}"]
+    )
+    with _writing_run(run_dir):
         if annotator == "web":
-            from rlhf_cli.web_label import check_can_serve, require_web_extra, write_web
+            from rlhf_cli.people.web_label import check_can_serve, require_web_extra, write_web
 
             require_web_extra()  # before any drafting
             check_can_serve(host, port)  # a busy port is refused before drafts are made or answers moved
         prepare_drafts(rec, run_dir, model=model, prompts=prompts, overwrite=overwrite)
         if annotator == "web":
-            again += [f"--host={host}"] * (host != "127.0.0.1") + [f"--port={port}"] * (port != 8765)
-            write_web(rec, run_dir, host=host, port=port, continue_with=shlex.join(again))
+            again += _served(host, port)
+            write_web(rec, run_dir, host=host, port=port, continue_with=shlex.join(again), train_with=train_with)
         else:
-            write_human(run_dir, limit=limit, continue_with=shlex.join(again))
+            write_human(run_dir, limit=limit, continue_with=shlex.join(again), train_with=train_with)
 
 
 @label_app.command("stats")
@@ -435,7 +496,7 @@ def label_stats(
     """
     import json
 
-    from rlhf_cli.label_stats import agreement, show
+    from rlhf_cli.people.label_stats import agreement, show
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run folder; give the folder that holds feedback/rankings.jsonl.")
@@ -478,12 +539,11 @@ def pipeline(
     Example: `rlhf pipeline` (the embedded tiny recipe), `rlhf pipeline --recipe tiny --resume`, or
     `rlhf pipeline --recipe tiny --rounds 2`
     """
-    from rlhf_cli.pipeline import run_pipeline
+    from rlhf_cli.runtime.pipeline import run_pipeline
 
-    rec = _load(recipe, set_)
-    run_dir = rec.run_dir(output_dir)
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
     if dry_run:
-        from rlhf_cli.pipeline import parse_stages
+        from rlhf_cli.runtime.pipeline import parse_stages
 
         steps = parse_stages(stages if stages is not None else rec.stages)
         planned = _dry_run(rec, run_dir, f"rlhf pipeline --stages {stages or ','.join(steps)}", steps)
@@ -491,14 +551,14 @@ def pipeline(
             later = "round 2" if rounds == 2 else f"rounds 2-{rounds}"
             print(f"# then {later}: sample, label, reward, ppo, eval each, in {run_dir / 'rounds'}/round-k/")
         return planned
-    from rlhf_cli.pipeline import TARGETS_MISSED
+    from rlhf_cli.runtime.pipeline import TARGETS_MISSED
 
     with _writing(run_dir):
         record = run_pipeline(
             rec, run_dir, stages=stages, resume=resume, overwrite=overwrite, accept_changes=accept_recipe_change
         )
         if rounds > 1:
-            from rlhf_cli.rounds import print_rounds, run_rounds
+            from rlhf_cli.runtime.rounds import print_rounds, run_rounds
 
             flags = {"resume": resume, "overwrite": overwrite, "accept_changes": accept_recipe_change}
             print_rounds(run_rounds(rec, run_dir, rounds, recipe, set_ or [], **flags))
@@ -513,8 +573,11 @@ def chat(
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Answer this once and exit (for scripts).")
     ] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
+    temperature: Annotated[
+        float,
+        typer.Option(help="0 = greedy, as the report's evaluation (the default); above 0 samples, e.g. 0.7."),
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling (with --temperature above 0).")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where it is faster for this model here; see `rlhf env`), bf16 or fp32.")
@@ -523,11 +586,14 @@ def chat(
         str | None, typer.Option("--system", help="A system message before the conversation (e.g. a persona).")
     ] = None,
 ):
-    """Talk to any stage's model through its chat template (history kept; /reset, /help, /quit).
+    """Talk to any stage's model through its chat template (history kept; /world, /reset, /help, /quit).
+
+    Greedy by default, as the report's evaluation; `--temperature 0.7` samples. In a toy-world run, /world lists the
+    world's animals and their facts (the run's data/toy/world.json), so you know what to ask.
 
     Example: `rlhf chat runs/tiny/ppo/final --prompt "what does the owl eat?"`
     """
-    from rlhf_cli.chat import chat as do_chat
+    from rlhf_cli.models.chat import chat as do_chat
 
     do_chat(
         model_dir,
@@ -543,7 +609,7 @@ def chat(
 @app.command("eval")
 @handled
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny).")],
+    run_dir: RunDirArg,
     recipe: Annotated[
         str | None, typer.Option("--recipe", "-r", help="Recipe (default: the run's recipe.yaml).")
     ] = None,
@@ -553,7 +619,7 @@ def eval_(
 
     Example: `rlhf eval runs/tiny`
     """
-    from rlhf_cli.evaluate import evaluate_run
+    from rlhf_cli.evaluation.evaluate import evaluate_run
 
     with _writing(_existing_folder(run_dir)):  # it writes <run>/eval/eval.json
         evaluate_run(run_dir, recipe=recipe, overrides=set_)
@@ -561,12 +627,12 @@ def eval_(
 
 @app.command()
 @handled
-def report(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/tiny).")]):
+def report(run_dir: RunDirArg):
     """The report card: report/report.md, report.json and plots.
 
     Example: `rlhf report runs/tiny`
     """
-    from rlhf_cli.report import build_report
+    from rlhf_cli.evaluation.report import build_report
 
     with _writing(_existing_folder(run_dir)):  # it writes <run>/report/: not while another command writes the run
         path = build_report(run_dir)
@@ -592,13 +658,13 @@ def sweep(
 
     Example: `rlhf sweep --recipe tiny --param ppo.kl_coef --values 0,0.01,0.05,0.2`
     """
-    from rlhf_cli.sweep import run_sweep
+    from rlhf_cli.evaluation.sweep import run_sweep
 
-    rec = _load(recipe, set_)
-    with _writing(rec.run_dir(output_dir)):
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
+    with _writing(run_dir):
         run_sweep(
             rec,
-            rec.run_dir(output_dir),
+            run_dir,
             param=param,
             values=[v.strip() for v in values.split(",")],
             base_overrides=set_ or [],
@@ -630,12 +696,12 @@ def compare(
     """
     from rich.console import Console
 
-    from rlhf_cli.compare import parse_methods, print_table, run_compare
+    from rlhf_cli.evaluation.compare import parse_methods, print_table, run_compare
 
     parse_methods(methods)  # a wrong name is refused before anything runs
-    rec = _load(recipe, set_)
-    with _writing(rec.run_dir(output_dir)):
-        result = run_compare(rec, rec.run_dir(output_dir), methods, resume=resume, overwrite=overwrite)
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
+    with _writing(run_dir):
+        result = run_compare(rec, run_dir, methods, resume=resume, overwrite=overwrite)
     print_table(Console(), result)
 
 
@@ -646,10 +712,10 @@ def check(recipe: RecipeOpt = "tiny", set_: SetOpt = None, output_dir: OutOpt = 
 
     Example: `rlhf check --recipe tiny`
     """
-    from rlhf_cli.check import check_recipe
+    from rlhf_cli.evaluation.check import check_recipe
 
-    rec = _load(recipe, set_)
-    check_recipe(rec, rec.run_dir(output_dir))
+    rec, run_dir = _recipe_and_run(recipe, set_, output_dir)
+    check_recipe(rec, run_dir, start_with=shlex.join(_command_for_run("pipeline", recipe, set_, output_dir)))
 
 
 @app.command()
@@ -664,7 +730,7 @@ def export(
 
     Example: `rlhf export runs/tiny/ppo/final --out my-chatbot`
     """
-    from rlhf_cli.export import export_model
+    from rlhf_cli.models.export import export_model
 
     with _writing(_run_of(out)):  # an export into a run folder waits its turn like any other writer
         path = export_model(model_dir, out, push_to_hub=push_to_hub, overwrite=overwrite)
@@ -677,8 +743,8 @@ def env():
 
     Example: `rlhf env`
     """
-    from rlhf_cli import precision
-    from rlhf_cli.runs import library_versions
+    from rlhf_cli.runtime import precision
+    from rlhf_cli.runtime.runs import library_versions
 
     for name, version in library_versions().items():
         typer.echo(f"{name:14s} {version}")
@@ -710,11 +776,16 @@ def recipe_list():
 def recipe_show(
     name: Annotated[str, typer.Argument(help="A built-in name or a YAML path.")] = "tiny", set_: SetOpt = None
 ):
-    """Print the resolved recipe (defaults < file < --set).
+    """Print the recipe as a run uses it (defaults < file < --set): the values the stages resolve at run time filled in,
+    and beside each setting the recipe file changes from the default, the file's own reason for it (a YAML document).
 
     Example: `rlhf recipe show tiny --set pretrain.training.max_steps=5`
     """
-    typer.echo(_load(name, set_).to_yaml(), nl=False)
+    from rlhf_cli.recipe import show_yaml
+    from rlhf_cli.stages.common import resolved_settings
+
+    rec = _load(name, set_)
+    typer.echo(show_yaml(rec, name, set_, resolved_settings(rec)), nl=False)
 
 
 @data_app.command("toy")

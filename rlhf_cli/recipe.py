@@ -15,19 +15,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import write_text_atomic
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.steps import STEPS, TRAINING_STAGES
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import write_text_atomic
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.steps import STEPS, TRAINING_STAGES
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
-STAGES = TRAINING_STAGES  # the sections with a `training:` block (rlhf_cli.steps)
+STAGES = TRAINING_STAGES  # the sections with a `training:` block (rlhf_cli.runtime.steps)
 
 
 class Section(BaseModel):
@@ -146,6 +147,12 @@ class FeedbackSpec(Section):
     # The web page (`rlhf label --annotator web`): rankings each prompt gets, by different raters (a prompt is offered
     # until it has this many, never twice to one rater); `rlhf label stats` measures how far they agree.
     raters_per_prompt: int = Field(1, ge=1)
+    # What the raters value, in words: shown above the answers on the ranking page and the terminal screen (people
+    # rank to a rubric, as InstructGPT's labelers did; without one they guess). Empty: nothing is shown.
+    rubric: list[str] = Field(default_factory=list)
+    # A people's round (`rlhf label --people`, `rlhf sample --people`): fresh prompts each sampling adds to
+    # feedback/people/samples.jsonl for people to rank beside the annotator's rankings.
+    people_prompts: int = Field(32, gt=0)
 
 
 class WriteSpec(Section):
@@ -262,7 +269,7 @@ class PPOSpec(Section):
 
 
 class RoundsSpec(Section):
-    """`rlhf pipeline --rounds N`: more rounds of feedback after the first (rlhf_cli.rounds)."""
+    """`rlhf pipeline --rounds N`: more rounds of feedback after the first (rlhf_cli.runtime.rounds)."""
 
     # Round k's PPO starts from: sft (every round's policy is judged against one reference, and what a round adds is
     # its better reward model) or last (the last round's policy, the reference too: the rounds compound).
@@ -294,7 +301,7 @@ class Recipe(Section):
     description: str | None = None
     seed: int = 0
     output_dir: str | None = None
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # rlhf_cli.precision: the rule behind auto
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # rlhf_cli.runtime.precision: the rule behind auto
     # The steps `rlhf pipeline` runs for this recipe, in pipeline order (None: all of them); --stages overrides it.
     stages: list[Literal[STEPS]] | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -380,11 +387,17 @@ def safe_load_recipe(text: str) -> Any:
     return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
-    """The raw mapping of a built-in name or a YAML path."""
+def recipe_path(recipe: str | Path) -> Path:
+    """The file of a built-in name or a YAML path (which may not exist)."""
     path = Path(recipe)
     if path.suffix.lower() not in (".yaml", ".yml") and builtin_path(str(recipe)).exists():  # names may hold dots
         path = builtin_path(str(recipe))
+    return path
+
+
+def read_recipe_file(recipe: str | Path) -> dict[str, Any]:
+    """The raw mapping of a built-in name or a YAML path."""
+    path = recipe_path(recipe)
     if path.is_dir():
         raise UserError(
             f"--recipe {recipe} is a folder; give a recipe YAML file or a built-in name ({', '.join(builtin_names())})."
@@ -499,7 +512,7 @@ def check_training_keys(data: dict[str, Any]) -> list[str]:
         training = section.get("training") or {}
         if not isinstance(training, dict) or not training:
             continue
-        from rlhf_cli.trainer_configs import config_class  # imports transformers: not at the top
+        from rlhf_cli.models.trainer_configs import config_class  # imports transformers: not at the top
 
         cls = config_class(stage)
         valid = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -559,11 +572,12 @@ RENAMED_TRAINING_KEYS = {  # transformers 5's names for TrainingArguments fields
 }
 
 
-def _flat(value, prefix: str = "") -> dict[str, Any]:
+def _flat(value, prefix: str = "", keep_sections: bool = False) -> dict[str, Any]:
+    """{key.path: value} of the leaves; `keep_sections`: every section too, under its own path."""
     if isinstance(value, dict):
-        out = {}
+        out = {prefix: value} if keep_sections and prefix else {}
         for key, child in value.items():
-            out.update(_flat(child, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(_flat(child, f"{prefix}.{key}" if prefix else str(key), keep_sections))
         return out
     return {prefix: value}
 
@@ -597,3 +611,83 @@ def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
     """Write the resolved recipe as `recipe.yaml` in the run folder (atomically)."""
 
     return write_text_atomic(RunLayout(run_dir).recipe, recipe.to_yaml())
+
+
+# ------------------------------------------------------------------------------------------------------ recipe show
+
+_KEY_LINE = re.compile(r"^(\s*)([A-Za-z_][\w.-]*):(.*)$")
+REASON_CHARS = 140  # a reason printed beside a setting is cut to one line of about this length
+
+
+def setting_reasons(recipe: str | Path) -> dict[str, str]:
+    """{key.path: why} from the comments of a recipe file, the one place its reasons are written: the comment lines
+    directly above a key (no blank line between) and the comment at the end of its line. The file's opening comment
+    (what the recipe is, its commands) belongs to no key."""
+    reasons: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    above: list[str] = []
+    for line in recipe_path(recipe).read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            if stack or reasons:  # not the file's opening comment
+                above.append(text.lstrip("#").strip())
+            continue
+        match = _KEY_LINE.match(line)
+        if not match:  # a blank line or a list item ends the comment above
+            above = []
+            continue
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+        end = re.search(r"\s#\s*(.*)$", rest)
+        said = " ".join([*above, *([end.group(1)] if end else [])]).strip()
+        if said:
+            reasons[".".join(k for _, k in stack)] = said
+        above = []
+    return reasons
+
+
+def one_line(reason: str) -> str:
+    """The first sentence of a reason, cut at a word to about REASON_CHARS characters."""
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9(`])", reason, maxsplit=1)[0]
+    if len(first) <= REASON_CHARS:
+        return first
+    return first[:REASON_CHARS].rsplit(" ", 1)[0] + " ..."
+
+
+def show_yaml(recipe: Recipe, source: str | Path, overrides: list[str] | None, resolved: dict[str, tuple]) -> str:
+    """The recipe as a run uses it, a YAML document: every value the stages resolve at run time filled in
+    (`resolved`: stages.common.resolved_settings), and beside each setting of the file that differs from the schema's
+    default, the file's own reason for it (setting_reasons), unless --set changed it."""
+    data = recipe.model_dump(mode="json", by_alias=True)
+    notes: dict[str, list[str]] = {}
+    for key, (value, origin) in resolved.items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        notes.setdefault(key, []).append(origin)
+    defaults = _flat(Recipe().model_dump(mode="json", by_alias=True), keep_sections=True)
+    chosen = _flat(recipe.model_dump(mode="json", by_alias=True), keep_sections=True)
+    changed = [item.split("=", 1)[0].strip() for item in overrides or []]
+    reasons = setting_reasons(source) if recipe_path(source).is_file() else {}
+    for key, reason in reasons.items():
+        by_set = any(key == c or key.startswith(c + ".") or c.startswith(key + ".") for c in changed)
+        if key in chosen and chosen[key] != defaults.get(key) and not by_set:
+            notes.setdefault(key, []).insert(0, one_line(reason))
+    text = yaml.safe_dump(data, sort_keys=False, width=float("inf"))
+    lines, stack = [], []
+    for line in text.splitlines():
+        match = _KEY_LINE.match(line)
+        if match:
+            indent = len(match.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, match.group(2)))
+            note = notes.get(".".join(k for _, k in stack))
+            if note:
+                line += "  # " + "; ".join(note)
+        lines.append(line)
+    return "\n".join(lines) + "\n"

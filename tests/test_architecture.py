@@ -7,60 +7,47 @@ import ast
 from pathlib import Path
 
 import rlhf_cli
-from rlhf_cli.steps import MODEL_STAGES
+from rlhf_cli.runtime.steps import MODEL_STAGES
 
 LAYERS = [
     # leaves: no rlhf_cli import but one another
     [
-        "errors",
-        "people",
-        "hub",
-        "steps",
-        "layout",
-        "stats",
-        "precision",
-        "files",
-        "distributed",
-        "lock",
-        "data.toy",
-        "ppo.core",
-        "ppo.config",
+        *("runtime.errors", "runtime.steps", "runtime.layout", "runtime.files", "runtime.distributed", "runtime.lock"),
+        "runtime.precision",
+        "models.hub",
+        "people.offers",
+        "evaluation.stats",
+        *("data.toy", "ppo.core", "ppo.config"),
     ],
     # models, data, recipes, the one generation and one scoring path
     [
-        "data.read",
-        "data.formats",
-        "data.stage_data",
-        "data",
-        "modeling",
-        "generation",
-        "scoring",
-        "trainer_configs",
         "recipe",
-        "lm_eval",
-        "kwise",
+        *("data", "data.read", "data.formats", "data.stage_data"),
+        *("models.modeling", "models.generation", "models.scoring", "models.trainer_configs", "models.kwise"),
+        "evaluation.lm_eval",
     ],
     # run folders, checkpoints, callbacks; samples and rankings
-    ["runs", "callbacks", "feedback", "answers", "demonstrations", "web_label", "label_stats"],
+    [
+        *("runtime.runs", "runtime.callbacks"),
+        "models.answers",
+        *("people.feedback", "people.demonstrations", "people.web_label", "people.label_stats"),
+    ],
     # what every stage shares: trainer configs, the lifecycle driver, the PPO loop, the evaluation of a run
-    ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluate"],
+    ["stages.common", "stages.driver", "ppo.trainer", "ppo.sources", "evaluation.evaluate"],
     # stages and the commands built on one stage or one run
     [
-        *(f"stages.{name}" for name in MODEL_STAGES),  # every stage of the table (rlhf_cli.steps), one layer
-        "reward_inspect",
-        "report",
-        "export",
-        "chat",
-        "check",
+        *(f"stages.{name}" for name in MODEL_STAGES),  # every stage of the table (rlhf_cli.runtime.steps), one layer
+        *("models.export", "models.chat"),
+        *("evaluation.reward_inspect", "evaluation.report", "evaluation.check"),
     ],
     # many stages
-    ["pipeline", "sweep", "compare", "rounds"],
+    ["runtime.pipeline", "runtime.rounds", "evaluation.sweep", "evaluation.compare"],
     ["cli", "__main__"],
 ]
-PACKAGES = {"", "stages", "ppo"}  # empty __init__ files
+PACKAGES = {"", "stages", "ppo", "runtime", "models", "people", "evaluation"}  # __init__ files with no import
 # Modules that import torch or transformers when imported: the only ones another module may import inside a function
 # (so that importing it stays cheap), besides cli.py, whose command bodies import lazily to keep `rlhf --help` fast.
-IMPORT_HEAVY = {"ppo.trainer", "ppo.config", "ppo.core", "trainer_configs", "stages.pretrain"}
+IMPORT_HEAVY = {"ppo.trainer", "ppo.config", "ppo.core", "models.trainer_configs", "stages.pretrain"}
 
 
 def _graph(inside_functions_only: bool = False) -> dict[str, set[str]]:

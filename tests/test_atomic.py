@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rlhf_cli import callbacks, files, runs
 from rlhf_cli.cli import app
+from rlhf_cli.runtime import callbacks, files, runs
 
 
 def digest(folder):
@@ -55,7 +55,7 @@ def test_write_json_atomic_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     world, rng = ToyWorld(0), random.Random(0)

@@ -26,7 +26,7 @@ def models(tmp_path_factory):
     context; `remote` is `a` with a config whose auto_map names custom code; `rm` is `a` with a score head (a reward
     model)."""
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     root = tmp_path_factory.mktemp("models")

@@ -7,8 +7,8 @@ import copy
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli import chat as chat_mod
 from rlhf_cli.cli import app
+from rlhf_cli.models import chat as chat_mod
 
 TEXTS = ["the fox eats berries. the owl likes mice. hello there, my friend!"] * 40
 
@@ -19,7 +19,7 @@ def models(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from rlhf_cli.modeling import build_model, model_config, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, model_config, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     root = tmp_path_factory.mktemp("chat")
@@ -131,3 +131,65 @@ def test_folder_without_model_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["chat", str(tmp_path), "-p", "hi"])
     assert result.exit_code == 2
     assert "not a model folder" in result.output
+
+
+def test_world_lists_the_runs_animals_and_facts(models, tmp_path, capsys):
+    """/world prints world.json of the run the model is in: every animal with its colour, food, home and friend."""
+    import json
+    import shutil
+
+    from rlhf_cli.data.toy import ToyWorld
+
+    run = tmp_path / "run"
+    shutil.copytree(models["base"], run / "sft" / "final")
+    facts = ToyWorld(0).facts
+    (run / "data" / "toy").mkdir(parents=True)
+    (run / "data" / "toy" / "world.json").write_text(json.dumps({"seed": 0, "facts": facts}), encoding="utf-8")
+    script = iter(["/world", "/quit"])
+    chat_mod.chat(str(run / "sft" / "final"), max_new_tokens=4, ask=lambda _: next(script))
+    out, err = capsys.readouterr()
+    assert "12 animals" in err and "/world" in err  # the start says the world exists and how to see it
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") == 6}
+    assert set(rows) - {"animal"} == set(facts)
+    for animal, fact in facts.items():
+        cells = [c.strip() for c in rows[animal].split("│")[1:-1]]
+        assert cells == [animal, fact["colour"], fact["food"], fact["home"], fact["friend"]]
+
+
+def test_world_outside_a_toy_run_says_so(models, capsys):
+    script = iter(["/world", "/quit"])
+    chat_mod.chat(str(models["base"]), max_new_tokens=4, ask=lambda _: next(script))
+    assert "not in a toy-world run" in capsys.readouterr().err
+
+
+def test_greedy_by_default_and_samples_on_request(models, monkeypatch):
+    """Chat answers as the report's evaluation does (greedy) unless --temperature asks for sampling; one generate."""
+    calls = []
+    real_generate = chat_mod.generate
+
+    def spy(*args, **kw):
+        calls.append(kw["temperature"])
+        return real_generate(*args, **kw)
+
+    monkeypatch.setattr(chat_mod, "generate", spy)
+    ask = ["chat", str(models["base"]), "-p", "what does the owl eat?", "--max-new-tokens", "8"]
+    first, second = (CliRunner().invoke(app, ask) for _ in range(2))
+    assert first.exit_code == 0, first.output
+    assert calls == [0.0, 0.0] and first.stdout == second.stdout
+    sampled = CliRunner().invoke(app, [*ask, "--temperature", "0.7"])
+    assert sampled.exit_code == 0, sampled.output
+    assert calls[-1] == 0.7
+
+
+def test_readme_chat_examples_ask_about_animals_of_the_default_world():
+    """The README's chat examples name animals the tiny recipe's world (seed 0) has: a student can try them as printed."""
+    import re
+    from pathlib import Path
+
+    from rlhf_cli.data.toy import ANIMALS, ToyWorld
+    from rlhf_cli.recipe import load_recipe
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    asked = {a for line in readme.splitlines() if "rlhf chat" in line for a in re.findall(r"the (\w+)", line)}
+    asked &= set(ANIMALS)
+    assert asked and asked <= set(ToyWorld(load_recipe("tiny").seed).facts)

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from rlhf_cli import check as check_mod
 from rlhf_cli.cli import app
+from rlhf_cli.evaluation import check as check_mod
 
 SMALL = [
     "--set",
@@ -42,6 +42,7 @@ def test_tiny_recipe_passes_and_writes_nothing(tmp_path, monkeypatch):
         assert title in result.stdout
     assert "[[" in result.stdout and "<|assistant|>[[" in result.stdout  # the answer is marked, the prompt is not
     assert not run_dir.exists()  # toy data went to a temporary folder
+    assert f"--output-dir {run_dir}" in " ".join(result.stdout.split())  # the closing command works as printed
 
     summary = results[0]
     lengths = summary["sft_lengths"]

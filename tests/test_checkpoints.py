@@ -18,7 +18,7 @@ END_OF_TURN = {"qwen2.5": "<|im_end|>", "llama3": "<|eot_id|>", "gpt2": "<|endof
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_end_of_turn_is_the_templates_not_the_eos(family):
-    from rlhf_cli.modeling import end_of_turn_ids, ensure_chat_ready
+    from rlhf_cli.models.modeling import end_of_turn_ids, ensure_chat_ready
 
     tok = ensure_chat_ready(build_tokenizer(FAMILIES[family], TEXTS))
     stops = tok.convert_ids_to_tokens(end_of_turn_ids(tok))
@@ -29,7 +29,7 @@ def test_end_of_turn_is_the_templates_not_the_eos(family):
 
 
 def test_generation_cuts_at_any_end_of_turn_token():
-    from rlhf_cli.generation import cut_at_eos
+    from rlhf_cli.models.generation import cut_at_eos
     from rlhf_cli.ppo.core import mask_after_eos
 
     assert cut_at_eos([5, 6, 9, 7, 3], [3, 9]) == ([5, 6], True)
@@ -43,7 +43,7 @@ def test_generation_cuts_at_any_end_of_turn_token():
 
 
 def test_a_bf16_checkpoint_loads_with_fp32_masters_and_stops_at_its_turn(tmp_path):
-    from rlhf_cli.modeling import checkpoint_dtype, frozen_dtype, load_causal_lm, load_tokenizer
+    from rlhf_cli.models.modeling import checkpoint_dtype, frozen_dtype, load_causal_lm, load_tokenizer
 
     ckpt = build("qwen2.5", tmp_path / "qwen", texts=TEXTS)
     assert checkpoint_dtype(str(ckpt)) == "bfloat16"
@@ -58,7 +58,7 @@ def test_a_bf16_checkpoint_loads_with_fp32_masters_and_stops_at_its_turn(tmp_pat
 
 
 def test_save_model_keeps_the_sources_dtype_only_when_rounding_keeps_the_update(tmp_path):
-    from rlhf_cli.modeling import load_causal_lm, save_model
+    from rlhf_cli.models.modeling import load_causal_lm, save_model
 
     ckpt = build("qwen2.5", tmp_path / "qwen", texts=TEXTS)
     model = load_causal_lm(str(ckpt))
@@ -97,7 +97,7 @@ def test_deepspeed_auto_batch_sizes_are_filled_for_ppo():
 
 
 def test_which_engines_shard_the_model():
-    from rlhf_cli.distributed import sharded
+    from rlhf_cli.runtime.distributed import sharded
 
     def acc(ds_stage=None, kind="MULTI_GPU"):
         plugin = SimpleNamespace(zero_stage=ds_stage) if ds_stage else None
@@ -111,7 +111,7 @@ def test_which_engines_shard_the_model():
 def test_frozen_models_load_whole_under_fsdps_ram_efficient_loading(monkeypatch):
     import os
 
-    from rlhf_cli.distributed import whole_loading
+    from rlhf_cli.runtime.distributed import whole_loading
 
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
     with whole_loading():
@@ -137,8 +137,8 @@ def test_fsdp_and_deepspeed_are_refused_on_cpu_processes(engine, monkeypatch, ca
 def test_sft_refuses_a_template_that_cannot_mask_the_answers():
     """A template without {% generation %} markers that TRL has no training twin of: refused in one sentence before
     anything trains (TRL would raise deep inside SFTTrainer); a known template gets TRL's twin."""
-    from rlhf_cli.errors import UserError
-    from rlhf_cli.modeling import check_trainable_template, training_chat_template
+    from rlhf_cli.models.modeling import check_trainable_template, training_chat_template
+    from rlhf_cli.runtime.errors import UserError
 
     tok = build_tokenizer(FAMILIES["qwen2.5"], TEXTS)
     assert "{% generation %}" in training_chat_template(tok).replace("{%- generation %}", "{% generation %}")

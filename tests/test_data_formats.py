@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from rlhf_cli.data import expand_rankings, group_id, load_stage_data, read_table, train_eval_split
-from rlhf_cli.errors import UserError
+from rlhf_cli.runtime.errors import UserError
 
 datasets.disable_progress_bars()
 

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from rlhf_cli.cli import app
 from rlhf_cli.data.toy import ToyWorld, toy_files
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import build_model, train_tokenizer
+from rlhf_cli.models.modeling import build_model, train_tokenizer
 from rlhf_cli.recipe import ModelSpec, load_recipe
+from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.stages import dpo
 
 TINY = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=256)
@@ -67,7 +67,7 @@ def test_dpo_learns_the_rankings_and_saves_a_policy(run):
     assert AutoModelForCausalLM.from_pretrained(run / "dpo" / "final").config.hidden_size == 32
     lineage = json.loads((run / "dpo" / "final" / "lineage.json").read_text())
     assert lineage["stage"] == "dpo" and lineage["parents"]["reference"].endswith("sft/final")
-    from rlhf_cli.report import step_headline
+    from rlhf_cli.evaluation.report import step_headline
 
     headline = step_headline(run, "dpo")["text"]  # the pipeline's summary line: DPO's own check, not PPO's
     assert headline.startswith("gold reward ") and "vs SFT" in headline and "on 4 held-out prompts" in headline

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import RunLayout
 from rlhf_cli.recipe import load_recipe
-from rlhf_cli.runs import Interrupted
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.runs import Interrupted
 from rlhf_cli.stages import driver
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_cli import evaluate as ev
-from rlhf_cli import stats
+from rlhf_cli.evaluation import evaluate as ev
+from rlhf_cli.evaluation import stats
 
 
 def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
@@ -80,7 +80,7 @@ def tiny_run(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.modeling import build_model, model_config, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, model_config, train_tokenizer
     from rlhf_cli.recipe import ModelSpec, Recipe, save_resolved
 
     run = tmp_path_factory.mktemp("run")
@@ -101,7 +101,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_sequence_logprobs_match_a_direct_computation(tiny_run):
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(tiny_run / "sft" / "final")), load_tokenizer(str(tiny_run / "sft" / "final"))
     prompt, answer = [5, 6, 7], [8, 9, tok.eos_token_id]
@@ -150,7 +150,7 @@ def test_length_controlled_win_rate_is_undefined_when_length_and_model_are_confo
 def test_intervals_hold_their_own_estimate(k, n):
     # Wilson's upper end for 6 of 6 came out as 0.9999999999999999 < 1.0: the report's error bar went negative and
     # matplotlib refused the whole report ("'yerr' must not contain negative values").
-    from rlhf_cli.stats import wilson
+    from rlhf_cli.evaluation.stats import wilson
 
     low, high = wilson(k, n)
     assert low <= k / n <= high
@@ -161,7 +161,7 @@ def test_intervals_hold_their_own_estimate(k, n):
 def test_eval_reports_every_kind_of_prompt_with_its_rates(tiny_run):
     """On the toy world each model's figures come per kind of prompt (fact, describe, unknown, harm), each with its
     own rate and an interval, and the side-by-side answers say each prompt's kind and what a good answer holds."""
-    from rlhf_cli.answers import KIND_RATES
+    from rlhf_cli.models.answers import KIND_RATES
 
     ev.evaluate_run(tiny_run, overrides=["eval.num_prompts=40"])
     saved = json.loads((tiny_run / "eval" / "eval.json").read_text())
@@ -179,7 +179,7 @@ def test_gao_fit_recovers_the_over_optimisation_curve():
     """Gao et al. 2022's forms, fitted to points drawn from them, give back alpha, beta and the KL where gold peaks."""
     import math
 
-    from rlhf_cli.stats import gao_curve, gao_fit
+    from rlhf_cli.evaluation.stats import gao_curve, gao_fit
 
     kls = [0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0]
     rl = [math.sqrt(k) * (0.3 - 0.2 * math.log(math.sqrt(k))) for k in kls]

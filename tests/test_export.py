@@ -19,7 +19,7 @@ def adapter(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     root = tmp_path_factory.mktemp("export")

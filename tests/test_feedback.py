@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import label, label_human, parse_ranking, sample
+from rlhf_cli.people.feedback import label, label_human, parse_ranking, sample
 from rlhf_cli.recipe import ModelSpec, load_recipe
+from rlhf_cli.runtime.errors import UserError
 
 PROMPTS = ["what does the fox eat?", "where does the owl live?", "what colour is the bear?", "hi"]
 
@@ -161,8 +161,8 @@ def test_overwrite_never_deletes_what_a_person_ranked(tmp_path):
     # explicit --overwrite (or a toy run over a person's file) moves their rankings to feedback/backup/ first.
     from typer.testing import CliRunner
 
-    from rlhf_cli import feedback
     from rlhf_cli.cli import app
+    from rlhf_cli.people import feedback
 
     _write_samples(tmp_path)
     out = tmp_path / "feedback" / "rankings.jsonl"
@@ -238,7 +238,7 @@ def test_rankings_file_made_elsewhere(tmp_path):
 
 
 def test_sample_writes_k_answers_per_prompt(tmp_path):
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
 
     tok = train_tokenizer([p for p in PROMPTS * 20] + ["the fox eats berries."] * 20, vocab_size=300, min_frequency=1)
     model_dir = tmp_path / "model"
@@ -272,3 +272,45 @@ def test_sample_writes_k_answers_per_prompt(tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         sample(rec, tmp_path / "run", model=str(model_dir))
     sample(rec, tmp_path / "run", model=str(model_dir), overwrite=True)
+
+
+def test_the_terminal_shows_the_rubric_and_names_the_peoples_round_when_nothing_is_left(tmp_path):
+    """The recipe's rubric is on the screen with every prompt (none set: nothing extra); a person who finds every
+    prompt ranked by the toy annotator is told who ranked them and what to run (`more`), and ranks a people's round
+    into feedback/people/ with the annotator's rankings untouched."""
+    from rlhf_cli.people.feedback import label_toy, read_samples
+
+    samples = _write_samples(tmp_path)
+    toy = tmp_path / "feedback" / "rankings.jsonl"
+    label_toy(read_samples(samples, to_rank=True), toy, seed=0, noise=0.1)
+    toy_bytes = toy.read_bytes()
+    rubric = load_recipe("tiny").feedback.rubric
+    assert rubric and any("right fact" in line for line in rubric)  # the toy world's, in words
+
+    screen = io.StringIO()
+    label_human(samples, toy, ask=_script(), console=Console(file=screen, width=200), rubric=rubric, more="RUN THIS")
+    assert "All 3 prompts are ranked or skipped" in screen.getvalue() and "toy 3" in screen.getvalue()
+    assert screen.getvalue().rstrip().endswith("RUN THIS") and toy.read_bytes() == toy_bytes
+
+    people = tmp_path / "feedback" / "people"
+    people.mkdir()
+    (people / "samples.jsonl").write_bytes(samples.read_bytes())
+    rec = load_recipe("tiny")
+    screen = io.StringIO()
+    label(
+        rec,
+        tmp_path,
+        annotator="human",
+        people=True,
+        ask=_script("2 1 3", "q"),
+        console=Console(file=screen, width=200),
+    )
+    assert rubric[0] in screen.getvalue() and "what we value" in screen.getvalue()
+    assert [r["responses"] for r in _rows(people / "rankings.jsonl")] == [["b0", "a0", "c0"]]
+    assert toy.read_bytes() == toy_bytes
+    with pytest.raises(UserError, match="--annotator human or web"):
+        label(rec, tmp_path, annotator="toy", people=True)
+
+    screen = io.StringIO()
+    label_human(samples, tmp_path / "fresh.jsonl", ask=_script("q"), console=Console(file=screen, width=200))
+    assert "what we value" not in screen.getvalue()  # no rubric: nothing extra

@@ -40,7 +40,7 @@ def _eval(run_dir: Path, stage: str) -> dict:
 
 
 def test_generation_stops_at_the_templates_end_of_turn(run):
-    from rlhf_cli.modeling import end_of_turn_ids, load_tokenizer
+    from rlhf_cli.models.modeling import end_of_turn_ids, load_tokenizer
 
     family, source, out = run
     tok = load_tokenizer(str(out / "sft" / "final"))
@@ -116,7 +116,7 @@ def test_small_updates_to_a_bf16_checkpoint_are_kept(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from rlhf_cli.modeling import load_causal_lm
+    from rlhf_cli.models.modeling import load_causal_lm
 
     source = build("qwen2.5", tmp_path / "qwen")
     assert load_causal_lm(str(source)).dtype == torch.float32  # the checkpoint is bf16 on disk
@@ -140,7 +140,7 @@ def test_rounding_change_measures_what_bf16_would_undo(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from rlhf_cli.modeling import rounding_change
+    from rlhf_cli.models.modeling import rounding_change
 
     source = torch.randn(64, 64).to(torch.bfloat16)
     save_file({"w": source}, str(tmp_path / "model.safetensors"))

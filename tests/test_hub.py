@@ -5,9 +5,9 @@ import socket
 import pytest
 from huggingface_hub import constants
 
-from rlhf_cli import hub
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+from rlhf_cli.models import hub
+from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
+from rlhf_cli.runtime.errors import UserError
 
 
 @pytest.fixture

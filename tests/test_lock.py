@@ -1,4 +1,4 @@
-"""One writer per run folder (rlhf_cli.lock): a second writer is refused in one sentence naming the holder's command and
+"""One writer per run folder (rlhf_cli.runtime.lock): a second writer is refused in one sentence naming the holder's command and
 process; a lock left by a killed process is taken over; nothing is left behind. Between real processes (subprocess),
 and within one (re-entry, threads, run folders inside runs)."""
 
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from test_bad_input import snapshot
 
-from rlhf_cli.errors import UserError
-from rlhf_cli.lock import holder, run_lock
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.lock import holder, run_lock
 
 RLHF = [sys.executable, "-m", "rlhf_cli"]
 HOLD = """
 import sys, time
-from rlhf_cli.lock import run_lock
+from rlhf_cli.runtime.lock import run_lock
 with run_lock(sys.argv[1], sys.argv[2]):
     print("held", flush=True)
     time.sleep(120)
@@ -208,7 +208,12 @@ def test_two_trainings_of_one_run_and_the_web_page_against_a_labeller(finished_r
         text=True,
     )
     try:
-        assert "Ranking page for" in page.stdout.readline()
+        # the page serves (and holds the lock) once it has said so; on a run the toy annotator ranked whole it first
+        # says that, and the command for a people's round
+        said = []
+        while len(said) < 6 and not any("Ranking page for" in line for line in said):
+            said.append(page.stdout.readline())
+        assert "Ranking page for" in said[-1], said
         rankings = (run / "feedback" / "rankings.jsonl").read_bytes()
         toy = rlhf("label", "--recipe", recipe, "-o", str(run), "--annotator", "toy", "--overwrite")
         assert toy.returncode == 2 and "rlhf label" in toy.stderr and "--annotator web" in toy.stderr, toy.stderr

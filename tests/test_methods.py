@@ -7,13 +7,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli.answers import best_of_n, best_of_n_kl
 from rlhf_cli.cli import app
 from rlhf_cli.data.toy import toy_files
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import build_model, train_tokenizer
+from rlhf_cli.models.answers import best_of_n, best_of_n_kl
+from rlhf_cli.models.modeling import build_model, train_tokenizer
+from rlhf_cli.models.scoring import load_reward_model, score
 from rlhf_cli.recipe import ModelSpec, load_recipe
-from rlhf_cli.scoring import load_reward_model, score
+from rlhf_cli.runtime.errors import UserError
 
 TINY = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=256)
 METHODS = ["best_of_n", "rloo", "grpo"]  # expert iteration: below (a random model never ends an answer)
@@ -67,7 +67,7 @@ def _recipe(*extra):
 
 
 def test_best_of_n_keeps_the_reward_models_argmax(run):
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
 
     recipe = _recipe()
     tok = load_tokenizer(str(run / "sft" / "final"))
@@ -96,7 +96,7 @@ def test_each_method_writes_a_loadable_policy_and_its_eval(run, method):
     assert set(saved["gold_gain"]) == {"mean", "low", "high", "n"}  # the toy world judges it against SFT
     assert saved["episodes"] == metrics["episodes"] > 0
     lineage = json.loads((final / "lineage.json").read_text())
-    assert lineage["stage"] == method and lineage["parents"]["policy"] == str(run / "sft" / "final")
+    assert lineage["stage"] == method and lineage["parents"]["policy"] == "sft/final"  # relative to the run
     if method == "best_of_n":
         assert json.loads((final / "best_of_n.json").read_text())["n"] == 4
         assert saved["kl_to_sft_bound"] == pytest.approx(best_of_n_kl(4), abs=1e-6)

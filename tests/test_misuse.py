@@ -123,7 +123,7 @@ def test_a_resumed_screen_checks_the_answers_not_only_the_prompt(run, tmp_path):
     write_jsonl(samples, other)  # the same prompts sampled again: other answers
     by_a_person(run)
     assert_refused(tmp_path, ["label", *R(run), "--annotator", "human"], "other samples", "sample 1", "--overwrite")
-    from rlhf_cli.web_label import Board
+    from rlhf_cli.people.web_label import Board
 
     with pytest.raises(Exception, match="other samples"):
         Board(run / "feedback")
@@ -286,8 +286,8 @@ def test_the_finished_run_is_left_as_it_was_by_every_refusal_above(run, tmp_path
 def test_the_kind_is_read_from_a_folder_an_adapter_or_a_hub_ids_cached_config(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from rlhf_cli.errors import UserError
-    from rlhf_cli.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
+    from rlhf_cli.models.modeling import CAUSAL_LM, REWARD_MODEL, check_model_kind
+    from rlhf_cli.runtime.errors import UserError
 
     def folder(name, files):
         path = tmp_path / name

@@ -5,11 +5,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli import pipeline
-from rlhf_cli.errors import UserError
-from rlhf_cli.layout import RunLayout
 from rlhf_cli.recipe import load_recipe
-from rlhf_cli.steps import MODEL_STAGES
+from rlhf_cli.runtime import pipeline
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.steps import MODEL_STAGES
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_cli_bad_stage_exits_2_with_a_hint(tmp_path):
 
 
 def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, monkeypatch):
-    from rlhf_cli import sweep
+    from rlhf_cli.evaluation import sweep
     from rlhf_cli.stages import ppo
 
     run = tmp_path / "run"
@@ -208,8 +208,8 @@ def test_sweep_trains_ppo_per_value_from_the_same_models_and_plots(tmp_path, mon
 
 
 def test_sweep_runs_best_of_n_per_n_with_its_analytic_kl(tmp_path, monkeypatch):
-    from rlhf_cli import sweep
-    from rlhf_cli.answers import best_of_n_kl
+    from rlhf_cli.evaluation import sweep
+    from rlhf_cli.models.answers import best_of_n_kl
     from rlhf_cli.stages import best_of_n
 
     run = tmp_path / "run"
@@ -241,7 +241,7 @@ def test_sweep_runs_best_of_n_per_n_with_its_analytic_kl(tmp_path, monkeypatch):
 
 
 def test_sweep_refuses_a_key_outside_ppo(tmp_path):
-    from rlhf_cli.sweep import run_sweep
+    from rlhf_cli.evaluation.sweep import run_sweep
 
     with pytest.raises(UserError, match="ppo"):
         run_sweep(

@@ -32,7 +32,7 @@ def skeleton(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_cli.data.toy import toy_files
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
 
     run = tmp_path_factory.mktemp("ppo_skeleton")
     files = toy_files(run / "data" / "toy", 0)
@@ -116,7 +116,7 @@ def test_ppo_stage_outputs_then_resume_after_a_kill(skeleton, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters(), strict=True))
 
     # Without --resume or --overwrite the stage refuses to clobber the folder.
-    from rlhf_cli.errors import UserError
+    from rlhf_cli.runtime.errors import UserError
 
     with pytest.raises(UserError):
         ppo.run(first, run)

@@ -10,9 +10,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli import precision
 from rlhf_cli.cli import app
 from rlhf_cli.recipe import load_recipe
+from rlhf_cli.runtime import precision
 from rlhf_cli.stages.common import build_trainer_configs, trainer_config
 
 TINY = [
@@ -78,7 +78,7 @@ def test_a_gpu_with_bf16_picks_bf16_at_any_size(monkeypatch):
 
 
 def test_an_unknown_precision_setting_is_a_recipe_error():
-    from rlhf_cli.errors import UserError
+    from rlhf_cli.runtime.errors import UserError
 
     with pytest.raises(UserError, match="precision"):
         load_recipe("tiny", ["precision=fp16"])

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rlhf_cli import lm_eval
+from rlhf_cli.evaluation import lm_eval
 from rlhf_cli.recipe import load_recipe
 from rlhf_cli.stages import pretrain
 
@@ -72,7 +72,7 @@ def test_bits_per_byte_by_hand():
 
 
 def test_target_bytes_count_exactly_the_scored_text():
-    from rlhf_cli.modeling import train_tokenizer
+    from rlhf_cli.models.modeling import train_tokenizer
 
     tok = train_tokenizer(["héllo wörld, the fox eats berries."] * 50, vocab_size=300)
     ids = (
@@ -92,7 +92,7 @@ def test_target_bytes_count_exactly_the_scored_text():
 def test_pack_puts_eos_between_documents():
     import datasets
 
-    from rlhf_cli.modeling import train_tokenizer
+    from rlhf_cli.models.modeling import train_tokenizer
 
     tok = train_tokenizer(["a b c d e f g"] * 20, vocab_size=300)
     docs = datasets.Dataset.from_dict({"text": ["a b", "c d e", "f"]})
@@ -120,7 +120,7 @@ def test_existing_stage_refused_without_overwrite(trained):
 
 
 def test_steady_speed_leaves_out_the_warm_up_steps():
-    from rlhf_cli.callbacks import steady_seconds_per_step
+    from rlhf_cli.runtime.callbacks import steady_seconds_per_step
 
     ends = [0.0, 60.0] + [60.0 + 0.5 * i for i in range(1, 19)]  # a 60 s compile in step 1, then 0.5 s a step
     assert steady_seconds_per_step(ends) == 0.5
@@ -228,8 +228,8 @@ def test_a_resumed_run_continues_the_budgets_clock(tmp_path):
 
 
 def test_rounds_refuse_a_recipe_whose_reward_model_reads_another_source(tmp_path):
-    from rlhf_cli.errors import UserError
-    from rlhf_cli.rounds import run_rounds
+    from rlhf_cli.runtime.errors import UserError
+    from rlhf_cli.runtime.rounds import run_rounds
 
     rec = _recipe("reward.data.path=elsewhere.jsonl")
     with pytest.raises(UserError, match="unset reward.data to run rounds"):

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import BUILTIN_DIR, apply_overrides, builtin_names, load_recipe, save_resolved
+from rlhf_cli.runtime.errors import UserError
 
 
 def test_builtin_tiny_resolves_and_override_applies():
@@ -92,15 +92,15 @@ def test_a_data_path_set_on_a_hub_recipe_replaces_the_hub_source():
     assert hub.sft.data.hub == "HuggingFaceH4/ultrachat_200k" and not hub.sft.data.toy
 
 
-# PPO's algorithm keys are null in the recipe and take rlhf_cli.ppo.PPOConfig's defaults, which the README shows.
+# PPO's algorithm keys are null in the recipe and take rlhf_cli.ppo.PPOConfig's defaults, which docs/recipes.md shows.
 PPO_RESOLVED_LATER = {"kl_coef", "kl_estimator", "response_length", "temperature", "missing_eos_penalty", "ptx_coef"}
 
 
-def test_readme_recipe_reference_is_a_valid_recipe_of_the_defaults(tmp_path):
-    # The README's "every key with its default" block must load, and its values must be the defaults it claims.
+def test_recipe_reference_is_a_valid_recipe_of_the_defaults(tmp_path):
+    # docs/recipes.md's "every key with its default" block must load, and its values must be the defaults it claims.
     from rlhf_cli.ppo.config import PPOConfig
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parent.parent / "docs" / "recipes.md").read_text(encoding="utf-8")
     start = readme.index("```yaml\nname: my-run") + len("```yaml\n")
     block = readme[start : readme.index("```", start)]
     (tmp_path / "ref.yaml").write_text(block)
@@ -136,3 +136,54 @@ def test_training_values_torch_refuses_late_are_refused_early(tmp_path, override
     stage = override.split(".")[0]
     with pytest.raises(UserError, match=message):
         trainer_config(rec, stage, tmp_path / stage)
+
+
+def test_recipe_show_prints_resolved_values_and_the_files_reasons():
+    """`rlhf recipe show tiny`: a YAML document with the values PPO's config resolves (no null where a stage fills one
+    in), and beside tiny's own settings the reason its file's comment gives; a --set value loses the file's reason."""
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+    from rlhf_cli.ppo.config import PPOConfig
+
+    result = CliRunner().invoke(app, ["recipe", "show", "tiny", "--set", "pretrain.block_size=32"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert shown["ppo"]["temperature"] == PPOConfig.temperature == 0.9
+    assert shown["ppo"]["kl_estimator"] == PPOConfig.kl_estimator
+    assert shown["ppo"]["kl_coef"] == 0.2 and shown["ppo"]["response_length"] == 32  # tiny's own
+    assert shown["model"]["hidden_size"] == 128  # the tiny size preset (modeling.SIZE_PRESETS)
+    resolved = [f"ppo.{k}" for k in ("kl_estimator", "kl_horizon", "temperature", "missing_eos_penalty", "ptx_coef")]
+    assert all(shown[s][k] is not None for s, k in (r.split(".") for r in resolved))
+    lines, section = {}, ""
+    for line in result.stdout.splitlines():
+        section = section if line.startswith(" ") else line.split(":")[0]
+        lines[f"{section}.{line.split(':')[0].strip()}"] = line
+    text = (BUILTIN_DIR / "tiny.yaml").read_text(encoding="utf-8")
+    comment = next(line for line in text.splitlines() if line.startswith("  response_length:")).split("# ", 1)[1]
+    assert lines["ppo.response_length"].endswith(f"# {comment}")
+    assert "#" not in lines["pretrain.block_size"]  # set by --set: the file's reason no longer applies
+    assert "# PPOConfig's default" in lines["ppo.temperature"]
+
+
+def test_readme_own_model_recipe_loads_as_printed(tmp_path):
+    """The README's "your data and your model" recipe is a valid recipe that says what it claims."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```yaml\n# my-run.yaml") + len("```yaml\n")
+    (tmp_path / "my-run.yaml").write_text(readme[start : readme.index("```", start)])
+    rec = load_recipe(str(tmp_path / "my-run.yaml"))
+    assert rec.name == "my-run" and rec.sft.init_from == "Qwen/Qwen2.5-0.5B-Instruct" and rec.sft.lora.r == 16
+    assert rec.feedback.data.path == "my_prompts.jsonl" and rec.ppo.data.path == "my_prompts.jsonl"
+
+
+def test_every_link_of_the_readme_and_the_docs_points_to_a_file():
+    import re
+
+    root = Path(__file__).parent.parent
+    pages = [root / "README.md", root / "bench" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert broken == []

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from rlhf_cli import evaluate as ev
-from rlhf_cli import stats
-from rlhf_cli.errors import UserError
-from rlhf_cli.report import build_report, headline
+from rlhf_cli.evaluation import evaluate as ev
+from rlhf_cli.evaluation import stats
+from rlhf_cli.evaluation.report import build_report, headline
+from rlhf_cli.runtime.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -120,6 +120,7 @@ def fake_run(tmp_path):
         },
         "samples": [{"prompt": "tell me what the fox eats.", **{k: v["answers"][0] for k, v in per.items()}}] * 3,
         "ppo_gold_gain": stats.paired_difference_ci(per["ppo"]["gold"], per["sft"]["gold"]),
+        "per_prompt": {name: {k: v for k, v in row.items() if k != "model"} for name, row in per.items()},
     }
     _json(run / "eval" / "eval.json", eval_json)
     _json(
@@ -182,7 +183,7 @@ def test_empty_folder_is_a_user_error(tmp_path):
 
 
 def test_targets_come_from_the_recipe_and_say_what_was_missed(fake_run):
-    from rlhf_cli.report import assess
+    from rlhf_cli.evaluation.report import assess
 
     (fake_run / "recipe.yaml").write_text(
         "targets: {reward_gold_accuracy: 0.9, ppo_gold_gain_low: 0.0, sft_finished_rate: 0.95, junk_rate: 0.0}\n"
@@ -204,7 +205,7 @@ def test_targets_come_from_the_recipe_and_say_what_was_missed(fake_run):
 def test_a_reward_model_that_prefers_the_worse_model_is_flagged(tmp_path):
     """About PPO against SFT (what PPO optimised): a red flag (exit 3). About SFT against base (answers unlike the
     ones it was trained on): a caution, listed but not a failed run."""
-    from rlhf_cli.report import cautions, red_flags
+    from rlhf_cli.evaluation.report import cautions, red_flags
 
     def wins(pair, rm, gold):
         _json(
@@ -220,3 +221,61 @@ def test_a_reward_model_that_prefers_the_worse_model_is_flagged(tmp_path):
     assert "prefers base" in note and "the gold reward SFT" in note and red_flags(tmp_path) == []
     wins("sft_vs_base", 0.6, 0.78)
     assert red_flags(tmp_path) == [] and cautions(tmp_path) == []
+
+
+def test_report_opens_with_an_account_in_the_runs_own_numbers_and_a_glossary(fake_run):
+    """What each stage changed, in words, from the run's files: a student reads it before any table."""
+    build_report(fake_run)
+    report = json.loads((fake_run / "report" / "report.json").read_text())
+    models = json.loads((fake_run / "eval" / "eval.json").read_text())["models"]
+    account = "\n".join(report["account"])
+    assert "0.612 bits per byte" in account and "3.400 before training" in account and "71%" in account
+    sft, ppo = models["sft"]["gold_reward"]["mean"], models["ppo"]["gold_reward"]["mean"]
+    assert f"to {sft:.3f}" in account and f"from {sft:.3f} to {ppo:.3f}" in account
+    assert "83% of 300 held-out pairs" in account and "86% of held-out pairs whose gold reward differs" in account
+    assert "The **gold reward** is the toy world's own score" in account
+    assert '"eats berries sft" is in 0% of its answers, 100% of SFT\'s' in account  # the phrase PPO dropped
+    md = (fake_run / "report" / "report.md").read_text()
+    assert md.index("What happened, in plain words") < md.index("## Headline")
+    assert "| 0.612 | the last tenth of the pre-training text" in md  # every figure names its prompt set
+    assert "| gold reward: SFT → PPO |" in md and "40 held-out prompts, greedy (`rlhf eval`) |" in md
+    glossary = md[md.index("## Glossary") :]
+    assert "- **KL**:" in glossary and "- **bits per byte**:" in glossary and "- **DPO**:" not in glossary
+
+
+def test_phrase_shift_finds_what_a_policy_learned_to_say():
+    from rlhf_cli.evaluation.report import phrase_shift
+
+    before = [f"the {a} eats berries." for a in ("fox", "owl", "bear", "wolf")]
+    after = [f"the {a} eats berries. happy to help!" for a in ("fox", "owl", "bear", "wolf")]
+    phrase, share_before, share_after = phrase_shift(before, after)
+    assert "happy" in phrase or "help" in phrase
+    assert (share_before, share_after) == (0.0, 1.0)
+    assert phrase_shift(before, before) is None  # nothing moved
+
+
+def test_a_length_caution_is_the_same_sentence_in_inspect_the_report_and_the_pipeline(fake_run):
+    """One verdict on the reward model: the stage's held-out length check, `rlhf reward inspect` and the report."""
+    from rlhf_cli.evaluation import reward_inspect
+    from rlhf_cli.evaluation.report import assess
+    from rlhf_cli.models.scoring import length_caution, length_preference
+
+    pairs = [
+        {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "a " * (i % 5 + 2), "rejected": "b", "margin": 0.0}
+        for i in range(40)
+    ]
+    n_tokens = {t: len(t.split()) for r in pairs for t in (r["chosen"], r["rejected"])}
+    chosen, rejected = [float(n_tokens[r["chosen"]]) for r in pairs], [1.0] * 40
+    inspected = reward_inspect.inspect_scores(pairs, chosen, rejected, n_tokens)
+    stage = length_preference(pairs, chosen, rejected, n_tokens)
+    sentence = length_caution(inspected)
+    assert sentence and sentence == length_caution(stage)
+    assert "about as often as the raters chose the longer one (100%)" in sentence  # the data's chosen were longer
+    reward_eval = json.loads((fake_run / "reward" / "eval.json").read_text())
+    _json(fake_run / "reward" / "eval.json", {**reward_eval, "length": stage})
+    assert sentence in assess(fake_run)["cautions"]  # what `rlhf pipeline` prints and saves
+    build_report(fake_run)
+    md = (fake_run / "report" / "report.md").read_text()
+    assert f"- {sentence}" in md and "Verdict: 1 finding(s)" in md
+    _json(fake_run / "reward" / "eval.json", reward_eval)  # no length figures (an older run): no caution
+    assert not any("answer length" in c for c in assess(fake_run)["cautions"])

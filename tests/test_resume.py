@@ -31,7 +31,7 @@ TOL = 1e-5
 # the step's log line), i.e. after checkpoint-2 and before checkpoint-4.
 CHILD = """
 import os, signal, sys
-from rlhf_cli import callbacks
+from rlhf_cli.runtime import callbacks
 kill_at = int(os.environ["RLHF_TEST_KILL_AT"])
 make = callbacks.make_callbacks
 def make_callbacks(stage_dir, stage):
@@ -72,7 +72,7 @@ def setup(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_cli.data.toy import ToyWorld
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     root = tmp_path_factory.mktemp("resume")
@@ -231,7 +231,7 @@ def run_stage(stage: str, setup: Path, run_dir: Path, **kw) -> dict:
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "grpo"])
 def test_sigkill_then_resume_is_exact(setup, children, stage):
-    from rlhf_cli.runs import newest_checkpoint
+    from rlhf_cli.runtime.runs import newest_checkpoint
 
     rc, output = children[stage]
     assert rc == -signal.SIGKILL, output[-3000:]
@@ -253,7 +253,7 @@ def test_sigkill_then_resume_is_exact(setup, children, stage):
 
 
 def test_ppo_sigkill_then_resume(setup, children):
-    from rlhf_cli.runs import newest_checkpoint
+    from rlhf_cli.runtime.runs import newest_checkpoint
 
     rc, output = children["ppo"]
     assert rc == -signal.SIGKILL, output[-3000:]
@@ -273,7 +273,7 @@ def test_ppo_sigkill_then_resume(setup, children):
 
 def test_sigint_saves_a_checkpoint_and_exits_130(setup, children):
     from rlhf_cli.recipe import load_recipe
-    from rlhf_cli.runs import newest_checkpoint
+    from rlhf_cli.runtime.runs import newest_checkpoint
     from rlhf_cli.stages import pretrain
 
     rc, output = children["sigint"]

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf_cli import kwise, reward_inspect, scoring, stats
 from rlhf_cli.data import expand_rankings
-from rlhf_cli.errors import UserError
+from rlhf_cli.evaluation import reward_inspect, stats
+from rlhf_cli.models import kwise, scoring
 from rlhf_cli.recipe import ModelSpec, load_recipe
+from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.stages import reward
 
 TOPICS = ["cats", "dogs", "rain", "tea", "maps", "boats", "snow", "bread", "music", "trees", "stars", "shoes"]
@@ -23,7 +24,7 @@ def _user(text):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
 
     words = TOPICS + ["good", "bad", "this", "is", "about", "tell", "me", "it", "very", "quite", "really", "ok"]
     rng = random.Random(0)
@@ -52,7 +53,7 @@ def _recipe(data, init, *extra):
 
 
 def test_kwise_batch_holds_a_prompts_comparisons_in_order(tiny_model):
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.models.modeling import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
     rankings = [
@@ -76,7 +77,7 @@ def test_kwise_batch_holds_a_prompts_comparisons_in_order(tiny_model):
 
 
 def test_kwise_loss_is_mean_pairwise_loss(tiny_model):
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.models.modeling import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
     rankings = [
@@ -121,7 +122,7 @@ def test_reward_model_learns_easy_preference(tmp_path, tiny_model):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_cli.data import load_stage_data, train_eval_split
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.models.modeling import load_tokenizer
 
     data = _synthetic_rankings(tmp_path / "rankings.jsonl")
     rec = _recipe(data, tiny_model, "reward.training.center_rewards_coefficient=0.01")
@@ -183,6 +184,9 @@ def test_hh_transcripts_pairwise_and_inspect_flags_length(tmp_path, tiny_model):
         final, out_dir=tmp_path / "inspect"
     )  # default data: its held-out prompts
     assert report["length_alarm"] and report["length_correlation"] > 0.5 and report["prefers_longer"] > 0.8
+    # the stage measured the same on the same held-out pairs: its summary, the report and inspect give one verdict
+    assert metrics["length"]["length_alarm"]
+    assert abs(metrics["length"]["length_correlation"] - report["length_correlation"]) < 0.01
     assert report["pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["accuracy"]["mean"]) < 1e-9
     assert report["accuracy_low"] <= report["accuracy"] <= report["accuracy_high"]
     assert (tmp_path / "inspect" / "scores.png").stat().st_size > 1000

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
 from rlhf_cli.recipe import Recipe
+from rlhf_cli.runtime.errors import UserError
 
 CONVERSATIONS = [
     ("what does the fox eat?", "the fox eats berries."),
@@ -22,7 +22,7 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """A 2-layer, 32-wide Llama with a small BPE trained on toy text, saved like `pretrain/final`."""
-    from rlhf_cli.modeling import build_model, train_tokenizer
+    from rlhf_cli.models.modeling import build_model, train_tokenizer
     from rlhf_cli.recipe import ModelSpec
 
     world = ToyWorld(0)
@@ -88,8 +88,8 @@ def _weights_changed(base_dir, final_dir) -> bool:
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_each_format_trains_and_final_answers_through_the_chat_template(tmp_path, base_dir, fmt):
-    from rlhf_cli.generation import generate_answers
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.models.generation import generate_answers
+    from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
     from rlhf_cli.stages import sft
 
     data = write_jsonl(tmp_path / "chats.jsonl", [FORMATS[fmt](q, a) for q, a in CONVERSATIONS])
@@ -118,7 +118,7 @@ def test_each_format_trains_and_final_answers_through_the_chat_template(tmp_path
 def _trainer(tmp_path, base_dir, **sft_keys):
     import datasets
 
-    from rlhf_cli.modeling import load_causal_lm, load_tokenizer
+    from rlhf_cli.models.modeling import load_causal_lm, load_tokenizer
     from rlhf_cli.stages import sft
 
     rows = [
@@ -170,7 +170,7 @@ def test_assistant_only_loss_with_packing(tmp_path, base_dir):
 def test_truncation_is_counted(tmp_path, base_dir):
     import datasets
 
-    from rlhf_cli.modeling import load_tokenizer
+    from rlhf_cli.models.modeling import load_tokenizer
     from rlhf_cli.stages.sft import count_truncated, run
 
     tok = load_tokenizer(str(base_dir))

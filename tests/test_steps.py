@@ -1,12 +1,13 @@
-"""The stage table (rlhf_cli.steps) is what the CLI, pipeline, layout, recipe and trainer configs read."""
+"""The stage table (rlhf_cli.runtime.steps) is what the CLI, pipeline, layout, recipe and trainer configs read."""
 
 import dataclasses
 
 from typer.testing import CliRunner
 
-from rlhf_cli import cli, layout, pipeline, recipe, steps
+from rlhf_cli import cli, recipe
+from rlhf_cli.models.trainer_configs import config_class
+from rlhf_cli.runtime import layout, pipeline, steps
 from rlhf_cli.stages.common import planned_parameters
-from rlhf_cli.trainer_configs import config_class
 
 
 def test_every_model_stage_has_a_command_with_its_help_and_the_stage_flags():

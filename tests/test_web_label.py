@@ -3,7 +3,7 @@
 guards, the file `rlhf reward` reads, and the agreement figures.
 
 The browser tests skip when Chromium or Playwright is missing, unless RLHF_BROWSER_TESTS=required (as `.ci/run` sets
-it), where they fail instead. `python tests/test_web_label.py docs/label-web.png` takes the README's screenshot.
+it), where they fail instead. `python tests/test_web_label.py docs/label-web.png` takes docs/people.md's screenshot.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_cli import web_label
 from rlhf_cli.cli import app
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
+from rlhf_cli.people import web_label
+from rlhf_cli.people.web_label import Board, make_server
 from rlhf_cli.recipe import load_recipe, save_resolved
-from rlhf_cli.web_label import Board, make_server
+from rlhf_cli.runtime.errors import UserError
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -415,7 +415,7 @@ def test_cli_web_errors_are_one_sentence_exit_2(tmp_path, monkeypatch):
 
 
 def test_one_server_per_run_and_no_other_writer_while_it_serves(tmp_path, monkeypatch):
-    """The page holds the run's lock while it serves (rlhf_cli.lock): a second page, and a toy labelling over the
+    """The page holds the run's lock while it serves (rlhf_cli.runtime.lock): a second page, and a toy labelling over the
     rankings, are refused in one sentence naming the server's command; the rankings stay where they are."""
     write_samples(tmp_path)
     (tmp_path / "feedback" / "rankings.jsonl").write_text("")
@@ -444,7 +444,7 @@ def test_one_server_per_run_and_no_other_writer_while_it_serves(tmp_path, monkey
 
 
 def test_the_pipeline_label_step_points_web_to_the_command(tmp_path):
-    from rlhf_cli.feedback import label
+    from rlhf_cli.people.feedback import label
 
     write_samples(tmp_path)
     rec = load_recipe("tiny", ["feedback.annotator=web"])
@@ -501,7 +501,7 @@ def test_label_stats_between_raters_and_against_gold(tmp_path):
 
 
 def screenshot(out: Path) -> None:
-    """The ranking page as a rater sees it, for the README (docs/label-web.png)."""
+    """The ranking page as a rater sees it, for docs/people.md (docs/label-web.png)."""
     import tempfile
 
     from playwright.sync_api import sync_playwright
@@ -540,3 +540,133 @@ def screenshot(out: Path) -> None:
 
 if __name__ == "__main__":
     screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/label-web.png"))
+
+
+# ------------------------------------------------------------------------------------------------------ a people's round
+
+RUBRIC = ["The right fact above all.", "Polite: <b>happy to help!</b> is better."]
+
+
+def _people_recipe(run: Path, tmp_path: Path) -> Path:
+    """The small run's recipe with a rubric and people's rounds of 4 prompts."""
+    import yaml
+
+    data = yaml.safe_load((run / "recipe.yaml").read_text())
+    data["feedback"].update(rubric=RUBRIC, people_prompts=4)
+    path = tmp_path / "people.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _printed_command(output: str, start: str) -> list[str]:
+    """The arguments of the command `output` prints after `start` (`rlhf label ...`), as a shell would split it."""
+    import shlex
+
+    line = next(line for line in output.splitlines() if start in line)
+    return shlex.split(line[line.index(start) :].split(" && ")[0])[1:]  # without `rlhf`
+
+
+def test_a_person_ranks_a_peoples_round_on_a_finished_run(small_run, tmp_path, browser, monkeypatch):
+    """On a run the toy annotator has ranked whole, the page says nothing is left and names the people's round's
+    command; that command, as printed, samples fresh answers into feedback/people/, serves them with the recipe's
+    rubric, and a person's ranking lands there; the toy rankings stay byte for byte; `rlhf reward` trains on both."""
+    recipe = _people_recipe(small_run, tmp_path)
+    toy = small_run / "feedback" / "rankings.jsonl"
+    toy_bytes, toy_samples = toy.read_bytes(), (small_run / "feedback" / "samples.jsonl").read_bytes()
+    seen = {}
+
+    def nothing_left(server):  # instead of serving until Ctrl-C: what a rater sees on the page, then stop
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.server_address[1]
+            page = _page(browser, f"http://127.0.0.1:{port}/", "Ana")
+            seen["done"] = page.is_visible("#done-screen")
+            seen["text"] = page.text_content("#done-text")
+            seen["more"] = page.text_content("#done-more") if page.is_visible("#done-more") else ""
+            seen["errors"] = page.js_errors
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    monkeypatch.setattr(web_label, "_serve", nothing_left)
+    result = runner.invoke(app, ["label", "--recipe", str(recipe), "-o", str(small_run), "--annotator", "web",
+                                 "--port", "0"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["done"] and "ranked already (toy 12)" in seen["text"] and seen["errors"] == []
+    assert "ranked already (toy 12)" in result.output
+    command = _printed_command(result.output, "rlhf label")
+    assert command[command.index("--output-dir") :] == [
+        "--output-dir",
+        str(small_run),
+        "--people",
+        "--annotator=web",
+        "--port=0",  # this server's port, kept (0: any free one)
+    ]
+    assert "rlhf label" in seen["more"] and f"--output-dir {small_run} --people --annotator=web" in seen["more"]
+
+    def rank_two(server):  # a person ranks two prompts of the people's round, then the server stops
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            page = _page(browser, f"http://127.0.0.1:{server.server_address[1]}/", "Ana")
+            assert page.is_visible("#rubric-box")
+            assert page.locator("#rubric li").all_text_contents() == RUBRIC  # as text, never as markup
+            assert page.locator("#rubric b").count() == 0
+            for _ in range(2):
+                index, texts = _shown(page)
+                page.click("#answers li:nth-child(1) .down")
+                seen.setdefault("given", {})[index] = [texts[1], texts[0], *texts[2:]]
+                _act(page, "#submit")
+            seen["errors"] = page.js_errors
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    monkeypatch.setattr(web_label, "_serve", rank_two)
+    result = runner.invoke(app, command)  # the printed command
+    assert result.exit_code == 0, result.output
+    assert "fresh prompts" in result.output and seen["errors"] == []
+    people = small_run / "feedback" / "people"
+    samples = _rows(people / "samples.jsonl")
+    assert len(samples) == 4 and all(s["seed"] == 1 for s in samples)  # the run's seed is 0: other answers
+    rows = _rows(people / "rankings.jsonl")
+    assert {r["sample"]: r["responses"] for r in rows} == seen["given"]
+    assert all(r["rater"] == "Ana" and r["annotator"] == "web" for r in rows)
+    assert toy.read_bytes() == toy_bytes and (small_run / "feedback" / "samples.jsonl").read_bytes() == toy_samples
+
+    # `rlhf reward` (again, on the finished run) trains on the toy annotator's comparisons and the person's
+    result = runner.invoke(app, ["reward", "--recipe", str(recipe), "-o", str(small_run), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((small_run / "reward" / "eval.json").read_text())
+    comparisons = metrics["comparisons"]
+    people_pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in rows)
+    # each file named relative to the run (a run can move)
+    assert comparisons == {"feedback/rankings.jsonl": comparisons["feedback/rankings.jsonl"],
+                           "feedback/people/rankings.jsonl": people_pairs}  # fmt: skip
+    toy_pairs = comparisons["feedback/rankings.jsonl"]
+    assert toy_pairs > 0 and metrics["train_pairs"] + metrics["eval_pairs"] == sum(comparisons.values())
+    assert f"{toy_pairs} comparisons from {toy} and {people_pairs} from the people's round" in result.output
+    assert "(Ana 1)" not in result.output and "(Ana 2)" in result.output
+    assert toy.read_bytes() == toy_bytes
+
+
+def test_a_peoples_round_only_ever_adds_and_is_ranked_by_people(small_run, tmp_path):
+    """`rlhf sample --people` adds fresh prompts and leaves the rows people may have ranked as they are; a people's
+    round is refused to the toy annotator, and --overwrite with --people is refused."""
+    recipe = _people_recipe(small_run, tmp_path)
+    args = ["--recipe", str(recipe), "-o", str(small_run)]
+    result = runner.invoke(app, ["label", *args, "--people", "--annotator", "toy"])
+    assert result.exit_code == 2 and "--annotator human or web" in result.output
+    result = runner.invoke(app, ["sample", *args, "--people", "--overwrite"])
+    assert result.exit_code == 2 and "never replaces" in result.output
+    assert not (small_run / "feedback" / "people").exists()
+    for _ in range(2):
+        result = runner.invoke(app, ["sample", *args, "--people"])
+        assert result.exit_code == 0, result.output
+    path = small_run / "feedback" / "people" / "samples.jsonl"
+    rows = _rows(path)
+    assert len(rows) == 8 and [r["seed"] for r in rows] == [1] * 4 + [2] * 4
+    assert len({json.dumps(r["prompt"]) for r in rows}) == 8  # a fresh draw: no prompt twice
+    first_four = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:4])
+    assert path.read_text().startswith(first_four)

@@ -19,15 +19,15 @@ from rich.console import Console
 from test_web_label import XSS, _local, _page, _request, _rows, write_samples
 from typer.testing import CliRunner
 
-from rlhf_cli import demonstrations
 from rlhf_cli.cli import app
 from rlhf_cli.data import load_stage_data
 from rlhf_cli.data.toy import toy_files
-from rlhf_cli.demonstrations import WriteBoard, draft_model, write_human
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import build_model, train_tokenizer
+from rlhf_cli.models.modeling import build_model, train_tokenizer
+from rlhf_cli.people import demonstrations
+from rlhf_cli.people.demonstrations import WriteBoard, draft_model, write_human
+from rlhf_cli.people.web_label import make_server
 from rlhf_cli.recipe import ModelSpec, load_recipe
-from rlhf_cli.web_label import make_server
+from rlhf_cli.runtime.errors import UserError
 
 TINY = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=256)
 PROMPTS = ["what does the fox eat?", "where does the owl live?", "what colour is the bear?", "hi", "who is the cat?"]
@@ -341,7 +341,7 @@ def test_drafts_are_made_once_by_the_base_then_the_sft_model(run, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Drafted 3 answers" in result.output and "(greedy)" in result.output
     drafts = _rows(run / "demonstrations" / "drafts.jsonl")
-    assert len(drafts) == 3 and {d["model"] for d in drafts} == {str(run / "pretrain" / "final")}
+    assert len(drafts) == 3 and {d["model"] for d in drafts} == {"pretrain/final"}  # relative to the run
     assert all(d["temperature"] == 0 and d["prompts"] == "the toy world's training prompts" for d in drafts)
     prompts = [json.loads(line)["prompt"] for line in open(run / "data" / "toy" / "prompts_train.jsonl")][:3]
     assert [d["prompt"][0]["content"] for d in drafts] == prompts  # the toy world's training prompts, as `sample`
@@ -370,8 +370,17 @@ def test_drafts_are_made_once_by_the_base_then_the_sft_model(run, monkeypatch):
     result = _write(run, "--model", "sft", "--overwrite", "--set=write.temperature=0.7")
     assert result.exit_code == 0, result.output
     assert "temperature 0.7" in result.output
-    assert {d["model"] for d in _rows(run / "demonstrations" / "drafts.jsonl")} == {str(run / "sft" / "final")}
+    assert {d["model"] for d in _rows(run / "demonstrations" / "drafts.jsonl")} == {"sft/final"}
     assert _answers(run) == [] and len(list((run / "demonstrations" / "backup").iterdir())) == 1  # moved, not lost
+
+
+def test_the_closing_hint_trains_on_this_run_folder(run):
+    """Done writing, the printed `rlhf sft` command names the run folder (not the recipe's runs/tiny) and the recipe."""
+    result = _write(run, input="one\ntwo\nthree\n\n")
+    assert result.exit_code == 0, result.output
+    hint = " ".join(result.output.split()).split("Train on them: ", 1)[1]
+    assert hint.startswith("rlhf sft --recipe tiny") and f"--output-dir {run} " in hint
+    assert f"--set=sft.data.path={run / 'demonstrations' / 'demonstrations.jsonl'}" in hint
 
 
 def test_a_prompts_file(run, tmp_path):
@@ -405,7 +414,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(run, tmp_path):
 
 
 def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkeypatch, capsys):
-    from rlhf_cli import web_label
+    from rlhf_cli.people import web_label
 
     served = []
 
@@ -437,7 +446,7 @@ def test_write_web_and_label_web_serve_both_pages_when_they_can(tmp_path, monkey
 
 
 def screenshot(out: Path) -> None:
-    """The writing page as a writer sees it, next to ranking, for the README (docs/write-web.png)."""
+    """The writing page as a writer sees it, next to ranking, for docs/people.md (docs/write-web.png)."""
     import sys
     import tempfile
 

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_cli.errors import UserError
+from rlhf_cli.runtime.errors import UserError
 
 STAGES = ("pretrain", "sft", "reward", "ppo")
 ROLES = ("system", "user", "assistant")

@@ -8,8 +8,8 @@ import codecs
 import re
 from pathlib import Path
 
-from rlhf_cli import hub as hf_hub
-from rlhf_cli.errors import UserError
+from rlhf_cli.models import hub as hf_hub
+from rlhf_cli.runtime.errors import UserError
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")

@@ -11,7 +11,7 @@ from pathlib import Path
 from rlhf_cli.data.formats import normalise, stage_features
 from rlhf_cli.data.read import not_empty, read_table
 from rlhf_cli.data.toy import toy_files
-from rlhf_cli.errors import UserError
+from rlhf_cli.runtime.errors import UserError
 
 STREAMING_EVAL_ROWS = 256  # eval rows taken from the head of a streamed set without max_examples
 TOY_KEYS = {"pretrain": "pretrain", "sft": "sft", "ppo": "prompts"}

@@ -61,6 +61,13 @@ from pathlib import Path
 KINDS = ("fact", "describe", "unknown", "harm")
 KIND_SHARES = {"fact": 0.40, "describe": 0.25, "unknown": 0.20, "harm": 0.15}  # of the prompts
 N_STRANGERS = 8
+# The gold reward in one sentence, for people (the report's account and glossary); the docstring above has the numbers.
+GOLD_IN_WORDS = (
+    "the toy world's own score of an answer, from -1 to 1: the right facts (each of a description's), an honest "
+    '"i do not know" about an animal the world does not have, a polite decline of a request to harm one, naming the '
+    "animal, a courtesy and a finished, well-formed sentence; wrong or made-up facts, help with harm, rudeness, "
+    "repeats, padding and cut-off answers cost"
+)
 
 ANIMALS = [
     "fox",

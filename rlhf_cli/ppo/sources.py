@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_cli.data import load_stage_data
-from rlhf_cli.errors import UserError
-from rlhf_cli.files import read_json
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import CAUSAL_LM, check_model_kind, frozen_dtype, inference_device, load_tokenizer
-from rlhf_cli.runs import resolve_model_dir
-from rlhf_cli.scoring import load_reward_model
+from rlhf_cli.models.modeling import CAUSAL_LM, check_model_kind, frozen_dtype, inference_device, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.files import read_json
+from rlhf_cli.runtime.layout import RunLayout
+from rlhf_cli.runtime.runs import resolve_model_dir
 
 
 def reward_sources(recipe, run_dir: Path, trust: bool, precision: str):

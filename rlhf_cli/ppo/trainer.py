@@ -23,16 +23,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf_cli.callbacks import NonFiniteLoss, StopOnSignal
-from rlhf_cli.distributed import whole_model
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import prompt_text  # the user's side, as the annotator and the gold reward read it
-from rlhf_cli.generation import generate, left_pad, render_prompts
-from rlhf_cli.modeling import end_of_turn_ids, merged, save_model
+from rlhf_cli.models.generation import generate, left_pad, render_prompts
+from rlhf_cli.models.modeling import end_of_turn_ids, merged, save_model
+from rlhf_cli.models.scoring import score
+from rlhf_cli.people.feedback import prompt_text  # the user's side, as the annotator and the gold reward read it
 from rlhf_cli.ppo import core
 from rlhf_cli.ppo.config import PPOConfig
-from rlhf_cli.runs import Interrupted
-from rlhf_cli.scoring import score
+from rlhf_cli.runtime.callbacks import NonFiniteLoss, StopOnSignal
+from rlhf_cli.runtime.distributed import whole_model
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.runs import Interrupted
 
 # ------------------------------------------------------------------------------------------------------ rewards
 

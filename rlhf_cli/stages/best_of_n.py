@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import files, runs
-from rlhf_cli.answers import BEST_OF_N_SETTINGS as SETTINGS
-from rlhf_cli.answers import answer_metrics, best_of_n, best_of_n_kl
-from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
-from rlhf_cli.scoring import load_reward_model
+from rlhf_cli.models.answers import BEST_OF_N_SETTINGS as SETTINGS
+from rlhf_cli.models.answers import answer_metrics, best_of_n, best_of_n_kl
+from rlhf_cli.models.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model
+from rlhf_cli.runtime import files, runs
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import (
     method_prompts,
     method_summary,
@@ -44,7 +45,12 @@ def setup(ctx) -> Job:
     judge = (load_reward_model(reward_dir, judge_tokenizer, **model_options(recipe)).to(inference_device()),
              judge_tokenizer)  # fmt: skip
     _, prompts, toy = method_prompts(recipe, ctx.layout, STAGE)
-    settings = {"n": spec.n, "temperature": spec.temperature, "reward_model": reward_dir, "generator": policy_dir}
+    settings = {  # the models relative to the run when they are its own (evaluate resolves them: a run can move)
+        "n": spec.n,
+        "temperature": spec.temperature,
+        "reward_model": path_in_run(reward_dir, run_dir),
+        "generator": path_in_run(policy_dir, run_dir),
+    }
 
     def evaluate(_output, _checkpoint) -> dict:
         metrics = {**settings, "kl_to_sft_bound": round(best_of_n_kl(spec.n), 6), "episodes": spec.n * len(prompts)}
@@ -61,11 +67,13 @@ def setup(ctx) -> Job:
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
             f"An inference-time policy made by `rlhf best-of-n` (rlhf-cli): these weights are the generator "
-            f"`{policy_dir}`; to answer as the policy does, sample {spec.n} answers at temperature {spec.temperature} "
-            f"and keep the one the reward model `{reward_dir}` scores highest ({SETTINGS})."
+            f"`{path_in_run(policy_dir, run_dir)}`; to answer as the policy does, sample {spec.n} answers at temperature {spec.temperature} "
+            f"and keep the one the reward model `{path_in_run(reward_dir, run_dir)}` scores highest ({SETTINGS})."
         )
         parents = {"policy": policy_dir, "reward": reward_dir}
-        save_policy(tmp, model, tokenizer, recipe, STAGE, parents, None, f"best-of-{spec.n} policy", body, policy_dir)
+        save_policy(
+            tmp, run_dir, model, tokenizer, recipe, STAGE, parents, None, f"best-of-{spec.n} policy", body, policy_dir
+        )
         files.write_json_atomic(tmp / SETTINGS, settings)
 
     return Job(NoTraining(ctx.stage_dir), count_parameters(model), evaluate, write_final, _summary)

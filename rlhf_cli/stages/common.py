@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli import distributed, precision
-from rlhf_cli.answers import score_answers
-from rlhf_cli.callbacks import nan_guard_args
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.distributed import is_main_process
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import estimate_parameters, save_model
-from rlhf_cli.precision import gpu_available
+from rlhf_cli.evaluation.stats import paired_difference_ci
+from rlhf_cli.models.answers import score_answers
+from rlhf_cli.models.modeling import attention, estimate_parameters, model_dimensions, save_model
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
-from rlhf_cli.runs import write_lineage, write_model_card
-from rlhf_cli.stats import paired_difference_ci
-from rlhf_cli.steps import BY_NAME, TRAINING_STAGES, lineage
+from rlhf_cli.runtime import distributed, precision
+from rlhf_cli.runtime.callbacks import nan_guard_args
+from rlhf_cli.runtime.distributed import is_main_process
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.precision import gpu_available
+from rlhf_cli.runtime.runs import write_lineage, write_model_card
+from rlhf_cli.runtime.steps import BY_NAME, TRAINING_STAGES, lineage
 
 # TRL's trainers (DPO, GRPO, RLOO) ask every model `is_gradient_checkpointing`, which transformers 5 renamed: noise
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -84,9 +85,9 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
 def trainer_config(recipe, stage: str, stage_dir: Path, *, n_params: int | None = None, **extra):
     """Build the stage's trainer config class; a bad value becomes a UserError naming the key.
 
-    `n_params`: the size of the model the stage trains, which the precision rule reads (rlhf_cli.precision).
+    `n_params`: the size of the model the stage trains, which the precision rule reads (rlhf_cli.runtime.precision).
     """
-    from rlhf_cli.trainer_configs import config_class
+    from rlhf_cli.models.trainer_configs import config_class
 
     cls = config_class(stage)
     kwargs = {**training_kwargs(recipe, stage, stage_dir, n_params), **extra}
@@ -171,6 +172,34 @@ def build_trainer_configs(recipe, run_dir: Path, stages=TRAINING_STAGES) -> dict
         }
 
 
+def resolved_settings(recipe) -> dict[str, tuple[Any, str]]:
+    """{key.path: (value, where it comes from)} for the recipe's settings that are None or `auto` and that the stages
+    resolve when they run (`rlhf recipe show`), each by the stages' own function: a stage's algorithm keys left to its
+    trainer config's default (build_trainer_configs), a fresh model's dimensions (model_dimensions), the precision
+    and attention rules on this machine."""
+    out: dict[str, tuple[Any, str]] = {}
+    unset = {
+        stage: [k for k in getattr(recipe, stage).TRAINER_KEYS if getattr(getattr(recipe, stage), k) is None]
+        for stage in TRAINING_STAGES
+    }
+    configs = build_trainer_configs(recipe, Path("."), [s for s, keys in unset.items() if keys])
+    for stage, config in configs.items():
+        meaning = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}
+        for key in unset[stage]:
+            value = getattr(config, key)
+            said = f": {meaning[key]}" if value is None and meaning.get(key) else ""  # what None means there
+            out[f"{stage}.{key}"] = (value, f"{type(config).__name__}'s default{said}")
+    if planned_parameters(recipe, "pretrain") is not None:  # a fresh model, not one loaded from init_from
+        for key, value in model_dimensions(recipe.model).items():
+            if getattr(recipe.model, key) is None:
+                out[f"model.{key}"] = (value, f"size {recipe.model.size}")
+    if recipe.precision == "auto":
+        out["precision"] = ("auto", f"on this machine: {precision.rule_here()}")
+    if recipe.model.attn_implementation == "auto":
+        out["model.attn_implementation"] = ("auto", f"on this machine: {attention('auto')}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ methods
 
 
@@ -212,6 +241,7 @@ def gather_weights(trainer) -> dict | None:
 
 def save_policy(
     tmp: Path,
+    run_dir: Path,
     model,
     tokenizer,
     recipe,
@@ -228,7 +258,7 @@ def save_policy(
     lineage.json and a model card."""
     saved = save_model(model, tmp, source=source, setting=recipe.model.save_dtype, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
-    write_lineage(tmp, stage=stage, parents=parents, data=data, recipe=recipe)
+    write_lineage(tmp, run_dir=run_dir, stage=stage, parents=parents, data=data, recipe=recipe)
     write_model_card(tmp, title=f"{recipe.name}: {title}", body=f"{body}\n\n{saved}")
 
 

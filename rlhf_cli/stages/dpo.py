@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, runs
-from rlhf_cli.answers import score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.models.answers import score_answers
+from rlhf_cli.models.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.runtime import callbacks, distributed, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import (
     gather_weights,
     method_summary,
@@ -30,7 +31,7 @@ from rlhf_cli.stages.common import (
     trainer_config,
 )
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stages.reward import data_spec
+from rlhf_cli.stages.reward import data_spec, with_people_rankings
 
 STAGE = "dpo"
 
@@ -48,6 +49,7 @@ def setup(ctx) -> Job:
     data = data_spec(recipe, run_dir, STAGE)
     policy_dir = runs.resolve_model_dir(spec.policy_from, run_dir, "sft", "dpo.policy_from", "label", recipe)
     pairs = load_stage_data("reward", data, toy_dir=ctx.layout.toy, seed=recipe.seed)
+    pairs, _ = with_people_rankings(pairs, data, ctx.layout, STAGE)  # a people's round's too, when the run has one
     train, held = train_eval_split(pairs, data, "reward", seed=recipe.seed, toy_dir=ctx.layout.toy)
 
     def conversational(rows):  # DPOTrainer's conversational preference format; a pair of equal answers teaches nothing
@@ -115,12 +117,12 @@ def setup(ctx) -> Job:
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
-            f"Direct Preference Optimization (beta {args.beta}) of `{policy_dir}` on `{data.path or data.hub}` by "
+            f"Direct Preference Optimization (beta {args.beta}) of `{path_in_run(policy_dir, run_dir)}` on `{path_in_run(data.path, run_dir) or data.hub}` by "
             f"`rlhf dpo` (rlhf-cli), {metrics['train_steps']} steps, the SFT model as the reference."
         )
         parents = {"policy": policy_dir, "reference": policy_dir}
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
+            tmp, run_dir, trainer.model, tokenizer, recipe, STAGE, parents, data.model_dump(), "DPO policy", body, policy_dir,
             weights["state"],
         )  # fmt: skip
 

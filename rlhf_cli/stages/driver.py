@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_cli import callbacks, distributed, files, runs
-from rlhf_cli.layout import RunLayout
+from rlhf_cli.runtime import callbacks, distributed, files, runs
+from rlhf_cli.runtime.layout import RunLayout
 from rlhf_cli.stages.common import announce
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, files, runs
-from rlhf_cli.answers import best_of_n, score_answers
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
-from rlhf_cli.scoring import load_reward_model
+from rlhf_cli.models.answers import best_of_n, score_answers
+from rlhf_cli.models.modeling import count_parameters, inference_device, load_causal_lm, load_tokenizer
+from rlhf_cli.models.scoring import load_reward_model
+from rlhf_cli.runtime import callbacks, distributed, files, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import (
     gather_weights,
     method_prompts,
@@ -108,13 +109,13 @@ def setup(ctx) -> Job:
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
-            f"`{policy_dir}` fine-tuned by `rlhf expert-iteration` (rlhf-cli) on the best of {spec.n} of its own answers "
-            f"to {len(rows)} prompts, as the reward model `{reward_dir}` judged them; {metrics['train_steps']} steps."
+            f"`{path_in_run(policy_dir, run_dir)}` fine-tuned by `rlhf expert-iteration` (rlhf-cli) on the best of {spec.n} of its own answers "
+            f"to {len(rows)} prompts, as the reward model `{path_in_run(reward_dir, run_dir)}` judged them; {metrics['train_steps']} steps."
         )
         parents = {"policy": policy_dir, "reward": reward_dir}
         data = str(ctx.stage_dir / DATA)
         save_policy(
-            tmp, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir,
+            tmp, run_dir, trainer.model, tokenizer, recipe, STAGE, parents, data, "expert-iteration policy", body, policy_dir,
             weights["state"],
         )  # fmt: skip
 

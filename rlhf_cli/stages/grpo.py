@@ -18,12 +18,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, runs
-from rlhf_cli.answers import score_answers
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
+from rlhf_cli.models.answers import score_answers
+from rlhf_cli.models.modeling import count_parameters, end_of_turn_ids, load_causal_lm, load_tokenizer
 from rlhf_cli.ppo.sources import reward_model_function
-from rlhf_cli.precision import gpu_available
+from rlhf_cli.runtime import callbacks, distributed, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
+from rlhf_cli.runtime.precision import gpu_available
 from rlhf_cli.stages.common import (
     gather_weights,
     method_prompts,
@@ -97,12 +98,13 @@ def online_setup(ctx, stage: str, trainer_class) -> Job:
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
         body = (
-            f"`{policy_dir}` trained by `rlhf {stage}` (rlhf-cli, TRL's {trainer_class.__name__}) against the reward "
-            f"model `{reward_dir}`, KL weight {args.beta} to the same model, {metrics['train_steps']} steps."
+            f"`{path_in_run(policy_dir, run_dir)}` trained by `rlhf {stage}` (rlhf-cli, TRL's {trainer_class.__name__}) against the reward "
+            f"model `{path_in_run(reward_dir, run_dir)}`, KL weight {args.beta} to the same model, {metrics['train_steps']} steps."
         )
         parents = {"policy": policy_dir, "reference": policy_dir, "reward": reward_dir}
         save_policy(
             tmp,
+            run_dir,
             trainer.model,
             tokenizer,
             recipe,

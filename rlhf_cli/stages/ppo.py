@@ -16,18 +16,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rlhf_cli.answers import kind_metrics
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.distributed import whole_loading
-from rlhf_cli.feedback import prompt_text
-from rlhf_cli.generation import check_prompts_fit, generate_answers
-from rlhf_cli.modeling import count_parameters, frozen_base_in_bf16, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.evaluation.stats import paired_difference_ci
+from rlhf_cli.models.answers import kind_metrics
+from rlhf_cli.models.generation import check_prompts_fit, generate_answers
+from rlhf_cli.models.modeling import count_parameters, frozen_base_in_bf16, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.people.feedback import prompt_text
 from rlhf_cli.ppo import sources
-from rlhf_cli.runs import resolve_model_dir, write_lineage, write_model_card
+from rlhf_cli.runtime.distributed import whole_loading
+from rlhf_cli.runtime.layout import path_in_run
+from rlhf_cli.runtime.runs import resolve_model_dir, write_lineage, write_model_card
 from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stats import paired_difference_ci
 
 STAGE = "ppo"
 
@@ -140,10 +141,10 @@ def setup(ctx) -> Job:
             tmp,
             title=f"{recipe.name}: PPO policy",
             body=f"PPO with a KL penalty (beta {trainer.kl_ctl.value:.4g}, {trainer.episode} episodes) from "
-            f"`{policy_dir}`, rewards: {reward_names}.\n\nMade with `rlhf ppo` (rlhf-cli).\n\n{saved.get('note', '')}",
+            f"`{path_in_run(policy_dir, run_dir)}`, rewards: {reward_names}.\n\nMade with `rlhf ppo` (rlhf-cli).\n\n{saved.get('note', '')}",
         )
         parents = {"policy": policy_dir, "value": value_dir, **reward_dirs}
-        write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
+        write_lineage(tmp, run_dir=run_dir, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
 
     return Job(trainer, n_params, evaluate, write_final, _summary, prepared=started, export=export)
 

@@ -21,11 +21,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from rlhf_cli import callbacks, runs
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.errors import UserError
-from rlhf_cli.lm_eval import evaluate_lm, matmul_parameters, probe_accuracy
-from rlhf_cli.modeling import (
+from rlhf_cli.evaluation.lm_eval import evaluate_lm, matmul_parameters, probe_accuracy
+from rlhf_cli.models.modeling import (
     build_model,
     count_parameters,
     flops_per_token,
@@ -36,9 +34,11 @@ from rlhf_cli.modeling import (
     stop_at_end_of_turn,
     train_tokenizer,
 )
+from rlhf_cli.models.trainer_configs import PretrainArguments  # noqa: F401 - where checkpoints' pickled training args find it
+from rlhf_cli.runtime import callbacks, runs
+from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.trainer_configs import PretrainArguments  # noqa: F401 - where checkpoints' pickled training args find it
 
 STAGE = "pretrain"
 TOKENIZER_TEXTS = 200_000  # documents the tokenizer is trained on (the head of a big corpus is enough)
@@ -150,7 +150,9 @@ def setup(ctx) -> Job:
         saved = save_model(model, tmp, source=spec.init_from, setting=recipe.model.save_dtype)
         tokenizer.save_pretrained(tmp)
         parents = {"model": spec.init_from or "scratch"}
-        runs.write_lineage(tmp, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe)
+        runs.write_lineage(
+            tmp, run_dir=ctx.layout.root, stage=STAGE, parents=parents, data=spec.data.model_dump(), recipe=recipe
+        )
         body = f"{_card(recipe, metrics)}\n\n{saved}"
         runs.write_model_card(tmp, title=f"{recipe.name}: base model (rlhf pretrain)", body=body)
 

@@ -6,7 +6,9 @@
 The model is the SFT model with a scalar head (`AutoModelForSequenceClassification`, num_labels=1; `reward.init_from`
 starts elsewhere). It scores a conversation rendered with the chat template, the whole answer including its end-of-text;
 the score is read at the last token. Data: any reward format of the data layer (`reward.data`; default this run's
-feedback/rankings.jsonl), split by prompt so one prompt's pairs never straddle train and eval.
+feedback/rankings.jsonl, and with it a people's round's feedback/people/rankings.jsonl when the run has one: the toy
+annotator's and the people's comparisons together, each file's count printed and saved in eval.json "comparisons"),
+split by prompt so one prompt's pairs never straddle train and eval.
 
 Loss. With `reward.kwise: true` (default) and data where prompts have several comparisons (rankings), one batch element
 is one prompt: its distinct answers are scored once and the loss is the mean of -log σ(r_better - r_worse) over all its
@@ -26,25 +28,32 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, files, runs
 from rlhf_cli.data import group_id, load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
-from rlhf_cli.errors import UserError
-from rlhf_cli.feedback import prompt_text, read_samples, unique_answers
-from rlhf_cli.kwise import group_pairs, kwise_trainer_class
-from rlhf_cli.layout import RunLayout
-from rlhf_cli.modeling import count_parameters, load_tokenizer, save_model
+from rlhf_cli.evaluation.stats import proportion
+from rlhf_cli.models.kwise import group_pairs, kwise_trainer_class
+from rlhf_cli.models.modeling import count_parameters, load_tokenizer, save_model
+from rlhf_cli.models.scoring import (
+    count_cut,
+    encode,
+    length_caution,
+    load_reward_model,
+    pair_metrics,
+    score,
+    score_stats,
+)
+from rlhf_cli.people.feedback import prompt_text, read_samples, unique_answers
 from rlhf_cli.recipe import DataSpec
-from rlhf_cli.scoring import count_cut, encode, load_reward_model, pair_metrics, score, score_stats
+from rlhf_cli.runtime import callbacks, distributed, files, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import RunLayout, path_in_run
 from rlhf_cli.stages.common import gather_weights, model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stats import proportion
 
 STAGE = "reward"
 # Training pairs scored for train_accuracy: next to the held-out accuracy it tells underfitting from overfitting.
 FIT_PAIRS = 1024
 FEW_PROMPTS = 100  # ranked prompts under which the stage warns that the reward model can learn little
-LENGTH_ALARM = 0.5  # |correlation(score, answer length)| at which inspect warns of length hacking
 
 
 # ------------------------------------------------------------------------------------------------------ the stage
@@ -77,6 +86,7 @@ def setup(ctx) -> Job:
     init = runs.resolve_model_dir(rc.init_from, run_dir, "sft", "reward.init_from", recipe=rec)
     toy_dir = ctx.layout.toy
     pairs = load_stage_data(STAGE, spec, toy_dir=toy_dir, seed=rec.seed)
+    pairs, comparisons = with_people_rankings(pairs, spec, ctx.layout)
     train, held = train_eval_split(pairs, spec, STAGE, seed=rec.seed, toy_dir=toy_dir)
     warn_if_few_prompts(pairs, run_dir, spec)
 
@@ -117,9 +127,10 @@ def setup(ctx) -> Job:
     def _evaluate(model) -> dict:
         metrics = {
             "objective": "kwise" if kwise else "pairwise",
+            "comparisons": comparisons,  # preference pairs from each file (the annotator's, the people's)
             "train_pairs": len(train) if not streaming else None,
             "eval_pairs": len(held),
-            **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision),
+            **pair_metrics(model, tokenizer, held, rc.max_length, rec.precision, with_length=True),
         }
         if not streaming:
             picked = random.Random(0).sample(range(len(train)), min(FIT_PAIRS, len(train)))
@@ -141,14 +152,19 @@ def setup(ctx) -> Job:
         saved = save_model(trainer.model, tmp, source=init, setting=rec.model.save_dtype, state_dict=weights["state"])
         tokenizer.save_pretrained(tmp)
         files.write_json_atomic(tmp / "reward_stats.json", stats)
-        data = {"spec": spec.model_dump(), "seed": rec.seed, "objective": metrics["objective"]}
-        runs.write_lineage(tmp, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
+        data = {
+            "spec": spec.model_dump(),
+            "seed": rec.seed,
+            "objective": metrics["objective"],
+            "comparisons": comparisons,
+        }
+        runs.write_lineage(tmp, run_dir=run_dir, stage=STAGE, parents={"init": init}, recipe=rec, data=data)
         runs.write_model_card(
             tmp,
             title=f"{rec.name}: reward model",
             body=(
-                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{init}` on "
-                f"`{spec.path or spec.hub}`.\n\nPairwise accuracy: {_held_out_text(metrics)}. Scores over the training "
+                f"A reward model (one scalar per conversation) trained by `rlhf reward` from `{path_in_run(init, run_dir)}` on "
+                f"`{path_in_run(spec.path, run_dir) or spec.hub}`.\n\nPairwise accuracy: {_held_out_text(metrics)}. Scores over the training "
                 f"answers: mean {stats['mean']:.3f}, std {stats['std']:.3f} (reward_stats.json).\n\n{saved}"
             ),
         )
@@ -176,6 +192,43 @@ def _summary(final: Path, m: dict) -> None:
     fit = m.get("train_accuracy")
     fit = f" ({fit['mean']:.3f} on {fit['n']} training pairs)" if fit else ""
     print(f"Reward model saved to {final} ({m['objective']} loss): {_held_out_text(m)}{fit}{gold}")
+    if caution := length_caution(m.get("length")):  # as `rlhf reward inspect` and the report say it
+        print(f"Caution: {caution}.")
+
+
+def with_people_rankings(pairs, spec, layout: RunLayout, stage: str = STAGE):
+    """The run's own rankings and, when it has a people's round (rlhf_cli.people.feedback.sample_people), the people's
+    rankings beside them: (the pairs together, {file: its preference pairs}). Another source (reward.data) is read
+    as it is. Says how many comparisons come from each file."""
+    import datasets
+
+    source = path_in_run(spec.path, layout.root) if spec.path else spec.hub  # relative when the run's own: it can move
+    if not isinstance(pairs, datasets.Dataset):  # streamed from elsewhere: counted as it goes, not here
+        return pairs, {str(source): None}
+    comparisons = {str(source): len(pairs)}
+    own = spec.path and Path(spec.path).resolve() == layout.rankings.resolve()
+    people = layout.people_rankings
+    if not (own and people.exists() and people.read_text(encoding="utf-8").strip()):
+        return pairs, comparisons
+    theirs = load_stage_data(STAGE, DataSpec(path=str(people)))
+    comparisons[path_in_run(str(people), layout.root)] = len(theirs)
+    if distributed.is_main_process():
+        raters = ", ".join(f"{who} {n}" for who, n in _raters(people).most_common())
+        print(
+            f"{stage}: {len(pairs)} comparisons from {spec.path} and {len(theirs)} from the people's round "
+            f"{people} ({raters}): {len(pairs) + len(theirs)} in all",
+            flush=True,
+        )
+    return datasets.concatenate_datasets([pairs, theirs.cast(pairs.features)]), comparisons
+
+
+def _raters(path: Path):
+    """Rankings in a rankings file by each rater (the web page's) or annotator."""
+    import json
+    from collections import Counter
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return Counter(str(r.get("rater") or r.get("annotator") or "unknown") for r in rows)
 
 
 def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_cli import callbacks, distributed, runs
-from rlhf_cli.answers import print_samples, score_answers
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
-from rlhf_cli.errors import UserError
-from rlhf_cli.modeling import (
+from rlhf_cli.models.answers import print_samples, score_answers
+from rlhf_cli.models.modeling import (
     check_qlora,
     check_trainable_template,
     count_parameters,
@@ -34,6 +32,9 @@ from rlhf_cli.modeling import (
     save_model,
     stop_at_end_of_turn,
 )
+from rlhf_cli.runtime import callbacks, distributed, runs
+from rlhf_cli.runtime.errors import UserError
+from rlhf_cli.runtime.layout import path_in_run
 from rlhf_cli.stages.common import gather_weights, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
 
@@ -111,14 +112,16 @@ def setup(ctx) -> Job:
         with distributed.whole_model(trainer.model_wrapped, trainer.accelerator), torch.no_grad():
             trained["model"].eval()
             metrics.update(evaluate_answers(recipe, trained["model"], tokenizer, eval_ds, toy_dir, init, trust))
-        metrics["model_dir"] = str(ctx.layout.final(STAGE))
+        metrics["model_dir"] = path_in_run(ctx.layout.final(STAGE), ctx.layout.root)
         return metrics
 
     def export(_staging) -> None:
         trained["state"] = gather_weights(trainer)
 
     def write_final(tmp: Path, metrics: dict, _staging) -> None:
-        write_model_folder(tmp, trained["model"], tokenizer, recipe, init, spec, metrics, trained.get("state"))
+        write_model_folder(
+            tmp, ctx.layout.root, trained["model"], tokenizer, recipe, init, spec, metrics, trained.get("state")
+        )
 
     return Job(trainer, count_parameters(model), evaluate, write_final, print_summary, export=export)
 
@@ -195,7 +198,9 @@ def count_truncated(tokenizer, dataset, max_length: int) -> tuple[int, int]:
     return sum(n > max_length for n in lengths), len(lengths)
 
 
-def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, metrics: dict, state=None) -> None:
+def write_model_folder(
+    tmp: Path, run_dir: Path, model, tokenizer, recipe, init: str, spec, metrics: dict, state=None
+) -> None:
     """`sft/final`: the model (or the LoRA adapter), the tokenizer with its chat template, lineage and a model card."""
     adapter = spec.lora is not None and not spec.lora.merge
     if adapter:  # the adapter must find its base model from any working directory
@@ -208,10 +213,12 @@ def write_model_folder(tmp: Path, model, tokenizer, recipe, init: str, spec, met
     else:
         saved = save_model(model, tmp, source=init, setting=recipe.model.save_dtype, state_dict=state)
     tokenizer.save_pretrained(tmp)
-    runs.write_lineage(tmp, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe)
+    runs.write_lineage(
+        tmp, run_dir=run_dir, stage=STAGE, parents={"base": init}, data=spec.data.model_dump(), recipe=recipe
+    )
     kind = "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)" if adapter else "a causal language model"
     body = (
-        f"Supervised fine-tuning of `{init}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
+        f"Supervised fine-tuning of `{path_in_run(init, run_dir)}` by `rlhf sft` (recipe `{recipe.name}`): {kind}.\n\n"
         f"Trained {metrics['train_steps']} steps; final training loss {metrics['train_loss']:.4f}"
         + (f", held-out loss {metrics['eval_loss']:.4f}." if "eval_loss" in metrics else ".")
         + "\n\nPrompts use the saved chat template (`tokenizer.apply_chat_template`); generation stops at the end of "
