@@ -237,7 +237,7 @@ def test_report_opens_with_an_account_in_the_runs_own_numbers_and_a_glossary(fak
     assert '"eats berries sft" is in 0% of its answers, 100% of SFT\'s' in account  # the phrase PPO dropped
     md = (fake_run / "report" / "report.md").read_text()
     assert md.index("What happened, in plain words") < md.index("## Headline")
-    assert "| 0.612 | the last tenth of the pre-training text" in md  # every figure names its prompt set
+    assert "| 0.612 | held-out pre-training text" in md  # every figure names its prompt set (no recipe.yaml here)
     assert "| gold reward: SFT → PPO |" in md and "40 held-out prompts, greedy (`rlhf eval`) |" in md
     glossary = md[md.index("## Glossary") :]
     assert "- **KL**:" in glossary and "- **bits per byte**:" in glossary and "- **DPO**:" not in glossary
@@ -279,3 +279,17 @@ def test_a_length_caution_is_the_same_sentence_in_inspect_the_report_and_the_pip
     assert f"- {sentence}" in md and "Verdict: 1 finding(s)" in md
     _json(fake_run / "reward" / "eval.json", reward_eval)  # no length figures (an older run): no caution
     assert not any("answer length" in c for c in assess(fake_run)["cautions"])
+
+
+def test_a_length_caution_says_which_way_and_against_what_the_raters_chose():
+    from rlhf_cli.models.scoring import length_caution
+
+    shorter = {"length_correlation": -0.8, "prefers_longer": 0.1, "chosen_longer_in_data": 0.7, "length_alarm": True}
+    said = length_caution(shorter)
+    assert "falls with answer length" in said and "prefers the shorter answer in 90%" in said
+    assert "more often than the raters chose it (30%)" in said
+    alike = {"length_correlation": 0.6, "prefers_longer": 0.7, "chosen_longer_in_data": 0.68, "length_alarm": True}
+    assert "about as often as the raters chose the longer one (68%)" in length_caution(alike)
+    less = {"length_correlation": 0.6, "prefers_longer": 0.5, "chosen_longer_in_data": 0.9, "length_alarm": True}
+    assert "less often than the raters chose it (90%)" in length_caution(less)
+    assert length_caution({**alike, "length_alarm": False}) is None

@@ -252,3 +252,31 @@ def test_few_ranked_prompts_are_warned_about(tmp_path, tiny_model, capsys):
     many = _synthetic_rankings(tmp_path / "many.jsonl", n=reward.FEW_PROMPTS)
     reward.run(_recipe(many, tiny_model, "reward.training.max_steps=1"), tmp_path / "run2")
     assert "Warning" not in capsys.readouterr().out
+
+
+def test_inspect_rebuilds_the_held_out_prompts_of_a_run_with_a_peoples_round(small_run):
+    """The stage draws its held-out prompts from the run's rankings and a people's round's together; `rlhf reward
+    inspect` must score exactly those, not the held-out part of the annotator's file alone."""
+    from typer.testing import CliRunner
+
+    from rlhf_cli.cli import app
+
+    people = small_run / "feedback" / "people" / "rankings.jsonl"
+    people.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"what is the colour of the fox number {i}?"}],
+            "responses": [f"the fox is red {i}.", f"fox {i}", f"no {i}"],
+            "rater": "ana",
+        }  # fmt: skip
+        for i in range(60)
+    ]
+    people.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["reward", "--recipe", str(small_run / "recipe.yaml"), "-o", str(small_run), "--overwrite"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((small_run / "reward" / "eval.json").read_text())
+    assert metrics["comparisons"]["feedback/people/rankings.jsonl"] == 60 * 3
+    report = reward_inspect.inspect_reward_model(small_run / "reward" / "final")
+    assert report["pairs"] == metrics["eval_pairs"] and report["accuracy"] == pytest.approx(metrics["accuracy"]["mean"])

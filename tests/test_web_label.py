@@ -649,6 +649,12 @@ def test_a_person_ranks_a_peoples_round_on_a_finished_run(small_run, tmp_path, b
     assert f"{toy_pairs} comparisons from {toy} and {people_pairs} from the people's round" in result.output
     assert "(Ana 1)" not in result.output and "(Ana 2)" in result.output
     assert toy.read_bytes() == toy_bytes
+    # `rlhf reward inspect` rebuilds the held-out prompts the stage drew, the people's included
+    from rlhf_cli.evaluation.reward_inspect import inspect_reward_model
+
+    inspected = inspect_reward_model(small_run / "reward" / "final")
+    assert inspected["pairs"] == metrics["eval_pairs"]
+    assert abs(inspected["accuracy"] - metrics["accuracy"]["mean"]) < 1e-6
 
 
 def test_a_peoples_round_only_ever_adds_and_is_ranked_by_people(small_run, tmp_path):

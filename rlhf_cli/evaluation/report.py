@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,11 @@ def headline(run_dir: Path) -> dict[str, Any]:
     if out["ppo_gold_gain"] is None:
         out["ppo_gold_gain"] = _interval(ppo.get("gold_gain"))
         out["source"]["ppo_gold_gain"] = "ppo/eval.json"
+    out["source"]["gold_reward"] = "eval/eval.json"
     for key in ("sft_gold_reward", "ppo_gold_reward"):  # the PPO stage's own side-by-side: {"sft": {...}, "ppo": {...}}
         if out[key] is None:
             out[key] = _number(ppo.get(key.split("_")[0], {}).get("gold_reward"))
+            out["source"]["gold_reward"] = "ppo/eval.json"
     wins = ev.get("win_rates", {}).get("ppo_vs_sft", {})
     out["ppo_win_rate_gold"] = _interval(wins.get("gold"))
     out["ppo_win_rate_gold_length_controlled"] = _interval(wins.get("gold_length_controlled"))
@@ -735,9 +738,11 @@ def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
         steps.append(text + ".")
     gain = h.get("ppo_gold_gain")
     if gain is not None and h.get("ppo_gold_reward") is not None:
+        gold_on = on if h["source"]["gold_reward"] == "eval/eval.json" else "the PPO stage's own held-out prompts"
         text = (
             f"**PPO** trained the SFT model on the reward model's scores of its own answers, held near SFT by a KL "
-            f"penalty: on {on} the gold reward went from {_f(h['sft_gold_reward'])} to {_f(h['ppo_gold_reward'])} "
+            f"penalty: on {gold_on} "
+            f"the gold reward went from {_f(h['sft_gold_reward'])} to {_f(h['ppo_gold_reward'])} "
             f"(gain {_ci(gain)}, 95 % interval)"
         )
         if h.get("ppo_kl_to_sft") is not None:
@@ -767,15 +772,17 @@ def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
         )
         lines.append("")
     try:  # as typed from where the command ran (runs/tiny); never an absolute path, since a run can move
-        run, where = str(Path(run_dir).absolute().relative_to(Path.cwd())), ""
+        run, where = Path(run_dir).absolute().relative_to(Path.cwd()).as_posix(), ""
     except ValueError:
         run, where = "RUN", " (RUN: this run's folder)"
-    lines += [
-        "**Look next at** the answers side by side (below): they show what each stage changed; talk to a model with "
-        f"`rlhf chat {run}/ppo/final` (or `sft/final`, `pretrain/final`); check the reward model with "
-        f"`rlhf reward inspect {run}/reward/final`{where}. The glossary at the end explains the terms.",
-        "",
-    ]
+    layout = RunLayout(run_dir)
+    chat = [f"`{shlex.join(['rlhf', 'chat', f'{run}/{s}/final'])}`" for s in ("ppo", "sft") if layout.final(s).exists()]
+    look = ["the answers side by side (below): they show what each stage changed"]
+    if chat:
+        look.append(f"talk to a model with {' or '.join(chat)}")
+    if layout.final("reward").exists():
+        look.append(f"check the reward model with `{shlex.join(['rlhf', 'reward', 'inspect', f'{run}/reward/final'])}`")
+    lines += [f"**Look next at** {'; '.join(look)}{where}. The glossary at the end explains the terms.", ""]
     return lines
 
 
@@ -826,6 +833,22 @@ def _ci(d) -> str:
     return "–" if not d else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
+def _pretrain_held_out(run_dir: Path) -> str:
+    """Which text the base model's bits per byte were measured on, from the recipe the run saved."""
+    import yaml
+
+    try:
+        data = (yaml.safe_load(RunLayout(run_dir).recipe.read_text(encoding="utf-8")) or {}).get("pretrain") or {}
+        data = data.get("data") or {}
+    except (OSError, yaml.YAMLError):
+        return "held-out pre-training text"
+    if data.get("eval_path") or data.get("eval_split"):
+        return f"pretrain.data's held-out set ({data.get('eval_path') or data.get('eval_split')})"
+    if data.get("toy") and not (data.get("path") or data.get("hub")):
+        return "the toy world's held-out documents"
+    return f"the last {data.get('eval_fraction', 0.05):.0%} of the pre-training text"
+
+
 def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
     h = report["headline"]
     lines = [f"# rlhf report: {run_dir.absolute().name}", "", *report["account"]]  # its name: a run can move
@@ -846,8 +869,8 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         "",
         "| metric | value | measured on |",
         "|---|---|---|",
-        f"| base model: bits per byte (lower is better) | {_f(h['base_bits_per_byte'])} | the last tenth of the "
-        f"pre-training text ({pre.get('eval_bytes', '?')} bytes) |",
+        f"| base model: bits per byte (lower is better) | {_f(h['base_bits_per_byte'])} | "
+        f"{_pretrain_held_out(run_dir)} ({pre.get('eval_bytes', '?')} bytes) |",
         f"| untrained model: bits per byte | {_f(h['untrained_bits_per_byte'])} | the same text |",
         f"| base model: completion probes right | {pct('base_probe_accuracy')} | the world's fact probes |",
         f"| SFT: finished-answer rate | {pct('sft_finished_rate')} | {sft_on} |",
@@ -857,7 +880,8 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         f"{pairs('train_accuracy', 'training pairs')} |",
         f"| reward model: agreement with the gold order | {pct('reward_gold_accuracy')} | "
         f"{pairs('gold_accuracy', 'held-out pairs whose gold reward differs')} |",
-        f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} | {held} |",
+        f"| gold reward: SFT → PPO | {_f(h['sft_gold_reward'])} → {_f(h['ppo_gold_reward'])} | "
+        f"{held if h['source']['gold_reward'] == 'eval/eval.json' else 'PPO stage check prompts'} |",
         f"| right-fact rate (states the asked fact, no wrong one): base / SFT / PPO | "
         f"{' / '.join(_f(h[f'{m}_right_fact_rate'], '.1%') for m in ('base', 'sft', 'ppo'))} | {held} |",
         f"| PPO gold-reward gain over SFT (95 % bootstrap) | {_ci(h['ppo_gold_gain'])} | "

@@ -13,11 +13,12 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.evaluation.stats import bucket_name, tertiles, wilson
 from rlhf_cli.models.modeling import REWARD_MODEL, check_model_kind, inference_device, load_tokenizer
 from rlhf_cli.models.scoring import answer_tokens, length_caution, length_preference, load_reward_model, score_pairs
+from rlhf_cli.people.feedback import with_people_rankings
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.runtime import files
 from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.runtime.files import read_json
-from rlhf_cli.runtime.layout import enclosing_run, path_in_run
+from rlhf_cli.runtime.layout import RunLayout, enclosing_run, path_in_run
 from rlhf_cli.runtime.runs import read_lineage
 
 
@@ -49,6 +50,8 @@ def inspect_reward_model(model_dir, data: str | None = None, out_dir=None) -> di
         if spec.path and not Path(spec.path).exists():
             raise UserError(f"{spec.path} (the data {model_dir} was trained on) is gone; pass --data FILE.")
         pairs = load_stage_data("reward", spec, seed=info["seed"])
+        if run is not None:  # the held-out prompts the stage drew: from its rankings and a people's round's together
+            pairs, _ = with_people_rankings(pairs, spec, RunLayout(run), say=False)
         pairs = train_eval_split(pairs, spec, "reward", seed=info["seed"])[1]
         source = f"{path_in_run(spec.path, run) or spec.hub} (held-out prompts)"
     else:

@@ -175,17 +175,24 @@ def length_caution(length: dict) -> str | None:
     pipeline's summary) gives when its scores follow answer length: None when they do not."""
     if not length or not length.get("length_alarm"):
         return None
-    corr, model, data = length["length_correlation"], length["prefers_longer"], length["chosen_longer_in_data"]
+    corr = length["length_correlation"]
+    longer = corr > 0  # which way the score goes; the shares below are of the pairs' answer that way
+    word = "longer" if longer else "shorter"
+    model = length["prefers_longer"] if longer else 1 - length["prefers_longer"]
+    data = length["chosen_longer_in_data"] if longer else 1 - length["chosen_longer_in_data"]
     text = (
-        f"the reward model's score follows answer length (correlation {corr:+.2f}, |r| >= {LENGTH_ALARM}): it "
-        f"prefers the longer answer in {model:.0%} of held-out pairs"
+        f"the reward model's score {'rises' if longer else 'falls'} with answer length (correlation {corr:+.2f}, "
+        f"|r| >= {LENGTH_ALARM}): it prefers the {word} answer in {model:.0%} of held-out pairs"
     )
-    if model <= data + 0.1:  # the raters' own choices carry length: quality and length go together in this data
-        return (
-            f"{text}, about as often as the raters chose the longer one ({data:.0%}) - length and what raters value "
-            "go together in this data, so PPO may learn length with it; compare the models' mean length"
-        )
-    return f"{text}, more often than the raters chose it ({data:.0%}) - it may reward length itself"
+    if model > data + 0.1:
+        return f"{text}, more often than the raters chose it ({data:.0%}) - it may reward length itself"
+    if model < data - 0.1:
+        return f"{text}, less often than the raters chose it ({data:.0%}); PPO may still learn length from it"
+    # the raters' own choices carry length: quality and length go together in this data
+    return (
+        f"{text}, about as often as the raters chose the {word} one ({data:.0%}) - length and what raters value "
+        "go together in this data, so PPO may learn length with it; compare the models' mean length"
+    )
 
 
 def score_stats(

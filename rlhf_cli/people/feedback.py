@@ -603,3 +603,36 @@ def label_human(
             action += 1
             this_session += 1
     return out
+
+
+def with_people_rankings(pairs, spec, layout: RunLayout, stage: str = "reward", *, say: bool = True):
+    """The run's own rankings and, when it has a people's round (rlhf_cli.people.feedback.sample_people), the people's
+    rankings beside them: (the pairs together, {file: its preference pairs}). Another source (reward.data) is read
+    as it is. Says how many comparisons come from each file (`say`). The reward and DPO stages train on what it
+    returns, and `rlhf reward inspect` rebuilds the same held-out prompts from it."""
+    import datasets
+
+    source = path_in_run(spec.path, layout.root) if spec.path else spec.hub  # relative when the run's own: it can move
+    if not isinstance(pairs, datasets.Dataset):  # streamed from elsewhere: counted as it goes, not here
+        return pairs, {str(source): None}
+    comparisons = {str(source): len(pairs)}
+    own = spec.path and Path(spec.path).resolve() == layout.rankings.resolve()
+    people = layout.people_rankings
+    if not (own and people.exists() and people.read_text(encoding="utf-8").strip()):
+        return pairs, comparisons
+    theirs = load_stage_data("reward", DataSpec(path=str(people)))
+    comparisons[path_in_run(str(people), layout.root)] = len(theirs)
+    if say and is_main_process():
+        raters = ", ".join(f"{who} {n}" for who, n in _raters(people).most_common())
+        print(
+            f"{stage}: {len(pairs)} comparisons from {spec.path} and {len(theirs)} from the people's round "
+            f"{people} ({raters}): {len(pairs) + len(theirs)} in all",
+            flush=True,
+        )
+    return datasets.concatenate_datasets([pairs, theirs.cast(pairs.features)]), comparisons
+
+
+def _raters(path: Path):
+    """Rankings in a rankings file by each rater (the web page's) or annotator."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return Counter(str(r.get("rater") or r.get("annotator") or "unknown") for r in rows)

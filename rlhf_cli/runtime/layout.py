@@ -235,8 +235,9 @@ def holding_run(run_dir: str | Path) -> Path | None:
 
 def path_in_run(path: str | Path | None, run_dir: str | Path | None) -> str | None:
     """`path` as a run's files store it: relative to `run_dir` when it lies inside the run (for a nested run, inside
-    the run holding it: `../../sft/final`), so the folder can be moved; anything else as given (a user's data file,
-    a hub id, a model folder elsewhere; any path when `run_dir` is None: a file in no run)."""
+    the run holding it: `../../sft/final`), so the folder can be moved; a place on disk outside the run (a user's
+    data file, a model folder elsewhere) absolute; anything else as given (a hub id; any path when `run_dir` is None:
+    a file in no run)."""
     if path is None or run_dir is None:
         return None if path is None else str(path)
     here, run = Path(path).expanduser(), Path(run_dir)
@@ -249,7 +250,8 @@ def path_in_run(path: str | Path | None, run_dir: str | Path | None) -> str | No
     ):
         if target == root or root in target.parents:
             return Path(os.path.relpath(target, base)).as_posix()
-    return str(path)
+    # a place outside the run (a user's data file): absolute, or it would be read back against the run
+    return os.path.abspath(here)
 
 
 def link_in_run(link: Path, target: Path) -> None:

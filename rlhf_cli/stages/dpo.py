@@ -18,6 +18,7 @@ from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import held_out_prompts as toy_held_out_prompts
 from rlhf_cli.models.answers import score_answers
 from rlhf_cli.models.modeling import count_parameters, frozen_dtype, load_causal_lm, load_tokenizer
+from rlhf_cli.people.feedback import with_people_rankings
 from rlhf_cli.runtime import callbacks, distributed, runs
 from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.runtime.layout import path_in_run
@@ -31,7 +32,7 @@ from rlhf_cli.stages.common import (
     trainer_config,
 )
 from rlhf_cli.stages.driver import Job, stage_runner
-from rlhf_cli.stages.reward import data_spec, with_people_rankings
+from rlhf_cli.stages.reward import data_spec
 
 STAGE = "dpo"
 

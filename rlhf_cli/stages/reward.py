@@ -42,7 +42,7 @@ from rlhf_cli.models.scoring import (
     score,
     score_stats,
 )
-from rlhf_cli.people.feedback import prompt_text, read_samples, unique_answers
+from rlhf_cli.people.feedback import prompt_text, read_samples, unique_answers, with_people_rankings
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.runtime import callbacks, distributed, files, runs
 from rlhf_cli.runtime.errors import UserError
@@ -194,41 +194,6 @@ def _summary(final: Path, m: dict) -> None:
     print(f"Reward model saved to {final} ({m['objective']} loss): {_held_out_text(m)}{fit}{gold}")
     if caution := length_caution(m.get("length")):  # as `rlhf reward inspect` and the report say it
         print(f"Caution: {caution}.")
-
-
-def with_people_rankings(pairs, spec, layout: RunLayout, stage: str = STAGE):
-    """The run's own rankings and, when it has a people's round (rlhf_cli.people.feedback.sample_people), the people's
-    rankings beside them: (the pairs together, {file: its preference pairs}). Another source (reward.data) is read
-    as it is. Says how many comparisons come from each file."""
-    import datasets
-
-    source = path_in_run(spec.path, layout.root) if spec.path else spec.hub  # relative when the run's own: it can move
-    if not isinstance(pairs, datasets.Dataset):  # streamed from elsewhere: counted as it goes, not here
-        return pairs, {str(source): None}
-    comparisons = {str(source): len(pairs)}
-    own = spec.path and Path(spec.path).resolve() == layout.rankings.resolve()
-    people = layout.people_rankings
-    if not (own and people.exists() and people.read_text(encoding="utf-8").strip()):
-        return pairs, comparisons
-    theirs = load_stage_data(STAGE, DataSpec(path=str(people)))
-    comparisons[path_in_run(str(people), layout.root)] = len(theirs)
-    if distributed.is_main_process():
-        raters = ", ".join(f"{who} {n}" for who, n in _raters(people).most_common())
-        print(
-            f"{stage}: {len(pairs)} comparisons from {spec.path} and {len(theirs)} from the people's round "
-            f"{people} ({raters}): {len(pairs) + len(theirs)} in all",
-            flush=True,
-        )
-    return datasets.concatenate_datasets([pairs, theirs.cast(pairs.features)]), comparisons
-
-
-def _raters(path: Path):
-    """Rankings in a rankings file by each rater (the web page's) or annotator."""
-    import json
-    from collections import Counter
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return Counter(str(r.get("rater") or r.get("annotator") or "unknown") for r in rows)
 
 
 def warn_if_few_prompts(pairs, run_dir: Path, spec) -> None:
