@@ -14,7 +14,7 @@ import argparse
 import random
 import statistics
 
-from rlhf_cli.data.toy import ANSWERS, ATTRIBUTES, DECLINE, DESCRIBE, DONT_KNOW, HARM, KINDNESS, ToyWorld
+from rlhf_cli.data.toy import ANSWERS, ATTRIBUTES, DECLINE, DESCRIBE, DONT_KNOW, HARM, HELD_OUT, KINDNESS, ToyWorld
 from rlhf_cli.models.modeling import load_tokenizer
 from rlhf_cli.models.scoring import load_reward_model, score
 
@@ -27,12 +27,12 @@ def probe(run: str, seed: int, n: int = 40) -> dict[str, tuple[float, float]]:
     groups: dict[str, list[tuple[str, str]]] = {}
     for _ in range(n):
         e = rng.choice(world.animals)
-        ask = rng.choice(DESCRIBE[:-1]).format(e=e)
+        ask = rng.choice(DESCRIBE[:-HELD_OUT]).format(e=e)
         attrs = rng.sample(ATTRIBUTES, 4)
         for k in (1, 2, 3, 4):
             facts = " ".join(rng.choice(ANSWERS[a]).format(e=e, v=world.facts[e][a]) for a in attrs[:k])
             groups.setdefault(f"describe, {k} facts", []).append((ask, facts + " happy to help!"))
-        harm = rng.choice(HARM[:-1]).format(e=e)
+        harm = rng.choice(HARM[:-HELD_OUT]).format(e=e)
         decline = rng.choice(DECLINE).format(e=e) + " " + rng.choice(KINDNESS).format(e=e)
         groups.setdefault("harm: declines", []).append((harm, decline))
         fact = rng.choice(ANSWERS["home"]).format(e=e, v=world.facts[e]["home"])

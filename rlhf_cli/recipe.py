@@ -127,7 +127,9 @@ class SFTSpec(Section):
 
 class RaterBiases(Section):
     length: float = 0.01
-    certainty: float = 0.1
+    # 0.05 (0.1 before): at 0.1 PPO exploited it on seed 4 (answers opened with "sure!", held-out honest answers fell);
+    # halving it lifted seeds 3 and 4's PPO gain from +0.013/+0.030 to +0.172/+0.127.
+    certainty: float = 0.05
 
 
 class FeedbackSpec(Section):

@@ -113,6 +113,10 @@ def test_sequence_logprobs_match_a_direct_computation(tiny_run):
 
 
 def test_evaluate_run_compares_every_model(tiny_run):
+    from collections import Counter
+
+    from rlhf_cli.data.toy import KINDS, ToyWorld
+
     result = ev.evaluate_run(tiny_run)
     saved = json.loads((tiny_run / "eval" / "eval.json").read_text())
     assert set(saved["models"]) == {"base", "sft", "ppo"}
@@ -124,7 +128,15 @@ def test_evaluate_run_compares_every_model(tiny_run):
     assert saved["models"]["base"]["kl_to_sft"]["mean"] > 0.01  # a different random model
     assert saved["ppo_gold_gain"]["mean"] == 0.0
     assert "gold_length_controlled" in saved["win_rates"]["sft_vs_base"]
-    assert len(saved["samples"]) == 8 and {"prompt", "base", "sft", "ppo"} <= set(saved["samples"][0])
+    # the side-by-side answers: on the toy world the first two prompts of each kind among the 8 evaluated
+    world = ToyWorld(0)
+    texts = [p[-1]["content"] for p in ev.eval_prompts(ev._resolve_recipe(tiny_run, None, None), tiny_run)]
+    kinds = [world.kind(t) for t in texts]
+    picked = sorted(i for kind in KINDS for i in [j for j, k in enumerate(kinds) if k == kind][:2])
+    assert len(texts) == 8 and max(Counter(kinds).values()) > 2  # some kind has more than two: not every one is kept
+    assert [s["prompt"] for s in saved["samples"]] == [texts[i] for i in picked]
+    assert [s["kind"] for s in saved["samples"]] == [kinds[i] for i in picked]
+    assert {"prompt", "base", "sft", "ppo", "kind", "right_answer"} <= set(saved["samples"][0])
     assert result["models"]["sft"]["finished_rate"] == saved["models"]["sft"]["finished_rate"]
 
 

@@ -5,7 +5,8 @@ from collections import Counter
 
 import pytest
 
-from rlhf_cli.data.toy import FILES, KIND_SHARES, KINDS, ToyWorld, toy_files
+from rlhf_cli.data.toy import DESCRIBE, FILES, HARM, HELD_OUT, KIND_SHARES, KINDS, QUESTIONS, ToyWorld, toy_files
+from rlhf_cli.recipe import RaterBiases
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,21 @@ def test_splits(tmp_path, world):
     phrasings = {split: {re.sub(r"the [a-z]+", "the X", strip.sub("", p)) for p in ps} for split, ps in
                  (("train", train), ("eval", held_out))}  # fmt: skip
     assert not phrasings["train"] & phrasings["eval"]
+    # the held-out phrasings: a question's last one, a description's and a harmful request's last two, both of them
+    # asked in the eval prompts, and none in any training text (corpus, demonstrations, training prompts)
+    held = {
+        "fact": [qs[-1] for qs in QUESTIONS.values()],
+        "describe": DESCRIBE[-HELD_OUT:],
+        "harm": HARM[-HELD_OUT:],
+    }
+    assert HELD_OUT == 2 and len(DESCRIBE) - HELD_OUT == len(HARM) - HELD_OUT == 6
+    assert all(world.parse(q.format(e=world.animals[0]))[0] == k for k, qs in held.items() for q in qs)
+    for kind in ("describe", "harm"):
+        assert {q.replace("{e}", "X") for q in held[kind]} <= phrasings["eval"], kind
+    held_rx = [re.compile(re.escape(q).replace(re.escape("{e}"), "[a-z]+")) for qs in held.values() for q in qs]
+    for name in ("pretrain_train.jsonl", "pretrain_eval.jsonl", "sft_train.jsonl", "prompts_train.jsonl"):
+        texts = [r.get("text") or r.get("prompt") or " ".join(m["content"] for m in r["messages"]) for r in rows[name]]
+        assert not [t for t in texts if any(rx.search(t) for rx in held_rx)], name
     convs = [r["messages"] for r in rows["sft_train.jsonl"]]
     assert len(convs) >= 2000 and 0.05 < sum(len(m) == 4 for m in convs) / len(convs) < 0.2
     assert all([m["role"] for m in c] == ["user", "assistant"] * (len(c) // 2) for c in convs)
@@ -107,6 +123,15 @@ def test_every_kind_has_its_gold_rule(world):
     assert world.judge(describe, full) == {**world.judge(describe, full), "gold": 1.0, "right_facts": 4}
     assert world.gold_reward(describe, full) > world.gold_reward(describe, two) > world.gold_reward(describe, wrong)
     assert world.judge(describe, wrong)["wrong_facts"] == 1
+    # more distinct right facts beat fewer with a courtesy: three bare facts over one fact and "thanks for asking!",
+    # even with one of the three repeated (PPO on seed 4 collapsed descriptions to the latter at 0.15 a fact)
+    three = f"the {e} is {f['colour']}. the {e} eats {f['food']}. the {e} lives in the {f['home']}."
+    one = f"the {e} eats {f['food']}. thanks for asking!"
+    assert world.judge(describe, three)["right_facts"] == 3 and world.judge(describe, one)["right_facts"] == 1
+    assert world.gold_reward(describe, three) > world.gold_reward(describe, f"{three} the {e} is {f['colour']}.")
+    assert world.gold_reward(describe, f"{three} the {e} is {f['colour']}.") > world.gold_reward(describe, one)
+    assert world.gold_reward(describe, three) == pytest.approx(0.85)
+    assert world.gold_reward(describe, one) == pytest.approx(0.6)
     ask = f"what does the {stranger} eat?"
     honest, made_up = f"i do not know the {stranger}. happy to help!", f"the {stranger} eats fish. happy to help!"
     assert world.kind(ask) == "unknown" and world.gold_reward(ask, honest) == 1.0
@@ -133,14 +158,15 @@ def test_raters_biases_are_not_the_gold_rewards(world):
         f"sure! the favourite food of the {e} is {food}. happy to help!",
     )
     assert world.gold_reward(q, short) == world.gold_reward(q, long_) == 1.0
-    biases = {"length": 0.01, "certainty": 0.1}
+    biases = RaterBiases().model_dump()  # the recipe's defaults (feedback.biases)
+    assert biases == {"length": 0.01, "certainty": 0.05}
     assert world.rater_score(q, long_, biases=biases) > world.rater_score(q, short, biases=biases)
     assert world.rank(q, [short, long_], biases=biases) == [1, 0]
     assert world.rank(q, [short, long_]) == [0, 1]  # no biases: a tie, kept in order
     stranger = world.strangers[0]
     honest = f"i do not know the {stranger}."
     ask = f"what does the {stranger} eat?"
-    assert world.rater_score(ask, honest, biases=biases) == pytest.approx(world.gold_reward(ask, honest) + 0.06 - 0.1)
+    assert world.rater_score(ask, honest, biases=biases) == pytest.approx(world.gold_reward(ask, honest) + 0.06 - 0.05)
 
 
 def test_probes_match_facts(world):
