@@ -28,7 +28,7 @@ def test_a_longer_budget_or_a_faster_machine_never_picks_a_smaller_model():
     faster = [sizing.choose_width({w: 3 * r for w, r in rates.items()}, 60)[0], sizing.choose_width(rates, 60)[0]]
     assert faster[0] >= faster[1]
     width, why = sizing.choose_width(rates, 300)
-    assert f"{width} wide" in why and "per parameter" in why
+    assert f"{width} wide" in why and "per non-embedding parameter" in why
 
 
 def test_no_width_fits_picks_the_narrowest():

@@ -1,23 +1,22 @@
 """What `auto` means when pre-training a fresh model on a text: settings chosen from the text and the time budget.
 
-The `text` recipe leaves four choices to the stage: `model.size`, `tokenizer.train.vocab_size`, `pretrain.block_size`
-and `pretrain.training.learning_rate` are `auto`. The pretrain stage calls `plan()` once, before it builds anything,
-prints what it chose and why in its first lines, and keeps the plan in `pretrain/plan.json` (a resumed run reuses it;
-`pretrain/eval.json["plan"]` repeats it). A number in the recipe overrides any one choice; the others still follow.
+The `text` recipe leaves five choices to the stage: `model.size`, `tokenizer.train.vocab_size`, `pretrain.block_size`,
+`pretrain.training.per_device_train_batch_size` and `pretrain.training.learning_rate` are `auto`. The pretrain stage
+calls `plan()` once (the main process; the others take its plan), prints what it chose and why in its first lines, and
+keeps the plan in `pretrain/plan.json` (a resumed run reuses it; `pretrain/eval.json["plan"]` repeats it). A number in
+the recipe overrides any one choice; the others still follow.
 
-    vocabulary      from the training text's size: one token per ~BYTES_PER_VOCAB_ENTRY bytes, a power of two in
-                    [512, 8192] - a short text cannot teach a large vocabulary's rare tokens (measured below)
-    block size      from the text's structure: long enough for a typical paragraph (blank-line separated) or, in text
-                    without paragraphs, a few lines, as a power of two in [64, 256] tokens; the tokens a step trains
-                    on stay TOKENS_PER_STEP (the batch shrinks as blocks grow)
-    model           from the budget: a throughput probe of candidate widths on this machine (a few real training
-                    steps each, in the precision the rule picks for its size), then the widest whose budget trains it
-                    on at least TOKENS_PER_PARAMETER tokens per parameter (the compute-optimal idea, with the ratio
-                    measured on CPUs at these budgets rather than Chinchilla's 20, which is for far larger runs)
-    learning rate   from the width: LR_AT_128 at 128 wide, scaled by (128 / width) ** 0.5 (wider models take smaller
-                    steps); the schedule is the recipe's cosine on the clock (pretrain.TimeBudget)
+    vocabulary      from the training text's size: one entry per BYTES_PER_VOCAB_ENTRY bytes, a power of two in
+                    [512, 8192]: a short text cannot teach a large vocabulary's rare tokens
+    block, batch    from the text's structure: the 75th-percentile paragraph (blank-line separated; four-line groups in
+                    text without blank lines) in tokens, a power of two in [64, 256]; TOKENS_PER_STEP a step
+    model           from the budget and this machine: a throughput probe of the widths (a few real training steps
+                    each, in the precision the rule picks for its size), then the widest the budget trains on at least
+                    TOKENS_PER_PARAMETER tokens per non-embedding parameter (the compute-optimal idea, its ratio
+                    measured on 2-core CPUs at 60 s rather than Chinchilla's 20, which is for far larger runs)
+    learning rate   from the width: LR_AT_128 at 128 wide, x (128 / width) ** 0.5
 
-Measured with `python -m bench.pretrain_text` (bench/README.md): the figures behind each constant are in the comments.
+Measured with `python -m bench.pretrain_text` and its ablations (bench/README.md); the figures are beside each constant.
 """
 
 from __future__ import annotations
@@ -33,10 +32,13 @@ AUTO = "auto"
 # Widths tried, narrowest first; 4 layers, heads of 32 (nanoGPT's CPU size is the 128 rung).
 WIDTHS = (64, 96, 128, 160, 192, 256, 320, 384, 512)
 LAYERS, HEAD_DIM = 4, 32
+# On the play in 60 s (seed 0): 96 wide 3.286 bits/byte (1.8 tokens per non-embedding parameter), 128 wide 3.255 (0.8),
+# 192 wide 3.330 (0.2); the threshold sits between the best and the next wider.
 TOKENS_PER_PARAMETER = 0.4
-TOKENS_PER_STEP = 512
+TOKENS_PER_STEP = 512  # the recipe's earlier 8 blocks of 64; at 512 a step, block 64 and 128 gave 1.993 / 2.002 (novel)
+# The play (0.21 MB): 512 / 1024 / 2048 entries 3.329 / 3.255 / 3.279 bits/byte; code (0.88 MB): 4096 1.896, 2048 1.986
 BYTES_PER_VOCAB_ENTRY = 200
-LR_AT_128 = 2e-3
+LR_AT_128 = 2e-3  # War and Peace, 60 s, 128 wide: 2e-3 1.948 bits/byte, 3e-3 2.025; the play: 3e-3 worse (3.307)
 PROBE_SECONDS = 0.6  # per width, after two warm-up steps
 
 
@@ -117,7 +119,7 @@ def choose_width(rates: dict[int, float], seconds: float) -> tuple[int, str]:
     per = tokens / non_embedding_parameters(width)
     return width, (
         f"{seconds:g} s at {rates[width]:,.0f} tokens/s here trains {width} wide on ~{tokens / 1e6:.2g}M tokens, "
-        f"{per:.2g} per parameter (the widest with at least {TOKENS_PER_PARAMETER:g})"
+        f"{per:.2g} per non-embedding parameter (the widest with at least {TOKENS_PER_PARAMETER:g})"
     )
 
 
