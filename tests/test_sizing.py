@@ -149,3 +149,12 @@ def test_rlhf_check_measures_memory_at_the_largest_auto_can_choose(tmp_path):
     result = CliRunner().invoke(app, ["check", "--recipe", "text", "--set", f"pretrain.data.path={text}"])
     assert result.exit_code == 0, result.output
     assert "checked here at the largest it can choose" in result.output and "model.size" in result.output
+
+
+def test_the_learning_rate_follows_a_width_the_recipe_sets():
+    import datasets
+
+    docs = datasets.Dataset.from_dict({"text": ["the fox ran far.\n\n" * 300]})
+    recipe = load_recipe("text", ["model.size=tiny", "model.hidden_size=512", "model.num_heads=8"])
+    plan, _ = sizing.plan(recipe, docs, lambda v: _bytes_tokenizer())
+    assert plan.hidden_size is None and plan.learning_rate == sizing.learning_rate(512)[0] < sizing.LR_AT_128

@@ -134,19 +134,13 @@ def measure_rate(model_spec, vocab: int, block: int, batch: int, precision_setti
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf_cli.models.modeling import attention, count_parameters, inference_device, model_config
+    from rlhf_cli.models.modeling import VocabSize, attention, count_parameters, inference_device, model_config
     from rlhf_cli.runtime import precision
-
-    class _Vocab:  # what model_config reads of a tokenizer
-        pad_token_id, eos_token_id = 0, 1
-
-        def __len__(self):
-            return vocab
 
     device = inference_device()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
-        model_config(model_spec, _Vocab()), attn_implementation=attention(model_spec.attn_implementation)
+        model_config(model_spec, VocabSize(vocab)), attn_implementation=attention(model_spec.attn_implementation)
     ).to(device)
     chosen = precision.for_training(count_parameters(model), precision_setting, training)
     cast = torch.autocast(device.type, dtype=torch.bfloat16) if chosen.bf16 else contextlib.nullcontext()
@@ -224,6 +218,10 @@ def plan(recipe, docs, tokenizer_for, model_width=None) -> tuple[Plan, object]:
         batch = out.batch_size = max(1, TOKENS_PER_STEP // block)
         out.reasons["batch"] = f"{TOKENS_PER_STEP} tokens a step in {block}-token blocks"
     width = model_width
+    if width is None and recipe.model.size != AUTO:  # a fresh model the recipe sizes itself
+        from rlhf_cli.models.modeling import model_dimensions
+
+        width = model_dimensions(recipe.model)["hidden_size"]
     if "model.size" in keys:
         seconds, steps = training.get("max_time"), training.get("max_steps")
         rates = {}
@@ -240,7 +238,7 @@ def plan(recipe, docs, tokenizer_for, model_width=None) -> tuple[Plan, object]:
         width, out.reasons["model"] = choose_width(rates, seconds or 1)
         out.hidden_size, out.num_layers, out.num_heads = dimensions(width).values()
     if training.get("learning_rate") == AUTO:
-        out.learning_rate, out.reasons["learning rate"] = learning_rate(width or 128)
+        out.learning_rate, out.reasons["learning rate"] = learning_rate(width)
     return out, tokenizer
 
 

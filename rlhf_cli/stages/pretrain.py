@@ -63,9 +63,11 @@ def setup(ctx) -> Job:
                 "pretrain has no held-out text to measure bits per byte on: set pretrain.data.eval_fraction above 0 "
                 "(e.g. 0.05) or pretrain.data.eval_path to a held-out file."
             )
-
-    recipe, tokenizer, trained, plan = _plan(recipe, stage_dir, train_docs, ctx.resume)  # every process, together
-    spec = recipe.pretrain
+        if not sizing.auto_keys(recipe):
+            (tokenizer, trained), plan = _tokenizer(recipe, stage_dir, train_docs, ctx.resume), None
+    if sizing.auto_keys(recipe):  # every process together: the main one plans, the others take its plan
+        recipe, tokenizer, trained, plan = _plan(recipe, stage_dir, train_docs, ctx.resume)
+        spec = recipe.pretrain
 
     # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
     if spec.init_from:  # fp32 master weights whatever the checkpoint was saved in
@@ -185,8 +187,6 @@ def _summary(final: Path, m: dict) -> None:
 def _plan(recipe, stage_dir: Path, train_docs, resume: bool):
     """(the recipe with its `auto` settings chosen, the tokenizer, trained here?): rlhf_cli.models.sizing chooses them
     from the text and the budget and prints why; a resumed run reads the plan it made (pretrain/plan.json)."""
-    if not sizing.auto_keys(recipe):
-        return recipe, *_tokenizer(recipe, stage_dir, train_docs, resume), None
     saved, trained = stage_dir / "plan.json", []
 
     def tokenizer_for(vocab_size):
