@@ -28,6 +28,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rlhf_cli.models.modeling import (
+    VocabSize,
+    attention,
+    count_parameters,
+    inference_device,
+    model_config,
+    model_dimensions,
+)
+from rlhf_cli.runtime import precision
+
 AUTO = "auto"
 # Widths tried, narrowest first; 4 layers, heads of 32 (nanoGPT's CPU size is the 128 rung).
 WIDTHS = (64, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -134,9 +144,6 @@ def measure_rate(model_spec, vocab: int, block: int, batch: int, precision_setti
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf_cli.models.modeling import VocabSize, attention, count_parameters, inference_device, model_config
-    from rlhf_cli.runtime import precision
-
     device = inference_device()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
@@ -219,8 +226,6 @@ def plan(recipe, docs, tokenizer_for, model_width=None) -> tuple[Plan, object]:
         out.reasons["batch"] = f"{TOKENS_PER_STEP} tokens a step in {block}-token blocks"
     width = model_width
     if width is None and recipe.model.size != AUTO:  # a fresh model the recipe sizes itself
-        from rlhf_cli.models.modeling import model_dimensions
-
         width = model_dimensions(recipe.model)["hidden_size"]
     if "model.size" in keys:
         seconds, steps = training.get("max_time"), training.get("max_steps")
