@@ -17,7 +17,7 @@ import difflib
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -72,7 +72,8 @@ class DataSpec(Section):
 
 class ModelSpec(Section):
     arch: Literal["llama", "gpt2"] = "llama"
-    size: Literal["tiny", "small", "gpt2-124m", "350m", "1b"] = "tiny"
+    # auto: a fresh model as wide as pretrain's time budget trains well on this machine (rlhf_cli.models.sizing)
+    size: Literal["auto", "tiny", "small", "gpt2-124m", "350m", "1b"] = "tiny"
     hidden_size: int | None = Field(None, gt=0)
     num_layers: int | None = Field(None, gt=0)
     num_heads: int | None = Field(None, gt=0)
@@ -87,7 +88,7 @@ class ModelSpec(Section):
 
 
 class TokenizerTrainSpec(Section):
-    vocab_size: int = Field(2048, ge=300)
+    vocab_size: Annotated[int, Field(ge=300)] | Literal["auto"] = 2048  # auto: from the text's size (models.sizing)
     min_frequency: int = Field(2, ge=1)
 
 
@@ -99,7 +100,7 @@ class TokenizerSpec(Section):
 class PretrainSpec(Section):
     data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))
     init_from: str | None = None
-    block_size: int = Field(256, gt=8)
+    block_size: Annotated[int, Field(gt=8)] | Literal["auto"] = 256  # auto: from the text's paragraphs (models.sizing)
     compile: bool = False
     probes: bool = True
     training: dict[str, Any] = Field(default_factory=dict)
@@ -492,6 +493,24 @@ def _fields_at(loc: tuple) -> list[str] | None:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
+UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|int|float|str|bool|none|list\[.*\]|dict\[.*\])$")
+
+
+def _merge_union_errors(errors: list[dict]) -> list[dict]:
+    """One error per key for a value that fits no member of a union (`int | auto`): pydantic reports one per member."""
+    out, merged = [], {}
+    for e in errors:
+        loc = e["loc"]
+        if loc and isinstance(loc[-1], str) and UNION_MEMBER.match(loc[-1]):
+            key = loc[:-1]
+            if key in merged:
+                merged[key]["msg"] += f", or {e['msg'][0].lower()}{e['msg'][1:]}"
+                continue
+            merged[key] = e = {**e, "loc": key}
+        out.append(e)
+    return out
+
+
 def _describe(err: dict) -> str:
     loc = tuple(p for p in err["loc"] if not isinstance(p, int))
     key = ".".join(str(p) for p in err["loc"])
@@ -539,7 +558,7 @@ def load_recipe(
     try:
         resolved = Recipe.model_validate(data)
     except ValidationError as err:
-        problems = [_describe(e) for e in err.errors()]
+        problems = list(dict.fromkeys(_describe(e) for e in _merge_union_errors(err.errors())))
     if check_training:
         problems += check_training_keys(data)
     if problems:

@@ -24,6 +24,7 @@ LAYERS = [
         "recipe",
         *("data", "data.read", "data.formats", "data.stage_data"),
         *("models.modeling", "models.generation", "models.scoring", "models.trainer_configs", "models.kwise"),
+        "models.sizing",
         "evaluation.lm_eval",
     ],
     # run folders, checkpoints, callbacks; samples and rankings

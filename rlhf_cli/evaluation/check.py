@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.models import hub
+from rlhf_cli.models import hub, sizing
 from rlhf_cli.models.modeling import load_error, load_tokenizer, model_config, train_tokenizer, training_chat_template
 from rlhf_cli.recipe import DataSpec
 from rlhf_cli.runtime.errors import UserError
@@ -47,6 +47,12 @@ def check_recipe(
     console.print(
         f"[bold]rlhf check[/bold]: recipe [cyan]{recipe.name}[/cyan] (hash {recipe.fingerprint()}), run folder {run_dir}"
     )
+    if sizing.auto_keys(recipe):  # chosen when pretrain runs, from the text and the budget
+        console.print(
+            f"{', '.join(sizing.auto_keys(recipe))}: auto, chosen by pretrain from the text and its budget; checked "
+            "here at the largest it can choose"
+        )
+        recipe = sizing.apply(recipe, sizing.largest(recipe))
     with tempfile.TemporaryDirectory(prefix="rlhf-check-") as tmp:
         data = check_data(recipe, run_dir, Path(tmp) / "toy", problems, console)
         tokenizer, tok_source = pick_tokenizer(recipe, run_dir, data, problems)

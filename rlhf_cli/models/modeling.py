@@ -606,14 +606,20 @@ def estimate_parameters(spec, vocab_size: int) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    class _Vocab:  # what model_config reads of a tokenizer
-        pad_token_id, eos_token_id = 0, 1
-
-        def __len__(self):
-            return vocab_size
-
     with torch.device("meta"):
-        return count_parameters(AutoModelForCausalLM.from_config(model_config(spec, _Vocab())))
+        return count_parameters(AutoModelForCausalLM.from_config(model_config(spec, VocabSize(vocab_size))))
+
+
+class VocabSize:
+    """What model_config reads of a tokenizer, for a model sized before its tokenizer exists."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self):
+        return self.size
 
 
 # ------------------------------------------------------------------------------------------------------ hardware

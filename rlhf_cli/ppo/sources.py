@@ -88,7 +88,8 @@ def ptx_blocks(recipe, run_dir: Path, tokenizer, block: int = 128, max_blocks: i
     import torch
 
     ds = load_stage_data("pretrain", recipe.pretrain.data, toy_dir=RunLayout(run_dir).toy, seed=recipe.seed)
-    block = min(block, recipe.pretrain.block_size)
+    if recipe.pretrain.block_size != "auto":
+        block = min(block, recipe.pretrain.block_size)
     ids: list[int] = []
     for row in ds:
         ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

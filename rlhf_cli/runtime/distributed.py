@@ -84,3 +84,15 @@ def whole_loading():
             os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
         else:
             os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = before
+
+
+def from_main_process(obj):
+    """`obj` as the main process holds it, on every process (a choice each rank would measure for itself, such as the
+    pre-training plan's throughput probe, must be one choice); `obj` itself in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -11,6 +11,7 @@ from typing import Any
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.evaluation.stats import paired_difference_ci
+from rlhf_cli.models import sizing
 from rlhf_cli.models.answers import score_answers
 from rlhf_cli.models.modeling import attention, estimate_parameters, model_dimensions, save_model
 from rlhf_cli.recipe import RENAMED_TRAINING_KEYS
@@ -71,7 +72,9 @@ def training_kwargs(recipe, stage: str, stage_dir: Path, n_params: int | None = 
         "dataloader_num_workers": 0,
     }
     section = getattr(recipe, stage)
-    kwargs.update(section.training)
+    # `auto` (the text recipe's learning rate and batch) is chosen when pretrain runs (rlhf_cli.models.sizing); a config
+    # built before then (--dry-run, rlhf check, recipe show) holds the default in its place.
+    kwargs.update({k: v for k, v in section.training.items() if v != "auto"})
     for (
         old,
         new,
@@ -157,6 +160,8 @@ def planned_parameters(recipe, stage: str) -> int | None:
 
     if recipe.tokenizer.from_ or any(starts_elsewhere(s) for s in lineage(stage)):
         return None
+    if sizing.auto_keys(recipe):  # a model sized when pretrain runs
+        return None
     return estimate_parameters(recipe.model, recipe.tokenizer.train.vocab_size)
 
 
@@ -193,6 +198,8 @@ def resolved_settings(recipe) -> dict[str, tuple[Any, str]]:
         for key, value in model_dimensions(recipe.model).items():
             if getattr(recipe.model, key) is None:
                 out[f"model.{key}"] = (value, f"size {recipe.model.size}")
+    for key in sizing.auto_keys(recipe):
+        out[key] = ("auto", "chosen by pretrain from the text and its budget, printed in its first lines (sizing)")
     if recipe.precision == "auto":
         out["precision"] = ("auto", f"on this machine: {precision.rule_here()}")
     if recipe.model.attn_implementation == "auto":

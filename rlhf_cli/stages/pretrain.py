@@ -14,6 +14,7 @@ with the budget (`TimeBudget`); the `text` recipe is set up for "my text, N seco
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -23,6 +24,7 @@ from transformers import TrainerCallback
 
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.evaluation.lm_eval import evaluate_lm, matmul_parameters, probe_accuracy
+from rlhf_cli.models import sizing
 from rlhf_cli.models.modeling import (
     build_model,
     count_parameters,
@@ -35,7 +37,7 @@ from rlhf_cli.models.modeling import (
     train_tokenizer,
 )
 from rlhf_cli.models.trainer_configs import PretrainArguments  # noqa: F401 - where checkpoints' pickled training args find it
-from rlhf_cli.runtime import callbacks, runs
+from rlhf_cli.runtime import callbacks, distributed, runs
 from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.stages.common import model_options, trainer_config
 from rlhf_cli.stages.driver import Job, stage_runner
@@ -61,7 +63,11 @@ def setup(ctx) -> Job:
                 "pretrain has no held-out text to measure bits per byte on: set pretrain.data.eval_fraction above 0 "
                 "(e.g. 0.05) or pretrain.data.eval_path to a held-out file."
             )
-        tokenizer, trained = _tokenizer(recipe, stage_dir, train_docs, ctx.resume)
+        if not sizing.auto_keys(recipe):
+            (tokenizer, trained), plan = _tokenizer(recipe, stage_dir, train_docs, ctx.resume), None
+    if sizing.auto_keys(recipe):  # every process together: the main one plans, the others take its plan
+        recipe, tokenizer, trained, plan = _plan(recipe, stage_dir, train_docs, ctx.resume)
+        spec = recipe.pretrain
 
     # The model: continue pre-training a pretrained one, or a fresh one from the preset / explicit dimensions.
     if spec.init_from:  # fp32 master weights whatever the checkpoint was saved in
@@ -104,9 +110,11 @@ def setup(ctx) -> Job:
         callbacks=[callback, TimeBudget(args.max_time)],
     )
 
-    def keep_tokenizer():  # kept for --resume: a resumed run must not train a different tokenizer
+    def keep_tokenizer():  # kept for --resume: a resumed run must not train a different tokenizer, or plan again
         if trained:
             tokenizer.save_pretrained(stage_dir / "tokenizer")
+        if plan is not None:
+            plan.save(stage_dir / "plan.json")
 
     def evaluate(output, checkpoint) -> dict:
         """Held-out loss, perplexity, bits per byte; speed and MFU of the training just done; the toy world's probes."""
@@ -141,6 +149,8 @@ def setup(ctx) -> Job:
                 "block_size": spec.block_size,
             }
         )
+        if plan is not None:
+            metrics["plan"] = dataclasses.asdict(plan)
         if spec.data.toy and spec.probes:
             metrics["probe_accuracy"] = probe_accuracy(trained_model, tokenizer, toy_dir / "probes_eval.jsonl")
         return metrics
@@ -172,6 +182,37 @@ def _summary(final: Path, m: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ tokenizer, data
+
+
+def _plan(recipe, stage_dir: Path, train_docs, resume: bool):
+    """(the recipe with its `auto` settings chosen, the tokenizer, trained here?): rlhf_cli.models.sizing chooses them
+    from the text and the budget and prints why; a resumed run reads the plan it made (pretrain/plan.json)."""
+    saved, trained = stage_dir / "plan.json", []
+
+    def tokenizer_for(vocab_size):
+        chosen = recipe if vocab_size is None else sizing.apply(recipe, sizing.Plan(vocab_size=vocab_size))
+        tokenizer, was_trained = _tokenizer(chosen, stage_dir, train_docs, resume)
+        trained.append(was_trained)
+        return tokenizer
+
+    width = None
+    if recipe.pretrain.init_from:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(recipe.pretrain.init_from, trust_remote_code=recipe.model.trust_remote_code)
+        width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    plan = tokenizer = None
+    if resume and saved.exists():
+        plan = sizing.Plan.load(saved)
+    elif distributed.is_main_process():  # the main process plans (it probes this machine); the others take its plan
+        plan, tokenizer = sizing.plan(recipe, train_docs, tokenizer_for, model_width=width)
+    plan = distributed.from_main_process(plan)
+    if distributed.is_main_process():
+        kept = " (the plan this run made before)" if resume and saved.exists() else ""
+        for line in sizing.describe(plan):
+            print(f"pretrain: {line}{kept}", flush=True)
+    tokenizer = tokenizer or tokenizer_for(plan.vocab_size)
+    return sizing.apply(recipe, plan), tokenizer, trained[-1], plan
 
 
 def _tokenizer(recipe, stage_dir: Path, train_docs, resume: bool):
