@@ -158,3 +158,25 @@ def test_the_learning_rate_follows_a_width_the_recipe_sets():
     recipe = load_recipe("text", ["model.size=tiny", "model.hidden_size=512", "model.num_heads=8"])
     plan, _ = sizing.plan(recipe, docs, lambda v: _bytes_tokenizer())
     assert plan.hidden_size is None and plan.learning_rate == sizing.learning_rate(512)[0] < sizing.LR_AT_128
+
+
+def test_from_a_checkpoint_the_project_did_not_build_only_block_and_learning_rate_are_chosen(tmp_path):
+    # A Qwen2.5-shaped checkpoint (bf16 on disk, its own tokenizer and template): its width and vocabulary stand; the
+    # block and the learning rate still follow the text and the checkpoint's width.
+    from transformers import AutoConfig
+
+    from bench.foreign import build
+
+    source = build("qwen2.5", tmp_path / "checkpoint")
+    text = tmp_path / "t.txt"
+    text.write_text("the fox ran far and sat on a mat by the sea.\n\n" * 400)
+    out = tmp_path / "run"
+    args = ["pretrain", "--recipe", "text", "-o", str(out), "--set", f"pretrain.data.path={text}",
+            "--set", f"pretrain.init_from={source}", "--set", "pretrain.training.max_time=2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "pretrain" / "plan.json").read_text())
+    width = AutoConfig.from_pretrained(source).hidden_size
+    assert plan["hidden_size"] is None and plan["vocab_size"] is None and plan["probe"] == []
+    assert plan["learning_rate"] == sizing.learning_rate(width)[0] and plan["block_size"] == 64
+    assert AutoConfig.from_pretrained(out / "pretrain" / "final").hidden_size == width

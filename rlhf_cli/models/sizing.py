@@ -37,6 +37,7 @@ from rlhf_cli.models.modeling import (
     model_dimensions,
 )
 from rlhf_cli.runtime import precision
+from rlhf_cli.runtime.files import write_text_atomic
 
 AUTO = "auto"
 # Widths tried, narrowest first; 4 layers, heads of 32 (nanoGPT's CPU size is the 128 rung).
@@ -67,7 +68,7 @@ class Plan:
     probe: list[dict] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Plan:
