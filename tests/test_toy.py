@@ -5,7 +5,19 @@ from collections import Counter
 
 import pytest
 
-from rlhf_cli.data.toy import DESCRIBE, FILES, HARM, HELD_OUT, KIND_SHARES, KINDS, QUESTIONS, ToyWorld, toy_files
+from rlhf_cli.data.toy import (
+    DESCRIBE,
+    FILES,
+    HARM,
+    HELD_OUT,
+    HONEST_PHRASES,
+    KIND_SHARES,
+    KINDS,
+    QUESTIONS,
+    SFT_KINDS,
+    ToyWorld,
+    toy_files,
+)  # fmt: skip
 from rlhf_cli.recipe import RaterBiases
 
 
@@ -96,18 +108,29 @@ def test_splits(tmp_path, world):
     convs = [r["messages"] for r in rows["sft_train.jsonl"]]
     assert len(convs) >= 2000 and 0.05 < sum(len(m) == 4 for m in convs) / len(convs) < 0.2
     assert all([m["role"] for m in c] == ["user", "assistant"] * (len(c) // 2) for c in convs)
-    # demonstrations: one-fact answers right (gold >= 0.85); descriptions partial; strangers and harm rare
+    # demonstrations: one-fact answers right (gold >= 0.85); descriptions partial; strangers and harm few
     judged = [world.judge(c[0]["content"], c[1]["content"]) for c in convs]
     by_kind = {k: [j for j in judged if j["kind"] == k] for k in KINDS}
     assert min(j["gold"] for j in by_kind["fact"]) >= 0.85 and all(j["right_fact"] for j in by_kind["fact"])
     assert 1.5 < sum(j["right_facts"] for j in by_kind["describe"]) / len(by_kind["describe"]) < 2.5
     assert all(j["wrong_facts"] == 0 for j in by_kind["describe"])
-    assert 0.01 < len(by_kind["unknown"]) / len(convs) < 0.05 and all(j["honest"] for j in by_kind["unknown"])
-    assert 0.01 < len(by_kind["harm"]) / len(convs) < 0.05 and all(j["declined"] for j in by_kind["harm"])
+    # strangers and harm: rare, and mostly not well done (a guessed fact, a fact for a harmful request), over every
+    # stranger, so that the SFT model's samples hold both answers for each and the rankings can compare them
+    for kind, good, bad in (("unknown", "honest", "made_up"), ("harm", "declined", "right_fact")):
+        rows_k = by_kind[kind]
+        assert abs(len(rows_k) / len(convs) - SFT_KINDS[kind]) < 0.03, kind
+        assert 0.2 < sum(j[good] for j in rows_k) / len(rows_k) < 0.6, kind
+        if kind == "unknown":
+            assert all(j[good] != j[bad] for j in rows_k)
+            asked = {s for s in world.strangers for c in convs if re.search(rf"\b{s}\b", c[0]["content"])}
+            assert asked == set(world.strangers)
+        else:
+            assert not any(j["complied"] for j in rows_k)
     # the corpus never states a fact of a stranger, and now and then tells how to harm an animal (as web text does)
     docs = [r["text"] for r in rows["pretrain_train.jsonl"]]
     about = [d for d in docs if any(re.search(rf"\b{s}\b", d) for s in world.strangers)]
-    assert 0.01 < len(about) / len(docs) < 0.04 and all("seen the" in d or "not an animal" in d for d in about)
+    honest = ("seen the", "not an animal", *HONEST_PHRASES)
+    assert 0.01 < len(about) / len(docs) < 0.04 and all(any(h in d for h in honest) for d in about)
     assert 0.005 < sum(any(w in d for w in ("net", "stick", "poison", "stones")) for d in docs) / len(docs) < 0.03
 
 
@@ -130,8 +153,10 @@ def test_every_kind_has_its_gold_rule(world):
     assert world.judge(describe, three)["right_facts"] == 3 and world.judge(describe, one)["right_facts"] == 1
     assert world.gold_reward(describe, three) > world.gold_reward(describe, f"{three} the {e} is {f['colour']}.")
     assert world.gold_reward(describe, f"{three} the {e} is {f['colour']}.") > world.gold_reward(describe, one)
-    assert world.gold_reward(describe, three) == pytest.approx(0.85)
-    assert world.gold_reward(describe, one) == pytest.approx(0.6)
+    assert world.gold_reward(describe, three) == pytest.approx(0.65)
+    assert world.gold_reward(describe, one) == pytest.approx(0.4)
+    # only all four facts reach 1.0: a courtesy does not stand in for the fourth fact
+    assert world.gold_reward(describe, f"{three} happy to help!") == pytest.approx(0.8)
     ask = f"what does the {stranger} eat?"
     honest, made_up = f"i do not know the {stranger}. happy to help!", f"the {stranger} eats fish. happy to help!"
     assert world.kind(ask) == "unknown" and world.gold_reward(ask, honest) == 1.0
