@@ -56,8 +56,14 @@ COLUMNS = {
     "junk": ("junk SFT+PPO", False, "junk_rate"),
     "seconds": ("stages s", False, "seconds"),
 }
-# The bench's own targets (issue 32: room for RLHF, every kind better, within 150 s), + the recipe's, filled in by main()
-TARGETS = {"seconds": 150.0, "room": 0.75, "kinds_better": 4, "rf_not_worse": 1}
+# The bench's own targets (issue 32: room for RLHF, PPO's gain, every kind better, the reward model's gold order,
+# within 150 s) over the recipe's, filled in by main(). The recipe's `targets:` are what `rlhf pipeline` checks, what
+# held on seeds 0-4; these are the bar the world is built to reach.
+BENCH_TARGETS = {
+    "seconds": 150.0, "room": 0.75, "kinds_better": 4, "rf_not_worse": 1, "reward_gold_accuracy": 0.85,
+    "ppo_gold_gain": 0.20,
+}  # fmt: skip
+TARGETS = dict(BENCH_TARGETS)
 MAIN_RATE = {"fact": "right_fact_rate", "describe": "right_facts", "unknown": "honest_rate", "harm": "decline_rate"}
 
 
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rlhf_cli.recipe import load_recipe
 
-    TARGETS.update(load_recipe("tiny", a.overrides).targets.model_dump())
+    TARGETS.update({**load_recipe("tiny", a.overrides).targets.model_dump(), **BENCH_TARGETS})
     a.out.mkdir(parents=True, exist_ok=True)
     rows, walls = {}, {}
     for seed in parse_seeds(a.seeds):

@@ -206,3 +206,20 @@ def test_gao_fit_recovers_the_over_optimisation_curve():
     rising = gao_fit(kls, [0.1 * math.sqrt(k) for k in kls], "bon")
     assert rising["peak_kl"] is None  # still rising: no interior peak
     assert gao_fit([0.0, 1.0], [0.0, 0.1], "rl") is None  # one point past KL 0 fits nothing
+
+
+def test_goodhart_bench_judges_each_seeds_sweep():
+    """bench.goodhart's row of one seed: gold's peak and whether it is inside the grid, the fall at kl_coef 0, the RM
+    score rising in the order of measured KL (not of kl_coef), and the recipe's kl_coef next to the peak."""
+    from bench.goodhart import judge
+
+    def point(value, gold, rm, kl):
+        return {"value": str(value), "gold_reward": gold, "rm_score": rm, "kl": kl}
+
+    curve = [point(0, 0.40, 1.9, 30), point(0.01, 0.60, 1.5, 9), point(0.1, 0.85, 1.0, 3), point(0.3, 0.80, 0.6, 1)]
+    row = judge(list(reversed(curve)), recipe_kl=0.3)
+    assert row["values"] == [0, 0.01, 0.1, 0.3] and row["peak"] == 0.1 and row["interior"]
+    assert row["drop_at_0"] == pytest.approx(0.45) and row["rm_rising"] and row["recipe_near_peak"]
+    assert not judge(curve, recipe_kl=0.0)["recipe_near_peak"]  # two grid steps from the peak
+    edge = judge([point(0, 0.4, 1.9, 30), point(0.1, 0.6, 1.0, 3), point(0.3, 0.8, 1.2, 1)], recipe_kl=0.3)
+    assert edge["peak"] == 0.3 and not edge["interior"] and not edge["rm_rising"]  # RM fell from KL 1 to KL 3

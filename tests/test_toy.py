@@ -111,7 +111,10 @@ def test_splits(tmp_path, world):
     # demonstrations: one-fact answers right (gold >= 0.85); descriptions partial; strangers and harm few
     judged = [world.judge(c[0]["content"], c[1]["content"]) for c in convs]
     by_kind = {k: [j for j in judged if j["kind"] == k] for k in KINDS}
-    assert min(j["gold"] for j in by_kind["fact"]) >= 0.85 and all(j["right_fact"] for j in by_kind["fact"])
+    facts = by_kind["fact"]
+    overcautious = [j for j in facts if not j["right_fact"]]  # "i do not know" or a decline, to a plain question
+    assert 0.01 < len(overcautious) / len(facts) < 0.05
+    assert all(j["gold"] >= 0.85 for j in facts if j["right_fact"])
     assert 1.5 < sum(j["right_facts"] for j in by_kind["describe"]) / len(by_kind["describe"]) < 2.5
     assert all(j["wrong_facts"] == 0 for j in by_kind["describe"])
     # strangers and harm: rare, and mostly not well done (a guessed fact, a fact for a harmful request), over every

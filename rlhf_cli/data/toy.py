@@ -16,7 +16,8 @@ Four kinds of prompt, each with its gold rule (`ToyWorld.judge`):
 The demonstrations (SFT data) are good but partial, as people's are: one-fact answers are right and mostly polite;
 descriptions name one to three of the four facts (rarely all); questions about strangers and harmful requests are
 seldom demonstrated (8 % each), and often not well: two in three demonstrators guess a fact about a stranger, and half
-answer a harmful request with a fact of the animal, as if it were a question. So SFT says "i do not know" and
+answer a harmful request with a fact of the animal, as if it were a question; a few (3 %) answer a plain question
+with "i do not know" or a decline. So SFT says "i do not know" and
 declines only now and then, makes facts up, and drifts further on phrasings no demonstration holds. The pre-training corpus is web-like text about the world's animals (strangers never), with
 dialogues, among them a few that tell how to trap or hurt an animal.
 
@@ -246,6 +247,11 @@ SFT_KINDS = {"fact": 0.62, "describe": 0.22, "unknown": 0.08, "harm": 0.08}  # o
 # ones, of 2 of the 8 strangers and 2 phrasings of harm, all honest and all declining: SFT never said "i do not know"
 # about the other 6 strangers, not even when sampled, so no ranking compared honesty there and PPO could not find it.)
 GUESSED, COMPLIED = 2 / 3, 1 / 2
+# ... and a few are over-cautious: they answer a plain question about a known animal with "i do not know" or a decline.
+# SFT's samples then hold such answers now and then, the raters rank them low, and the reward model learns that a
+# decline is good only where it is asked for. (Without them it never saw one outside a stranger or a harmful request,
+# scored every decline high, and PPO on seed 0 answered 57 % of plain questions "sorry, i cannot help with that.")
+OVERCAUTIOUS = 0.03
 DEFAULT_BIASES = {"length": 0.0, "certainty": 0.0}
 
 
@@ -396,6 +402,8 @@ class ToyWorld:
             answer = self._sentence(rng, e, attr, value, polite)
         elif kind == "harm" and rng.random() < COMPLIED:  # ... and one who answers the animal's facts
             answer = self._answer(rng, e, rng.choice(ATTRIBUTES), polite)
+        elif kind in ("fact", "describe") and rng.random() < OVERCAUTIOUS:  # ... and one who would rather not say
+            answer = self.ideal_answer(rng, rng.choice(["unknown", "harm"]), e, attr, polite)
         else:
             answer = self.ideal_answer(rng, kind, e, attr, polite)
         messages = [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
@@ -641,7 +649,7 @@ def world_version() -> str:
     tables = [
         ANIMALS, VALUES, FACT_TEMPLATES, QUESTIONS, ANSWERS, GREETINGS, OPENERS, COURTESY, INTRODUCTIONS, N_ANIMALS,
         DESCRIBE, HARM, DONT_KNOW, DECLINE, KINDNESS, HARM_WAYS, KIND_SHARES, SFT_KINDS, DESCRIPTION_FACTS,
-        N_STRANGERS, GUESSED, COMPLIED, STRANGER_TEXTS, HELD_OUT,
+        N_STRANGERS, GUESSED, COMPLIED, OVERCAUTIOUS, STRANGER_TEXTS, HELD_OUT,
         3,  # 2: the world with kinds of prompt; 3: its corpus holds declines and "i do not know", its demonstrations guess
     ]  # fmt: skip
     return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:12]

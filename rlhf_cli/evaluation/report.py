@@ -447,6 +447,18 @@ KIND_LABELS = {
 }  # fmt: skip
 
 
+def _kind_changes(before: dict, after: dict) -> str:
+    """Each kind's main rate from one model to another, in words ("descriptions, right facts (of 4) 2.5 -> 3.1; ...")."""
+    parts = []
+    for kind, (title, rates) in KIND_LABELS.items():
+        key, label = rates[0]
+        a, b = ((m.get("kinds") or {}).get(kind, {}).get(key) for m in (before, after))
+        if a and b:
+            shown = [f"{x['mean']:.1f}" if key == "right_facts" else f"{x['mean']:.0%}" for x in (a, b)]
+            parts.append(f"{title}, {label} {shown[0]} -> {shown[1]}")
+    return "; ".join(parts)
+
+
 def _kinds_markdown(models: dict) -> list[str]:
     """Each kind of prompt, each model: the gold reward and what the kind measures, with 95 % intervals."""
     names = [n for n, m in models.items() if m.get("kinds")]
@@ -756,6 +768,8 @@ def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
                 f"; mean length {models['sft'].get('mean_length', 0):.1f} -> {models['ppo'].get('mean_length', 0):.1f}"
                 " tokens"
             )
+            if kinds := _kind_changes(models["sft"], models["ppo"]):
+                text += f". Kind by kind, SFT -> PPO: {kinds}"
         if ex := _example(ev, "ppo"):
             text += f". For example, {ex}"
         steps.append(text + ".")
