@@ -37,7 +37,9 @@ def run_seed(seed: int, run: Path, overrides: list[str], keep: bool, resume: boo
     with open(run.parent / f"seed-{seed}-compare.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode:
-        print(f"seed {seed}: compare exit {proc.returncode} (log: {run.parent / f'seed-{seed}-compare.log'})", flush=True)
+        print(
+            f"seed {seed}: compare exit {proc.returncode} (log: {run.parent / f'seed-{seed}-compare.log'})", flush=True
+        )
     return time.perf_counter() - t0
 
 
