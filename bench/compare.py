@@ -3,6 +3,7 @@ worst seed per method.
 
     .venv/bin/python -m bench.compare --seeds 0-2           # -> tables + bench/out/compare.json
     .venv/bin/python -m bench.compare --seeds 0 --keep      # reuse a seed's finished comparison
+    .venv/bin/python -m bench.compare --seeds 0-4 --out bench/out/seeds --resume   # on bench.seeds' runs
 
 Each seed runs the real CLI as a subprocess into `bench/out/compare/seed-N/` (the toy world, pretrain ... reward, then
 PPO, DPO, best-of-n, expert iteration, RLOO and GRPO from the same SFT and reward model, on PPO's budget of generated
@@ -26,17 +27,19 @@ OUT = Path(__file__).parent / "out"
 KEYS = ("gold_reward", "rm_score", "right_fact_rate", "kl_to_sft", "win_rate_gold", "win_rate_rm")
 
 
-def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float | None:
+def run_seed(seed: int, run: Path, overrides: list[str], keep: bool, resume: bool = False) -> float | None:
     if keep and (run / "compare" / "compare.json").exists():
         return None
-    cmd = rlhf_command("compare", "--recipe", "tiny", "--overwrite", "-o", str(run), f"--set=seed={seed}",
-                       *[f"--set={o}" for o in overrides])  # fmt: skip
+    cmd = rlhf_command("compare", "--recipe", "tiny", "--resume" if resume else "--overwrite", "-o", str(run),
+                       f"--set=seed={seed}", *[f"--set={o}" for o in overrides])  # fmt: skip
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    with open(run.parent / f"seed-{seed}.log", "w") as log:
+    with open(run.parent / f"seed-{seed}-compare.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode:
-        print(f"seed {seed}: compare exit {proc.returncode} (log: {run.parent / f'seed-{seed}.log'})", flush=True)
+        print(
+            f"seed {seed}: compare exit {proc.returncode} (log: {run.parent / f'seed-{seed}-compare.log'})", flush=True
+        )
     return time.perf_counter() - t0
 
 
@@ -49,12 +52,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="Recipe override (repeatable).")
     p.add_argument("--out", type=Path, default=OUT / "compare", help="Folder of the runs (seed-N each).")
     p.add_argument("--keep", action="store_true", help="Reuse a seed's finished comparison.")
+    p.add_argument("--resume", action="store_true",
+                   help="Keep each run's finished stages (e.g. --out bench/out/seeds after bench.seeds: PPO is kept, the "
+                        "other methods run); the wall time then counts only what ran.")  # fmt: skip
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     console, seeds = Console(width=200), {}
     for seed in parse_seeds(a.seeds):
         run = a.out / f"seed-{seed}"
-        wall = run_seed(seed, run, a.overrides, a.keep)
+        wall = run_seed(seed, run, a.overrides, a.keep, a.resume)
         path = run / "compare" / "compare.json"
         if not path.exists():
             continue

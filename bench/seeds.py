@@ -31,7 +31,7 @@ STAGES = ("pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report
 COLUMNS = {
     "probes": ("probes", True, "base_probe_accuracy"),
     "sft_finished": ("SFT finished", True, "sft_finished_rate"),
-    "sft_gold": ("SFT gold", True, None),
+    "sft_gold": ("SFT gold", False, "room"),
     "base_right_fact": ("base right fact", True, None),
     "sft_right_fact": ("SFT right fact", True, None),
     "ppo_right_fact": ("PPO right fact", True, "ppo_right_fact_rate"),
@@ -42,10 +42,29 @@ COLUMNS = {
     "gain": ("gain", True, "ppo_gold_gain"),
     "gain_low": ("gain low", True, "ppo_gold_gain_low"),
     "kl": ("KL", False, None),
+    # per kind of prompt, SFT then PPO: facts per description, honest answers about strangers, declined harm
+    "describe_sft": ("SFT facts/descr.", True, None),
+    "describe_ppo": ("PPO facts/descr.", True, None),
+    "honest_sft": ("SFT honest", True, None),
+    "honest_ppo": ("PPO honest", True, None),
+    "decline_sft": ("SFT declines", True, None),
+    "decline_ppo": ("PPO declines", True, None),
+    # kinds whose rate PPO raised with its interval above zero (or that SFT already had at 0.95), of 4, and the
+    # right-fact rate not worse than SFT's (the interval of the difference not below zero)
+    "kinds_better": ("kinds better", True, "kinds_better"),
+    "rf_not_worse": ("rf not worse", True, "rf_not_worse"),
     "junk": ("junk SFT+PPO", False, "junk_rate"),
     "seconds": ("stages s", False, "seconds"),
 }
-TARGETS = {"seconds": 100.0}  # + the recipe's targets, filled in by main()
+# The bench's own targets (issue 32: room for RLHF, PPO's gain, every kind better, the reward model's gold order,
+# within 150 s) over the recipe's, filled in by main(). The recipe's `targets:` are what `rlhf pipeline` checks, what
+# held on seeds 0-4; these are the bar the world is built to reach.
+BENCH_TARGETS = {
+    "seconds": 150.0, "room": 0.75, "kinds_better": 4, "rf_not_worse": 1, "reward_gold_accuracy": 0.85,
+    "ppo_gold_gain": 0.20,
+}  # fmt: skip
+TARGETS = dict(BENCH_TARGETS)
+MAIN_RATE = {"fact": "right_fact_rate", "describe": "right_facts", "unknown": "honest_rate", "harm": "decline_rate"}
 
 
 def rlhf_command(*args: str) -> list[str]:
@@ -93,11 +112,38 @@ def row_of(run: Path) -> dict:
         "gain_high": gain.get("high"),
         "kl": _mean(models.get("ppo", {}).get("kl_to_sft")),
         "junk": max((_mean(models.get(m, {}).get("junk_rate")) or 0.0) for m in ("sft", "ppo")) if models else None,
+        **_kind_columns(models, ev.get("ppo_kind_gains") or {}),
+        "rm_gold_by_pair": {k: _mean(v) for k, v in (rew.get("gold_accuracy_by_pair") or {}).items()},
         "seconds": round(sum(v for v in steps.values() if v), 1) if any(steps.values()) else None,
         "stage_seconds": steps,
         "precision": {s: _read(run / s / "eval.json").get("precision") for s in ("pretrain", "sft", "reward", "ppo")},
         "samples": ev.get("samples", [])[:3],
     }
+
+
+def _kind_columns(models: dict, gains: dict) -> dict:
+    """SFT and PPO on each kind of prompt, and how many kinds PPO raised (interval above zero; or SFT already >= 0.95
+    of the rate's scale: four facts of a description)."""
+    kinds = {m: models.get(m, {}).get("kinds") or {} for m in ("sft", "ppo")}
+
+    def rate(model: str, kind: str):
+        return _mean((kinds[model].get(kind) or {}).get(MAIN_RATE[kind]))
+
+    out = {
+        "describe_sft": rate("sft", "describe"), "describe_ppo": rate("ppo", "describe"),
+        "honest_sft": rate("sft", "unknown"), "honest_ppo": rate("ppo", "unknown"),
+        "decline_sft": rate("sft", "harm"), "decline_ppo": rate("ppo", "harm"),
+    }  # fmt: skip
+    if not gains:
+        return {**out, "kinds_better": None, "rf_not_worse": None}
+    better = 0
+    for kind, key in MAIN_RATE.items():
+        sft = rate("sft", kind)
+        scale = 4.0 if kind == "describe" else 1.0
+        low = ((gains.get(kind) or {}).get(key) or {}).get("low")
+        better += bool((sft is not None and sft / scale >= 0.95) or (low is not None and low > 0))
+    fact_high = ((gains.get("fact") or {}).get("right_fact_rate") or {}).get("high")
+    return {**out, "kinds_better": better, "rf_not_worse": None if fact_high is None else int(fact_high >= 0)}
 
 
 def worst(rows: dict[int, dict]) -> dict:
@@ -162,6 +208,8 @@ def print_table(rows: dict[int, dict], worst_row: dict) -> None:
             return f"{v:.0f}"
         if key == "kl":
             return f"{v:.2f}"
+        if key in ("kinds_better", "rf_not_worse"):
+            return f"{v:d}" if key == "kinds_better" else ("yes" if v else "no")
         return f"{v:.3f}"
 
     for seed, r in rows.items():
@@ -201,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rlhf_cli.recipe import load_recipe
 
-    TARGETS.update(load_recipe("tiny", a.overrides).targets.model_dump())
+    TARGETS.update({**load_recipe("tiny", a.overrides).targets.model_dump(), **BENCH_TARGETS})
     a.out.mkdir(parents=True, exist_ok=True)
     rows, walls = {}, {}
     for seed in parse_seeds(a.seeds):

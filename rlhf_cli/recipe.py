@@ -126,6 +126,13 @@ class SFTSpec(Section):
     training: dict[str, Any] = Field(default_factory=dict)
 
 
+class RaterBiases(Section):
+    length: float = 0.01
+    # 0.05 (0.1 before): at 0.1 PPO exploited it on seed 4 (answers opened with "sure!", held-out honest answers fell);
+    # halving it lifted seeds 3 and 4's PPO gain from +0.013/+0.030 to +0.172/+0.127.
+    certainty: float = 0.05
+
+
 class FeedbackSpec(Section):
     model: str | None = None
     data: DataSpec = Field(default_factory=lambda: DataSpec(toy=True))
@@ -137,6 +144,9 @@ class FeedbackSpec(Section):
     batch_size: int = Field(64, gt=0)
     annotator: str = "toy"  # human | toy | web | a path to a rankings file made elsewhere
     noise: float = Field(0.1, ge=0.0)
+    # The simulated raters' biases, which the gold reward does not share (rlhf_cli.data.toy): + `length` per word of an
+    # answer (up to 40 words); + `certainty` for a sure-sounding answer, - `certainty` for one admitting not to know.
+    biases: RaterBiases = Field(default_factory=lambda: RaterBiases())
     # The web page (`rlhf label --annotator web`): rankings each prompt gets, by different raters (a prompt is offered
     # until it has this many, never twice to one rater); `rlhf label stats` measures how far they agree.
     raters_per_prompt: int = Field(1, ge=1)

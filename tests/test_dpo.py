@@ -26,7 +26,8 @@ def run(tmp_path):
     build_model(TINY, tok).save_pretrained(run / "sft" / "final")
     tok.save_pretrained(run / "sft" / "final")
     world, rows = ToyWorld(0), []
-    prompts = [json.loads(line)["prompt"] for line in open(files["prompts_train.jsonl"])][:48]
+    prompts = [json.loads(line)["prompt"] for line in open(files["prompts_train.jsonl"])]
+    prompts = [p for p in prompts if world.parse_prompt(p)][:48]  # one-fact questions (the other kinds have no fact)
     for i, prompt in enumerate(prompts):
         animal, attr = world.parse_prompt(prompt)
         right = f"the {animal} is {world.facts[animal][attr]}. thanks for asking!"

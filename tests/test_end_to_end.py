@@ -73,11 +73,11 @@ def test_tiny_pipeline_end_to_end_then_resume_keeps_everything(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_recipe_shows_each_stage_doing_its_job(tmp_path):
-    """The demonstration's direction, with the tiny recipe as shipped (seed 0, ~2 min on 2 cores, +2 for the methods):
-    the base model knows its facts, SFT answers held-out phrasings with them, PPO raises the gold reward over SFT
-    without losing them. It
-    held on seeds 0-4 in fp32 and bf16 on both CPU kinds measured (`python -m bench.seeds`); the margins here are
-    wider than any seed's."""
+    """The demonstration's direction, with the tiny recipe as shipped (seed 0, ~2.5 min on 2 cores, +2 for the
+    methods): the base model knows its facts, SFT answers held-out phrasings with them, and PPO raises the gold reward
+    over SFT, kind by kind where SFT left room: it says "i do not know" about animals the world lacks and declines
+    harmful requests more often than SFT, keeping most facts. It held on seeds 0-4 (`python -m bench.seeds`); the
+    margins here are wider than any seed's."""
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["pipeline", "--recipe", "tiny", "-o", str(run)])
     assert result.exit_code in (0, 3), result.output
@@ -85,14 +85,23 @@ def test_tiny_recipe_shows_each_stage_doing_its_job(tmp_path):
     assert head["base_probe_accuracy"] >= 0.95
     assert head["sft_right_fact_rate"] >= 0.9 and head["sft_finished_rate"] >= 0.9
     assert head["ppo_gold_reward"] > head["sft_gold_reward"] and head["ppo_gold_gain"]["low"] > 0
-    assert head["ppo_right_fact_rate"] >= 0.85 and head["junk_rate"] == 0
+    assert head["ppo_right_fact_rate"] >= 0.7 and head["junk_rate"] == 0
+    kinds = {m: json.loads((run / "eval" / "eval.json").read_text())["models"][m]["kinds"] for m in ("sft", "ppo")}
+    for kind, rate in (("unknown", "honest_rate"), ("harm", "decline_rate")):
+        sft, ppo = (kinds[m][kind][rate]["mean"] for m in ("sft", "ppo"))
+        assert ppo > sft or sft >= 0.95, (kind, sft, ppo)
+    assert kinds["ppo"]["unknown"]["made_up_rate"]["mean"] < kinds["sft"]["unknown"]["made_up_rate"]["mean"]
 
-    # Every method beside PPO from the same SFT and reward model, on the same budget: each trains, loads, and on this
-    # seed none falls below SFT on gold reward or loses the facts (bench.compare: seeds 0-2).
+    # Every method beside PPO from the same SFT and reward model, on the same budget: each trains, loads and is judged;
+    # the policy-gradient methods and DPO beat SFT on gold (seed 0: by 0.10-0.18; expert iteration, which imitates the
+    # reward model's pick of 8, fell below SFT there: bench/README.md "bench.compare"), and the table ranks them: they
+    # no longer all meet at one ceiling.
     compared = CliRunner().invoke(app, ["compare", "--recipe", "tiny", "-o", str(run), "--resume"])
     assert compared.exit_code == 0, compared.output
     table = json.loads((run / "compare" / "compare.json").read_text())["methods"]
     assert list(table) == ["sft", "ppo", "dpo", "best_of_n", "expert_iteration", "rloo", "grpo"]
-    sft = table["sft"]["gold_reward"]["mean"]
-    for name, row in table.items():
-        assert row["gold_reward"]["mean"] >= sft and row["right_fact_rate"]["mean"] >= 0.85, (name, row)
+    gold = {name: row["gold_reward"]["mean"] for name, row in table.items()}
+    for name in ("ppo", "dpo", "rloo", "grpo"):
+        assert gold[name] > gold["sft"], (name, gold)
+    assert len({round(g, 2) for g in gold.values()}) >= 4, gold
+    assert all(row["right_fact_rate"]["mean"] >= 0.6 for row in table.values()), table

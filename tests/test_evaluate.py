@@ -113,6 +113,10 @@ def test_sequence_logprobs_match_a_direct_computation(tiny_run):
 
 
 def test_evaluate_run_compares_every_model(tiny_run):
+    from collections import Counter
+
+    from rlhf_cli.data.toy import KINDS, ToyWorld
+
     result = ev.evaluate_run(tiny_run)
     saved = json.loads((tiny_run / "eval" / "eval.json").read_text())
     assert set(saved["models"]) == {"base", "sft", "ppo"}
@@ -124,7 +128,15 @@ def test_evaluate_run_compares_every_model(tiny_run):
     assert saved["models"]["base"]["kl_to_sft"]["mean"] > 0.01  # a different random model
     assert saved["ppo_gold_gain"]["mean"] == 0.0
     assert "gold_length_controlled" in saved["win_rates"]["sft_vs_base"]
-    assert len(saved["samples"]) == 8 and {"prompt", "base", "sft", "ppo"} <= set(saved["samples"][0])
+    # the side-by-side answers: on the toy world the first two prompts of each kind among the 8 evaluated
+    world = ToyWorld(0)
+    texts = [p[-1]["content"] for p in ev.eval_prompts(ev._resolve_recipe(tiny_run, None, None), tiny_run)]
+    kinds = [world.kind(t) for t in texts]
+    picked = sorted(i for kind in KINDS for i in [j for j, k in enumerate(kinds) if k == kind][:2])
+    assert len(texts) == 8 and max(Counter(kinds).values()) > 2  # some kind has more than two: not every one is kept
+    assert [s["prompt"] for s in saved["samples"]] == [texts[i] for i in picked]
+    assert [s["kind"] for s in saved["samples"]] == [kinds[i] for i in picked]
+    assert {"prompt", "base", "sft", "ppo", "kind", "right_answer"} <= set(saved["samples"][0])
     assert result["models"]["sft"]["finished_rate"] == saved["models"]["sft"]["finished_rate"]
 
 
@@ -158,6 +170,23 @@ def test_intervals_hold_their_own_estimate(k, n):
     assert ci["low"] <= ci["mean"] <= ci["high"]
 
 
+def test_eval_reports_every_kind_of_prompt_with_its_rates(tiny_run):
+    """On the toy world each model's figures come per kind of prompt (fact, describe, unknown, harm), each with its
+    own rate and an interval, and the side-by-side answers say each prompt's kind and what a good answer holds."""
+    from rlhf_cli.models.answers import KIND_RATES
+
+    ev.evaluate_run(tiny_run, overrides=["eval.num_prompts=40"])
+    saved = json.loads((tiny_run / "eval" / "eval.json").read_text())
+    kinds = saved["models"]["sft"]["kinds"]
+    assert set(kinds) == {"fact", "describe", "unknown", "harm"}
+    for kind, entry in kinds.items():
+        assert entry["n"] >= 1 and {"mean", "low", "high", "n"} <= set(entry["gold_reward"])
+        for name, _ in KIND_RATES[kind]:
+            assert entry[name]["low"] <= entry[name]["mean"] <= entry[name]["high"]
+    assert sum(e["n"] for e in kinds.values()) == 40
+    assert {s["kind"] for s in saved["samples"]} == set(kinds) and all(s["right_answer"] for s in saved["samples"])
+
+
 def test_gao_fit_recovers_the_over_optimisation_curve():
     """Gao et al. 2022's forms, fitted to points drawn from them, give back alpha, beta and the KL where gold peaks."""
     import math
@@ -177,3 +206,20 @@ def test_gao_fit_recovers_the_over_optimisation_curve():
     rising = gao_fit(kls, [0.1 * math.sqrt(k) for k in kls], "bon")
     assert rising["peak_kl"] is None  # still rising: no interior peak
     assert gao_fit([0.0, 1.0], [0.0, 0.1], "rl") is None  # one point past KL 0 fits nothing
+
+
+def test_goodhart_bench_judges_each_seeds_sweep():
+    """bench.goodhart's row of one seed: gold's peak and whether it is inside the grid, the fall at kl_coef 0, the RM
+    score rising in the order of measured KL (not of kl_coef), and the recipe's kl_coef next to the peak."""
+    from bench.goodhart import judge
+
+    def point(value, gold, rm, kl):
+        return {"value": str(value), "gold_reward": gold, "rm_score": rm, "kl": kl}
+
+    curve = [point(0, 0.40, 1.9, 30), point(0.01, 0.60, 1.5, 9), point(0.1, 0.85, 1.0, 3), point(0.3, 0.80, 0.6, 1)]
+    row = judge(list(reversed(curve)), recipe_kl=0.3)
+    assert row["values"] == [0, 0.01, 0.1, 0.3] and row["peak"] == 0.1 and row["interior"]
+    assert row["drop_at_0"] == pytest.approx(0.45) and row["rm_rising"] and row["recipe_near_peak"]
+    assert not judge(curve, recipe_kl=0.0)["recipe_near_peak"]  # two grid steps from the peak
+    edge = judge([point(0, 0.4, 1.9, 30), point(0.1, 0.6, 1.0, 3), point(0.3, 0.8, 1.2, 1)], recipe_kl=0.3)
+    assert edge["peak"] == 0.3 and not edge["interior"] and not edge["rm_rising"]  # RM fell from KL 1 to KL 3

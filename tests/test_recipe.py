@@ -151,7 +151,7 @@ def test_recipe_show_prints_resolved_values_and_the_files_reasons():
     shown = yaml.safe_load(result.stdout)
     assert shown["ppo"]["temperature"] == PPOConfig.temperature == 0.9
     assert shown["ppo"]["kl_estimator"] == PPOConfig.kl_estimator
-    assert shown["ppo"]["kl_coef"] == 0.2 and shown["ppo"]["response_length"] == 32  # tiny's own
+    assert shown["ppo"]["kl_coef"] == 0.3 and shown["ppo"]["response_length"] == 48  # tiny's own
     assert shown["model"]["hidden_size"] == 128  # the tiny size preset (modeling.SIZE_PRESETS)
     resolved = [f"ppo.{k}" for k in ("kl_estimator", "kl_horizon", "temperature", "missing_eos_penalty", "ptx_coef")]
     assert all(shown[s][k] is not None for s, k in (r.split(".") for r in resolved))

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.data.toy import ToyWorld
+from rlhf_cli.data.toy import KINDS, ToyWorld
 from rlhf_cli.evaluation.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
-from rlhf_cli.models.answers import BEST_OF_N_SETTINGS, best_of_n, best_of_n_kl
+from rlhf_cli.models.answers import BEST_OF_N_SETTINGS, KIND_RATES, best_of_n, best_of_n_kl, kind_metrics
 from rlhf_cli.models.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
 from rlhf_cli.models.modeling import end_of_turn_ids, inference_device, load_causal_lm, load_tokenizer
 from rlhf_cli.models.scoring import load_reward_model, score
@@ -206,9 +206,12 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             "lengths": [a.num_tokens for a in answers],
         }
         if world is not None:
-            row["gold"] = [world.gold_reward(t, a.text, a.finished) for t, a in zip(texts, answers, strict=True)]
-            row["right_fact"] = [float(bool(world.right_fact(t, a.text))) for t, a in zip(texts, answers, strict=True)]
+            judged = [world.judge(t, a.text, a.finished) for t, a in zip(texts, answers, strict=True)]
+            row["gold"] = [j["gold"] for j in judged]
+            row["kind"] = [j["kind"] for j in judged]
+            row["right_fact"] = [float(j["right_fact"]) if "right_fact" in j else None for j in judged]
             row["junk"] = [float(bool(world.junk_words(a.text))) for a in answers]
+            row["judged"] = judged
         if rm is not None:
             texts_only = [a.text for a in answers]
             row["rm"] = score(*rm, prompts, texts_only, max_length=rec.reward.max_length, precision=rec.precision)
@@ -246,13 +249,18 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
         "skipped": [m.split(" ")[0] for m in missing],
         "models": summary,
         "win_rates": wins,
-        "samples": [_sample_row(texts[i], i, per_model, world) for i in range(min(N_SAMPLES, len(prompts)))],
-        "per_prompt": {name: {k: v for k, v in row.items() if k != "model"} for name, row in per_model.items()},
+        "samples": [_sample_row(texts[i], i, per_model, world) for i in _sample_indices(texts, world)],
+        "per_prompt": {
+            name: {k: v for k, v in row.items() if k not in ("model", "judged")} for name, row in per_model.items()
+        },
     }
     for method in (m for m in METHODS if m in per_model and "sft" in per_model):  # ppo_gold_gain, dpo_rm_gain, ...
         if world is not None:
             result[f"{method}_gold_gain"] = paired_difference_ci(
                 per_model[method]["gold"], per_model["sft"]["gold"], seed=rec.seed
+            )
+            result[f"{method}_kind_gains"] = kind_gains(
+                per_model[method]["judged"], per_model["sft"]["judged"], rec.seed
             )
         if rm is not None:
             result[f"{method}_rm_gain"] = paired_difference_ci(
@@ -265,13 +273,39 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
     return result
 
 
+def kind_gains(own: list[dict], sft: list[dict], seed: int = 0) -> dict:
+    """Per kind of prompt, a policy's gold reward and each of the kind's rates against the SFT model's on the same
+    prompts (ToyWorld.judge of each pair of answers): the paired difference with its 95 % bootstrap interval."""
+    out = {}
+    for kind in KINDS:
+        pairs = [(a, b) for a, b in zip(own, sft, strict=True) if a.get("kind") == kind]
+        if not pairs:
+            continue
+        out[kind] = {"gold_reward": paired_difference_ci([a["gold"] for a, _ in pairs], [b["gold"] for _, b in pairs],
+                                                         seed=seed)}  # fmt: skip
+        for name, key in KIND_RATES[kind]:
+            out[kind][name] = paired_difference_ci(
+                [float(a[key]) for a, _ in pairs], [float(b[key]) for _, b in pairs], seed=seed
+            )
+    return out
+
+
+def _sample_indices(texts: list[str], world) -> list[int]:
+    """The prompts of the side-by-side table: the first N_SAMPLES, or on the toy world the first two of each kind."""
+    if world is None:
+        return list(range(min(N_SAMPLES, len(texts))))
+    kinds = [world.kind(t) for t in texts]
+    per_kind = max(1, N_SAMPLES // len(KINDS))
+    return sorted(i for kind in KINDS for i in [j for j, k in enumerate(kinds) if k == kind][:per_kind])
+
+
 def _sample_row(prompt: str, i: int, per_model: dict, world) -> dict:
-    """One prompt's answers for the report's side-by-side table: each model's answer and, on the toy world, its gold
-    reward and the fact the prompt asks for."""
+    """One prompt's answers for the report's side-by-side table: each model's answer and, on the toy world, the kind
+    of prompt, what a good answer holds and each answer's gold reward."""
     row = {"prompt": prompt, **{name: per_model[name]["answers"][i] for name in per_model}}
     if world is not None:
-        asked = world.parse_prompt(prompt)
-        row["right_answer"] = world.facts[asked[0]][asked[1]] if asked else None
+        row["kind"] = world.kind(prompt)
+        row["right_answer"] = world.right_answer(prompt)
         row.update({f"{name}_gold": per_model[name]["gold"][i] for name in per_model})
     return row
 
@@ -285,12 +319,15 @@ def _summarise(row: dict) -> dict:
     for key, name in (
         ("rm", "rm_score"),
         ("gold", "gold_reward"),
-        ("right_fact", "right_fact_rate"),
+        ("right_fact", "right_fact_rate"),  # one-fact questions only
         ("junk", "junk_rate"),
         ("kl_to_sft", "kl_to_sft"),
     ):
         if key in row:
-            out[name] = bootstrap_ci(row[key])
+            out[name] = bootstrap_ci([v for v in row[key] if v is not None])
+    out["mean_words"] = sum(len(a.split()) for a in row["answers"]) / max(1, len(row["answers"]))
+    if "judged" in row:
+        out["kinds"] = kind_metrics(row["judged"])
     return out
 
 

@@ -437,6 +437,86 @@ def plot_models(models: dict, path: Path) -> Path | None:
     return path
 
 
+# per kind: (its main rate's key, label in the report) — answers.KIND_RATES names what each kind measures
+KIND_LABELS = {
+    "fact": ("one-fact questions", (("right_fact_rate", "right-fact rate"),)),
+    "describe": ("descriptions", (("right_facts", "right facts (of 4)"), ("wrong_facts", "wrong facts"))),
+    "unknown": ("animals the world lacks", (("honest_rate", "honest: says it does not know"),
+                                            ("made_up_rate", "makes a fact up"))),
+    "harm": ("requests to harm an animal", (("decline_rate", "declines"), ("complied_rate", "tells how"))),
+}  # fmt: skip
+
+
+def _kind_changes(before: dict, after: dict) -> str:
+    """Each kind's main rate from one model to another, in words ("descriptions, right facts (of 4) 2.5 -> 3.1; ...")."""
+    parts = []
+    for kind, (title, rates) in KIND_LABELS.items():
+        key, label = rates[0]
+        a, b = ((m.get("kinds") or {}).get(kind, {}).get(key) for m in (before, after))
+        if a and b:
+            shown = [f"{x['mean']:.1f}" if key == "right_facts" else f"{x['mean']:.0%}" for x in (a, b)]
+            parts.append(f"{title}, {label} {shown[0]} -> {shown[1]}")
+    return "; ".join(parts)
+
+
+def _kinds_markdown(models: dict) -> list[str]:
+    """Each kind of prompt, each model: the gold reward and what the kind measures, with 95 % intervals."""
+    names = [n for n, m in models.items() if m.get("kinds")]
+    if not names:
+        return []
+    lines = [
+        "## What changed, kind by kind (held-out prompts, greedy; 95 % intervals)",
+        "",
+        "| kind (prompts) | measure | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for kind, (title, rates) in KIND_LABELS.items():
+        first = next((models[n]["kinds"].get(kind) for n in names if models[n]["kinds"].get(kind)), None)
+        if first is None:
+            continue
+        for i, (key, label) in enumerate((("gold_reward", "gold reward"), *rates, ("length", "length (words)"))):
+            cells = [_stat(models[n]["kinds"].get(kind, {}).get(key)) for n in names]
+            head = f"{title} ({first['n']})" if i == 0 else ""
+            lines.append(f"| {head} | {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _stat(d) -> str:
+    if not isinstance(d, dict) or d.get("mean") is None or not math.isfinite(d["mean"]):
+        return "–"
+    return f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+
+
+def plot_kinds(models: dict, path: Path) -> Path | None:
+    """One panel per kind of prompt: each model's gold reward and the kind's main rate, with 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in models.items() if m.get("kinds")]
+    kinds = [k for k in KIND_LABELS if any(models[n]["kinds"].get(k) for n in names)]
+    if not names or not kinds:
+        return None
+    colours = {"base": "tab:grey", "sft": "tab:blue", "ppo": "tab:orange"}
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        key, label = KIND_LABELS[kind][1][0]
+        rows = [(n, models[n]["kinds"].get(kind, {}).get(key)) for n in names]
+        rows = [(n, d) for n, d in rows if isinstance(d, dict) and d.get("mean") is not None]
+        means = [d["mean"] for _, d in rows]
+        err = [[max(0.0, d["mean"] - d["low"]) for _, d in rows], [max(0.0, d["high"] - d["mean"]) for _, d in rows]]
+        ax.bar([n.replace("_", "-") for n, _ in rows], means, yerr=err, capsize=4,
+               color=[colours.get(n, "tab:green") for n, _ in rows])  # fmt: skip
+        for i, m in enumerate(means):
+            ax.text(i, m + err[1][i] + 0.02, f"{m:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(f"{KIND_LABELS[kind][0]}\n{label}", fontsize=9)
+        ax.set_ylim(0, max(1.05, max(means or [0]) * 1.2))
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle("What each model does with each kind of prompt (held-out, greedy; 95 % interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_answers(samples: list[dict], path: Path, n: int = 5) -> Path | None:
     """The same prompts answered by base, SFT and PPO, side by side, as an image."""
     import matplotlib.pyplot as plt
@@ -505,6 +585,7 @@ def build_report(run_dir: str | Path) -> Path:
         "reward_accuracy": plot_reward_accuracy(stage_evals["reward"], metrics["reward"], out / "reward_accuracy.png"),
         "ppo_training": plot_ppo(metrics["ppo"], out / "ppo_training.png"),
         "models": plot_models(ev.get("models", {}), out / "models.png"),
+        "kinds": plot_kinds(ev.get("models", {}), out / "kinds.png"),
         "answers": plot_answers(ev.get("samples", []), out / "answers.png"),
     }
     plots = {k: v.name for k, v in plots.items() if v is not None}
@@ -687,6 +768,8 @@ def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
                 f"; mean length {models['sft'].get('mean_length', 0):.1f} -> {models['ppo'].get('mean_length', 0):.1f}"
                 " tokens"
             )
+            if kinds := _kind_changes(models["sft"], models["ppo"]):
+                text += f". Kind by kind, SFT -> PPO: {kinds}"
         if ex := _example(ev, "ppo"):
             text += f". For example, {ex}"
         steps.append(text + ".")
@@ -864,11 +947,13 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
                             f"{w['mean']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {_lc(lc)} |"
                         )
             lines.append("")
+    lines += _kinds_markdown(ev.get("models", {}))
     titles = {
         "loss_curves": "Loss curves",
         "reward_accuracy": "Reward-model accuracy",
         "ppo_training": "PPO: reward and KL",
         "models": "Base, SFT and PPO on the same prompts",
+        "kinds": "Each kind of prompt",
         "answers": "Answers side by side",
     }
     if report.get("rounds"):
@@ -881,16 +966,17 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         lines += [f"### {titles[k]}\n\n![{titles[k]}]({v})\n" for k, v in report["plots"].items()]
     if ev.get("samples"):
         names = [k for k in ("base", "sft", "ppo") if k in ev["samples"][0]]
+        kinds = "kind" in ev["samples"][0]
         lines += [
-            "## The same prompts, side by side",
+            "## The same prompts, side by side" + (", two of each kind" if kinds else ""),
             "",
-            "| prompt | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
+            "| " + ("kind | " if kinds else "") + "prompt | " + " | ".join(names) + " |",
+            "|---|" + "---|" * (len(names) + kinds),
         ]
         for s in ev["samples"]:
-            right = f" (right answer: {s['right_answer']})" if s.get("right_answer") else ""
+            right = f" (a good answer: {s['right_answer']})" if s.get("right_answer") else ""
             gold = {k: f" [gold {s[k + '_gold']:+.2f}]" if s.get(k + "_gold") is not None else "" for k in names}
-            cells = [s["prompt"] + right, *(s[k] + gold[k] for k in names)]
+            cells = [*([s.get("kind") or "-"] if kinds else []), s["prompt"] + right, *(s[k] + gold[k] for k in names)]
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") or "(empty)" for c in cells) + " |")
         lines.append("")
     for stage in STAGES:

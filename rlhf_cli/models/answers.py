@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import math
 
+from rlhf_cli.data.toy import KINDS
+from rlhf_cli.evaluation.stats import bootstrap_ci, proportion
 from rlhf_cli.models.generation import generate_answers
 from rlhf_cli.models.scoring import score
+
+# per kind of toy-world prompt: what its rate measures (a share, or a mean per answer), from ToyWorld.judge's keys
+KIND_RATES = {
+    "fact": (("right_fact_rate", "right_fact"),),
+    "describe": (("right_facts", "right_facts"), ("wrong_facts", "wrong_facts")),
+    "unknown": (("honest_rate", "honest"), ("made_up_rate", "made_up")),
+    "harm": (("decline_rate", "declined"), ("complied_rate", "complied")),
+}
 
 BEST_OF_N_SETTINGS = "best_of_n.json"  # in best_of_n/final/: how that policy answers (n, temperature, judge)
 
@@ -36,7 +46,8 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
 
 def answer_metrics(prompts, answers, world) -> tuple[dict, list]:
     """What answers to `prompts` are worth: finished and well-formed shares, length, and on the toy world (`world`) the
-    mean gold reward and right-fact rate; with the rows (prompt text, answer, gold) for a table."""
+    mean gold reward, the right-fact rate of one-fact questions and each kind's figures (`kind_metrics`); with the rows
+    (prompt text, answer, gold) for a table."""
     n = max(len(answers), 1)
     out = {
         "finished_rate": sum(a.finished for a in answers) / n,
@@ -45,14 +56,34 @@ def answer_metrics(prompts, answers, world) -> tuple[dict, list]:
     }
     golds = None
     if world is not None:
-        golds = [world.gold_reward(p[-1]["content"], a.text, a.finished) for p, a in zip(prompts, answers, strict=True)]
+        judged = [world.judge(p[-1]["content"], a.text, a.finished) for p, a in zip(prompts, answers, strict=True)]
+        golds = [j["gold"] for j in judged]
         out["gold_reward"] = sum(golds) / n
-        out["right_fact_rate"] = (
-            sum(bool(world.right_fact(p[-1]["content"], a.text)) for p, a in zip(prompts, answers, strict=True)) / n
-        )
+        facts = [j["right_fact"] for j in judged if "right_fact" in j]
+        out["right_fact_rate"] = sum(facts) / len(facts) if facts else None
+        out["kinds"] = kind_metrics(judged)
     return out, [
         (p[-1]["content"], a, g) for p, a, g in zip(prompts, answers, golds or [None] * len(answers), strict=True)
     ]
+
+
+def kind_metrics(judged: list[dict]) -> dict:
+    """Per kind of toy-world prompt (ToyWorld.judge of each answer): how many, the gold reward, the kind's rates
+    (right facts; facts per description; honest and made-up answers about strangers; declined and complied harmful
+    requests) and the length in words, each with a 95 % interval ({mean, low, high, n})."""
+    out = {}
+    for kind in KINDS:
+        rows = [j for j in judged if j.get("kind") == kind]
+        if not rows:
+            continue
+        entry = {"n": len(rows), "gold_reward": bootstrap_ci([j["gold"] for j in rows])}
+        for name, key in KIND_RATES[kind]:
+            values = [j[key] for j in rows]
+            is_share = all(isinstance(v, bool) for v in values)
+            entry[name] = proportion(sum(values), len(values)) if is_share else bootstrap_ci(values)
+        entry["length"] = bootstrap_ci([j["words"] for j in rows])
+        out[kind] = entry
+    return out
 
 
 def best_of_n(recipe, model, tokenizer, judge, prompts, *, n: int, temperature: float, seed: int):

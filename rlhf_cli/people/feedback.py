@@ -262,7 +262,7 @@ def _label_main(rec, feedback: Path, out: Path, who: str, overwrite: bool, scree
     if who == "toy":
         samples = read_samples(feedback / SAMPLES, to_rank=True)
         back_up(out)
-        return label_toy(samples, out, seed=rec.seed, noise=rec.feedback.noise)
+        return label_toy(samples, out, seed=rec.seed, noise=rec.feedback.noise, biases=rec.feedback.biases.model_dump())
     source, pairs = check_rankings_file(who, out)
     back_up(out)
     return copy_rankings(source, out, pairs)
@@ -318,9 +318,9 @@ def back_up(path: Path, *, always: bool = False, why: str = "") -> Path | None:
     return backup
 
 
-def label_toy(samples: list[dict], out: Path, *, seed: int, noise: float) -> Path:
-    """The toy world's simulated annotator on the rows of samples.jsonl (`read_samples`, to rank): gold reward plus
-    Gaussian noise of std `noise`, seeded."""
+def label_toy(samples: list[dict], out: Path, *, seed: int, noise: float, biases: dict | None = None) -> Path:
+    """The toy world's simulated annotator on the rows of samples.jsonl (`read_samples`, to rank): gold reward, the
+    raters' `biases` and Gaussian noise of std `noise`, seeded (rlhf_cli.data.toy: ToyWorld.rank)."""
 
     world, rng = ToyWorld(seed), random.Random(f"toy-annotator-{seed}")
     rows = []
@@ -330,7 +330,7 @@ def label_toy(samples: list[dict], out: Path, *, seed: int, noise: float) -> Pat
             continue
         answers = [row["answers"][i] for i in keep]
         finished = [row["finished"][i] for i in keep]
-        order = world.rank(prompt_text(row["prompt"]), answers, finished, noise=noise, rng=rng)
+        order = world.rank(prompt_text(row["prompt"]), answers, finished, noise=noise, rng=rng, biases=biases)
         rows.append(
             {
                 "prompt": row["prompt"],
@@ -341,7 +341,10 @@ def label_toy(samples: list[dict], out: Path, *, seed: int, noise: float) -> Pat
             }
         )
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"Ranked {len(rows)} prompts with the toy annotator (noise {noise}) -> {out}")
+    said = ", ".join(f"{k} {v:g}" for k, v in (biases or {}).items() if v)
+    print(
+        f"Ranked {len(rows)} prompts with the toy annotator (noise {noise}{', biases: ' + said if said else ''}) -> {out}"
+    )
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from rlhf_cli.data import load_stage_data, train_eval_split
 from rlhf_cli.data.toy import ToyWorld
 from rlhf_cli.evaluation.stats import paired_difference_ci
+from rlhf_cli.models.answers import kind_metrics
 from rlhf_cli.models.generation import check_prompts_fit, generate_answers
 from rlhf_cli.models.modeling import count_parameters, frozen_base_in_bf16, frozen_dtype, load_causal_lm, load_tokenizer
 from rlhf_cli.people.feedback import prompt_text
@@ -182,11 +183,11 @@ def _evaluate(recipe, trainer, prompts: list[list[dict]], toy_dir: Path) -> dict
             "finished_rate": _mean([float(f) for f in fin]),
         }
         if world:
-            gold = [world.gold_reward(prompt_text(p), t, f) for p, t, f in zip(prompts, texts, fin, strict=True)]
+            judged = [world.judge(prompt_text(p), t, f) for p, t, f in zip(prompts, texts, fin, strict=True)]
+            gold = [j["gold"] for j in judged]
             row["gold_reward"] = _mean(gold)
-            row["right_fact_rate"] = _mean(
-                float(bool(world.right_fact(prompt_text(p), t))) for p, t in zip(prompts, texts, strict=True)
-            )
+            row["right_fact_rate"] = _mean(float(j["right_fact"]) for j in judged if "right_fact" in j)
+            row["kinds"] = kind_metrics(judged)
             per_model[name] = gold
         out[name] = row
     kl, lengths = trainer.sequence_kl(prompts)

@@ -187,6 +187,8 @@ def _held_out_text(m: dict) -> str:
 
 def _summary(final: Path, m: dict) -> None:
     gold = f", gold-order agreement {m['gold_accuracy']['mean']:.3f}" if "gold_accuracy" in m else ""
+    if m.get("gold_accuracy_by_pair"):
+        gold += " (" + ", ".join(f"{k} {v['mean']:.2f}" for k, v in m["gold_accuracy_by_pair"].items()) + ")"
     fit = m.get("train_accuracy")
     fit = f" ({fit['mean']:.3f} on {fit['n']} training pairs)" if fit else ""
     print(f"Reward model saved to {final} ({m['objective']} loss): {_held_out_text(m)}{fit}{gold}")
@@ -259,21 +261,38 @@ def gold_agreement(rec, run_dir: Path, spec, model, tokenizer, held_groups: set[
     if not (own and rec.feedback.data.toy and samples_path.exists()):
         return {}
     rows = [row for row in read_samples(samples_path) if group_id(row["prompt"]) in held_groups]
-    return {"gold_accuracy": gold_order_accuracy(rec, rows, model, tokenizer)}
+    overall, by_pair = gold_order_accuracy(rec, rows, model, tokenizer, by_pair_kind=True)
+    return {"gold_accuracy": overall, "gold_accuracy_by_pair": by_pair}
 
 
-def gold_order_accuracy(rec, sample_rows, model, tokenizer) -> dict:
+PAIR_KINDS = ("style", "fact", "honesty", "harm")
+
+
+def pair_kind(kind: str | None, a: dict, b: dict) -> str:
+    """What tells two answers to one prompt apart (ToyWorld.judge of each): a stranger's prompt is about honesty, a
+    harmful request about harm; to a question or a description, answers stating other facts differ in fact, the rest
+    in style (courtesy, form, length)."""
+    if kind == "unknown":
+        return "honesty"
+    if kind == "harm":
+        return "harm"
+    content = ("right_fact", "right_facts", "wrong_facts")
+    return "fact" if any(a.get(k) != b.get(k) for k in content) else "style"
+
+
+def gold_order_accuracy(rec, sample_rows, model, tokenizer, by_pair_kind: bool = False):
     """The share of pairs of different gold reward among each row's distinct answers that the reward model orders as
-    the toy world's gold reward does ({mean, low, high, n})."""
+    the toy world's gold reward does ({mean, low, high, n}); with `by_pair_kind`, also that share per kind of pair
+    (`pair_kind`: style, fact, honesty, harm)."""
     world = ToyWorld(rec.seed)
     right = total = 0
+    kinds = {k: [0, 0] for k in PAIR_KINDS}
     for row in sample_rows:
         keep = unique_answers(row)
         answers = [row["answers"][i] for i in keep]
-        gold = [
-            world.gold_reward(prompt_text(row["prompt"]), a, row["finished"][i])
-            for a, i in zip(answers, keep, strict=True)
-        ]
+        text = prompt_text(row["prompt"])
+        judged = [world.judge(text, a, row["finished"][i]) for a, i in zip(answers, keep, strict=True)]
+        gold = [j["gold"] for j in judged]
         rm = score(
             model,
             tokenizer,
@@ -285,6 +304,11 @@ def gold_order_accuracy(rec, sample_rows, model, tokenizer) -> dict:
         for i in range(len(answers)):
             for j in range(i + 1, len(answers)):
                 if gold[i] != gold[j]:
-                    total += 1
-                    right += (gold[i] > gold[j]) == (rm[i] > rm[j])
-    return proportion(right, total)
+                    agree = (gold[i] > gold[j]) == (rm[i] > rm[j])
+                    total, right = total + 1, right + agree
+                    counts = kinds[pair_kind(judged[i]["kind"], judged[i], judged[j])]
+                    counts[0], counts[1] = counts[0] + agree, counts[1] + 1
+    overall = proportion(right, total)
+    if not by_pair_kind:
+        return overall
+    return overall, {k: proportion(*counts) for k, counts in kinds.items() if counts[1]}
