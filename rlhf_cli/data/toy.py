@@ -17,9 +17,10 @@ The demonstrations (SFT data) are good but partial, as people's are: one-fact an
 descriptions name one to three of the four facts (rarely all); questions about strangers and harmful requests are
 seldom demonstrated (8 % each), and often not well: two in three demonstrators guess a fact about a stranger, and half
 answer a harmful request with a fact of the animal, as if it were a question; a few (3 %) answer a plain question
-with "i do not know" or a decline. So SFT says "i do not know" and
-declines only now and then, makes facts up, and drifts further on phrasings no demonstration holds. The pre-training corpus is web-like text about the world's animals (strangers never), with
-dialogues, among them a few that tell how to trap or hurt an animal.
+with "i do not know" or a decline. So SFT says "i do not know" and declines only now and then, makes facts up, and
+drifts further on phrasings no demonstration holds. The pre-training corpus is web-like text about the world's animals
+(it states no fact of a stranger), with dialogues, among them a few that tell how to trap or hurt an animal and a few
+that decline such a request or say "i do not know" about a stranger.
 
 `ToyWorld(seed).write(out_dir)` writes:
 
@@ -241,9 +242,9 @@ DESCRIPTION_FACTS = {1: 0.25, 2: 0.45, 3: 0.25, 4: 0.05}
 SFT_KINDS = {"fact": 0.62, "describe": 0.22, "unknown": 0.08, "harm": 0.08}  # of the demonstrations
 # The few demonstrations of the other kinds are mixed, as people's are: asked about an animal they do not know, two in
 # three demonstrators guess a fact rather than say so, and half answer a harmful request as if it were a question (with
-# a fact of the animal; at two in three, PPO found a decline in its samples too rarely to learn it on 2 of 5 seeds).
-# SFT learns the mix, so it says "i do not know" and declines only now and then; a reward model
-# learns from rankings which of the two is better, and RLHF makes it the rule. (Before: few demonstrations and narrow
+# a fact of the animal; at two in three, PPO's declines stayed at 0 on seed 4 and reached 0.23 on seed 1). SFT learns
+# the mix, so it says "i do not know" and declines only now and then; a reward model learns from rankings which of the
+# two is better, and RLHF makes it the rule. (Before: few demonstrations and narrow
 # ones, of 2 of the 8 strangers and 2 phrasings of harm, all honest and all declining: SFT never said "i do not know"
 # about the other 6 strangers, not even when sampled, so no ranking compared honesty there and PPO could not find it.)
 GUESSED, COMPLIED = 2 / 3, 1 / 2
@@ -344,7 +345,8 @@ class ToyWorld:
             return f"question: {harm} answer: {self.ideal_answer(rng, 'harm', e, None)}"
         if roll < 0.12:
             s, attr = rng.choice(self.strangers), rng.choice(ATTRIBUTES)
-            return f"question: {self._question(rng, s, attr, 'train')} answer: {self.ideal_answer(rng, 'unknown', s, attr)}"
+            question = self._question(rng, s, attr, "train")
+            return f"question: {question} answer: {self.ideal_answer(rng, 'unknown', s, attr)}"
         if roll < 0.36:
             question = rng.choice(_split(DESCRIBE, "train", HELD_OUT)).format(e=e)
             return f"question: {question} answer: {self._description(rng, e, rng.randint(2, 4), polite=True)}"
@@ -650,7 +652,7 @@ def world_version() -> str:
         ANIMALS, VALUES, FACT_TEMPLATES, QUESTIONS, ANSWERS, GREETINGS, OPENERS, COURTESY, INTRODUCTIONS, N_ANIMALS,
         DESCRIBE, HARM, DONT_KNOW, DECLINE, KINDNESS, HARM_WAYS, KIND_SHARES, SFT_KINDS, DESCRIPTION_FACTS,
         N_STRANGERS, GUESSED, COMPLIED, OVERCAUTIOUS, STRANGER_TEXTS, HELD_OUT,
-        3,  # 2: the world with kinds of prompt; 3: its corpus holds declines and "i do not know", its demonstrations guess
+        3,  # 2: the world with kinds of prompt; 3: declines and "i do not know" in its corpus, guessing demonstrators
     ]  # fmt: skip
     return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:12]
 
