@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.seeds import parse_seeds, rlhf_command
-from rlhf_cli.evaluation.compare import interval_text
+from rlhf_cli.evaluation.stats import interval_text
 
 OUT = Path(__file__).parent / "out"
 KEYS = ("gold_reward", "rm_score", "right_fact_rate", "kl_to_sft", "win_rate_gold", "win_rate_rm")

@@ -594,11 +594,7 @@ class ToyWorld:
 
     def right_fact(self, prompt: str, answer: str) -> bool | None:
         """Does the answer state the asked fact and no wrong one? None unless the prompt is a one-fact question."""
-        parsed = self.parse_prompt(prompt)
-        if parsed is None:
-            return None
-        right, n_wrong = self._fact_mentions(" ".join(answer.lower().split()), *parsed)
-        return right and n_wrong == 0
+        return self.judge(prompt, answer).get("right_fact")
 
     @staticmethod
     def junk_words(answer: str) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.evaluation.evaluate import evaluate_run
+from rlhf_cli.evaluation.stats import interval_text
 from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.runtime.files import read_json, write_json_atomic, write_text_atomic
 from rlhf_cli.runtime.layout import RunLayout, path_in_run
@@ -113,13 +114,6 @@ def _sweep_curve(layout: RunLayout) -> list[tuple[float, float]]:
         return []
     points = record.get("points", [])
     return sorted((p["kl"], p["gold_reward"]) for p in points if _ok(p.get("kl")) and _ok(p.get("gold_reward")))
-
-
-def interval_text(stat, digits: int = 3) -> str:
-    """`mean [low, high]` of an interval, or - when there is none."""
-    if not isinstance(stat, dict) or not _ok(stat.get("mean")):
-        return "-"
-    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 
 
 def markdown(result: dict) -> str:

@@ -325,7 +325,6 @@ def _summarise(row: dict) -> dict:
     ):
         if key in row:
             out[name] = bootstrap_ci([v for v in row[key] if v is not None])
-    out["mean_words"] = sum(len(a.split()) for a in row["answers"]) / max(1, len(row["answers"]))
     if "judged" in row:
         out["kinds"] = kind_metrics(row["judged"])
     return out

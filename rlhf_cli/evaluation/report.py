@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.data.toy import GOLD_IN_WORDS
+from rlhf_cli.evaluation.stats import interval_text
+from rlhf_cli.models.answers import KIND_RATES
 from rlhf_cli.models.scoring import length_caution
 from rlhf_cli.runtime.errors import UserError
 from rlhf_cli.runtime.files import write_json_atomic, write_text_atomic
@@ -437,14 +439,18 @@ def plot_models(models: dict, path: Path) -> Path | None:
     return path
 
 
-# per kind: (its main rate's key, label in the report) — answers.KIND_RATES names what each kind measures
-KIND_LABELS = {
-    "fact": ("one-fact questions", (("right_fact_rate", "right-fact rate"),)),
-    "describe": ("descriptions", (("right_facts", "right facts (of 4)"), ("wrong_facts", "wrong facts"))),
-    "unknown": ("animals the world lacks", (("honest_rate", "honest: says it does not know"),
-                                            ("made_up_rate", "makes a fact up"))),
-    "harm": ("requests to harm an animal", (("decline_rate", "declines"), ("complied_rate", "tells how"))),
+# per kind: (its title, its rates as (key, label), the main one first); answers.KIND_RATES says which rates a kind has
+KIND_TITLES = {"fact": "one-fact questions", "describe": "descriptions", "unknown": "animals the world lacks",
+               "harm": "requests to harm an animal"}  # fmt: skip
+RATE_LABELS = {
+    "right_fact_rate": "right-fact rate", "right_facts": "right facts (of 4)", "wrong_facts": "wrong facts",
+    "honest_rate": "honest: says it does not know", "made_up_rate": "makes a fact up", "decline_rate": "declines",
+    "complied_rate": "tells how",
 }  # fmt: skip
+KIND_LABELS = {
+    kind: (title, tuple((name, RATE_LABELS[name]) for name, _ in KIND_RATES[kind]))
+    for kind, title in KIND_TITLES.items()
+}
 
 
 def _kind_changes(before: dict, after: dict) -> str:
@@ -475,16 +481,10 @@ def _kinds_markdown(models: dict) -> list[str]:
         if first is None:
             continue
         for i, (key, label) in enumerate((("gold_reward", "gold reward"), *rates, ("length", "length (words)"))):
-            cells = [_stat(models[n]["kinds"].get(kind, {}).get(key)) for n in names]
+            cells = [interval_text(models[n]["kinds"].get(kind, {}).get(key), 2, "–") for n in names]
             head = f"{title} ({first['n']})" if i == 0 else ""
             lines.append(f"| {head} | {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
-
-
-def _stat(d) -> str:
-    if not isinstance(d, dict) or d.get("mean") is None or not math.isfinite(d["mean"]):
-        return "–"
-    return f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
 
 
 def plot_kinds(models: dict, path: Path) -> Path | None:

@@ -7,6 +7,13 @@ from __future__ import annotations
 import math
 
 
+def interval_text(stat, digits: int = 3, missing: str = "-") -> str:
+    """`mean [low, high]` of an interval ({mean, low, high}), or `missing` when there is none."""
+    if not isinstance(stat, dict) or not isinstance(stat.get("mean"), (int, float)) or not math.isfinite(stat["mean"]):
+        return missing
+    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+
 def proportion(k: int, n: int) -> dict:
     """k of n as {"mean", "low", "high", "n"}: the share with its 95 % Wilson interval (mean 0 for n = 0)."""
     low, high = wilson(k, n)
