@@ -542,7 +542,7 @@ class ToyWorld:
                 # as three facts with a repeated sentence (0.6), and PPO on seed 4 cut its descriptions to one fact +
                 # "thanks for asking!"; now 0.4 against 0.55, and each further right fact is worth more than a courtesy.
                 # Less 0.2, so that only all four facts reach 1.0: with the clip at 1.0, three facts and a courtesy
-                # scored as four, and PPO traded the fourth fact for "sure!" (seeds 1-4: 3.2 -> 2.4 facts, gold 1.0)
+                # scored as four, and PPO traded the fourth fact for "sure!" (facts: seed 4 3.2 -> 2.4, seed 2 2.5 -> 2.1)
                 score += 0.2 * right - 0.2 - 0.25 * min(wrong, 2)
                 out.update(right_facts=right, wrong_facts=wrong)
             elif kind == "unknown":
