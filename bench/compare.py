@@ -33,13 +33,11 @@ def run_seed(seed: int, run: Path, overrides: list[str], keep: bool, resume: boo
     cmd = rlhf_command("compare", "--recipe", "tiny", "--resume" if resume else "--overwrite", "-o", str(run),
                        f"--set=seed={seed}", *[f"--set={o}" for o in overrides])  # fmt: skip
     print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    with open(run.parent / f"seed-{seed}-compare.log", "w") as log:
+    t0, log_path = time.perf_counter(), run.parent / f"seed-{seed}-compare.log"
+    with open(log_path, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode:
-        print(
-            f"seed {seed}: compare exit {proc.returncode} (log: {run.parent / f'seed-{seed}-compare.log'})", flush=True
-        )
+        print(f"seed {seed}: compare exit {proc.returncode} (log: {log_path})", flush=True)
     return time.perf_counter() - t0
 
 
