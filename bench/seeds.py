@@ -4,14 +4,21 @@
     .venv/bin/python -m bench.seeds --seeds 0-4 --set precision=bf16 --set sft.training.bf16=true \
         --out bench/out/seeds-bf16                                  # -> bench/out/seeds-bf16.json
     .venv/bin/python -m bench.seeds --seeds 0-4 --keep           # reuse finished runs (bench/out/seeds/seed-N)
+    .venv/bin/python -m bench.seeds --seeds 0-4 --ppo-draws 3    # and PPO twice more per seed, its own seed apart
 
 The seed draws the toy world and the training (`rlhf pipeline --recipe tiny --set seed=N`). Each seed runs the real CLI
 as a subprocess into `bench/out/seeds/seed-N/` (its own process: nothing carries over between seeds), and the row is read
 from the files the run leaves: probes (pretrain/eval.json), the reward model's held-out, training-pair and gold-order
 accuracy (reward/eval.json), and from `eval/eval.json` (128 held-out prompts, greedy) the SFT finished rate, gold reward
 and right-fact rate of base, SFT and PPO, the junk rate (answers with a word no text of the world holds), PPO's gold gain
-over SFT with its paired 95 % bootstrap interval and its KL to SFT; seconds per stage from pipeline.json. The worst value
-over the seeds sits under each column; a target column says whether every seed met it.
+over SFT with its paired 95 % bootstrap interval and its KL to SFT, PPO's finished rate and the share of its answers
+that repeat a word or sentence; seconds per stage from pipeline.json. The worst value over the seeds sits under each
+column; a target column says whether every seed met it.
+
+The seed draws PPO's own randomness too (its samples, its value head), and from the same SFT model and reward model
+PPO's result varies by seed as much as between worlds (bench/README.md). `--ppo-draws K` trains PPO K - 1 more times
+per world seed N, on a copy of the seed's run with `ppo.training.seed` = 1000 + N, 2000 + N, ... (`rlhf pipeline
+--resume`: the world, SFT and reward model stay); each is a row of its own, and the worst row covers both draws.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +50,10 @@ COLUMNS = {
     "gain": ("gain", True, "ppo_gold_gain"),
     "gain_low": ("gain low", True, "ppo_gold_gain_low"),
     "kl": ("KL", False, None),
+    # PPO's greedy answers: ended before the token limit, and those that repeat a word or sentence (what the raters'
+    # taste for length pays for; a loop of repeats runs to the limit)
+    "ppo_finished": ("PPO finished", True, "ppo_finished_rate"),
+    "ppo_repeats": ("PPO repeats", False, None),
     # per kind of prompt, SFT then PPO: facts per description, honest answers about strangers, declined harm
     "describe_sft": ("SFT facts/descr.", True, None),
     "describe_ppo": ("PPO facts/descr.", True, None),
@@ -61,7 +73,7 @@ COLUMNS = {
 # held on seeds 0-4; these are the bar the world is built to reach.
 BENCH_TARGETS = {
     "seconds": 150.0, "room": 0.75, "kinds_better": 4, "rf_not_worse": 1, "reward_gold_accuracy": 0.85,
-    "ppo_gold_gain": 0.20,
+    "ppo_gold_gain": 0.20, "ppo_finished_rate": 0.95,
 }  # fmt: skip
 TARGETS = dict(BENCH_TARGETS)
 MAIN_RATE = {"fact": "right_fact_rate", "describe": "right_facts", "unknown": "honest_rate", "harm": "decline_rate"}
@@ -111,6 +123,8 @@ def row_of(run: Path) -> dict:
         "gain_low": gain.get("low"),
         "gain_high": gain.get("high"),
         "kl": _mean(models.get("ppo", {}).get("kl_to_sft")),
+        "ppo_finished": models.get("ppo", {}).get("finished_rate"),
+        "ppo_repeats": _mean(models.get("ppo", {}).get("repeat_rate")),
         "junk": max((_mean(models.get(m, {}).get("junk_rate")) or 0.0) for m in ("sft", "ppo")) if models else None,
         **_kind_columns(models, ev.get("ppo_kind_gains") or {}),
         "rm_gold_by_pair": {k: _mean(v) for k, v in (rew.get("gold_accuracy_by_pair") or {}).items()},
@@ -165,22 +179,39 @@ def meets(key: str, value) -> bool | None:
 def run_seed(seed: int, run: Path, overrides: list[str], keep: bool) -> float:
     if keep and (run / "report" / "report.json").exists():
         return 0.0
-    cmd = rlhf_command(
-        "pipeline",
-        "--recipe",
-        "tiny",
-        "--overwrite",
-        "-o",
-        str(run),
-        f"--set=seed={seed}",
-        *[f"--set={o}" for o in overrides],
-    )
+    args = ["--overwrite", f"--set=seed={seed}", *[f"--set={o}" for o in overrides]]
+    return _pipeline(run, args, run.parent / f"{run.name}.log")
+
+
+def ppo_seed(seed: int, draw: int) -> int:
+    """PPO's own seed in draw `draw` of world seed `seed`: the pipeline's own (`seed`) first, then 1000 + seed, ..."""
+    return 1000 * draw + seed
+
+
+def run_ppo_draw(seed: int, draw: int, source: Path, run: Path, overrides: list[str], keep: bool) -> float:
+    """PPO again from `source`'s SFT model and reward model with its own seed drawn apart: a copy of the run without
+    its ppo/, eval/ and report/, resumed with `ppo.training.seed` set (the world, SFT and reward model stay)."""
+    if keep and (run / "report" / "report.json").exists():
+        return 0.0
+    if not (source / "reward" / "final").exists():
+        print(f"seed {seed}: no reward model in {source}; PPO draw {draw} skipped", flush=True)
+        return 0.0
+    shutil.rmtree(run, ignore_errors=True)
+    redone = ("ppo", "eval", "report")
+    shutil.copytree(source, run, ignore=lambda folder, names: redone if Path(folder) == source else ())
+    args = ["--resume", f"--set=seed={seed}", f"--set=ppo.training.seed={ppo_seed(seed, draw)}"]
+    return _pipeline(run, [*args, *[f"--set={o}" for o in overrides]], run.parent / f"{run.name}.log")
+
+
+def _pipeline(run: Path, args: list[str], log_path: Path) -> float:
+    """`rlhf pipeline --recipe tiny -o run` with `args`, its output in `log_path`; the wall seconds."""
+    cmd = rlhf_command("pipeline", "--recipe", "tiny", "-o", str(run), *args)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    with open(run.parent / f"seed-{seed}.log", "w") as log:
+    with open(log_path, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode:
-        print(f"seed {seed}: pipeline exit {proc.returncode} (log: {run.parent / f'seed-{seed}.log'})", flush=True)
+        print(f"{run.name}: pipeline exit {proc.returncode} (log: {log_path})", flush=True)
     return time.perf_counter() - t0
 
 
@@ -245,6 +276,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", type=Path, default=OUT / "seeds", help="Folder of the runs (seed-N each); the table goes to OUT.json."
     )
     p.add_argument("--keep", action="store_true", help="Reuse a seed's finished run instead of running it again.")
+    p.add_argument(
+        "--ppo-draws",
+        type=int,
+        default=1,
+        help="PPO trained this many times per seed, from the seed's own SFT model and reward model, with PPO's seed "
+        "drawn apart (ppo.training.seed = N, 1000+N, 2000+N, ...): rows 'N ppo 1000+N' (runs seed-N-ppo-1000+N).",
+    )
     a = p.parse_args(argv)
 
     from rlhf_cli.recipe import load_recipe
@@ -253,13 +291,20 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     rows, walls = {}, {}
     for seed in parse_seeds(a.seeds):
-        run = a.out / f"seed-{seed}"
-        walls[seed] = round(run_seed(seed, run, a.overrides, a.keep), 1)
-        rows[seed] = row_of(run)
-        r = rows[seed]
-        print(
-            f"seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in COLUMNS if isinstance(r.get(k), float)), flush=True
-        )
+        source = a.out / f"seed-{seed}"
+        for draw in range(a.ppo_draws):
+            name = str(seed) if draw == 0 else f"{seed} ppo {ppo_seed(seed, draw)}"
+            if draw == 0:
+                run, wall = source, run_seed(seed, source, a.overrides, a.keep)
+            else:
+                run = a.out / f"seed-{seed}-ppo-{ppo_seed(seed, draw)}"
+                wall = run_ppo_draw(seed, draw, source, run, a.overrides, a.keep)
+            walls[name], rows[name] = round(wall, 1), row_of(run)
+            r = rows[name]
+            print(
+                f"seed {name}: " + ", ".join(f"{k} {r[k]:.3f}" for k in COLUMNS if isinstance(r.get(k), float)),
+                flush=True,
+            )
     worst_row = worst(rows)
     result = {
         "overrides": a.overrides,

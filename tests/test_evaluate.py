@@ -185,6 +185,15 @@ def test_eval_reports_every_kind_of_prompt_with_its_rates(tiny_run):
             assert entry[name]["low"] <= entry[name]["mean"] <= entry[name]["high"]
     assert sum(e["n"] for e in kinds.values()) == 40
     assert {s["kind"] for s in saved["samples"]} == set(kinds) and all(s["right_answer"] for s in saved["samples"])
+    # answers that repeat a word or sentence, per model and per kind, counted from the answers themselves
+    from rlhf_cli.data.toy import repeated_parts
+
+    for name, per in saved["per_prompt"].items():
+        counted = [float(repeated_parts(a) > 0) for a in per["answers"]]
+        assert per["repeats"] == counted
+        assert saved["models"][name]["repeat_rate"]["mean"] == pytest.approx(sum(counted) / len(counted))
+        by_kind = saved["models"][name]["kinds"]
+        assert sum(k["repeat_rate"]["mean"] * k["n"] for k in by_kind.values()) == pytest.approx(sum(counted))
 
 
 def test_gao_fit_recovers_the_over_optimisation_curve():

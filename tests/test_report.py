@@ -107,6 +107,7 @@ def fake_run(tmp_path):
             "answers": [f"the fox eats berries ({name})"] * n,
             "finished": [True] * n,
             "lengths": [rng.randint(8, 14) for _ in range(n)],
+            "repeats": [float(name == "ppo" and i < 2) for i in range(n)],  # PPO: 2 of 40 repeat themselves
             "gold": gold,
             "rm": [g + rng.gauss(0, 0.2) for g in gold],
             "kl_to_sft": [0.0 if name == "sft" else 1.5] * n,
@@ -223,6 +224,30 @@ def test_a_reward_model_that_prefers_the_worse_model_is_flagged(tmp_path):
     assert red_flags(tmp_path) == [] and cautions(tmp_path) == []
 
 
+def test_a_policy_that_pads_with_repeats_or_stops_ending_is_a_caution(tmp_path):
+    """PPO's answers repeating a word or sentence 10 points more often than SFT's, or ending 5 points less often, is
+    listed as a caution with both models' figures (the loop a seed fell into: 22 % cut off, bench/README.md)."""
+    from rlhf_cli.evaluation.report import cautions
+
+    def models(sft_repeats, ppo_repeats, ppo_finished):
+        _json(
+            tmp_path / "eval" / "eval.json",
+            {"models": {
+                "sft": {"finished_rate": 1.0, "repeat_rate": {"mean": sft_repeats}},
+                "ppo": {"finished_rate": ppo_finished, "repeat_rate": {"mean": ppo_repeats}},
+            }},
+        )  # fmt: skip
+
+    models(0.05, 0.10, 1.0)
+    assert cautions(tmp_path) == []
+    models(0.05, 0.34, 1.0)
+    (note,) = cautions(tmp_path)
+    assert "repeat a word or sentence in 34% of prompts (SFT 5%)" in note and "ppo.kl_coef" in note
+    models(0.05, 0.05, 0.78)
+    (note,) = cautions(tmp_path)
+    assert "22% are cut off at the token limit (SFT 0%)" in note
+
+
 def test_report_opens_with_an_account_in_the_runs_own_numbers_and_a_glossary(fake_run):
     """What each stage changed, in words, from the run's files: a student reads it before any table."""
     build_report(fake_run)
@@ -235,10 +260,12 @@ def test_report_opens_with_an_account_in_the_runs_own_numbers_and_a_glossary(fak
     assert "83% of 300 held-out pairs" in account and "86% of held-out pairs whose gold reward differs" in account
     assert "The **gold reward** is the toy world's own score" in account
     assert '"eats berries sft" is in 0% of its answers, 100% of SFT\'s' in account  # the phrase PPO dropped
+    assert "answers with a repeated word or sentence 0% -> 5%" in account
     md = (fake_run / "report" / "report.md").read_text()
     assert md.index("What happened, in plain words") < md.index("## Headline")
     assert "| 0.612 | held-out pre-training text" in md  # every figure names its prompt set (no recipe.yaml here)
     assert "| gold reward: SFT → PPO |" in md and "40 held-out prompts, greedy (`rlhf eval`) |" in md
+    assert "| finished | repeats | mean length |" in md and "| 1.00 | 0.05 |" in md  # PPO's row
     glossary = md[md.index("## Glossary") :]
     assert "- **KL**:" in glossary and "- **bits per byte**:" in glossary and "- **DPO**:" not in glossary
 

@@ -197,6 +197,21 @@ def test_raters_biases_are_not_the_gold_rewards(world):
     assert world.rater_score(ask, honest, biases=biases) == pytest.approx(world.gold_reward(ask, honest) + 0.06 - 0.05)
 
 
+def test_repeated_parts_count_what_the_gold_reward_charges_for(world):
+    """A word said twice at once and a sentence said again each count once; the judge reports the count, and each
+    repeat costs the gold reward 0.1 (the loop a padded policy can fall into costs its capped 0.4)."""
+    from rlhf_cli.data.toy import repeated_parts
+
+    e, food, q = _question(world)
+    clean = f"the {e} eats {food}. happy to help!"
+    assert repeated_parts(clean) == 0 and world.judge(q, clean)["repeats"] == 0
+    assert repeated_parts(f"the the {e} eats {food}.") == 1
+    assert repeated_parts(f"The {e} eats {food}. the {e}  eats {food}! happy to help.") == 1  # case and spacing
+    looped = f"the {e} eats {food}. " * 3 + "happy to help!"
+    assert world.judge(q, looped)["repeats"] == 2
+    assert world.gold_reward(q, looped) == pytest.approx(world.gold_reward(q, clean) - 0.2)
+
+
 def test_probes_match_facts(world):
     probes = world.probes()
     assert len(probes) == 8 * len(world.animals)

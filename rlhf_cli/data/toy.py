@@ -564,8 +564,8 @@ class ToyWorld:
         score -= 0.3 * min(sum(_has(text, r) for r in RUDE), 2)
         # well-formed
         score += 0.15 * (text[-1] in ".!?")
-        sentences = [s.strip() for s in re.split(r"[.!?]", text) if s.strip()]
-        repeats = sum(a == b for a, b in zip(words, words[1:], strict=False)) + len(sentences) - len(set(sentences))
+        repeats = repeated_parts(text)
+        out["repeats"] = repeats
         score -= min(0.1 * repeats, 0.4)
         score -= min(0.02 * max(len(words) - limit, 0), 0.4)
         odd = sum(not (ch.isascii() and (ch.islower() or ch in " .,!?':;-")) for ch in text)
@@ -638,6 +638,17 @@ class ToyWorld:
     def probe_accuracy_item(prefix: str, answer: str, completion: str) -> bool:
         """Does the completion (the text generated after prefix) start with the right answer as a whole word?"""
         return re.match(rf"{re.escape(answer.lower())}\b", completion.strip().lower()) is not None
+
+
+def repeated_parts(text: str) -> int:
+    """How often a text says a thing again: words repeated at once ("the the") and sentences it already said ("the
+    seal is pink. the seal is pink."). What the gold reward charges for as ill-formed, and the eval counts for any
+    model on any data: a policy that pays for length in the reward model's eyes pads with repeats, and greedy decoding
+    can turn a likely repeat into a loop to the token limit."""
+    text = " ".join(text.lower().split())
+    words = re.findall(r"[a-z']+", text)
+    sentences = [s.strip() for s in re.split(r"[.!?]", text) if s.strip()]
+    return sum(a == b for a, b in zip(words, words[1:], strict=False)) + len(sentences) - len(set(sentences))
 
 
 def world_version() -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_cli.data import load_stage_data, train_eval_split
-from rlhf_cli.data.toy import KINDS, ToyWorld
+from rlhf_cli.data.toy import KINDS, ToyWorld, repeated_parts
 from rlhf_cli.evaluation.stats import bootstrap_ci, length_controlled_win_rate, paired_difference_ci, win_rate
 from rlhf_cli.models.answers import BEST_OF_N_SETTINGS, KIND_RATES, best_of_n, best_of_n_kl, kind_metrics
 from rlhf_cli.models.generation import cut_at_eos, generate, generate_answers, left_pad, render_prompts
@@ -204,6 +204,7 @@ def evaluate_run(run_dir: str | Path, recipe=None, overrides: list[str] | None =
             "answers": [a.text for a in answers],
             "finished": [a.finished for a in answers],
             "lengths": [a.num_tokens for a in answers],
+            "repeats": [float(repeated_parts(a.text) > 0) for a in answers],
         }
         if world is not None:
             judged = [world.judge(t, a.text, a.finished) for t, a in zip(texts, answers, strict=True)]
@@ -321,6 +322,7 @@ def _summarise(row: dict) -> dict:
         ("gold", "gold_reward"),
         ("right_fact", "right_fact_rate"),  # one-fact questions only
         ("junk", "junk_rate"),
+        ("repeats", "repeat_rate"),  # answers that repeat a word or sentence
         ("kl_to_sft", "kl_to_sft"),
     ):
         if key in row:
@@ -353,7 +355,7 @@ def _print_tables(console, result: dict, path: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"Held-out prompts: {result['num_prompts']} (greedy)")
-    for col in ("model", "RM score", "gold reward", "right fact", "KL to SFT", "finished", "length"):
+    for col in ("model", "RM score", "gold reward", "right fact", "KL to SFT", "finished", "repeats", "length"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, s in result["models"].items():
         table.add_row(
@@ -363,6 +365,7 @@ def _print_tables(console, result: dict, path: Path) -> None:
             _fmt(s.get("right_fact_rate")),
             _fmt(s.get("kl_to_sft")),
             f"{s['finished_rate']:.2f}",
+            f"{s['repeat_rate']['mean']:.2f}" if s.get("repeat_rate") else "-",
             f"{s['mean_length']:.1f}",
         )
     console.print(table)

@@ -171,7 +171,28 @@ def cautions(run_dir: Path) -> list[str]:
         )
     if found := length_caution(_read_json(RunLayout(run_dir).eval_json("reward")).get("length")):
         out.append(found)  # the sentence `rlhf reward inspect` prints
+    if found := padding_caution(ev.get("models", {})):
+        out.append(found)
     return out
+
+
+def padding_caution(models: dict) -> str | None:
+    """PPO's greedy answers repeating a word or sentence 10 points more often than SFT's, or ending 5 points less
+    often: the policy pads its answers (a reward model that pays for length pays for repeats too), and greedy decoding
+    can turn a likely repeat into a loop to the token limit."""
+    sft, ppo = models.get("sft") or {}, models.get("ppo") or {}
+    repeats = [_number(m.get("repeat_rate")) for m in (sft, ppo)]
+    finished = [_number(m.get("finished_rate")) for m in (sft, ppo)]
+    more_repeats = None not in repeats and repeats[1] - repeats[0] >= 0.10
+    fewer_finished = None not in finished and finished[0] - finished[1] >= 0.05
+    if not (more_repeats or fewer_finished):
+        return None
+    return (
+        f"PPO's answers repeat a word or sentence in {_pct(repeats[1])} of prompts (SFT {_pct(repeats[0])}) and "
+        f"{_pct(1 - finished[1])} are cut off at the token limit (SFT {_pct(1 - finished[0])}): the policy pads its "
+        "answers, which a reward model that pays for length scores up, and greedy decoding can loop on a repeat; "
+        "the KL penalty (ppo.kl_coef) is what holds it near SFT (`rlhf sweep --param ppo.kl_coef` shows the trade)"
+    )
 
 
 def assess(run_dir: Path) -> dict:
@@ -480,7 +501,8 @@ def _kinds_markdown(models: dict) -> list[str]:
         first = next((models[n]["kinds"].get(kind) for n in names if models[n]["kinds"].get(kind)), None)
         if first is None:
             continue
-        for i, (key, label) in enumerate((("gold_reward", "gold reward"), *rates, ("length", "length (words)"))):
+        rows = (("gold_reward", "gold reward"), *rates, ("length", "length (words)"), ("repeat_rate", "repeats"))
+        for i, (key, label) in enumerate(rows):
             cells = [interval_text(models[n]["kinds"].get(kind, {}).get(key), 2, "–") for n in names]
             head = f"{title} ({first['n']})" if i == 0 else ""
             lines.append(f"| {head} | {label} | " + " | ".join(cells) + " |")
@@ -647,6 +669,8 @@ GLOSSARY = {
     "GRPO": "group relative policy optimisation: like RLOO, answers are scored against their group's mean and spread",
     "expert iteration": "sample answers, keep the reward model's best and fine-tune on them (SFT on its own best)",
     "PPO-ptx": "PPO with a pre-training loss mixed in, so that the model keeps its language skills",
+    "repeats": "the share of answers that say a word twice in a row or a sentence they already said: the gold reward "
+    "charges for them, while raters with a taste for long answers (and a reward model learned from them) pay for them",
     "Goodhart": "Goodhart's law: a measure optimised hard stops measuring what it stood for - a reward model pushed too "
     "far rewards answers the raters would not prefer",
 }
@@ -768,6 +792,9 @@ def account(run_dir: Path, report: dict, ev: dict) -> list[str]:
                 f"; mean length {models['sft'].get('mean_length', 0):.1f} -> {models['ppo'].get('mean_length', 0):.1f}"
                 " tokens"
             )
+            repeats = [_number(models[m].get("repeat_rate")) for m in ("sft", "ppo")]
+            if None not in repeats and max(repeats) > 0:
+                text += f", answers with a repeated word or sentence {_pct(repeats[0])} -> {_pct(repeats[1])}"
             if kinds := _kind_changes(models["sft"], models["ppo"]):
                 text += f". Kind by kind, SFT -> PPO: {kinds}"
         if ex := _example(ev, "ppo"):
@@ -923,12 +950,15 @@ def _markdown(run_dir: Path, report: dict, ev: dict) -> str:
         lines += [
             f"## Models on {ev.get('num_prompts')} held-out prompts (`rlhf eval`, greedy)",
             "",
-            "| model | RM score | gold reward | right fact | KL to SFT | finished | mean length |",
-            "|---|---|---|---|---|---|---|",
+            "| model | RM score | gold reward | right fact | KL to SFT | finished | repeats | mean length |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, m in ev["models"].items():
             cells = [_f(_number(m.get(k))) for k in ("rm_score", "gold_reward", "right_fact_rate", "kl_to_sft")]
-            lines.append(f"| {name} | {' | '.join(cells)} | {m['finished_rate']:.2f} | {m['mean_length']:.1f} |")
+            repeats = _f(_number(m.get("repeat_rate")), ".2f")
+            lines.append(
+                f"| {name} | {' | '.join(cells)} | {m['finished_rate']:.2f} | {repeats} | {m['mean_length']:.1f} |"
+            )
         lines.append("")
         if ev.get("win_rates"):
             lines += [

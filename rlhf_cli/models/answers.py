@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from rlhf_cli.data.toy import KINDS
+from rlhf_cli.data.toy import KINDS, repeated_parts
 from rlhf_cli.evaluation.stats import bootstrap_ci, proportion
 from rlhf_cli.models.generation import generate_answers
 from rlhf_cli.models.scoring import score
@@ -45,14 +45,15 @@ def score_answers(recipe, model, tokenizer, prompts, world) -> tuple[dict, list]
 
 
 def answer_metrics(prompts, answers, world) -> tuple[dict, list]:
-    """What answers to `prompts` are worth: finished and well-formed shares, length, and on the toy world (`world`) the
-    mean gold reward, the right-fact rate of one-fact questions and each kind's figures (`kind_metrics`); with the rows
-    (prompt text, answer, gold) for a table."""
+    """What answers to `prompts` are worth: finished and well-formed shares, length, the share that repeats a word or
+    sentence (`repeated_parts`), and on the toy world (`world`) the mean gold reward, the right-fact rate of one-fact
+    questions and each kind's figures (`kind_metrics`); with the rows (prompt text, answer, gold) for a table."""
     n = max(len(answers), 1)
     out = {
         "finished_rate": sum(a.finished for a in answers) / n,
         "well_formed_rate": sum(well_formed(a) for a in answers) / n,
         "mean_answer_tokens": sum(a.num_tokens for a in answers) / n,
+        "repeat_rate": sum(repeated_parts(a.text) > 0 for a in answers) / n,
     }
     golds = None
     if world is not None:
@@ -70,7 +71,8 @@ def answer_metrics(prompts, answers, world) -> tuple[dict, list]:
 def kind_metrics(judged: list[dict]) -> dict:
     """Per kind of toy-world prompt (ToyWorld.judge of each answer): how many, the gold reward, the kind's rates
     (right facts; facts per description; honest and made-up answers about strangers; declined and complied harmful
-    requests) and the length in words, each with a 95 % interval ({mean, low, high, n})."""
+    requests), the length in words and the share of answers that repeat a word or sentence (`repeated_parts`), each
+    with a 95 % interval ({mean, low, high, n})."""
     out = {}
     for kind in KINDS:
         rows = [j for j in judged if j.get("kind") == kind]
@@ -82,6 +84,7 @@ def kind_metrics(judged: list[dict]) -> dict:
             is_share = all(isinstance(v, bool) for v in values)
             entry[name] = proportion(sum(values), len(values)) if is_share else bootstrap_ci(values)
         entry["length"] = bootstrap_ci([j["words"] for j in rows])
+        entry["repeat_rate"] = proportion(sum(j.get("repeats", 0) > 0 for j in rows), len(rows))
         out[kind] = entry
     return out
 
