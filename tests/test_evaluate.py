@@ -232,3 +232,24 @@ def test_goodhart_bench_judges_each_seeds_sweep():
     assert not judge(curve, recipe_kl=0.0)["recipe_near_peak"]  # two grid steps from the peak
     edge = judge([point(0, 0.4, 1.9, 30), point(0.1, 0.6, 1.0, 3), point(0.3, 0.8, 1.2, 1)], recipe_kl=0.3)
     assert edge["peak"] == 0.3 and not edge["interior"] and not edge["rm_rising"]  # RM fell from KL 1 to KL 3
+
+
+def test_seeds_bench_draws_ppo_again_from_a_copy_of_the_run(tmp_path, monkeypatch):
+    """bench.seeds --ppo-draws: PPO trains again on a copy of the seed's run without its ppo/, eval/ and report/ (the
+    world, SFT model and reward model kept, the source untouched), resumed with PPO's own seed drawn apart."""
+    from bench import seeds
+
+    source = tmp_path / "seed-3"
+    for part in ("sft/final", "reward/final", "ppo/final", "eval", "report"):
+        (source / part).mkdir(parents=True)
+        (source / part / "x.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(seeds, "_pipeline", lambda run, args, log: calls.append((run, args)) or 1.0)
+    run = tmp_path / "seed-3-ppo-2003"
+    assert seeds.ppo_seed(3, 2) == 2003
+    seeds.run_ppo_draw(3, 2, source, run, ["ppo.kl_coef=0.5"], keep=False)
+    assert sorted(p.name for p in run.iterdir()) == ["reward", "sft"] and (source / "ppo" / "final").exists()
+    ((called_run, args),) = calls
+    assert called_run == run and args[0] == "--resume"
+    assert {"--set=seed=3", "--set=ppo.training.seed=2003", "--set=ppo.kl_coef=0.5"} <= set(args)
+    assert seeds.row_of(run)["gain"] is None  # no eval yet: an empty row, not an error
