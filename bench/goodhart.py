@@ -2,12 +2,18 @@
 per seed, against the targets.
 
     .venv/bin/python -m bench.goodhart --seeds 0-4 --runs bench/out/seeds     # after `python -m bench.seeds --seeds 0-4`
+    .venv/bin/python -m bench.goodhart --seeds 0-4 --ppo-draws 3   # after `python -m bench.seeds ... --ppo-draws 3`
 
 Each seed's sweep trains PPO once per kl_coef from that run's SFT and reward models (`<run>/sweep/`; finished points are
 kept, so a second call only tabulates) and reads gold reward, reward-model score and KL from each point's held-out
 evaluation (64 prompts, greedy). A seed meets the targets when (issue 32) the reward-model score keeps rising as the KL
 grows, the gold reward peaks at an interior kl_coef of the grid and at kl_coef 0 falls at least
 0.10 below that peak, and the recipe's kl_coef is within one grid step of the peak. The table goes to OUT.json.
+
+One PPO run per point is one draw of PPO's own seed, and from the same SFT and reward model two draws at one kl_coef
+can differ by more than neighbouring points do (bench/README.md). `--ppo-draws K` sweeps each of the K runs of a seed
+that `bench.seeds --ppo-draws K` made (seed-N, seed-N-ppo-1000+N, ...; `ppo.training.seed` set to match) and judges
+the seed on the mean over its draws at each kl_coef; each draw's gold is kept in the row.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.seeds import parse_seeds, rlhf_command
+from bench.seeds import parse_seeds, ppo_seed, rlhf_command
 from rlhf_cli.recipe import load_recipe
 
 GRID = "0,0.003,0.01,0.03,0.1,0.3"
@@ -49,6 +55,34 @@ def judge(points: list[dict], recipe_kl: float) -> dict:
     }
 
 
+def sweep_points(runs: Path, name: str, a, seed: int, draw: int, wanted: set[float]) -> list[dict]:
+    """`rlhf sweep` on one run (PPO's seed set for a draw past the first); its points on the grid, [] if it failed."""
+    run = runs / name
+    drawn = [f"--set=ppo.training.seed={ppo_seed(seed, draw)}"] if draw else []
+    cmd = rlhf_command("sweep", "--recipe", a.recipe, "-o", str(run), f"--set=seed={seed}", *drawn, "--param",
+                       "ppo.kl_coef", "--values", a.values)  # fmt: skip
+    print("$", " ".join(cmd), flush=True)
+    with open(runs / f"{name}-sweep.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        print(f"{name}: sweep exit {rc} (log: {runs}/{name}-sweep.log)")
+        return []
+    record = json.loads((run / "sweep" / "sweep.json").read_text())
+    return [q for q in record["points"] if float(q["value"]) in wanted]
+
+
+def mean_points(draws: list[list[dict]]) -> list[dict]:
+    """One point per kl_coef: gold, RM score and KL averaged over the draws that have it."""
+    by_value: dict[float, list[dict]] = {}
+    for points in draws:
+        for q in points:
+            by_value.setdefault(float(q["value"]), []).append(q)
+    return [
+        {"value": str(v), **{k: sum(q[k] for q in qs) / len(qs) for k in ("gold_reward", "rm_score", "kl")}}
+        for v, qs in sorted(by_value.items())
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0-4", help="Seeds: 0-4, or 0,2,3.")
@@ -57,25 +91,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--values", default=GRID, help=f"kl_coef grid (default {GRID}).")
     p.add_argument("--recipe", default="tiny")
+    p.add_argument(
+        "--ppo-draws",
+        type=int,
+        default=1,
+        help="Sweep the K runs per seed of `bench.seeds --ppo-draws K` and judge each seed on their mean per kl_coef.",
+    )
     a = p.parse_args(argv)
     runs, recipe_kl = Path(a.runs), float(load_recipe(a.recipe).ppo.kl_coef)
+    wanted = {float(v) for v in a.values.split(",")}
     rows = {}
     for seed in parse_seeds(a.seeds):
-        run = runs / f"seed-{seed}"
-        cmd = rlhf_command("sweep", "--recipe", a.recipe, "-o", str(run), f"--set=seed={seed}", "--param", "ppo.kl_coef",
-                           "--values", a.values)  # fmt: skip
-        print("$", " ".join(cmd), flush=True)
-        with open(runs / f"seed-{seed}-sweep.log", "w") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            print(f"seed {seed}: sweep exit {rc} (log: {runs}/seed-{seed}-sweep.log)")
+        draws = []
+        for draw in range(a.ppo_draws):
+            name = f"seed-{seed}" if draw == 0 else f"seed-{seed}-ppo-{ppo_seed(seed, draw)}"
+            if not (runs / name).is_dir():
+                print(f"{name}: no such run in {runs} (make it with python -m bench.seeds --ppo-draws {a.ppo_draws})")
+                continue
+            if points := sweep_points(runs, name, a, seed, draw, wanted):
+                draws.append(points)
+        if not draws:
             continue
-        record = json.loads((run / "sweep" / "sweep.json").read_text())
-        wanted = {float(v) for v in a.values.split(",")}
-        row = judge([q for q in record["points"] if float(q["value"]) in wanted], recipe_kl)
-        rows[seed] = row
+        rows[seed] = row = judge(mean_points(draws), recipe_kl)
+        if len(draws) > 1:
+            row["gold_by_draw"] = [
+                [p["gold_reward"] for p in sorted(d, key=lambda p: float(p["value"]))] for d in draws
+            ]
         cells = zip(row["values"], row["gold"], row["rm"], row["kl"], strict=True)
-        print(f"seed {seed}: " + "  ".join(f"{v:g}: gold {g:.3f} rm {r:+.2f} kl {k:.2f}" for v, g, r, k in cells)
+        print(f"seed {seed}" + (f" (mean of {len(draws)} PPO draws)" if len(draws) > 1 else "") + ": "
+              + "  ".join(f"{v:g}: gold {g:.3f} rm {r:+.2f} kl {k:.2f}" for v, g, r, k in cells)
               + f"  | peak {row['peak']:g} interior {row['interior']} drop {row['drop_at_0']:.3f} "
               f"rm rising {row['rm_rising']} recipe near peak {row['recipe_near_peak']}", flush=True)  # fmt: skip
     ok = {

@@ -230,8 +230,17 @@ def test_goodhart_bench_judges_each_seeds_sweep():
     assert row["values"] == [0, 0.01, 0.1, 0.3] and row["peak"] == 0.1 and row["interior"]
     assert row["drop_at_0"] == pytest.approx(0.45) and row["rm_rising"] and row["recipe_near_peak"]
     assert not judge(curve, recipe_kl=0.0)["recipe_near_peak"]  # two grid steps from the peak
-    edge = judge([point(0, 0.4, 1.9, 30), point(0.1, 0.6, 1.0, 3), point(0.3, 0.8, 1.2, 1)], recipe_kl=0.3)
+    one_draw = [point(0, 0.4, 1.9, 30), point(0.1, 0.6, 1.0, 3), point(0.3, 0.8, 1.2, 1)]
+    edge = judge(one_draw, recipe_kl=0.3)
     assert edge["peak"] == 0.3 and not edge["interior"] and not edge["rm_rising"]  # RM fell from KL 1 to KL 3
+    # --ppo-draws: a seed is judged on the mean of its PPO draws at each kl_coef, not on one draw's peak
+    from bench.goodhart import mean_points
+
+    other = [point(0, 0.40, 1.9, 30), point(0.1, 0.55, 1.1, 3), point(0.3, 0.90, 0.6, 1)]  # this draw peaks at 0.3
+    mean = mean_points([one_draw, other])
+    assert [float(q["value"]) for q in mean] == [0, 0.1, 0.3]
+    assert [q["gold_reward"] for q in mean] == pytest.approx([0.4, 0.575, 0.85])
+    assert mean[1]["kl"] == pytest.approx(3) and judge(mean, recipe_kl=0.3)["peak"] == 0.3
 
 
 def test_seeds_bench_draws_ppo_again_from_a_copy_of_the_run(tmp_path, monkeypatch):
