@@ -246,6 +246,9 @@ def test_a_policy_that_pads_with_repeats_or_stops_ending_is_a_caution(tmp_path):
     models(0.05, 0.05, 0.78)
     (note,) = cautions(tmp_path)
     assert "22% are cut off at the token limit (SFT 0%)" in note
+    _json(tmp_path / "eval" / "eval.json", {"models": {"sft": {"repeat_rate": 0.0}, "ppo": {"repeat_rate": 0.4}}})
+    (note,) = cautions(tmp_path)  # an eval without finished rates still words the caution
+    assert "in 40% of prompts (SFT 0%) and – are cut off" in note
 
 
 def test_report_opens_with_an_account_in_the_runs_own_numbers_and_a_glossary(fake_run):

@@ -187,9 +187,10 @@ def padding_caution(models: dict) -> str | None:
     fewer_finished = None not in finished and finished[0] - finished[1] >= 0.05
     if not (more_repeats or fewer_finished):
         return None
+    cut = [None if f is None else 1 - f for f in finished]
     return (
         f"PPO's answers repeat a word or sentence in {_pct(repeats[1])} of prompts (SFT {_pct(repeats[0])}) and "
-        f"{_pct(1 - finished[1])} are cut off at the token limit (SFT {_pct(1 - finished[0])}): the policy pads its "
+        f"{_pct(cut[1])} are cut off at the token limit (SFT {_pct(cut[0])}): the policy pads its "
         "answers, which a reward model that pays for length scores up, and greedy decoding can loop on a repeat; "
         "the KL penalty (ppo.kl_coef) is what holds it near SFT (`rlhf sweep --param ppo.kl_coef` shows the trade)"
     )
