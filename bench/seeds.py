@@ -291,14 +291,15 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     rows, walls = {}, {}
     for seed in parse_seeds(a.seeds):
-        source = a.out / f"seed-{seed}"
+        source, remade = a.out / f"seed-{seed}", False
         for draw in range(a.ppo_draws):
             name = str(seed) if draw == 0 else f"{seed} ppo {ppo_seed(seed, draw)}"
             if draw == 0:
                 run, wall = source, run_seed(seed, source, a.overrides, a.keep)
+                remade = wall > 0  # a seed run again: its PPO draws are stale, whatever --keep says
             else:
                 run = a.out / f"seed-{seed}-ppo-{ppo_seed(seed, draw)}"
-                wall = run_ppo_draw(seed, draw, source, run, a.overrides, a.keep)
+                wall = run_ppo_draw(seed, draw, source, run, a.overrides, a.keep and not remade)
             walls[name], rows[name] = round(wall, 1), row_of(run)
             r = rows[name]
             print(
