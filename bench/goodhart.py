@@ -55,12 +55,13 @@ def judge(points: list[dict], recipe_kl: float) -> dict:
     }
 
 
-def sweep_points(runs: Path, name: str, a, seed: int, draw: int, wanted: set[float]) -> list[dict]:
-    """`rlhf sweep` on one run (PPO's seed set for a draw past the first); its points on the grid, [] if it failed."""
+def sweep_points(runs: Path, name: str, recipe: str, values: str, seed: int, draw: int) -> list[dict]:
+    """`rlhf sweep` on one run (PPO's seed set for a draw past the first); its points on the grid `values`, [] if it
+    failed."""
     run = runs / name
     drawn = [f"--set=ppo.training.seed={ppo_seed(seed, draw)}"] if draw else []
-    cmd = rlhf_command("sweep", "--recipe", a.recipe, "-o", str(run), f"--set=seed={seed}", *drawn, "--param",
-                       "ppo.kl_coef", "--values", a.values)  # fmt: skip
+    cmd = rlhf_command("sweep", "--recipe", recipe, "-o", str(run), f"--set=seed={seed}", *drawn, "--param",
+                       "ppo.kl_coef", "--values", values)  # fmt: skip
     print("$", " ".join(cmd), flush=True)
     with open(runs / f"{name}-sweep.log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -68,6 +69,7 @@ def sweep_points(runs: Path, name: str, a, seed: int, draw: int, wanted: set[flo
         print(f"{name}: sweep exit {rc} (log: {runs}/{name}-sweep.log)")
         return []
     record = json.loads((run / "sweep" / "sweep.json").read_text())
+    wanted = {float(v) for v in values.split(",")}
     return [q for q in record["points"] if float(q["value"]) in wanted]
 
 
@@ -99,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     runs, recipe_kl = Path(a.runs), float(load_recipe(a.recipe).ppo.kl_coef)
-    wanted = {float(v) for v in a.values.split(",")}
     rows = {}
     for seed in parse_seeds(a.seeds):
         draws = []
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (runs / name).is_dir():
                 print(f"{name}: no such run in {runs} (make it with python -m bench.seeds --ppo-draws {a.ppo_draws})")
                 continue
-            if points := sweep_points(runs, name, a, seed, draw, wanted):
+            if points := sweep_points(runs, name, a.recipe, a.values, seed, draw):
                 draws.append(points)
         if not draws:
             continue
