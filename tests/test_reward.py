@@ -101,6 +101,38 @@ def test_kwise_loss_is_mean_pairwise_loss(tiny_model):
     assert torch.allclose(with_margin, ((nll(1.0, 0.5) + nll(2.0, -1.0) + nll(0.5, -1.0)) / 3 + nll(0.3, 0.9)) / 2)
 
 
+def test_length_chunks_cut_where_padding_costs_more_than_a_forward():
+    # four long answers and forty short ones: padding the short ones to 60 costs far more than a second forward
+    assert kwise.length_chunks([60] * 4 + [12] * 40, overhead=256) == [(0, 4), (4, 44)]
+    assert kwise.length_chunks([30] * 20, overhead=256) == [(0, 20)]  # equal lengths: nothing to save
+    assert kwise.length_chunks([60, 12], overhead=256) == [(0, 2)]  # 48 padded tokens are cheaper than a forward
+    assert kwise.length_chunks([], overhead=256) == []
+
+
+def test_chunked_rewards_equal_one_forward(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.utils import pad
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    model.config.pad_token_id = 0
+    gen = torch.Generator().manual_seed(0)
+    lengths = [40, 7, 33, 5, 6, 40, 8, 5, 39, 6] * 4  # two clusters, shuffled: the chunks must be put back in order
+    seqs = [torch.randint(3, 300, (n,), generator=gen) for n in lengths]
+    ids = pad(seqs, padding_value=0, padding_side="right")
+    mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right")
+    assert len(kwise.length_chunks(sorted(lengths, reverse=True))) > 1
+    weights = torch.randn(len(seqs), generator=gen)
+    whole = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    (whole * weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    chunked = kwise.chunked_rewards(model, ids, mask)
+    (chunked * weights).sum().backward()
+    assert torch.allclose(chunked, whole, atol=1e-5)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
 def _synthetic_rankings(path, n=48):
     """An easy preference: 'good' answers beat neutral ones, which beat 'bad' ones."""
     rng = random.Random(1)

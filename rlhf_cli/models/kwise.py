@@ -71,8 +71,48 @@ class KWiseCollator:
         return batch
 
 
+# One forward's fixed cost on a CPU, in padded tokens' worth (measured on a 2-core EPYC, 128 wide: 16 ms against 0.07
+# ms a token for forward and backward); a shorter chunk of the batch pays for itself when it saves more padding.
+CHUNK_OVERHEAD_TOKENS = 256
+
+
+def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
+    """Rows sorted longest first -> [(start, end), ...]: the split into consecutive chunks, each padded to its own
+    longest row, that costs the fewest padded tokens plus `overhead` per chunk (dynamic programming over the cuts)."""
+    n = len(lengths)
+    best, cut = [0] + [None] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end):
+            cost = best[start] + overhead + (end - start) * lengths[start]
+            if best[end] is None or cost < best[end]:
+                best[end], cut[end] = cost, start
+    chunks, end = [], n
+    while end:
+        chunks.append((cut[end], end))
+        end = cut[end]
+    return chunks[::-1]
+
+
+def chunked_rewards(model, input_ids, attention_mask):
+    """The scalar rewards of a right-padded batch, its rows run in chunks of like length (longest first), each cut to
+    its own longest row: on a CPU a K-wise batch of answers 11-60 tokens long is ~40 % padding, and a forward's cost
+    is its tokens. Causal attention and right padding make each row's reward the same as in one forward."""
+    import torch
+
+    lengths = attention_mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    parts = []
+    for start, end in length_chunks(sorted_lengths):
+        rows, width = order[start:end], sorted_lengths[start]
+        out = model(input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width], use_cache=False)
+        parts.append(out.logits.squeeze(-1))
+    return torch.cat(parts)[torch.argsort(order)]
+
+
 def kwise_trainer_class():
     import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
     from trl import RewardTrainer
 
     class KWiseRewardTrainer(RewardTrainer):
@@ -92,8 +132,14 @@ def kwise_trainer_class():
             mode = "train" if self.model.training else "eval"
             chosen, rejected = inputs.pop("chosen_index"), inputs.pop("rejected_index")
             weight, margin = inputs.pop("pair_weight"), inputs.pop("margin", None)
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            rewards = outputs.logits.squeeze(-1)
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            if ids.device.type == "cpu" and self.accelerator.num_processes == 1:
+                # several forwards before one backward: fine in one process, not under DDP (a parameter's gradient
+                # would be marked ready twice); on a GPU padding costs little next to a forward's launch.
+                rewards = chunked_rewards(model, ids, mask)
+            else:
+                rewards = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.squeeze(-1)
+            outputs = SequenceClassifierOutput(logits=rewards.unsqueeze(-1))
             loss, diff = kwise_loss(rewards, chosen, rejected, weight, margin)
             if self.args.center_rewards_coefficient is not None:
                 loss = (
