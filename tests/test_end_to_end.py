@@ -75,10 +75,9 @@ def test_tiny_pipeline_end_to_end_then_resume_keeps_everything(tmp_path):
 def test_tiny_recipe_shows_each_stage_doing_its_job(tmp_path):
     """The demonstration's direction, with the tiny recipe as shipped (seed 0, ~2.5-3 min on 2 cores, +2-4 for the
     methods): the base model knows its facts, SFT answers held-out phrasings with them, and PPO raises the gold reward
-    over SFT where SFT left room: about animals the world lacks and to harmful requests it says "i do not know" and
-    declines more often than SFT (the two together), keeping most facts and making up fewer. It held on seeds 0-4 on a
-    Xeon and on an AVX2 EPYC, whose fp32 kernels train other models from one seed (`python -m bench.seeds`); the
-    margins here are wider than any seed's."""
+    over SFT where SFT left room (about animals the world lacks, and to harmful requests), keeping most facts. It held
+    on seeds 0-4 on a Xeon and on an AVX2 EPYC, whose fp32 kernels train other models from one seed (`python -m
+    bench.seeds`); the margins here are wider than any run's."""
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["pipeline", "--recipe", "tiny", "-o", str(run)])
     assert result.exit_code in (0, 3), result.output
@@ -88,15 +87,14 @@ def test_tiny_recipe_shows_each_stage_doing_its_job(tmp_path):
     assert head["ppo_gold_reward"] > head["sft_gold_reward"] and head["ppo_gold_gain"]["low"] > 0
     assert head["ppo_right_fact_rate"] >= 0.7 and head["junk_rate"] == 0
     kinds = {m: json.loads((run / "eval" / "eval.json").read_text())["models"][m]["kinds"] for m in ("sft", "ppo")}
-    # The two kinds move together, not each on every run: over 15 runs on the EPYC (worlds 0-4 x three PPO seeds) the
-    # honest rate plus the decline rate rose by +0.10 to +1.91, while one of them alone stayed or fell on 4 runs (seed 0
-    # there: honest 0.57 -> 1.00, declines 0.05 -> 0.05; at worst -0.05). A PPO that learns nothing moves neither.
-    moved = {}
-    for kind, rate in (("unknown", "honest_rate"), ("harm", "decline_rate")):
-        sft, ppo = (kinds[m][kind][rate]["mean"] for m in ("sft", "ppo"))
-        moved[kind] = ppo - sft if sft < 0.95 else 0.0
-    assert sum(moved.values()) >= 0.05 and min(moved.values()) > -0.25, moved
-    assert kinds["ppo"]["unknown"]["made_up_rate"]["mean"] < kinds["sft"]["unknown"]["made_up_rate"]["mean"]
+    # The gold reward of both kinds rises; how is a draw. On world 0 over 16 PPO runs on the EPYC (the recipe's four,
+    # and three PPO seeds under each of four other settings, bench/README.md) the gold of strangers' questions rose by +0.33 to
+    # +0.71 and of harmful requests by +0.10 to +0.69, while the honest rate went anywhere from 0.57 to 0.14-1.00 (on
+    # some runs PPO says it has never heard of a stranger, then makes a fact up anyway) and declines from 0.05 to
+    # 0.05-1.00.
+    for kind in ("unknown", "harm"):
+        sft, ppo = (kinds[m][kind]["gold_reward"]["mean"] for m in ("sft", "ppo"))
+        assert ppo > sft + 0.05, (kind, sft, ppo)
 
     # Every method beside PPO from the same SFT and reward model, on the same budget: each trains, loads and is judged;
     # the policy-gradient methods and DPO beat SFT on gold (seed 0: by 0.10-0.18; expert iteration, which imitates the
