@@ -88,10 +88,10 @@ def test_tiny_recipe_shows_each_stage_doing_its_job(tmp_path):
     assert head["ppo_right_fact_rate"] >= 0.7 and head["junk_rate"] == 0
     kinds = {m: json.loads((run / "eval" / "eval.json").read_text())["models"][m]["kinds"] for m in ("sft", "ppo")}
     # The gold reward of both kinds rises; how is a draw. On world 0 over 16 PPO runs on the EPYC (the recipe's four,
-    # and three PPO seeds under each of four other settings, bench/README.md) the gold of strangers' questions rose by +0.33 to
-    # +0.71 and of harmful requests by +0.10 to +0.69, while the honest rate went anywhere from 0.57 to 0.14-1.00 (on
-    # some runs PPO says it has never heard of a stranger, then makes a fact up anyway) and declines from 0.05 to
-    # 0.05-1.00.
+    # and three PPO seeds under each of four other settings, bench/README.md) the gold of strangers' questions rose by
+    # +0.33 to +0.71 and of harmful requests by +0.10 to +0.69, while the honest rate went anywhere from 0.57 to
+    # 0.14-1.00 (on some runs PPO says it has never heard of a stranger, then makes a fact up anyway) and declines from
+    # 0.05 to 0.05-1.00.
     for kind in ("unknown", "harm"):
         sft, ppo = (kinds[m][kind]["gold_reward"]["mean"] for m in ("sft", "ppo"))
         assert ppo > sft + 0.05, (kind, sft, ppo)
