@@ -12,8 +12,8 @@ from the files the run leaves: probes (pretrain/eval.json), the reward model's h
 accuracy (reward/eval.json), and from `eval/eval.json` (128 held-out prompts, greedy) the SFT finished rate, gold reward
 and right-fact rate of base, SFT and PPO, the junk rate (answers with a word no text of the world holds), PPO's gold gain
 over SFT with its paired 95 % bootstrap interval and its KL to SFT, PPO's finished rate and the share of its answers
-that repeat a word or sentence; seconds per stage from pipeline.json. The worst value over the seeds sits under each
-column; a target column says whether every seed met it.
+that repeat a word or sentence; seconds per stage from pipeline.json. Under the rows: the worst value of each column
+(a target column says whether every row met it), the median (the typical row) and how many rows met each target.
 
 The seed draws PPO's own randomness too (its samples, its value head), and from the same SFT model and reward model
 PPO's result varies by seed as much as between worlds (bench/README.md). `--ppo-draws K` trains PPO K - 1 more times
@@ -168,6 +168,28 @@ def worst(rows: dict[int, dict]) -> dict:
     return out
 
 
+def typical(rows: dict[int, dict]) -> dict:
+    """Each column's median over the rows (the typical run, to set beside the worst)."""
+    import statistics
+
+    out = {}
+    for key in COLUMNS:
+        values = [r[key] for r in rows.values() if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
+
+
+def rows_meeting(rows: dict[int, dict]) -> dict[str, int]:
+    """For each column with a target, how many rows meet it (a gain counts when its interval is above zero too)."""
+    out = {}
+    for key in COLUMNS:
+        if key == "gain_low" or TARGETS.get(COLUMNS[key][2]) is None:
+            continue
+        ok = [meets(key, r.get(key)) and (key != "gain" or meets("gain_low", r.get("gain_low"))) for r in rows.values()]
+        out[key] = sum(bool(o) for o in ok)
+    return out
+
+
 def meets(key: str, value) -> bool | None:
     _, higher, name = COLUMNS[key]
     target = TARGETS.get(name)
@@ -263,6 +285,9 @@ def print_table(rows: dict[int, dict], worst_row: dict) -> None:
         )
         cells.append(text + ("" if ok is None else (" ok" if ok else " MISSED")))
     table.add_row("worst", *cells, style="bold")
+    median, met = typical(rows), rows_meeting(rows)
+    table.add_row("median", *(fmt(k, {**median, "gain_low": None}) for k in COLUMNS if k != "gain_low"))
+    table.add_row("rows met", *(f"{met[k]} of {len(rows)}" if k in met else "" for k in COLUMNS if k != "gain_low"))
     Console(width=250).print(table)
 
 
@@ -314,6 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "process_wall_s": walls,
         "worst": worst_row,
+        "median": typical(rows),
+        "rows_meeting": rows_meeting(rows),
         "targets": {k: TARGETS.get(COLUMNS[k][2]) for k in COLUMNS if TARGETS.get(COLUMNS[k][2]) is not None},
         "targets_met": {k: meets(k, worst_row[k]) for k in COLUMNS if TARGETS.get(COLUMNS[k][2]) is not None},
     }

@@ -262,3 +262,23 @@ def test_seeds_bench_draws_ppo_again_from_a_copy_of_the_run(tmp_path, monkeypatc
     assert called_run == run and args[0] == "--resume"
     assert {"--set=seed=3", "--set=ppo.training.seed=2003", "--set=ppo.kl_coef=0.5"} <= set(args)
     assert seeds.row_of(run)["gain"] is None  # no eval yet: an empty row, not an error
+
+
+def test_seeds_bench_gives_the_typical_row_and_how_many_rows_met_each_target(monkeypatch):
+    """bench.seeds sets the median row beside the worst and counts the rows meeting each target; a gain counts only
+    with its interval above zero."""
+    from bench import seeds
+
+    monkeypatch.setattr(seeds, "TARGETS", {**seeds.BENCH_TARGETS, "ppo_gold_gain_low": 0.0})
+    rows = {
+        0: {"gain": 0.30, "gain_low": 0.20, "rm_gold_accuracy": 0.86, "seconds": 140.0},
+        1: {"gain": 0.25, "gain_low": -0.01, "rm_gold_accuracy": 0.80, "seconds": 160.0},
+        2: {"gain": 0.10, "gain_low": 0.05, "rm_gold_accuracy": 0.90, "seconds": 150.0},
+    }
+    median = seeds.typical(rows)
+    assert median["gain"] == 0.25 and median["rm_gold_accuracy"] == 0.86 and median["seconds"] == 150.0
+    assert median["kl"] is None  # a column no row has
+    met = seeds.rows_meeting(rows)
+    assert met["gain"] == 1  # row 1's interval reaches below zero, row 2's gain is under +0.20
+    assert met["rm_gold_accuracy"] == 2 and met["seconds"] == 2
+    assert seeds.worst(rows)["gain"] == 0.10 and seeds.worst(rows)["seconds"] == 160.0
