@@ -169,13 +169,14 @@ def worst(rows: dict[int, dict]) -> dict:
 
 
 def typical(rows: dict[int, dict]) -> dict:
-    """Each column's median over the rows (the typical run, to set beside the worst)."""
+    """Each column's median over the rows (the typical run, to set beside the worst): the lower middle value of an
+    even count, so a count column (kinds better) stays a count."""
     import statistics
 
     out = {}
     for key in COLUMNS:
         values = [r[key] for r in rows.values() if r.get(key) is not None]
-        out[key] = statistics.median(values) if values else None
+        out[key] = statistics.median_low(values) if values else None
     return out
 
 

@@ -282,3 +282,5 @@ def test_seeds_bench_gives_the_typical_row_and_how_many_rows_met_each_target(mon
     assert met["gain"] == 1  # row 1's interval reaches below zero, row 2's gain is under +0.20
     assert met["rm_gold_accuracy"] == 2 and met["seconds"] == 2
     assert seeds.worst(rows)["gain"] == 0.10 and seeds.worst(rows)["seconds"] == 160.0
+    two = {0: {"kinds_better": 2, "rf_not_worse": 0}, 1: {"kinds_better": 3, "rf_not_worse": 1}}
+    assert seeds.typical(two)["kinds_better"] == 2 and seeds.typical(two)["rf_not_worse"] == 0  # a count, not 2.5
