@@ -160,12 +160,17 @@ def _kind_columns(models: dict, gains: dict) -> dict:
     return {**out, "kinds_better": better, "rf_not_worse": None if fact_high is None else int(fact_high >= 0)}
 
 
-def worst(rows: dict[int, dict]) -> dict:
+def _per_column(rows: dict[int, dict], pick) -> dict:
+    """`pick(values, higher_is_better)` of each column over the rows that have it (None where none has)."""
     out = {}
     for key, (_, higher, _) in COLUMNS.items():
         values = [r[key] for r in rows.values() if r.get(key) is not None]
-        out[key] = (min(values) if higher else max(values)) if values else None
+        out[key] = pick(values, higher) if values else None
     return out
+
+
+def worst(rows: dict[int, dict]) -> dict:
+    return _per_column(rows, lambda values, higher: min(values) if higher else max(values))
 
 
 def typical(rows: dict[int, dict]) -> dict:
@@ -173,11 +178,7 @@ def typical(rows: dict[int, dict]) -> dict:
     even count, so a count column (kinds better) stays a count."""
     import statistics
 
-    out = {}
-    for key in COLUMNS:
-        values = [r[key] for r in rows.values() if r.get(key) is not None]
-        out[key] = statistics.median_low(values) if values else None
-    return out
+    return _per_column(rows, lambda values, _: statistics.median_low(values))
 
 
 def rows_meeting(rows: dict[int, dict]) -> dict[str, int]:
@@ -238,7 +239,7 @@ def _pipeline(run: Path, args: list[str], log_path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def print_table(rows: dict[int, dict], worst_row: dict) -> None:
+def print_table(rows: dict[int, dict], worst_row: dict, median: dict, met: dict[str, int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -286,7 +287,6 @@ def print_table(rows: dict[int, dict], worst_row: dict) -> None:
         )
         cells.append(text + ("" if ok is None else (" ok" if ok else " MISSED")))
     table.add_row("worst", *cells, style="bold")
-    median, met = typical(rows), rows_meeting(rows)
     table.add_row("median", *(fmt(k, {**median, "gain_low": None}) for k in COLUMNS if k != "gain_low"))
     table.add_row("rows met", *(f"{met[k]} of {len(rows)}" if k in met else "" for k in COLUMNS if k != "gain_low"))
     Console(width=250).print(table)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     summary = a.out.parent / f"{a.out.name}.json"  # beside its runs: a bf16 sweep into --out X keeps the fp32 one
     summary.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print_table(rows, worst_row)
+    print_table(rows, worst_row, result["median"], result["rows_meeting"])
     print(f"-> {summary}")
     return result
 
