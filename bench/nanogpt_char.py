@@ -7,6 +7,11 @@ no dropout. Its validation loss (the mean over 200 random batches of the held-ou
 bits per character is the figure to beat.
 
     .venv/bin/python -m bench.nanogpt_char FILE [--iters 2000]
+    .venv/bin/python -m bench.nanogpt_char FILE --seconds 60      # as many iterations as 60 s allow (below)
+
+`--seconds` gives the recipe a time budget instead of an iteration count: the iterations are estimated from the speed of
+iterations 10-30 and the cosine decay spans them (its warm-up ends at 100, after the estimate), and training stops at
+the budget whatever the estimate said.
 """
 
 from __future__ import annotations
@@ -59,8 +64,11 @@ class CharGPT(nn.Module):
         return F.cross_entropy(self.head(self.ln(x)).flatten(0, 1), targets.flatten())
 
 
-def train(text: str, iters: int = 2000, block: int = 64, batch: int = 12, seed: int = 1337) -> dict:
-    """nanoGPT's character recipe on the first 90 % of `text`; its validation loss on the last 10 %."""
+def train(
+    text: str, iters: int = 2000, block: int = 64, batch: int = 12, seed: int = 1337, seconds: float | None = None
+) -> dict:
+    """nanoGPT's character recipe on the first 90 % of `text`; its validation loss on the last 10 %. With `seconds`,
+    the iterations are what that many seconds allow on this machine (estimated early, the schedule spanning them)."""
     torch.manual_seed(seed)
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
@@ -85,7 +93,15 @@ def train(text: str, iters: int = 2000, block: int = 64, batch: int = 12, seed: 
         return x, torch.stack([data[s + 1 : s + block + 1] for s in start])
 
     t0 = time.perf_counter()
-    for i in range(iters):
+    i = 0
+    while i < iters:
+        if seconds is not None:
+            if i == 10:
+                t10 = time.perf_counter()
+            elif i == 30:  # the speed of iterations 10-30 (past the first, slower ones) sets the schedule's length
+                iters = max(100, int(seconds / ((time.perf_counter() - t10) / 20)))
+            if time.perf_counter() - t0 >= seconds:
+                break
         for group in opt.param_groups:
             group["lr"] = lr_at(i)
         loss = model(*batch_of(train_ids))
@@ -93,11 +109,12 @@ def train(text: str, iters: int = 2000, block: int = 64, batch: int = 12, seed: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    seconds = time.perf_counter() - t0
+        i += 1
+    elapsed = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():
         val = sum(model(*batch_of(val_ids)).item() for _ in range(200)) / 200
-    return {"val_bits_per_char": val / math.log(2), "train_seconds": round(seconds, 1), "iters": iters,
+    return {"val_bits_per_char": val / math.log(2), "train_seconds": round(elapsed, 1), "iters": i,
             "parameters": sum(p.numel() for p in model.parameters()), "chars": len(chars)}  # fmt: skip
 
 
@@ -105,8 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.nanogpt_char", description=__doc__.split("\n\n")[0])
     p.add_argument("file")
     p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=None, help="A time budget instead of --iters.")
     a = p.parse_args(argv)
-    out = train(open(a.file, encoding="utf-8").read(), iters=a.iters)
+    out = train(open(a.file, encoding="utf-8").read(), iters=a.iters, seconds=a.seconds)
     print(out)
     return out
 

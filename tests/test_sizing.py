@@ -4,8 +4,10 @@ recipe run end to end on a small text, its choices printed, saved, obeyed and re
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rlhf_cli.cli import app
@@ -180,3 +182,24 @@ def test_from_a_checkpoint_the_project_did_not_build_only_block_and_learning_rat
     assert plan["hidden_size"] is None and plan["vocab_size"] is None and plan["probe"] == []
     assert plan["learning_rate"] == sizing.learning_rate(width)[0] and plan["block_size"] == 64
     assert AutoConfig.from_pretrained(out / "pretrain" / "final").hidden_size == width
+
+
+def test_nanogpts_baseline_given_seconds_runs_the_iterations_they_allow_and_decays_over_them(monkeypatch):
+    # bench.pretrain_text's same-time baseline: the iteration count comes from the measured speed and the cosine
+    # schedule ends at it. A fake clock makes every reading 5 ms later, so 2 s allow ~400 readings' worth.
+    import bench.nanogpt_char as nanogpt
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(nanogpt.time, "perf_counter", lambda: next(clock) * 0.005)
+    lrs = []
+    step = torch.optim.AdamW.step
+
+    def spy(opt, *args, **kwargs):
+        lrs.append(opt.param_groups[0]["lr"])
+        return step(opt, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    out = nanogpt.train("the fox ran far and sat on a mat by the sea.\n" * 50, block=16, batch=2, seconds=2.0)
+    assert 300 <= out["iters"] == len(lrs) <= 400
+    assert lrs[99] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4, abs=2e-5)
+    assert math.isfinite(out["val_bits_per_char"])
