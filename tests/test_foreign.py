@@ -67,6 +67,7 @@ def test_every_final_loads_and_answers_with_plain_transformers(run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     family, _, out = run
+    prompts = [json.loads(line)["prompt"] for line in (out / "feedback" / "samples.jsonl").open()][:8]
     for stage in ("sft", "ppo"):
         folder = out / stage / "final"
         chat = pipeline("text-generation", model=str(folder), tokenizer=str(folder), device="cpu")
@@ -77,10 +78,18 @@ def test_every_final_loads_and_answers_with_plain_transformers(run):
         messages = [{"role": "user", "content": "what does the fox eat?"}]
         answer = chat(messages, max_new_tokens=40, do_sample=False)[0]["generated_text"][-1]
         assert answer["role"] == "assistant" and "user" not in answer["content"], answer
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            new = chat.model.generate(**ids, max_new_tokens=40, do_sample=False)[0, ids["input_ids"].shape[1] :]
-        assert len(new) < 40 and new[-1].item() in stops, tok.decode(new)  # it ended its turn
+        # Greedy answers to 8 training prompts: generation ends at the first end of turn (a generation_config without
+        # it runs past), and most answers reach one. Which prompts a small PPO model loops on is a draw of the CPU's
+        # kernels (Zen 4's llama3 PPO: "what does the fox eat?", finished 0.89 over the eval), so no single prompt.
+        ended = 0
+        for messages in prompts:
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            with torch.no_grad():
+                new = chat.model.generate(**ids, max_new_tokens=40, do_sample=False)[0, ids["input_ids"].shape[1] :]
+            stop_at = [i for i, token in enumerate(new.tolist()) if token in stops]
+            assert stop_at in ([], [len(new) - 1]), (stage, tok.decode(new))
+            ended += bool(stop_at)
+        assert ended >= len(prompts) // 2, (stage, ended)
     rm = AutoModelForSequenceClassification.from_pretrained(out / "reward" / "final")
     assert rm.config.num_labels == 1
     AutoTokenizer.from_pretrained(out / "reward" / "final")
