@@ -109,9 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"text": name, "budget_s": budget, "rlhf": ours, "bytes": len(text.encode())}
             said = " / ".join(f"{o['bits_per_byte']:.3f}" for o in ours)
             line = f"{name} {budget:g} s: rlhf {said} bits/byte ({ours[0]['plan_said']})"
-            for key, run in (("", theirs), ("_equal_time", None if a.no_equal_time else train(text, seconds=budget))):
-                if run is None:
-                    continue
+            runs = {"": theirs} if a.no_equal_time else {"": theirs, "_equal_time": train(text, seconds=budget)}
+            for key, run in runs.items():
                 run["val_bits_per_byte"] = run["val_bits_per_char"] / bytes_per_char
                 ratios = [o["bits_per_byte"] / run["val_bits_per_byte"] for o in ours]
                 row |= {f"nanogpt{key}": run, f"ratios{key}": ratios, f"worst_ratio{key}": max(ratios)}
